@@ -1,0 +1,1 @@
+"""The ``vmstats`` command line: each subcommand is a thin shell over the library."""

@@ -1,0 +1,109 @@
+"""Run one QMP request object against a set of commands: QEMU's ``qmp_dispatch``.
+
+Pure: it takes the parsed request and returns the response object (or raises nothing:
+every failure becomes an error response).  Capabilities negotiation, framing and the
+greeting belong to the QMP session (:mod:`vmstats.qmp.session`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from vmstats.qapi.errors import CommandNotFound, GenericError, QapiError
+from vmstats.qapi.output import OutputEncoder
+from vmstats.qapi.qdict import qdict, qdict_order, qdict_parsed
+from vmstats.qapi.schema import Schema
+from vmstats.qapi.visitor import InputVisitor
+
+log = logging.getLogger(__name__)
+
+#: A command's implementation: receives the visited arguments (one object when the
+#: command is ``boxed``, keyword arguments otherwise) and returns a model value.
+Handler = Callable[..., Any]
+
+
+def check_request(request: Any, allow_oob: bool) -> str:
+    """Validate the envelope of a request; return the command name.
+
+    Members are checked in QDict order, so with several problems the one QEMU reports
+    first is the one reported here.
+    """
+    if not isinstance(request, dict):
+        raise GenericError("QMP input must be a JSON object")
+    exec_key: str | None = None
+    for key in qdict_order(request):
+        value = request[key]
+        if key == "execute" or (key == "exec-oob" and allow_oob):
+            if not isinstance(value, str):
+                raise GenericError(f"QMP input member '{key}' must be a string")
+            if exec_key is not None:
+                raise GenericError(f"QMP input member '{key}' clashes with '{exec_key}'")
+            exec_key = key
+        elif key == "arguments":
+            if not isinstance(value, dict):
+                raise GenericError("QMP input member 'arguments' must be an object")
+        elif key != "id":
+            raise GenericError(f"QMP input member '{key}' is unexpected")
+    if exec_key is None:
+        raise GenericError("QMP input lacks member 'execute'")
+    return str(request[exec_key])
+
+
+def is_oob(request: Any) -> bool:
+    """Does the request ask to run out-of-band (QEMU's ``qmp_is_oob``)?"""
+    return isinstance(request, dict) and "exec-oob" in request and "execute" not in request
+
+
+class Dispatcher:
+    """Commands of one schema bound to their handlers."""
+
+    def __init__(self, schema: Schema, handlers: Mapping[str, Handler]) -> None:
+        unknown = set(handlers) - set(schema.commands)
+        if unknown:
+            raise ValueError(f"handlers for undeclared commands: {sorted(unknown)}")
+        self.schema = schema
+        self.handlers = dict(handlers)
+        self.encoder = OutputEncoder(schema)
+
+    def command_names(self) -> list[str]:
+        return list(self.handlers)
+
+    def execute(self, name: str, arguments: dict[str, Any]) -> Any:
+        """Run command ``name``; return its JSON-ready result or raise :class:`QapiError`."""
+        handler = self.handlers.get(name)
+        if handler is None:
+            raise CommandNotFound(f"The command {name} has not been found")
+        command = self.schema.commands[name]
+        values = InputVisitor(self.schema, arguments).visit_arguments(command.arg_type)
+        if command.boxed:
+            assert command.arg_type is not None
+            typ = self.schema.lookup(command.arg_type)
+            factory = getattr(typ, "factory", None)
+            result = handler(factory(**values) if factory else values)
+        else:
+            result = handler(**values)
+        if command.ret_type is None:
+            return {}
+        return self.encoder.encode(command.ret_type, result)
+
+    def dispatch(self, request: Any, *, allow_oob: bool = False) -> dict[str, Any]:
+        """Answer one request object with a response object (``return`` or ``error``)."""
+        ident = request.get("id") if isinstance(request, dict) else None
+        has_id = isinstance(request, dict) and "id" in request
+        try:
+            name = check_request(request, allow_oob)
+            if request.get("exec-oob") == name and "execute" not in request:
+                command = self.schema.commands.get(name)
+                if name in self.handlers and command is not None and not command.allow_oob:
+                    raise GenericError(f"The command {name} does not support OOB")
+            response: dict[str, Any] = {"return": self.execute(name, request.get("arguments", {}))}
+        except QapiError as err:
+            response = {"error": err.to_qmp()}
+        except Exception as exc:  # a bug below must not take the monitor down
+            log.exception("command failed unexpectedly")
+            response = {"error": GenericError(f"internal error: {exc}").to_qmp()}
+        if has_id:
+            response["id"] = qdict_parsed(ident)
+        return qdict(response)

@@ -1,0 +1,30 @@
+"""Natural order for people: the inverse of QEMU's prepend order.
+
+On the wire QEMU's order rules (last vCPU first, stats and histogram buckets reversed).
+Human-facing tools show objects in the order they were added, stats in provider order
+and buckets from the lowest range up; this is the one place that knows how.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from vmstats.stats.model import Stats, StatsResult, StatsSchema, StatsSchemaValue
+
+
+def natural_stats(result: StatsResult) -> list[Stats]:
+    """The stats of one result in provider order, histogram buckets ascending."""
+    return [
+        Stats(name, value[::-1] if isinstance(value, list | tuple) else value)
+        for name, value in reversed(result.stats)
+    ]
+
+
+def natural_results(results: Sequence[StatsResult]) -> list[StatsResult]:
+    """Results in the order they were added (vCPU 0 first), each in natural order."""
+    return [StatsResult(r.provider, natural_stats(r), r.qom_path) for r in reversed(results)]
+
+
+def natural_schema_values(schema: StatsSchema) -> list[StatsSchemaValue]:
+    """The entries of one schema in provider order (the order of :func:`natural_stats`)."""
+    return list(reversed(schema.stats))

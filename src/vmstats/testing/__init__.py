@@ -1,0 +1,1 @@
+"""Support for tests and benchmarks: real QEMU instances and raw QMP conversations."""

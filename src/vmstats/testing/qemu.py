@@ -1,0 +1,133 @@
+"""Start a real QEMU with KVM and talk raw QMP to it, byte for byte.
+
+Used by the differential tests (our answers against QEMU's, for the same bytes in) and by
+the benchmarks.  Raw on purpose: a client library would hide exactly the bytes we compare.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+QEMU_BINARY = "qemu-system-x86_64"
+
+
+def qemu_unavailable_reason() -> str | None:
+    """Why a KVM-accelerated QEMU cannot run here, or None when it can."""
+    if shutil.which(QEMU_BINARY) is None:
+        return f"{QEMU_BINARY} is not installed (apt-get install qemu-system-x86)"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is missing or not accessible"
+    return None
+
+
+class RawQMP:
+    """A QMP connection that returns replies as the exact bytes QEMU sent."""
+
+    def __init__(self, path: str | Path, timeout: float = 30.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self._buffer = b""
+        self.greeting = self.read_line()
+
+    def read_line(self) -> bytes:
+        """One reply line, including its line terminator."""
+        while b"\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("QMP connection closed")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line + b"\n"
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def request(self, data: bytes | dict[str, Any]) -> bytes:
+        """Send one request and return the next reply line that is not an event."""
+        if isinstance(data, dict):
+            data = json.dumps(data).encode()
+        self.send(data)
+        while True:
+            line = self.read_line()
+            if not line.startswith(b'{"timestamp"') and b'"event"' not in line[:40]:
+                return line
+
+    def negotiate(self) -> bytes:
+        return self.request(b'{"execute": "qmp_capabilities"}')
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class QemuVM:
+    """A QEMU 7.2 guest with KVM, no disk, a QMP unix socket; stopped on exit."""
+
+    def __init__(self, vcpus: int = 1, *, paused: bool = False, memory_mb: int = 64) -> None:
+        self.vcpus = vcpus
+        self.paused = paused
+        self.memory_mb = memory_mb
+        self._tmp = tempfile.TemporaryDirectory(prefix="vmstats-qemu-")
+        self.qmp_path = Path(self._tmp.name) / "qmp.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> QemuVM:
+        maxcpus = max(self.vcpus, 1)
+        args = [
+            QEMU_BINARY, "-accel", "kvm", "-m", str(self.memory_mb),
+            "-smp", f"{self.vcpus},maxcpus={maxcpus}", "-nodefaults", "-nographic",
+            "-display", "none", "-monitor", "none", "-serial", "none",
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+        ]  # fmt: skip
+        if self.paused:
+            args.append("-S")
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 60
+        while not self.qmp_path.exists():
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"QEMU exited with {self.proc.returncode}: {err.strip()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("QEMU did not create its QMP socket in 60 s")
+            time.sleep(0.02)
+        return self
+
+    def connect(self, negotiate: bool = True) -> RawQMP:
+        qmp = RawQMP(self.qmp_path)
+        if negotiate:
+            qmp.negotiate()
+        return qmp
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stderr:
+            self.proc.stderr.close()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> QemuVM:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,36 @@
+"""Shared fixtures, and the count of tests that needed real KVM or QEMU.
+
+CI must show that the KVM and QEMU tests really ran; the summary line printed at the end
+(``vmstats: kvm tests ran=N skipped=M; qemu tests ...``) says so.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+CAPTURES = Path(__file__).parent / "data" / "qemu-7.2-captures"
+
+_outcomes: Counter[tuple[str, str]] = Counter()
+
+
+@pytest.fixture
+def captures() -> Path:
+    return CAPTURES
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" or (report.when == "setup" and report.skipped):
+        for marker in ("kvm", "qemu"):
+            if marker in report.keywords:
+                _outcomes[(marker, "skipped" if report.skipped else "ran")] += 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    parts = [
+        f"{m} tests ran={_outcomes[(m, 'ran')]} skipped={_outcomes[(m, 'skipped')]}"
+        for m in ("kvm", "qemu")
+    ]
+    terminalreporter.write_line("vmstats: " + "; ".join(parts))
