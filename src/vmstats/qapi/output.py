@@ -66,8 +66,7 @@ class OutputEncoder:
         if isinstance(typ, AlternateType):
             kind = _python_kind(value)
             for branch in typ.branches:
-                branch_type = self.schema.lookup(branch.type)
-                if _python_kind_of(self.schema, branch_type) == kind:
+                if self.schema.json_kind(branch.type) == kind:
                     return self.encode(branch.type, value)
             raise TypeError(f"{type(value).__name__} fits no branch of {typ.name}")
         return self._object(typ, value)
@@ -94,17 +93,3 @@ class OutputEncoder:
                 continue
             out[member.name] = self.encode(member.type, item)
         return out
-
-
-def _python_kind_of(schema: Schema, typ: Any) -> str:
-    if isinstance(typ, ArrayType):
-        return "list"
-    if isinstance(typ, ObjectType):
-        return "dict"
-    if isinstance(typ, EnumType):
-        return "str"
-    if isinstance(typ, BuiltinType):
-        return {"string": "str", "boolean": "bool", "int": "number", "number": "number"}.get(
-            typ.json_type, "null"
-        )
-    return "?"

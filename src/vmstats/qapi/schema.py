@@ -52,6 +52,16 @@ INT_RANGES: dict[str, tuple[int, int]] = {
 }
 
 
+_JSON_KIND = {
+    "string": "str",
+    "boolean": "bool",
+    "int": "number",
+    "number": "number",
+    "null": "null",
+    "value": "value",
+}
+
+
 def py_name(qapi_name: str) -> str:
     """The Python attribute for a QAPI member name (``qom-path`` -> ``qom_path``)."""
     return qapi_name.replace("-", "_")
@@ -239,6 +249,20 @@ class Schema:
             self.types[name] = array
             return array
         raise KeyError(name)
+
+    def json_kind(self, name: str) -> str:
+        """The JSON kind a value of type ``name`` has on the wire: dict, list, str, bool,
+        number or null (``value`` for ``any``).  Alternates choose their branch by it."""
+        typ = self.lookup(name)
+        if isinstance(typ, ArrayType):
+            return "list"
+        if isinstance(typ, ObjectType):
+            return "dict"
+        if isinstance(typ, EnumType):
+            return "str"
+        if isinstance(typ, BuiltinType):
+            return _JSON_KIND[typ.json_type]
+        return "alternate"
 
     def object_members(self, typ: ObjectType, tag: str | None) -> tuple[Member, ...]:
         """All members of ``typ`` for discriminator value ``tag`` (base first)."""

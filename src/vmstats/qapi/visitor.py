@@ -239,7 +239,7 @@ class InputVisitor:
         value = self._get(name, consume=False)
         kind = json_kind(value)
         for branch in typ.branches:
-            if _accepts(self.schema, branch.type, kind):
+            if self.schema.json_kind(branch.type) == kind:
                 return self.visit(branch.type, name)
         raise _bad_type(name if name is not None else "null", typ.name)
 
@@ -256,25 +256,6 @@ class InputVisitor:
         self._check_struct()
         self.stack.pop()
         return values
-
-
-def _accepts(schema: Schema, type_name: str, kind: str) -> bool:
-    typ = schema.lookup(type_name)
-    if isinstance(typ, ArrayType):
-        return kind == "list"
-    if isinstance(typ, ObjectType):
-        return kind == "dict"
-    if isinstance(typ, EnumType):
-        return kind == "str"
-    if isinstance(typ, BuiltinType):
-        return {
-            "string": "str",
-            "boolean": "bool",
-            "int": "number",
-            "number": "number",
-            "null": "null",
-        }.get(typ.json_type) == kind
-    return False
 
 
 def visit(schema: Schema, type_name: str, value: Any) -> Any:
