@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e .
-if [ "$#" -eq 0 ]; then set -- qapi; fi
+if [ "$#" -eq 0 ]; then set -- demo; fi
 exec .venv/bin/vmstats "$@"

@@ -14,6 +14,7 @@ import pytest
 CAPTURES = Path(__file__).parent / "data" / "qemu-7.2-captures"
 
 _outcomes: Counter[tuple[str, str]] = Counter()
+_markers: dict[str, set[str]] = {}
 
 
 @pytest.fixture
@@ -21,10 +22,15 @@ def captures() -> Path:
     return CAPTURES
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        _markers[item.nodeid] = {m.name for m in item.iter_markers()}
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call" or (report.when == "setup" and report.skipped):
         for marker in ("kvm", "qemu"):
-            if marker in report.keywords:
+            if marker in _markers.get(report.nodeid, ()):
                 _outcomes[(marker, "skipped" if report.skipped else "ran")] += 1
 
 

@@ -66,12 +66,16 @@ def test_any_arguments_give_a_result_or_a_qemu_error(arguments: Any, command: st
 @settings(max_examples=300)
 @given(
     target=st.sampled_from(["vm", "vcpu"]),
-    providers=st.none() | st.lists(st.fixed_dictionaries(
-        {"provider": st.just("kvm")},
-        optional={"names": st.lists(st.sampled_from(["exits", "busy", "wait_hist", "zz"]))},
-    ), max_size=3),
+    providers=st.none()
+    | st.lists(
+        st.fixed_dictionaries(
+            {"provider": st.just("kvm")},
+            optional={"names": st.lists(st.sampled_from(["exits", "busy", "wait_hist", "zz"]))},
+        ),
+        max_size=3,
+    ),
     vcpus=st.none() | st.lists(st.sampled_from([vcpu_path(i) for i in range(4)])),
-)  # fmt: skip
+)
 def test_valid_filters_always_succeed(target: str, providers: Any, vcpus: Any) -> None:
     arguments: dict[str, Any] = {"target": target}
     if providers is not None:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from vmstats import __version__
+from vmstats.cli import demo
 from vmstats.stats.schema import STATS_QAPI
 
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     qapi = sub.add_parser("qapi", help="print the stats QAPI declaration (qapi/stats.json)")
     qapi.set_defaults(func=_cmd_qapi)
+    demo.add_parser(sub)
     return parser
 
 

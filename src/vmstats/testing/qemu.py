@@ -83,11 +83,24 @@ class QemuVM:
     def start(self) -> QemuVM:
         maxcpus = max(self.vcpus, 1)
         args = [
-            QEMU_BINARY, "-accel", "kvm", "-m", str(self.memory_mb),
-            "-smp", f"{self.vcpus},maxcpus={maxcpus}", "-nodefaults", "-nographic",
-            "-display", "none", "-monitor", "none", "-serial", "none",
-            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-        ]  # fmt: skip
+            QEMU_BINARY,
+            "-accel",
+            "kvm",
+            "-m",
+            str(self.memory_mb),
+            "-smp",
+            f"{self.vcpus},maxcpus={maxcpus}",
+            "-nodefaults",
+            "-nographic",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            "none",
+            "-qmp",
+            f"unix:{self.qmp_path},server=on,wait=off",
+        ]
         if self.paused:
             args.append("-S")
         self.proc = subprocess.Popen(

@@ -1,0 +1,25 @@
+"""Fixtures for tests on the real kernel: they run wherever /dev/kvm is usable."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vmstats.demo import DemoVM, GuestProgram
+from vmstats.kvm.ioctl import kvm_unavailable_reason
+
+KVM_REASON = kvm_unavailable_reason()
+requires_kvm = pytest.mark.skipif(KVM_REASON is not None, reason=f"no usable KVM: {KVM_REASON}")
+#: PVM (KVM inside a Firecracker guest) emulates ring-0 code: some counters mean other things.
+ON_PVM = Path("/sys/module/kvm_pvm").exists()
+requires_pvm = pytest.mark.skipif(not ON_PVM, reason="exact emulator counts are PVM-specific")
+
+PROGRAM = GuestProgram(outs_per_round=10, mmio_per_round=3)
+
+
+@pytest.fixture
+def demo_vm() -> Iterator[DemoVM]:
+    with DemoVM(vcpus=2, program=PROGRAM, rate=0) as vm:
+        yield vm

@@ -1,0 +1,161 @@
+"""The kvm provider maps descriptors exactly as QEMU's KVM provider (reference §4).
+
+Crafted stats files on disk stand in for the kernel, so that every odd case (unknown
+type, unit or base, boolean histograms, size-1 histograms) can be produced.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kvm.statsfile import (
+    BOOLEAN,
+    BYTES,
+    CYCLES,
+    INSTANT,
+    LINEAR_HIST,
+    LOG_HIST,
+    PEAK,
+    POW2,
+    SECONDS,
+    Desc,
+    StatsFileSpec,
+)
+from vmstats.kvm.binstats import LayoutCache, StatsFile
+from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
+from vmstats.qapi import json as qjson
+from vmstats.qapi.dispatch import Dispatcher
+from vmstats.stats import StatsRegistry
+from vmstats.stats.commands import stats_handlers
+from vmstats.stats.schema import stats_schema
+
+DESCS = [
+    Desc("plain"),  # cumulative, no unit
+    Desc("flag", INSTANT | BOOLEAN),  # bool from first u64
+    Desc("wait_ns", SECONDS, exponent=-9),  # base 10 shown
+    Desc("mem", PEAK | BYTES | POW2, exponent=12),  # base 2 shown
+    Desc("tsc", CYCLES),  # exp 0: no base
+    Desc("lin", LINEAR_HIST, size=3, bucket_size=10),  # bucket-size shown
+    Desc("log", LOG_HIST | SECONDS, exponent=-9, size=4),  # reversed list
+    Desc("boolhist", LINEAR_HIST | BOOLEAN, size=2, bucket_size=1),  # collapses to bool
+    Desc("onehist", LOG_HIST, size=1),  # size 1: scalar
+    Desc("badtype", 0x7),  # dropped everywhere
+    Desc("badunit", 0x50),  # dropped everywhere
+    Desc("badbase0", 0x200),  # exp 0: in schema only
+    Desc("badbase3", 0x200, exponent=3),  # dropped everywhere
+    Desc("future", 0x10000),  # unknown bit: ignored
+]
+VALUES = [5, 2, 300, 4, 6, 1, 2, 3, 10, 20, 30, 40, 0, 1, 9, 8, 8, 8, 8, 77]
+
+
+@pytest.fixture
+def dispatcher(tmp_path: Path) -> Iterator[Dispatcher]:
+    path = tmp_path / "vcpu-stats"
+    path.write_bytes(StatsFileSpec(DESCS, values=VALUES).build())
+    fd = os.open(path, os.O_RDONLY)
+    registry = StatsRegistry()
+    file = StatsFile(fd, cache=LayoutCache())
+    registry.add_stats_callbacks(
+        KvmStatsProvider(file, [VcpuStatsFile("/machine/unattached/device[0]", file)])
+    )
+    yield Dispatcher(stats_schema(), stats_handlers(registry))
+    os.close(fd)
+
+
+def call(d: Dispatcher, command: str, arguments: dict[str, Any] | None = None) -> Any:
+    return d.dispatch({"execute": command, "arguments": arguments or {}})["return"]
+
+
+def test_values_are_shaped_and_ordered_as_qemu(dispatcher: Dispatcher) -> None:
+    [result] = call(dispatcher, "query-stats", {"target": "vm"})
+    assert result == {
+        "provider": "kvm",
+        "stats": [
+            {"name": "future", "value": 77},
+            {"name": "onehist", "value": 9},
+            {"name": "boolhist", "value": False},  # first u64 only: [0, 1] is false
+            {"name": "log", "value": [40, 30, 20, 10]},
+            {"name": "lin", "value": [3, 2, 1]},
+            {"name": "tsc", "value": 6},
+            {"name": "mem", "value": 4},
+            {"name": "wait_ns", "value": 300},
+            {"name": "flag", "value": True},
+            {"name": "plain", "value": 5},
+        ],
+    }
+
+
+def test_schema_is_mapped_as_qemu(dispatcher: Dispatcher) -> None:
+    schemas = call(dispatcher, "query-stats-schemas")
+    assert [s["target"] for s in schemas] == ["vcpu", "vm"]
+    assert schemas[0]["stats"] == schemas[1]["stats"]
+    assert schemas[1]["stats"] == [
+        {"name": "future", "exponent": 0, "type": "cumulative"},
+        {"name": "badbase0", "exponent": 0, "type": "cumulative"},
+        {"name": "onehist", "exponent": 0, "type": "log2-histogram"},
+        {
+            "name": "boolhist",
+            "unit": "boolean",
+            "bucket-size": 1,
+            "exponent": 0,
+            "type": "linear-histogram",
+        },
+        {"name": "log", "unit": "seconds", "base": 10, "exponent": -9, "type": "log2-histogram"},
+        {"name": "lin", "bucket-size": 10, "exponent": 0, "type": "linear-histogram"},
+        {"name": "tsc", "unit": "cycles", "exponent": 0, "type": "cumulative"},
+        {"name": "mem", "unit": "bytes", "base": 2, "exponent": 12, "type": "peak"},
+        {"name": "wait_ns", "unit": "seconds", "base": 10, "exponent": -9, "type": "cumulative"},
+        {"name": "flag", "unit": "boolean", "exponent": 0, "type": "instant"},
+        {"name": "plain", "exponent": 0, "type": "cumulative"},
+    ]
+
+
+def test_names_filter_and_vanishing_object(dispatcher: Dispatcher) -> None:
+    reply = call(
+        dispatcher,
+        "query-stats",
+        {
+            "target": "vcpu",
+            "providers": [{"provider": "kvm", "names": ["plain", "log", "badtype", "nope"]}],
+        },
+    )
+    assert reply == [
+        {
+            "provider": "kvm",
+            "stats": [{"name": "log", "value": [40, 30, 20, 10]}, {"name": "plain", "value": 5}],
+            "qom-path": "/machine/unattached/device[0]",
+        }
+    ]
+    assert (
+        call(
+            dispatcher,
+            "query-stats",
+            {"target": "vcpu", "providers": [{"provider": "kvm", "names": ["badunit"]}]},
+        )
+        == []
+    )
+
+
+def test_unknown_paths_are_ignored(dispatcher: Dispatcher) -> None:
+    assert call(dispatcher, "query-stats", {"target": "vcpu", "vcpus": ["/x"]}) == []
+
+
+def test_wire_bytes_of_a_result(dispatcher: Dispatcher) -> None:
+    reply = dispatcher.dispatch(
+        {
+            "execute": "query-stats",
+            "arguments": {
+                "target": "vcpu",
+                "providers": [{"provider": "kvm", "names": ["flag", "plain"]}],
+            },
+        }
+    )
+    assert qjson.dumps(reply) == (
+        '{"return": [{"provider": "kvm", "stats": [{"name": "flag", "value": true}, '
+        '{"name": "plain", "value": 5}], "qom-path": "/machine/unattached/device[0]"}]}'
+    )
