@@ -10,6 +10,8 @@ import sys
 
 from vmstats.demo.guest import GuestProgram
 from vmstats.demo.process import DemoProcess
+from vmstats.qmp.monitor import Monitor
+from vmstats.qmp.server import QMPServer
 from vmstats.stats.registry import StatsRegistry
 from vmstats.top.sample import take_sample
 from vmstats.top.view import vcpu_table
@@ -37,6 +39,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--mmio", type=int, default=2, metavar="M", help="MMIO writes per round (default 2)"
     )
     p.add_argument(
+        "--qmp",
+        metavar="PATH",
+        help="also serve the VM's stats over QMP on this unix socket (mode 0600)",
+    )
+    p.add_argument(
         "--interval",
         type=float,
         default=1.0,
@@ -51,8 +58,34 @@ async def _main(args: argparse.Namespace, demo: DemoProcess, registry: StatsRegi
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    server = None
+    where = ""
+    if args.qmp:
+        assert demo.provider is not None
+        paths = [v.qom_path for v in demo.provider.vcpus]
+        server = QMPServer(Monitor(registry, lambda: paths))
+        try:
+            await server.start_unix(args.qmp)
+        except OSError as exc:
+            print(f"vmstats demo: cannot serve QMP on {args.qmp}: {exc}", file=sys.stderr)
+            return 1
+        where = f", QMP {args.qmp}"
+    try:
+        return await _show(args, demo, registry, stop, where)
+    finally:
+        if server is not None:
+            await server.close()
+
+
+async def _show(
+    args: argparse.Namespace,
+    demo: DemoProcess,
+    registry: StatsRegistry,
+    stop: asyncio.Event,
+    where: str,
+) -> int:
     if args.headless:
-        print(f"vmstats demo: ready: {args.vcpus} vCPUs, VM process {demo.pid}", flush=True)
+        print(f"vmstats demo: ready: {args.vcpus} vCPUs, VM process {demo.pid}{where}", flush=True)
         while not stop.is_set() and demo.alive():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
@@ -62,7 +95,7 @@ async def _main(args: argparse.Namespace, demo: DemoProcess, registry: StatsRegi
 
         console = Console()
         before = take_sample(registry)
-        title = f"vmstats demo: {args.vcpus} vCPUs, VM process {demo.pid} (Ctrl-C to quit)"
+        title = f"vmstats demo: {args.vcpus} vCPUs, VM process {demo.pid}{where} (Ctrl-C to quit)"
         with Live(console=console, auto_refresh=False, transient=False) as live:
             while not stop.is_set() and demo.alive():
                 with contextlib.suppress(TimeoutError):

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from vmstats import __version__
-from vmstats.cli import demo
+from vmstats.cli import client, demo
 from vmstats.stats.schema import STATS_QAPI
 
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     qapi = sub.add_parser("qapi", help="print the stats QAPI declaration (qapi/stats.json)")
     qapi.set_defaults(func=_cmd_qapi)
     demo.add_parser(sub)
+    client.add_parsers(sub)
     return parser
 
 

@@ -59,13 +59,18 @@ def is_oob(request: Any) -> bool:
 class Dispatcher:
     """Commands of one schema bound to their handlers."""
 
-    def __init__(self, schema: Schema, handlers: Mapping[str, Handler]) -> None:
+    def __init__(
+        self,
+        schema: Schema,
+        handlers: Mapping[str, Handler],
+        encoder: OutputEncoder | None = None,
+    ) -> None:
         unknown = set(handlers) - set(schema.commands)
         if unknown:
             raise ValueError(f"handlers for undeclared commands: {sorted(unknown)}")
         self.schema = schema
         self.handlers = dict(handlers)
-        self.encoder = OutputEncoder(schema)
+        self.encoder = encoder or OutputEncoder(schema)
 
     def command_names(self) -> list[str]:
         return list(self.handlers)

@@ -22,10 +22,29 @@ def _upper(match: re.Match[str]) -> str:
 
 
 def dumps(value: Any) -> str:
-    """``value`` as QEMU would write it (compact form, no trailing newline)."""
+    """``value`` as QEMU would write it (compact form, no trailing newline).
+
+    Fast (C encoder); for values that may hold floats use :func:`dumps_exact`.
+    """
     text = _ENCODER.encode(value)
     if "\\u" in text:
         text = _LOWER_HEX_ESCAPE.sub(_upper, text)
     if "\x7f" in text:
         text = text.replace("\x7f", "\\u007F")
     return text
+
+
+def dumps_exact(value: Any) -> str:
+    """Like :func:`dumps`, with floats printed as QEMU does (``%.17g``, even ``inf``).
+
+    Floats only reach us from clients (an ``id`` echoed back), so this slower path is used
+    for those values alone.
+    """
+    if isinstance(value, float):
+        return f"{value:.17g}"
+    if isinstance(value, dict):
+        items = ", ".join(f"{dumps(k)}: {dumps_exact(v)}" for k, v in value.items())
+        return "{" + items + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(dumps_exact(v) for v in value) + "]"
+    return dumps(value)

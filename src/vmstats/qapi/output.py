@@ -12,6 +12,7 @@ from typing import Any
 
 from vmstats.qapi.qdict import qdict_bucket
 from vmstats.qapi.schema import (
+    NULL,
     AlternateType,
     ArrayType,
     BuiltinType,
@@ -77,19 +78,20 @@ class OutputEncoder:
             value = dict(zip((m.attr for m in typ.members), value, strict=True))
         source = value
 
-        def get(attr: str) -> Any:
-            if isinstance(source, dict):
-                return source.get(attr)
-            return getattr(source, attr, None)
+        def get(member: Member) -> Any:
+            if isinstance(source, dict):  # keyed by wire name, or by Python name
+                return source.get(member.name, source.get(member.attr))
+            return getattr(source, member.attr, None)
 
         tag = None
         if typ.discriminator is not None:
-            raw = get(typ.discriminator.replace("-", "_"))
+            discriminator = next(m for m in typ.members if m.name == typ.discriminator)
+            raw = get(discriminator)
             tag = raw.value if isinstance(raw, Enum) else raw
         out: dict[str, Any] = {}
         for member in self._ordered(typ.name, tag):
-            item = get(member.attr)
+            item = get(member)
             if item is None and member.optional:
                 continue
-            out[member.name] = self.encode(member.type, item)
+            out[member.name] = None if item is NULL else self.encode(member.type, item)
         return out

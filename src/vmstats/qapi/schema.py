@@ -67,6 +67,16 @@ def py_name(qapi_name: str) -> str:
     return qapi_name.replace("-", "_")
 
 
+class _JSONNull:
+    """An explicit JSON ``null`` in a model value (None means "member absent")."""
+
+    def __repr__(self) -> str:
+        return "NULL"
+
+
+NULL: Any = _JSONNull()
+
+
 @dataclass(frozen=True)
 class Member:
     """One member of an object type; ``optional`` is QAPI's leading ``*``."""
@@ -74,6 +84,7 @@ class Member:
     name: str
     type: str
     optional: bool = False
+    features: tuple[str, ...] = ()
 
     @property
     def attr(self) -> str:
@@ -135,6 +146,7 @@ class Command:
     ret_type: str | None
     boxed: bool = False
     allow_oob: bool = False
+    features: tuple[str, ...] = ()
 
 
 def _parse_version(text: str) -> Version:
@@ -146,7 +158,11 @@ def _members(data: Mapping[str, Any]) -> tuple[Member, ...]:
     out = []
     for key, typ in data.items():
         optional = key.startswith("*")
-        out.append(Member(key.lstrip("*"), _type_ref(typ), optional))
+        features: tuple[str, ...] = ()
+        if isinstance(typ, dict):
+            features = tuple(typ.get("features", ()))
+            typ = typ["type"]
+        out.append(Member(key.lstrip("*"), _type_ref(typ), optional, features))
     return tuple(out)
 
 
@@ -233,6 +249,7 @@ class Schema:
             None if returns is None else _type_ref(returns),
             boxed=bool(expr.get("boxed", False)),
             allow_oob=bool(expr.get("allow-oob", False)),
+            features=tuple(expr.get("features", ())),
         )
 
     # -- lookup ---------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""A QMP monitor over a stats registry: the schema it serves and its command handlers.
+
+One :class:`Monitor` serves any number of sessions; what differs per connection (the
+negotiation state) lives in :class:`vmstats.qmp.session.QMPSession`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from vmstats import __version__
+from vmstats.qapi.dispatch import Dispatcher, Handler
+from vmstats.qapi.introspect import Introspector
+from vmstats.qapi.output import OutputEncoder
+from vmstats.qapi.schema import Schema, Version
+from vmstats.qmp.control import (
+    CONTROL_QAPI,
+    QEMU_7_2_INTROSPECTION_NAMES,
+    QUERY_COMMANDS_ORDER,
+    SCHEMA_COMMAND_ORDER,
+)
+from vmstats.qmp.hmp import HumanMonitor
+from vmstats.stats.commands import stats_handlers
+from vmstats.stats.model import StatsProvider
+from vmstats.stats.registry import StatsRegistry
+from vmstats.stats.schema import BINDINGS, DEFAULT_VERSION, STATS_QAPI
+
+PACKAGE = f"vmstats {__version__}"
+
+
+class Monitor:
+    """Everything a QMP connection can ask of one VM's stats.
+
+    ``cpus`` returns the QOM paths of the vCPUs by CPU index (for HMP ``cpu`` and
+    ``info stats vcpu``).  ``version`` is the QEMU release whose wire is reproduced; the
+    greeting and ``query-version`` report it, with ``package`` naming vmstats, so tools that
+    gate features on QEMU's version see the API they get.
+    """
+
+    def __init__(
+        self,
+        registry: StatsRegistry,
+        cpus: Callable[[], Sequence[str]] = lambda: (),
+        *,
+        version: Version = DEFAULT_VERSION,
+        package: str = PACKAGE,
+    ) -> None:
+        self.registry = registry
+        self.schema = Schema(CONTROL_QAPI + STATS_QAPI, version=version, bindings=BINDINGS)
+        self.encoder = OutputEncoder(self.schema)
+        self.version_triple = (version[0], version[1], 0)
+        self.package = package
+        providers = [StatsProvider(v) for v in self._enum_values("StatsProvider")]
+        self.hmp = HumanMonitor(registry, cpus, self.version_triple, package, providers)
+        self.handlers: dict[str, Handler] = {
+            "query-version": self.query_version,
+            "query-commands": self.query_commands,
+            "query-qmp-schema": self.query_qmp_schema,
+            "human-monitor-command": self.human_monitor_command,
+            **stats_handlers(registry),
+        }
+        self._introspection = Introspector(self.schema, QEMU_7_2_INTROSPECTION_NAMES).entries(
+            SCHEMA_COMMAND_ORDER
+        )
+
+    def _enum_values(self, name: str) -> tuple[str, ...]:
+        values: tuple[str, ...] = getattr(self.schema.lookup(name), "values", ())
+        return values
+
+    def dispatcher(self, qmp_capabilities: Handler, *, negotiated: bool) -> Dispatcher:
+        """Commands for one session: only ``qmp_capabilities`` until negotiation is done."""
+        handlers = {"qmp_capabilities": qmp_capabilities}
+        if negotiated:
+            handlers.update(self.handlers)
+        return Dispatcher(self.schema, handlers, encoder=self.encoder)
+
+    # -- command handlers -----------------------------------------------------------
+
+    def version_info(self) -> dict[str, Any]:
+        major, minor, micro = self.version_triple
+        return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": self.package}
+
+    def query_version(self) -> dict[str, Any]:
+        return self.version_info()
+
+    def query_commands(self) -> list[dict[str, str]]:
+        return [{"name": name} for name in QUERY_COMMANDS_ORDER]
+
+    def query_qmp_schema(self) -> list[dict[str, Any]]:
+        return self._introspection
+
+    def human_monitor_command(self, command_line: str, cpu_index: int | None = None) -> str:
+        return self.hmp.execute(command_line, cpu_index)

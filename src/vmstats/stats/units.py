@@ -1,0 +1,111 @@
+"""Units of statistics: the one place that knows SI/IEC prefixes and how to scale values.
+
+QEMU's HMP prints the *unit* of a stat with a prefix (``ns``, ``KiB``) but the raw value;
+our own tools print scaled values (``1.50 ms``).  Both use the prefix tables below.
+"""
+
+from __future__ import annotations
+
+from vmstats.stats.model import StatsSchemaValue, StatsUnit, StatsValue
+
+SI_PREFIXES = ("a", "f", "p", "n", "u", "m", "", "K", "M", "G", "T", "P", "E")
+IEC_PREFIXES = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
+SHORT_UNITS = {StatsUnit.SECONDS: "s", StatsUnit.BYTES: "B"}
+
+
+def si_prefix(exponent: int) -> str | None:
+    """The SI prefix for 10**exponent, or None when there is none (not a multiple of 3)."""
+    if -18 <= exponent <= 18 and exponent % 3 == 0:
+        return SI_PREFIXES[(exponent + 18) // 3]
+    return None
+
+
+def iec_prefix(exponent: int) -> str | None:
+    """The IEC prefix for 2**exponent, or None."""
+    if 0 <= exponent <= 60 and exponent % 10 == 0:
+        return IEC_PREFIXES[exponent // 10]
+    return None
+
+
+def hmp_unit(value: StatsSchemaValue) -> str:
+    """The unit text QEMU's ``info stats`` prints after the type, exactly as QEMU does."""
+    unit = SHORT_UNITS.get(value.unit) if value.unit is not None else None
+    base = value.base or 0
+    text = ""
+    prefix = si_prefix(value.exponent) if unit and base == 10 else None
+    if prefix is None and unit and base == 2:
+        prefix = iec_prefix(value.exponent)
+    if prefix is not None:
+        text = prefix
+    elif value.exponent:
+        text = f"* {base}^{value.exponent}{' ' if value.unit is not None else ''}"
+        unit = None
+    if value.unit is not None:
+        text += unit if unit else value.unit.value
+    return text
+
+
+def scale(raw: int, schema: StatsSchemaValue | None) -> float:
+    """``raw`` in the stat's base unit (seconds, bytes, ...), applying base**exponent."""
+    if schema is None or not schema.exponent:
+        return float(raw)
+    return float(raw) * float(schema.base or 10) ** schema.exponent
+
+
+def _human_seconds(seconds: float) -> str:
+    if seconds == 0:
+        return "0 s"
+    for factor, suffix in ((1.0, "s"), (1e-3, "ms"), (1e-6, "us"), (1e-9, "ns")):
+        if abs(seconds) >= factor:
+            return f"{seconds / factor:.3g} {suffix}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def _human_bytes(count: float) -> str:
+    for index in range(len(IEC_PREFIXES) - 1, -1, -1):
+        factor = 1024.0**index
+        if abs(count) >= factor or index == 0:
+            return f"{count / factor:.4g} {IEC_PREFIXES[index]}B"
+    return f"{count} B"
+
+
+def human(value: StatsValue, schema: StatsSchemaValue | None) -> str:
+    """A scalar or boolean for people: ns as time, bytes as KiB/MiB, counts with separators."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    unit = schema.unit if schema is not None else None
+    if unit == StatsUnit.SECONDS:
+        return _human_seconds(scale(value, schema))
+    if unit == StatsUnit.BYTES:
+        return _human_bytes(scale(value, schema))
+    if schema is not None and schema.exponent:
+        return f"{scale(value, schema):.6g}"
+    suffix = " cycles" if unit == StatsUnit.CYCLES else ""
+    return f"{value:,}{suffix}"
+
+
+def bucket_ranges(schema: StatsSchemaValue, buckets: int) -> list[str]:
+    """Labels of histogram buckets in natural order (lowest first), in the stat's unit.
+
+    Linear: bucket N covers [bs*(N-1), bs*N), the last one is open.  Log2: bucket 1 is
+    [0, 1), bucket N covers [2**(N-2), 2**(N-1)), the last one is open.
+    """
+    labels = []
+    for index in range(buckets):
+        last = index == buckets - 1
+        if schema.type.value == "linear-histogram":
+            size = schema.bucket_size or 1
+            low, high = size * index, size * (index + 1)
+        else:
+            low, high = (0, 1) if index == 0 else (2 ** (index - 1), 2**index)
+        low_text, high_text = _bucket_edge(low, schema), _bucket_edge(high, schema)
+        labels.append(f">= {low_text}" if last else f"{low_text} - {high_text}")
+    return labels
+
+
+def _bucket_edge(edge: int, schema: StatsSchemaValue) -> str:
+    if schema.unit == StatsUnit.SECONDS:
+        return _human_seconds(scale(edge, schema))
+    return f"{scale(edge, schema):g}"
