@@ -228,7 +228,8 @@ class JSONStreamParser:
         elif kind == JSON_RSQUARE:
             self._brackets -= 1
         elif kind == JSON_ERROR:
-            shown = utf8.decode_replacing(text)
+            # QEMU formats the token as a C string: it ends at the first NUL byte.
+            shown = utf8.decode_replacing(text.split(b"\0", 1)[0])
             self._emit(Message(error=f"JSON parse error, stray '{shown}'"))
             return
         elif kind == JSON_END_OF_INPUT:
@@ -426,7 +427,7 @@ class _Parser:
                     else:
                         cp = -1
                 if not utf8.is_valid_codepoint(cp):
-                    shown = raw[begin:pos].decode("ascii", "replace")
+                    shown = utf8.decode_replacing(raw[begin:pos])
                     self._fail(f"{shown} is not a valid Unicode character")
                     return None
                 out.append(chr(cp))

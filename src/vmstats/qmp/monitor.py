@@ -43,13 +43,14 @@ class Monitor:
         registry: StatsRegistry,
         cpus: Callable[[], Sequence[str]] = lambda: (),
         *,
-        version: Version = DEFAULT_VERSION,
+        version: Version | tuple[int, int, int] = DEFAULT_VERSION,
         package: str = PACKAGE,
     ) -> None:
         self.registry = registry
-        self.schema = Schema(CONTROL_QAPI + STATS_QAPI, version=version, bindings=BINDINGS)
+        major, minor = version[0], version[1]
+        self.schema = Schema(CONTROL_QAPI + STATS_QAPI, version=(major, minor), bindings=BINDINGS)
         self.encoder = OutputEncoder(self.schema)
-        self.version_triple = (version[0], version[1], 0)
+        self.version_triple = (major, minor, version[2] if len(version) > 2 else 0)
         self.package = package
         providers = [StatsProvider(v) for v in self._enum_values("StatsProvider")]
         self.hmp = HumanMonitor(registry, cpus, self.version_triple, package, providers)

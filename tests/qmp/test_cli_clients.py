@@ -1,0 +1,149 @@
+"""``vmstats query/schemas/info`` against real QEMU 7.2 and against ``vmstats demo``.
+
+Both answer for the same kernel, so the schemas must be identical and query replies must
+have the same stat names, order and value shapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kvm.conftest import requires_kvm
+from vmstats.qmp.jsonstream import JSONStreamParser
+from vmstats.testing.qemu import QemuVM, qemu_unavailable_reason
+
+QEMU_REASON = qemu_unavailable_reason()
+requires_qemu = pytest.mark.skipif(QEMU_REASON is not None, reason=f"no QEMU: {QEMU_REASON}")
+
+
+def vmstats(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vmstats", *args], capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def demo_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("demo") / "qmp.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "vmstats", "demo", "--headless", "--vcpus",
+                             "2", "--qmp", str(path)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("vmstats demo: ready: 2 vCPUs"), line
+    yield path
+    proc.terminate()
+    assert proc.wait(10) == 0
+    assert not path.exists(), "the demo removes its socket"
+
+
+@pytest.fixture(scope="module")
+def qemu_socket() -> Iterator[Path]:
+    with QemuVM(vcpus=2) as vm:
+        yield vm.qmp_path
+
+
+def shapes(reply: list[dict[str, object]]) -> list[tuple[object, ...]]:
+    def shape(v: object) -> object:
+        return ("list", len(v)) if isinstance(v, list) else type(v).__name__
+
+    return [
+        (r.get("qom-path"), tuple((s["name"], shape(s["value"])) for s in r["stats"]))  # type: ignore[index, union-attr]
+        for r in reply
+    ]
+
+
+@pytest.mark.kvm
+@pytest.mark.qemu
+@requires_kvm
+@requires_qemu
+def test_same_schemas_from_qemu_and_demo(demo_socket: Path, qemu_socket: Path) -> None:
+    ours = vmstats("schemas", str(demo_socket), "--json")
+    theirs = vmstats("schemas", str(qemu_socket), "--json")
+    assert ours.returncode == theirs.returncode == 0
+    assert ours.stdout == theirs.stdout  # byte for byte: same kernel, same wire
+    assert json.loads(ours.stdout)[0]["target"] == "vcpu"
+
+
+@pytest.mark.kvm
+@pytest.mark.qemu
+@requires_kvm
+@requires_qemu
+@pytest.mark.parametrize("args", [
+    ["--target", "vcpu"],
+    ["--target", "vm"],
+    ["--target", "vcpu", "--names", "exits,halt_wait_hist,guest_mode,nope"],
+    ["--target", "vcpu", "--vcpus", "/machine/unattached/device[2]"],
+    ["--target", "vm", "--provider", "kvm", "--names", "pages_4k"],
+])  # fmt: skip
+def test_same_stat_names_types_and_shapes(demo_socket: Path, qemu_socket: Path,
+                                          args: list[str]) -> None:  # fmt: skip
+    ours = vmstats("query", str(demo_socket), *args, "--json")
+    theirs = vmstats("query", str(qemu_socket), *args, "--json")
+    assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
+    assert shapes(json.loads(ours.stdout)) == shapes(json.loads(theirs.stdout))
+
+
+@pytest.mark.kvm
+@requires_kvm
+def test_human_output_of_the_demo(demo_socket: Path) -> None:
+    out = vmstats("query", str(demo_socket), "--target", "vcpu", "--names",
+                  "halt_exits,halt_wait_ns,blocking,halt_wait_hist")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.index("device[0]") < text.index("device[2]")  # natural order for people
+    assert " s " in text or "ns" in text or "0 s" in text  # seconds shown as time
+    assert "samples" in text  # histograms summarised
+    info = vmstats("info", str(demo_socket), "vcpu", "halt_exits")
+    assert info.stdout.startswith("provider: kvm\n    halt_exits (cumulative): ")
+
+
+def test_unreachable_socket_is_a_clear_error(tmp_path: Path) -> None:
+    out = vmstats("query", str(tmp_path / "nope.sock"), "--target", "vm")
+    assert out.returncode == 1
+    assert "cannot connect to QMP at" in out.stderr and "No such file" in out.stderr
+    out = vmstats("query", "127.0.0.1:1", "--target", "vm")
+    assert out.returncode == 1 and "cannot connect to QMP at 127.0.0.1:1" in out.stderr
+
+
+def test_qemu_without_query_stats_is_a_clear_error(tmp_path: Path) -> None:
+    """A peer that behaves like QEMU 6.2: greets, negotiates, lacks query-stats."""
+    path = tmp_path / "old.sock"
+    ready = threading.Event()
+
+    async def old_qemu() -> None:
+        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 6}, '
+                         b'"package": ""}, "capabilities": ["oob"]}}\r\n')  # fmt: skip
+            stream = JSONStreamParser()  # clients send JSON without newlines
+            while data := await reader.read(4096):
+                for message in stream.feed(data):
+                    request = message.value
+                    value = (
+                        [{"name": "query-version"}]
+                        if request["execute"] == "query-commands"
+                        else {}
+                    )
+                    reply = {"return": value, **({"id": request["id"]} if "id" in request else {})}
+                    writer.write(json.dumps(reply).encode() + b"\r\n")
+            writer.close()
+
+        server = await asyncio.start_unix_server(client, path=str(path))
+        ready.set()
+        await asyncio.sleep(20)
+        server.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(old_qemu(),), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    out = vmstats("query", str(path), "--target", "vm")
+    assert out.returncode == 1
+    assert "QEMU 6.2.0" in out.stderr and "needs QEMU 7.1 or newer" in out.stderr
+    assert os.path.exists(path)

@@ -1,0 +1,133 @@
+"""Real clients against our server over a real unix socket: qemu.qmp and qmp-shell."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from qemu.qmp import ExecuteError, QMPClient
+
+from tests.qmp.conftest import ServerThread
+from vmstats.testing.qemu import RawQMP
+
+
+def test_qemu_qmp_client_talks_to_us(qmp_server: ServerThread) -> None:
+    async def main() -> None:
+        client = QMPClient("test")
+        await client.connect(str(qmp_server.path))
+        assert client.greeting is not None
+        assert client.greeting.QMP.version["package"].startswith("vmstats")
+        vm = await client.execute("query-stats", {"target": "vm"})
+        assert vm == [{"provider": "kvm", "stats": [{"name": "flushes", "value": 7},
+                                                    {"name": "pages", "value": 100}]}]  # fmt: skip
+        schemas = await client.execute("query-stats-schemas")
+        assert [s["target"] for s in schemas] == ["vcpu", "vm"]
+        with pytest.raises(ExecuteError) as info:
+            await client.execute("query-stats", {"target": "nope"})
+        assert info.value.error.error.desc == "Parameter 'target' does not accept value 'nope'"
+        text = await client.execute("human-monitor-command", {"command-line": "info stats vm"})
+        assert (
+            text == "provider: kvm\r\n    flushes (cumulative): 7\r\n    pages (instant): 100\r\n"
+        )
+        await client.disconnect()
+
+    asyncio.run(main())
+
+
+def _qmp_shell(path: Path, stdin: str, *flags: str) -> str:
+    shell = shutil.which("qmp-shell", path=os.path.dirname(sys.executable))
+    assert shell is not None, "qmp-shell comes with qemu.qmp"
+    result = subprocess.run([shell, *flags, str(path)], input=stdin, capture_output=True,
+                            text=True, timeout=30)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_qmp_shell_in_qmp_mode(qmp_server: ServerThread) -> None:
+    out = _qmp_shell(
+        qmp_server.path, 'query-stats target=vcpu vcpus=["/machine/unattached/device[1]"]\n'
+    )
+    assert '"qom-path": "/machine/unattached/device[1]"' in out
+    assert '"name": "busy", "value": true' in out
+
+
+def test_qmp_shell_in_hmp_mode(qmp_server: ServerThread) -> None:
+    out = _qmp_shell(qmp_server.path, "info stats vcpu exits\ncpu 2\ninfo stats vm * kvm\n", "-H")
+    assert "provider: kvm\n    exits (cumulative): 1000" in out
+    assert "    flushes (cumulative): 7\n    pages (instant): 100" in out
+
+
+def test_unix_socket_is_private(qmp_server: ServerThread) -> None:
+    assert stat.S_IMODE(qmp_server.path.stat().st_mode) == 0o600
+
+
+def test_a_client_that_never_reads_does_not_stall_others(tmp_path: Path) -> None:
+    with ServerThread(tmp_path / "s.sock", write_timeout=1.0) as server:
+        hog = socket.socket(socket.AF_UNIX)
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        hog.connect(str(server.path))
+        hog.sendall(b'{"execute":"qmp_capabilities"}')
+        request = b'{"execute":"query-qmp-schema"}' * 500
+        hog.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + 5
+        while sent < len(request) and time.monotonic() < deadline:
+            try:
+                sent += hog.send(request[sent:])
+            except BlockingIOError:
+                time.sleep(0.01)
+        started = time.monotonic()
+        good = RawQMP(server.path, timeout=5)
+        good.negotiate()
+        reply = good.request(b'{"execute":"query-stats","arguments":{"target":"vm"}}')
+        assert reply.startswith(b'{"return": [{"provider": "kvm"')
+        assert time.monotonic() - started < 2
+        good.close()
+        time.sleep(1.5)  # the hog is dropped after the write timeout
+        hog.setblocking(True)
+        hog.settimeout(5)
+        data = b""
+        with pytest.raises((ConnectionError, OSError)):
+            while chunk := hog.recv(1 << 20):
+                data += chunk
+            raise ConnectionError("closed by the server")
+        hog.close()
+
+
+def test_oversized_message_is_refused_and_the_connection_survives(qmp_server: ServerThread) -> None:
+    client = RawQMP(qmp_server.path)
+    client.negotiate()
+    reply = client.request(b'{"execute":"query-version","id":"' + b"x" * (2 << 20) + b'"}')
+    assert (
+        reply
+        == b'{"error": {"class": "GenericError", "desc": "JSON token size limit exceeded"}}\r\n'
+    )
+    # The rest of the dropped string lexes as more junk (as in QEMU); resynchronise with
+    # 0xFF and a newline, then a request with an id must be answered normally.
+    client.send(b'\xff\n{"execute":"query-version","id":"sync"}')
+    while b'"sync"' not in (line := client.read_line()):
+        assert line.startswith(b'{"error"')
+    assert line.startswith(b'{"return"')
+    client.close()
+
+
+def test_stale_socket_is_replaced_but_a_file_is_not(tmp_path: Path) -> None:
+    path = tmp_path / "x.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()
+    with ServerThread(path):
+        assert RawQMP(path).greeting.startswith(b'{"QMP"')
+    regular = tmp_path / "file"
+    regular.write_text("keep me")
+    with pytest.raises(FileExistsError), ServerThread(regular):
+        pass
+    assert regular.read_text() == "keep me"
