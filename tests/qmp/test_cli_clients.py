@@ -147,3 +147,31 @@ def test_qemu_without_query_stats_is_a_clear_error(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "QEMU 6.2.0" in out.stderr and "needs QEMU 7.1 or newer" in out.stderr
     assert os.path.exists(path)
+
+
+@pytest.mark.parametrize(("device", "reason"), [
+    ("/nonexistent/kvm", "/nonexistent/kvm does not exist"),
+    ("/dev/null", "/dev/null does not answer KVM ioctls"),
+])  # fmt: skip
+def test_demo_without_usable_kvm_says_so(device: str, reason: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "vmstats", "demo", "--headless"],
+                         capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "VMSTATS_KVM_DEVICE": device})  # fmt: skip
+    assert out.returncode == 1
+    assert reason in out.stderr
+    assert "needs a usable /dev/kvm" in out.stderr
+
+
+@pytest.mark.kvm
+@requires_kvm
+def test_demo_serves_qmp_on_loopback_tcp() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "vmstats", "demo", "--headless", "--vcpus", "1",
+                             "--qmp-tcp", "0"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert ", QMP tcp:127.0.0.1:" in line, line
+    port = line.rsplit(":", 1)[1].strip()
+    out = vmstats("info", f"127.0.0.1:{port}", "vcpu", "halt_exits")
+    proc.terminate()
+    assert proc.wait(10) == 0
+    assert out.stdout.startswith("provider: kvm\n    halt_exits (cumulative): "), out.stderr

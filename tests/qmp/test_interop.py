@@ -131,3 +131,24 @@ def test_stale_socket_is_replaced_but_a_file_is_not(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError), ServerThread(regular):
         pass
     assert regular.read_text() == "keep me"
+
+
+def test_tcp_listener_is_loopback_by_default(tmp_path: Path) -> None:
+    with ServerThread(tmp_path / "unused.sock") as server:
+        port = asyncio.run_coroutine_threadsafe(
+            server.server.start_tcp(port=0), server.loop
+        ).result(10)
+
+        async def main() -> None:
+            client = QMPClient("tcp")
+            await client.connect(("127.0.0.1", port))
+            assert await client.execute("query-stats", {"target": "vm", "providers": []}) == []
+            await client.disconnect()
+
+        asyncio.run(main())
+        bound = [
+            s.sockets[0].getsockname()
+            for s in server.server._servers
+            if s.sockets and s.sockets[0].family == socket.AF_INET
+        ]
+        assert bound == [("127.0.0.1", port)]

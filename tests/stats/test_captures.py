@@ -80,3 +80,32 @@ def test_error_reply_is_reproduced_byte_for_byte(capture: str) -> None:
     request = json.loads(REQUESTS[capture])
     ours = (qjson.dumps(dispatcher.dispatch(request)) + "\r\n").encode()
     assert ours == Path(CAPTURES / capture).read_bytes()
+
+
+@pytest.mark.parametrize(("capture", "type_name"), [
+    ("04-query-version.json", "VersionInfo"),
+    ("02-qmp_capabilities.json", None),
+])  # fmt: skip
+def test_control_replies_round_trip_through_the_model(capture: str, type_name: str | None) -> None:
+    from vmstats.qmp.monitor import Monitor
+
+    schema = Monitor(StatsRegistry()).schema
+    raw = (CAPTURES / capture).read_bytes()
+    value = json.loads(raw)["return"]
+    encoded = (
+        OutputEncoder(schema).encode(type_name, visit(schema, type_name, value))
+        if type_name
+        else {}
+    )
+    assert (qjson.dumps({"return": encoded}) + "\r\n").encode() == raw
+
+
+def test_query_commands_capture_decodes_as_command_info() -> None:
+    from vmstats.qmp.monitor import Monitor
+
+    schema = Monitor(StatsRegistry()).schema
+    raw = (CAPTURES / "05-query-commands.json").read_bytes()
+    commands = visit(schema, "[CommandInfo]", json.loads(raw)["return"])
+    encoded = OutputEncoder(schema).encode("[CommandInfo]", commands)
+    assert (qjson.dumps({"return": encoded}) + "\r\n").encode() == raw
+    assert {"query-stats", "query-stats-schemas"} <= {c["name"] for c in commands}

@@ -10,6 +10,7 @@ import sys
 
 from vmstats.demo.guest import GuestProgram
 from vmstats.demo.process import DemoProcess
+from vmstats.kvm.ioctl import KvmUnavailable
 from vmstats.qmp.monitor import Monitor
 from vmstats.qmp.server import QMPServer
 from vmstats.stats.registry import StatsRegistry
@@ -44,6 +45,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="also serve the VM's stats over QMP on this unix socket (mode 0600)",
     )
     p.add_argument(
+        "--qmp-tcp",
+        metavar="[HOST:]PORT",
+        help="also serve QMP on TCP; HOST defaults to 127.0.0.1 (loopback only)",
+    )
+    p.add_argument(
         "--interval",
         type=float,
         default=1.0,
@@ -60,16 +66,22 @@ async def _main(args: argparse.Namespace, demo: DemoProcess, registry: StatsRegi
         loop.add_signal_handler(signum, stop.set)
     server = None
     where = ""
-    if args.qmp:
+    if args.qmp or args.qmp_tcp:
         assert demo.provider is not None
         paths = [v.qom_path for v in demo.provider.vcpus]
         server = QMPServer(Monitor(registry, lambda: paths))
         try:
-            await server.start_unix(args.qmp)
-        except OSError as exc:
-            print(f"vmstats demo: cannot serve QMP on {args.qmp}: {exc}", file=sys.stderr)
+            if args.qmp:
+                await server.start_unix(args.qmp)
+                where += f", QMP {args.qmp}"
+            if args.qmp_tcp:
+                host, _, port = args.qmp_tcp.rpartition(":")
+                bound = await server.start_tcp(host or "127.0.0.1", int(port))
+                where += f", QMP tcp:{host or '127.0.0.1'}:{bound}"
+        except (OSError, ValueError) as exc:
+            print(f"vmstats demo: cannot serve QMP: {exc}", file=sys.stderr)
+            await server.close()
             return 1
-        where = f", QMP {args.qmp}"
     try:
         return await _show(args, demo, registry, stop, where)
     finally:
@@ -118,8 +130,7 @@ def run(args: argparse.Namespace) -> int:
     demo = DemoProcess(args.vcpus, program, args.rate)
     try:
         provider = demo.start()
-    except OSError as exc:
-        demo.stop()
+    except KvmUnavailable as exc:
         print(
             f"vmstats demo: cannot start the demo VM: {exc}\n"
             "The demo needs a usable /dev/kvm: run it on a Linux host (or a VM with nested "
@@ -127,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
             "'kvm' group.",
             file=sys.stderr,
         )
+        return 1
+    except OSError as exc:
+        demo.stop()
+        print(f"vmstats demo: cannot start the demo VM: {exc}", file=sys.stderr)
         return 1
     registry = StatsRegistry()
     registry.add_stats_callbacks(provider)

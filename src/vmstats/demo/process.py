@@ -20,6 +20,7 @@ from types import TracebackType
 
 from vmstats.demo.guest import GuestProgram
 from vmstats.kvm.binstats import StatsFile
+from vmstats.kvm.ioctl import KvmUnavailable, kvm_unavailable_reason
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
 
 #: Linux accepts at most 253 fds in one SCM_RIGHTS message.
@@ -45,6 +46,10 @@ class DemoProcess:
         return self.proc.pid
 
     def start(self) -> KvmStatsProvider:
+        """Start the VM process; :class:`KvmUnavailable` when KVM cannot be used here."""
+        reason = kvm_unavailable_reason()
+        if reason is not None:
+            raise KvmUnavailable(reason)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         config = {"vcpus": self.vcpus, "rate": self.rate, "program": asdict(self.program)}
         try:

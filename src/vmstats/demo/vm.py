@@ -123,7 +123,7 @@ class DemoVM:
     def _create(self, count: int) -> None:
         reason = kvm.kvm_unavailable_reason()
         if reason is not None:
-            raise OSError(reason)
+            raise kvm.KvmUnavailable(reason)
         try:
             self._kvm_fd = os.open(kvm.KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
             self._vm_fd = fcntl.ioctl(self._kvm_fd, kvm.KVM_CREATE_VM, 0)

@@ -43,15 +43,21 @@ KVM_EXIT_SHUTDOWN = 8
 KVM_EXIT_FAIL_ENTRY = 9
 KVM_EXIT_INTERNAL_ERROR = 17
 
-KVM_DEVICE = "/dev/kvm"
+#: The KVM device; ``VMSTATS_KVM_DEVICE`` overrides it (tests use it to play "no KVM").
+KVM_DEVICE = os.environ.get("VMSTATS_KVM_DEVICE", "/dev/kvm")
 
 
-def kvm_unavailable_reason(device: str = KVM_DEVICE) -> str | None:
+class KvmUnavailable(OSError):
+    """KVM cannot be used here; the message says why and what to check."""
+
+
+def kvm_unavailable_reason(device: str | None = None) -> str | None:
     """Why KVM binary stats cannot be used here, or None when they can.
 
     Opens the device and asks for the API version and the binary stats capability: a
     present but unusable ``/dev/kvm`` (no permission, no module) is reported as such.
     """
+    device = device or KVM_DEVICE
     try:
         fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
