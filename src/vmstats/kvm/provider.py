@@ -19,7 +19,7 @@ Oddities (unknown flags) are logged once per stat name.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vmstats.kvm.binstats import (
@@ -38,8 +38,8 @@ from vmstats.stats.model import (
     StatsTarget,
     StatsType,
     StatsUnit,
-    StatsValue,
 )
+from vmstats.stats.wire import BOOLEAN, LIST, SCALAR, EncodedStats, StatsTemplate
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,6 @@ _UNITS: dict[int, StatsUnit | None] = {
     KvmStatsUnit.BOOLEAN: StatsUnit.BOOLEAN,
 }
 _BASES: dict[int, int] = {KvmStatsBase.POW10: 10, KvmStatsBase.POW2: 2}
-
-SCALAR, BOOLEAN, LIST = 0, 1, 2
 
 _warned: set[tuple[str, str]] = set()
 
@@ -102,21 +100,13 @@ def _has_value(desc: StatsDescriptor) -> bool:
     return desc.type_bits in _TYPES and desc.unit_bits in _UNITS and desc.base_bits in _BASES
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    name: str
-    shape: int
-    start: int
-    stop: int
-
-
 class _Plan:
-    """What one layout yields, precomputed: value entries and schema, in QEMU's order."""
+    """What one layout yields, precomputed: wire templates and schema, in QEMU's order."""
 
     def __init__(self, layout: StatsLayout) -> None:
         wire_order = layout.descriptors[::-1]
         self.entries = tuple(
-            _Entry(
+            (
                 d.name,
                 BOOLEAN if d.unit_bits == KvmStatsUnit.BOOLEAN else SCALAR if d.size == 1 else LIST,
                 d.index,
@@ -126,17 +116,18 @@ class _Plan:
             if _has_value(d)
         )
         self.schema = tuple(v for v in map(schema_value, wire_order) if v is not None)
-        self._filtered: dict[tuple[str, ...], tuple[_Entry, ...]] = {}
+        self.all = StatsTemplate(self.entries)
+        self._filtered: dict[tuple[str, ...], StatsTemplate] = {}
 
-    def select(self, names: Sequence[str] | None) -> tuple[_Entry, ...]:
-        """Entries whose name is in ``names`` (all for None), still in wire order."""
+    def select(self, names: Sequence[str] | None) -> StatsTemplate:
+        """The template for the stats named in ``names`` (all for None), in wire order."""
         if names is None:
-            return self.entries
+            return self.all
         key = tuple(names)
         found = self._filtered.get(key)
         if found is None:
             wanted = set(names)
-            found = tuple(e for e in self.entries if e.name in wanted)
+            found = StatsTemplate([e for e in self.entries if e[0] in wanted])
             if len(self._filtered) < 256:
                 self._filtered[key] = found
         return found
@@ -150,19 +141,6 @@ def plan_for(layout: StatsLayout) -> _Plan:
     if cached is None or cached[0] is not layout:
         cached = _plans[id(layout)] = (layout, _Plan(layout))
     return cached[1]
-
-
-def decode(entries: Iterable[_Entry], values: Sequence[int]) -> list[tuple[str, StatsValue]]:
-    """Stats of one fd read, in wire order, shaped as QEMU shapes them."""
-    out: list[tuple[str, StatsValue]] = []
-    for entry in entries:
-        if entry.shape == SCALAR:
-            out.append((entry.name, values[entry.start]))
-        elif entry.shape == BOOLEAN:
-            out.append((entry.name, values[entry.start] != 0))
-        else:
-            out.append((entry.name, list(values[entry.start : entry.stop][::-1])))
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,11 +167,10 @@ class KvmStatsProvider:
     def _result(
         self, file: StatsFile, names: Sequence[str] | None, qom_path: str | None
     ) -> StatsResult | None:
-        entries = plan_for(file.layout).select(names)
-        if not entries:
+        template = plan_for(file.layout).select(names)
+        if not template.entries:
             return None
-        stats = decode(entries, file.read())
-        return StatsResult(self.provider, stats, qom_path)
+        return StatsResult(self.provider, EncodedStats(template, file.read()), qom_path)
 
     def stats(
         self,

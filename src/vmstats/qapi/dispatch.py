@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from vmstats.qapi.errors import CommandNotFound, GenericError, QapiError
+from vmstats.qapi.json import RawJSON
 from vmstats.qapi.output import OutputEncoder
 from vmstats.qapi.qdict import qdict, qdict_order, qdict_parsed
 from vmstats.qapi.schema import Schema
@@ -75,8 +76,12 @@ class Dispatcher:
     def command_names(self) -> list[str]:
         return list(self.handlers)
 
-    def execute(self, name: str, arguments: dict[str, Any]) -> Any:
-        """Run command ``name``; return its JSON-ready result or raise :class:`QapiError`."""
+    def execute(self, name: str, arguments: dict[str, Any], *, wire: bool = False) -> Any:
+        """Run command ``name``; return its result or raise :class:`QapiError`.
+
+        The result is JSON-ready Python values, or with ``wire`` QEMU's JSON text wrapped
+        in :class:`RawJSON` (what a session writes; cheaper for big replies).
+        """
         handler = self.handlers.get(name)
         if handler is None:
             raise CommandNotFound(f"The command {name} has not been found")
@@ -90,11 +95,18 @@ class Dispatcher:
         else:
             result = handler(**values)
         if command.ret_type is None:
-            return {}
+            return RawJSON("{}") if wire else {}
+        if wire:
+            return RawJSON(self.encoder.encode_text(command.ret_type, result))
         return self.encoder.encode(command.ret_type, result)
 
-    def dispatch(self, request: Any, *, allow_oob: bool = False) -> dict[str, Any]:
-        """Answer one request object with a response object (``return`` or ``error``)."""
+    def dispatch(
+        self, request: Any, *, allow_oob: bool = False, wire: bool = False
+    ) -> dict[str, Any]:
+        """Answer one request object with a response object (``return`` or ``error``).
+
+        With ``wire`` the ``return`` value is :class:`RawJSON` text (see :meth:`execute`).
+        """
         ident = request.get("id") if isinstance(request, dict) else None
         has_id = isinstance(request, dict) and "id" in request
         try:
@@ -103,7 +115,8 @@ class Dispatcher:
                 command = self.schema.commands.get(name)
                 if name in self.handlers and command is not None and not command.allow_oob:
                     raise GenericError(f"The command {name} does not support OOB")
-            response: dict[str, Any] = {"return": self.execute(name, request.get("arguments", {}))}
+            arguments = request.get("arguments", {})
+            response: dict[str, Any] = {"return": self.execute(name, arguments, wire=wire)}
         except QapiError as err:
             response = {"error": err.to_qmp()}
         except Exception as exc:  # a bug below must not take the monitor down

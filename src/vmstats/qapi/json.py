@@ -21,11 +21,19 @@ def _upper(match: re.Match[str]) -> str:
     return f"{match.group(1)}\\u{match.group(2).upper()}"
 
 
+class RawJSON(str):
+    """Text that is already JSON as QEMU writes it: written out as it is."""
+
+    __slots__ = ()
+
+
 def dumps(value: Any) -> str:
     """``value`` as QEMU would write it (compact form, no trailing newline).
 
     Fast (C encoder); for values that may hold floats use :func:`dumps_exact`.
     """
+    if isinstance(value, RawJSON):
+        return str(value)
     text = _ENCODER.encode(value)
     if "\\u" in text:
         text = _LOWER_HEX_ESCAPE.sub(_upper, text)

@@ -61,7 +61,7 @@ class QMPSession:
         if message.error is not None:
             return encode_response({"error": GenericError(message.error).to_qmp()})
         negotiating = not self.negotiated
-        response = self._dispatcher.dispatch(message.value, allow_oob=self.oob_enabled)
+        response = self._dispatcher.dispatch(message.value, allow_oob=self.oob_enabled, wire=True)
         error = response.get("error")
         if negotiating and error and error["class"] == CommandNotFound.error_class:
             error["desc"] = "Expecting capabilities negotiation with 'qmp_capabilities'"

@@ -1,0 +1,120 @@
+"""Stats lists that carry their own wire text: the fast path for big query-stats replies.
+
+A provider that reads the same layout many times (one per vCPU) compiles a
+:class:`StatsTemplate` once: the JSON text of the whole stats array with a ``%``
+placeholder per value, in QEMU's key order.  Rendering a vCPU is then one ``itemgetter``
+call, a few fix-ups (booleans, histograms) and one ``%`` format, with no Python object per
+stat.  :class:`EncodedStats` keeps the values and behaves as the usual sequence of
+``(name, value)`` pairs for everything that is not the wire (HMP, tools, tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from operator import itemgetter
+from typing import overload
+
+from vmstats.qapi.json import dumps
+from vmstats.qapi.qdict import qdict_order
+from vmstats.stats.model import StatsValue
+
+SCALAR, BOOLEAN, LIST = 0, 1, 2
+
+#: The order QEMU writes the members of ``Stats`` in (its QDict order).
+_STATS_KEYS = qdict_order(["name", "value"])
+
+
+@lru_cache(maxsize=4096)
+def _buckets_text(buckets: tuple[int, ...]) -> str:
+    """Histogram buckets as QEMU writes them (reversed).  Cached: buckets rarely change
+    between two reads, and the text of 32 integers costs more than hashing them."""
+    return ", ".join(map(str, buckets[::-1]))
+
+
+class StatsTemplate:
+    """The wire text of a stats array with holes for the values, and how to fill them.
+
+    ``entries`` are ``(name, shape, start, stop)`` in wire order: the value of a stat is
+    ``values[start]`` (SCALAR, BOOLEAN: non-zero is true) or ``values[start:stop]``
+    reversed (LIST), as QEMU's KVM provider shapes it.
+    """
+
+    __slots__ = ("_booleans", "_getter", "_lists", "_template", "entries")
+
+    def __init__(self, entries: Sequence[tuple[str, int, int, int]]) -> None:
+        self.entries = tuple(entries)
+        holes = {SCALAR: "%d", BOOLEAN: "%s", LIST: "[%s]"}
+        pieces = []
+        for name, shape, _, _ in self.entries:
+            fields = {"name": dumps(name).replace("%", "%%"), "value": holes[shape]}
+            pieces.append("{" + ", ".join(f"{dumps(k)}: {fields[k]}" for k in _STATS_KEYS) + "}")
+        self._template = "[" + ", ".join(pieces) + "]"
+        starts = [start for _, _, start, _ in self.entries]
+        self._getter = itemgetter(*starts) if len(starts) > 1 else None
+        self._booleans = [i for i, e in enumerate(self.entries) if e[1] == BOOLEAN]
+        self._lists = [(i, e[2], e[3]) for i, e in enumerate(self.entries) if e[1] == LIST]
+
+    def render(self, values: Sequence[int]) -> str:
+        if not self.entries:
+            return "[]"
+        if self._getter is not None:
+            args = list(self._getter(values))
+        else:
+            args = [values[self.entries[0][2]]]
+        for i in self._booleans:
+            args[i] = "true" if args[i] else "false"
+        for i, start, stop in self._lists:
+            args[i] = _buckets_text(tuple(values[start:stop]))
+        return self._template % tuple(args)
+
+    def decode(self, values: Sequence[int]) -> list[tuple[str, StatsValue]]:
+        out: list[tuple[str, StatsValue]] = []
+        for name, shape, start, stop in self.entries:
+            if shape == SCALAR:
+                out.append((name, values[start]))
+            elif shape == BOOLEAN:
+                out.append((name, values[start] != 0))
+            else:
+                out.append((name, list(values[start:stop][::-1])))
+        return out
+
+
+class EncodedStats(Sequence[tuple[str, StatsValue]]):
+    """One object's stats: wire text on demand, ``(name, value)`` pairs on demand."""
+
+    __slots__ = ("_decoded", "_template", "_values")
+
+    def __init__(self, template: StatsTemplate, values: Sequence[int]) -> None:
+        self._template = template
+        self._values = values
+        self._decoded: list[tuple[str, StatsValue]] | None = None
+
+    def __qmp_json__(self) -> str:
+        return self._template.render(self._values)
+
+    def _pairs(self) -> list[tuple[str, StatsValue]]:
+        if self._decoded is None:
+            self._decoded = self._template.decode(self._values)
+        return self._decoded
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, StatsValue]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[str, StatsValue]]: ...
+    def __getitem__(self, index: int | slice) -> object:
+        return self._pairs()[index]
+
+    def __len__(self) -> int:
+        return len(self._template.entries)
+
+    def __iter__(self) -> Iterator[tuple[str, StatsValue]]:
+        return iter(self._pairs())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"EncodedStats({self._pairs()!r})"
