@@ -51,10 +51,22 @@ def vmstats_server(vcpus: int, rate: float) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="vmstats-bench-") as tmp:
         sock = Path(tmp) / "qmp.sock"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vmstats", "demo", "--headless", "--vcpus", str(vcpus),
-             "--rate", str(rate), "--qmp", str(sock)],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "vmstats",
+                "demo",
+                "--headless",
+                "--vcpus",
+                str(vcpus),
+                "--rate",
+                str(rate),
+                "--qmp",
+                str(sock),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if "ready" not in line:
@@ -82,8 +94,9 @@ def summary(samples: list[float]) -> tuple[float, float, float]:
 
 def vcpu_counters(client: RawQMP, names: list[str]) -> dict[str, dict[str, int]]:
     arguments = {"target": "vcpu", "providers": [{"provider": "kvm", "names": names}]}
-    reply = json.loads(client.request(json.dumps({"execute": "query-stats",
-                                                  "arguments": arguments}).encode()))  # fmt: skip
+    reply = json.loads(
+        client.request(json.dumps({"execute": "query-stats", "arguments": arguments}).encode())
+    )
     return {r["qom-path"]: {s["name"]: s["value"] for s in r["stats"]} for r in reply["return"]}
 
 
@@ -118,8 +131,10 @@ def run(args: argparse.Namespace) -> None:
     cases = [*CASES, SCHEMAS]
     for n in args.sizes + args.ours_only:
         with_qemu = n in args.sizes and qemu_reason is None
-        with vmstats_server(n, args.rate) as sock, \
-                (QemuVM(n, memory_mb=128) if with_qemu else _nothing()) as qemu:  # fmt: skip
+        with (
+            vmstats_server(n, args.rate) as sock,
+            QemuVM(n, memory_mb=128) if with_qemu else _nothing() as qemu,
+        ):
             ours = RawQMP(sock)
             ours.negotiate()
             theirs = None
@@ -148,8 +163,10 @@ def run(args: argparse.Namespace) -> None:
                     per_vcpu[n] = m[0] / n
                 if qemus:
                     q = summary(qemus)
-                    rows.append(f"| {n} | {case} | {m[0]:,.0f} ({m[1]:,.0f}-{m[2]:,.0f}) | "
-                                f"{q[0]:,.0f} ({q[1]:,.0f}-{q[2]:,.0f}) | {m[0] / q[0]:.3f} |")  # fmt: skip
+                    rows.append(
+                        f"| {n} | {case} | {m[0]:,.0f} ({m[1]:,.0f}-{m[2]:,.0f}) | "
+                        f"{q[0]:,.0f} ({q[1]:,.0f}-{q[2]:,.0f}) | {m[0] / q[0]:.3f} |"
+                    )
                 else:
                     rows.append(f"| {n} | {case} | {m[0]:,.0f} ({m[1]:,.0f}-{m[2]:,.0f}) | - | - |")
             if n in args.observer:
@@ -169,9 +186,8 @@ def run(args: argparse.Namespace) -> None:
     print("| vCPUs | request | vmstats | QEMU 7.2 | vmstats / QEMU |")
     print("|---:|---|---:|---:|---:|")
     print("\n".join(rows))
-    print(
-        "\nObserver effect: added to each vCPU per unfiltered vcpu query (guest's own rate subtracted)\n"
-    )
+    print("\nObserver effect: added to each vCPU per unfiltered vcpu query")
+    print("(the guest's own rate, measured over a quiet period, is subtracted)\n")
     print("| vCPUs | server | signal_exits | exits |")
     print("|---:|---|---:|---:|")
     print("\n".join(effects))
