@@ -179,3 +179,13 @@ def test_flag_helpers(open_spec, cycles_flags: int) -> None:  # type: ignore[no-
     desc = f.layout.descriptors[0]
     assert desc.unknown_bits == 0x1000
     assert desc.type_bits == cycles_flags & 0xF
+
+
+def test_unknown_header_flags_are_logged_once_and_ignored(open_spec, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level("WARNING", logger="vmstats.kvm.binstats")
+    first = open_spec(StatsFileSpec(GOOD, flags=0x8000, values=[7]))
+    open_spec(StatsFileSpec(GOOD, flags=0x8000, values=[7]))
+    assert first.read()[0] == 7
+    assert [r.getMessage() for r in caplog.records].count(
+        "KVM stats header has unknown flags 0x8000; ignored"
+    ) == 1

@@ -31,8 +31,7 @@ from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
 from vmstats.qapi import json as qjson
 from vmstats.qapi.dispatch import Dispatcher
 from vmstats.stats import StatsRegistry
-from vmstats.stats.commands import stats_handlers
-from vmstats.stats.schema import stats_schema
+from vmstats.stats.commands import stats_dispatcher
 
 DESCS = [
     Desc("plain"),  # cumulative, no unit
@@ -63,7 +62,7 @@ def dispatcher(tmp_path: Path) -> Iterator[Dispatcher]:
     registry.add_stats_callbacks(
         KvmStatsProvider(file, [VcpuStatsFile("/machine/unattached/device[0]", file)])
     )
-    yield Dispatcher(stats_schema(), stats_handlers(registry))
+    yield stats_dispatcher(registry)
     os.close(fd)
 
 

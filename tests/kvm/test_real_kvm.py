@@ -19,8 +19,7 @@ from vmstats.demo import DemoVM, qemu_vcpu_path
 from vmstats.demo.process import DemoProcess
 from vmstats.qapi.dispatch import Dispatcher
 from vmstats.stats import StatsRegistry
-from vmstats.stats.commands import stats_handlers
-from vmstats.stats.schema import stats_schema
+from vmstats.stats.commands import stats_dispatcher
 
 pytestmark = [pytest.mark.kvm, requires_kvm]
 
@@ -54,7 +53,7 @@ def dispatcher(vm: DemoVM | DemoProcess) -> Dispatcher:
     registry = StatsRegistry()
     assert vm.provider is not None
     registry.add_stats_callbacks(vm.provider)
-    return Dispatcher(stats_schema(), stats_handlers(registry))
+    return stats_dispatcher(registry)
 
 
 def query(d: Dispatcher, arguments: dict[str, Any]) -> list[dict[str, Any]]:

@@ -14,12 +14,11 @@ import pytest
 
 from tests.conftest import CAPTURES
 from vmstats.qapi import json as qjson
-from vmstats.qapi.dispatch import Dispatcher
 from vmstats.qapi.output import OutputEncoder
 from vmstats.qapi.qdict import qdict
 from vmstats.qapi.visitor import visit
 from vmstats.stats import StatsRegistry, StatsResult, StatsSchema
-from vmstats.stats.commands import stats_handlers
+from vmstats.stats.commands import stats_dispatcher
 from vmstats.stats.schema import stats_schema
 
 
@@ -76,7 +75,7 @@ def test_vcpu_capture_has_qemus_shapes() -> None:
 
 @pytest.mark.parametrize("capture", sorted(ERROR_REPLIES))
 def test_error_reply_is_reproduced_byte_for_byte(capture: str) -> None:
-    dispatcher = Dispatcher(stats_schema(), stats_handlers(StatsRegistry()))
+    dispatcher = stats_dispatcher(StatsRegistry())
     request = json.loads(REQUESTS[capture])
     ours = (qjson.dumps(dispatcher.dispatch(request)) + "\r\n").encode()
     assert ours == Path(CAPTURES / capture).read_bytes()

@@ -12,8 +12,7 @@ import pytest
 from tests.stats.provider import FakeProvider
 from vmstats.qapi.dispatch import Dispatcher
 from vmstats.stats import StatsRegistry
-from vmstats.stats.commands import stats_handlers
-from vmstats.stats.schema import stats_schema
+from vmstats.stats.commands import stats_dispatcher
 
 ROWS: list[tuple[str, Any, str]] = [
     # query-stats
@@ -145,7 +144,7 @@ ENVELOPE_ROWS: list[tuple[Any, str, str]] = [
 def dispatcher() -> Dispatcher:
     registry = StatsRegistry()
     registry.add_stats_callbacks(FakeProvider())
-    return Dispatcher(stats_schema(), stats_handlers(registry))
+    return stats_dispatcher(registry)
 
 
 @pytest.mark.parametrize(("command", "arguments", "desc"), ROWS)
@@ -179,7 +178,7 @@ def test_id_is_echoed_after_the_reply_whatever_its_type(dispatcher: Dispatcher) 
 
 
 def test_cryptodev_target_is_accepted_when_serving_8_0() -> None:
-    d = Dispatcher(stats_schema((8, 0)), stats_handlers(StatsRegistry()))
+    d = stats_dispatcher(StatsRegistry(), (8, 0))
     assert d.dispatch({"execute": "query-stats", "arguments": {"target": "cryptodev"}}) == {
         "return": []
     }

@@ -11,8 +11,7 @@ from tests.stats.provider import FakeProvider, vcpu_path
 from vmstats.qapi import json as qjson
 from vmstats.qapi.dispatch import Dispatcher
 from vmstats.stats import StatsRegistry
-from vmstats.stats.commands import stats_handlers
-from vmstats.stats.schema import stats_schema
+from vmstats.stats.commands import stats_dispatcher
 
 KEYS = st.sampled_from(
     ["target", "providers", "provider", "names", "vcpus", "execute", "arguments", "id", "x"]
@@ -38,7 +37,7 @@ JSON = st.recursive(
 def _dispatcher() -> Dispatcher:
     registry = StatsRegistry()
     registry.add_stats_callbacks(FakeProvider())
-    return Dispatcher(stats_schema(), stats_handlers(registry))
+    return stats_dispatcher(registry)
 
 
 DISPATCHER = _dispatcher()

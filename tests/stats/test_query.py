@@ -13,15 +13,14 @@ import pytest
 from tests.stats.provider import FakeProvider, vcpu_path
 from vmstats.qapi.dispatch import Dispatcher
 from vmstats.stats import StatsProvider, StatsRegistry, StatsTarget
-from vmstats.stats.commands import stats_handlers
-from vmstats.stats.schema import stats_schema
+from vmstats.stats.commands import stats_dispatcher
 
 
 def make(*providers: FakeProvider, version: tuple[int, int] = (7, 2)) -> Dispatcher:
     registry = StatsRegistry()
     for p in providers:
         registry.add_stats_callbacks(p)
-    return Dispatcher(stats_schema(version), stats_handlers(registry))
+    return stats_dispatcher(registry, version)
 
 
 def run(d: Dispatcher, command: str, arguments: dict[str, Any] | None = None) -> Any:

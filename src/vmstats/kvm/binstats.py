@@ -16,6 +16,7 @@ decides what to do with them (as QEMU does, see :mod:`.provider`).
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import struct
 import threading
@@ -23,6 +24,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from vmstats.qapi.errors import GenericError
+
+log = logging.getLogger(__name__)
+_warned_header_flags: set[int] = set()
 
 HEADER = struct.Struct("=IIIIII")  # flags name_size num_desc id_offset desc_offset data_offset
 DESCRIPTOR = struct.Struct("=IhHII")  # flags exponent size offset bucket_size (+ name)
@@ -131,6 +135,10 @@ def _pread_exact(fd: int, size: int, offset: int, what: str) -> bytes:
 
 def parse_header(raw: bytes) -> StatsHeader:
     header = StatsHeader(*HEADER.unpack(raw))
+    if header.flags and header.flags not in _warned_header_flags:
+        # Always 0 today; QEMU ignores it.  A future kernel may define bits: say so once.
+        _warned_header_flags.add(header.flags)
+        log.warning("KVM stats header has unknown flags %#x; ignored", header.flags)
     if not 2 <= header.name_size <= MAX_NAME_SIZE:
         raise BinaryStatsError(f"header: name_size {header.name_size} is not sane")
     if header.num_desc > MAX_NUM_DESC:
