@@ -73,9 +73,6 @@ class Dispatcher:
         self.handlers = dict(handlers)
         self.encoder = encoder or OutputEncoder(schema)
 
-    def command_names(self) -> list[str]:
-        return list(self.handlers)
-
     def execute(self, name: str, arguments: dict[str, Any], *, wire: bool = False) -> Any:
         """Run command ``name``; return its result or raise :class:`QapiError`.
 
@@ -111,7 +108,7 @@ class Dispatcher:
         has_id = isinstance(request, dict) and "id" in request
         try:
             name = check_request(request, allow_oob)
-            if request.get("exec-oob") == name and "execute" not in request:
+            if is_oob(request):
                 command = self.schema.commands.get(name)
                 if name in self.handlers and command is not None and not command.allow_oob:
                     raise GenericError(f"The command {name} does not support OOB")

@@ -71,12 +71,6 @@ class StatsClient:
     ) -> None:
         await self._qmp.disconnect()
 
-    @property
-    def server_name(self) -> str:
-        qemu = self.version.get("qemu", {})
-        package = self.version.get("package", "")
-        return f"QEMU {qemu.get('major')}.{qemu.get('minor')}.{qemu.get('micro')} {package}".strip()
-
     async def _execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         try:
             return await self._qmp.execute(command, arguments)

@@ -67,10 +67,6 @@ class StatsRegistry:
         """Register a provider.  Order matters: it decides the order of results."""
         self._entries.append(callbacks)
 
-    def remove_stats_callbacks(self, callbacks: StatsCallbacks) -> None:
-        """Unregister one registration of a provider (e.g. when its VM is gone)."""
-        self._entries.remove(callbacks)
-
     @property
     def providers(self) -> list[StatsCallbacks]:
         return list(self._entries)
