@@ -24,7 +24,8 @@ from tests.kvm.statsfile import (
     Desc,
     StatsFileSpec,
 )
-from vmstats.kvm.binstats import BinaryStatsError, LayoutCache, StatsFile
+from vmstats.errors import BinaryStatsError
+from vmstats.kvm.binstats import LayoutCache, StatsFile
 
 
 @pytest.fixture

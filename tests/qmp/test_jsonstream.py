@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from vmstats.qmp.jsonstream import JSONStreamParser, Message
+from tests.qmp.reference_stream import JSONStreamParser as ReferenceParser
+from tests.qmp.reference_stream import Message as ReferenceMessage
+from vmstats.qmp.jsonstream import SLICE, JSONStreamParser, Message
 
 PARSE_ERROR = "JSON parse error, "
 
@@ -90,3 +94,85 @@ def test_flush_at_end_of_input_completes_a_number() -> None:
     parser = JSONStreamParser()
     assert parser.feed(b"42") == []
     assert parser.flush() == [Message(value=42)]
+
+
+# -- the fast streamer against the byte-at-a-time reference --------------------------
+
+ALPHABET = [b"{", b"}", b"[", b"]", b",", b":", b'"', b"'", b"\\", b"\\u", b"\\uD83D", b"00",
+            b"1", b"-", b"-0", b".5", b"e", b"E+", b"12", b"true", b"nul", b"x", b" ", b"\t",
+            b"\n", b"\x00", b"\x01", b"\x7f", b"\xc3\xa9", b"\xc3", b"\xef\xb7\x90", b"\xfe",
+            b"\xff", b'"a"', b"'b'", b'"execute"', b"[[[[", b"]]]]", b",,,,", b"::"]  # fmt: skip
+STREAMS = st.lists(st.sampled_from(ALPHABET) | st.binary(max_size=3), max_size=60).map(b"".join)
+
+
+def _reference(data: bytes, size: int, tokens: int) -> list[Message]:
+    parser = ReferenceParser(size, tokens)
+    out = [ReferenceMessage(m.value, m.error) for m in parser.feed(data)] + parser.flush()
+    return [Message(m.value, m.error) for m in out]
+
+
+def _fast(data: bytes, size: int, tokens: int, cuts: list[int]) -> list[Message]:
+    parser = JSONStreamParser(size, tokens)
+    out: list[Message] = []
+    start = 0
+    for cut in sorted(cuts) + [len(data)]:
+        out += parser.feed(data[start:cut])
+        start = max(start, cut)
+    return out + parser.flush()
+
+
+@settings(max_examples=1500, deadline=None)
+@given(data=STREAMS, size=st.sampled_from([8, 16, 64, 1 << 20]),
+       tokens=st.sampled_from([3, 10, 1 << 20]), cuts=st.lists(st.integers(0, 200), max_size=5))  # fmt: skip
+def test_fast_streamer_equals_the_reference(data: bytes, size: int, tokens: int,
+                                            cuts: list[int]) -> None:  # fmt: skip
+    assert _fast(data, size, tokens, cuts) == _reference(data, size, tokens)
+
+
+@pytest.mark.parametrize("data", [
+    b"[" * 1024 + b"]" * 1024, b"[" * 1025, b"[" * 3000 + b"]", b"{" * 2000,
+    b"[" + b"," * 5000, b",,,,", b"[" + b"1," * 2000 + b"1]", b'["' + b"x" * 5000 + b'"]',
+    b'"' + b"y" * 70 + b'"', b"1" * 70 + b" ", b"a" * 70 + b" ", b"[" + b" " * 300 + b"]",
+])  # fmt: skip
+@pytest.mark.parametrize("size", [64, 1 << 20])
+def test_long_runs_equal_the_reference(data: bytes, size: int) -> None:
+    # the reference parser recurses: keep valid nesting shallow enough for it
+    reference = _reference(data, size, 4096) if data.count(b"[") + data.count(b"{") < 900 else None
+    fast = _fast(data, size, 4096, [len(data) // 3])
+    if reference is not None:
+        assert fast == reference
+    else:
+        assert all(m.error or m.value is not None for m in fast)
+
+
+def test_nesting_at_qemus_limit_parses_without_recursion() -> None:
+    text = b"[" * 1024 + b"7" + b"]" * 1024
+    (message,) = JSONStreamParser().feed(text)
+    value, depth = message.value, 0
+    while isinstance(value, list):  # == on the value would recurse
+        (value,), depth = value, depth + 1
+    assert (value, depth) == (7, 1024)
+    deep_dict = b'{"a":' * 1024 + b"1" + b"}" * 1024
+    (message,) = JSONStreamParser().feed(deep_dict)
+    assert message.error is None
+
+
+def test_token_count_limit_is_qemus_error() -> None:
+    out = JSONStreamParser(max_tokens=100).feed(b"[" + b"1," * 200 + b"1]")
+    assert out[0] == Message(error="JSON token count limit exceeded")
+
+
+def test_a_half_sent_message_holds_about_its_own_size() -> None:
+    parser = JSONStreamParser(1 << 20, 1 << 20)
+    parser.feed(b"[" + b"," * 1_048_000)
+    assert parser.holding < 1_100_000  # bytes, not ~100 bytes per token
+
+
+def test_next_message_works_in_slices() -> None:
+    parser = JSONStreamParser()
+    parser.receive_data(b"[" + b"1 ," * SLICE + b"1]")
+    calls = 0
+    while (message := parser.next_message()) is None:
+        assert parser.buffered
+        calls += 1
+    assert message.value == [1] * (SLICE + 1) and calls >= 2

@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 from rich.console import Console
 
 from vmstats.cli.render import index_schemas, print_results, print_schemas
+from vmstats.errors import ClientError
 from vmstats.qapi.json import dumps
-from vmstats.qmp.client import ClientError, StatsClient, make_filter
+from vmstats.qmp.client import StatsClient, make_filter
 from vmstats.stats.model import StatsProvider
 
 

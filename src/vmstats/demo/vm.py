@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from vmstats.demo.guest import CODE_ADDRESS, MMIO_ADDRESS, GuestProgram
+from vmstats.errors import GuestError
 from vmstats.kvm import ioctl as kvm
 from vmstats.kvm.binstats import StatsFile
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
@@ -39,10 +40,6 @@ _CS_OFFSET, _DS_OFFSET = 0, 24
 def qemu_vcpu_path(index: int) -> str:
     """The QOM path QEMU's pc machine gives CPU ``index`` (device[1] is not a CPU)."""
     return f"/machine/unattached/device[{0 if index == 0 else index + 1}]"
-
-
-class GuestError(RuntimeError):
-    """The guest stopped in a way the demo does not expect (shutdown, entry failure)."""
 
 
 @dataclass

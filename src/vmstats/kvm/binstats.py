@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from enum import IntEnum
 
-from vmstats.qapi.errors import GenericError
+from vmstats.errors import BinaryStatsError
 
 log = logging.getLogger(__name__)
 _warned_header_flags: set[int] = set()
@@ -61,13 +61,6 @@ class KvmStatsUnit(IntEnum):
 class KvmStatsBase(IntEnum):
     POW10 = 0x000
     POW2 = 0x100
-
-
-class BinaryStatsError(GenericError):
-    """A stats file could not be read or is malformed; the text says what and where."""
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(f"KVM stats: {problem}")
 
 
 @dataclass(frozen=True, slots=True)

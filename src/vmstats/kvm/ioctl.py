@@ -8,6 +8,10 @@ from __future__ import annotations
 import fcntl
 import os
 
+from vmstats.errors import KvmUnavailable
+
+__all__ = ["KvmUnavailable", "get_stats_fd", "kvm_unavailable_reason"]
+
 KVMIO = 0xAE
 _IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
 
@@ -45,10 +49,6 @@ KVM_EXIT_INTERNAL_ERROR = 17
 
 #: The KVM device; ``VMSTATS_KVM_DEVICE`` overrides it (tests use it to play "no KVM").
 KVM_DEVICE = os.environ.get("VMSTATS_KVM_DEVICE", "/dev/kvm")
-
-
-class KvmUnavailable(OSError):
-    """KVM cannot be used here; the message says why and what to check."""
 
 
 def kvm_unavailable_reason(device: str | None = None) -> str | None:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from vmstats.qapi.errors import CommandNotFound, GenericError, QapiError
+from vmstats.qapi.errors import CommandNotFound, GenericError, qmp_error
 from vmstats.qapi.json import RawJSON
 from vmstats.qapi.output import OutputEncoder
 from vmstats.qapi.qdict import qdict, qdict_order, qdict_parsed
@@ -114,11 +114,8 @@ class Dispatcher:
                     raise GenericError(f"The command {name} does not support OOB")
             arguments = request.get("arguments", {})
             response: dict[str, Any] = {"return": self.execute(name, arguments, wire=wire)}
-        except QapiError as err:
-            response = {"error": err.to_qmp()}
-        except Exception as exc:  # a bug below must not take the monitor down
-            log.exception("command failed unexpectedly")
-            response = {"error": GenericError(f"internal error: {exc}").to_qmp()}
+        except Exception as exc:  # every failure is an error reply; a bug is logged there
+            response = {"error": qmp_error(exc)}
         if has_id:
             response["id"] = qdict_parsed(ident)
         return qdict(response)

@@ -1,30 +1,33 @@
-"""QAPI error values: the ``class`` and ``desc`` QEMU puts in an error response.
+"""QAPI error values and the one place where any error becomes a QMP ``error`` member.
 
-Everything below the QMP session raises these; only the session turns them into JSON.
+The classes live in :mod:`vmstats.errors` (the whole tree); this module is the protocol
+edge: :func:`qmp_error` decides what a client sees for any exception.
 """
 
 from __future__ import annotations
 
+import logging
 
-class QapiError(Exception):
-    """An error QEMU would report as ``{"error": {"class": ..., "desc": ...}}``."""
+from vmstats.errors import CommandNotFound, GenericError, QapiError, StatsError
 
-    error_class = "GenericError"
+__all__ = ["CommandNotFound", "GenericError", "QapiError", "qmp_error"]
 
-    def __init__(self, desc: str) -> None:
-        super().__init__(desc)
-        self.desc = desc
+log = logging.getLogger(__name__)
 
-    def to_qmp(self) -> dict[str, str]:
-        """The ``error`` member of a QMP response (QDict key order: class, desc)."""
-        return {"class": self.error_class, "desc": self.desc}
+#: What a client sees for a bug: nothing of the exception's text, which may hold internals.
+INTERNAL_ERROR = "internal error in vmstats (see the server log)"
 
 
-class GenericError(QapiError):
-    """QEMU's ``ERROR_CLASS_GENERIC_ERROR``: almost every failure."""
+def qmp_error(exc: BaseException) -> dict[str, str]:
+    """The ``error`` member of a QMP response for ``exc``.
 
-
-class CommandNotFound(QapiError):
-    """QEMU's ``ERROR_CLASS_COMMAND_NOT_FOUND``."""
-
-    error_class = "CommandNotFound"
+    :class:`QapiError` keeps its class and text; :class:`StatsError` is QEMU's
+    GenericError with its text; anything else is a bug, logged with its traceback and
+    reported as :data:`INTERNAL_ERROR`.
+    """
+    if isinstance(exc, QapiError):
+        return exc.to_qmp()
+    if isinstance(exc, StatsError):
+        return {"class": GenericError.error_class, "desc": str(exc)}
+    log.error("command failed unexpectedly", exc_info=exc)
+    return {"class": GenericError.error_class, "desc": INTERNAL_ERROR}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": "), allow_nan=False)
@@ -46,13 +47,36 @@ def dumps_exact(value: Any) -> str:
     """Like :func:`dumps`, with floats printed as QEMU does (``%.17g``, even ``inf``).
 
     Floats only reach us from clients (an ``id`` echoed back), so this slower path is used
-    for those values alone.
+    for those values alone.  Iterative: an ``id`` may be nested 1,024 levels deep.
     """
-    if isinstance(value, float):
-        return f"{value:.17g}"
-    if isinstance(value, dict):
-        items = ", ".join(f"{dumps(k)}: {dumps_exact(v)}" for k, v in value.items())
-        return "{" + items + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(dumps_exact(v) for v in value) + "]"
-    return dumps(value)
+    parts: list[str] = []
+    # Each entry: the items still to write in an open container, and what closes it.
+    stack: list[tuple[Iterator[tuple[str | None, Any]], str]] = [(iter(((None, value),)), "")]
+    first = True
+    while stack:
+        items, closer = stack[-1]
+        item = next(items, None)
+        if item is None:
+            stack.pop()
+            parts.append(closer)
+            first = False
+            continue
+        key, child = item
+        if not first:
+            parts.append(", ")
+        first = False
+        if key is not None:
+            parts.append(dumps(key) + ": ")
+        if isinstance(child, dict):
+            parts.append("{")
+            stack.append((iter(child.items()), "}"))
+            first = True
+        elif isinstance(child, list):
+            parts.append("[")
+            stack.append((((None, v) for v in child), "]"))
+            first = True
+        elif isinstance(child, float):
+            parts.append(f"{child:.17g}")
+        else:
+            parts.append(dumps(child))
+    return "".join(parts)

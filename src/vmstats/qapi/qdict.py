@@ -56,11 +56,37 @@ def qdict(items: Mapping[str, V] | Iterable[tuple[str, V]]) -> dict[str, V]:
 
 def qdict_parsed(value: Any) -> Any:
     """A parsed JSON value as QEMU's parser stores it: every object a QDict, keys inserted
-    in textual order.  This is how QEMU echoes a request's ``id``."""
+    in textual order.  This is how QEMU echoes a request's ``id``.
+
+    Iterative: a client may nest 1,024 levels deep (QEMU's limit), deeper than Python
+    recursion goes.  Each container is created in place, in order, then filled.
+    """
+    out = _shell(value)
+    todo = [(value, out)] if out is not value else []
+    while todo:
+        source, target = todo.pop()
+        items = (
+            ((key, source[key]) for key in qdict_order(source))
+            if isinstance(source, dict)
+            else enumerate(source)
+        )
+        for key, child in items:
+            copy = _shell(child)
+            if isinstance(target, dict):
+                target[key] = copy
+            else:
+                target.append(copy)
+            if copy is not child:
+                todo.append((child, copy))
+    return out
+
+
+def _shell(value: Any) -> Any:
+    """An empty container of the same kind, or the value itself when it is no container."""
     if isinstance(value, dict):
-        return {k: qdict_parsed(v) for k, v in qdict(value).items()}
+        return {}
     if isinstance(value, list):
-        return [qdict_parsed(v) for v in value]
+        return []
     return value
 
 

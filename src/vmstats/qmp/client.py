@@ -13,7 +13,7 @@ from typing import Any
 
 from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError
 
-from vmstats.qapi.errors import QapiError
+from vmstats.errors import ClientError, QapiError
 from vmstats.qapi.visitor import visit
 from vmstats.stats.model import (
     StatsFilter,
@@ -24,10 +24,6 @@ from vmstats.stats.model import (
     StatsTarget,
 )
 from vmstats.stats.schema import stats_schema
-
-
-class ClientError(Exception):
-    """Something a user can act on: unreachable socket, old QEMU, an error reply."""
 
 
 def parse_address(text: str) -> str | tuple[str, int]:

@@ -1,0 +1,85 @@
+"""Every error vmstats raises, in one tree.
+
+Code below the protocol edge raises these and never formats a QMP error itself; the one
+mapping to what a QMP client sees is :func:`vmstats.qapi.errors.qmp_error`, and the
+command line turns them into one line on stderr.  Anything else that escapes is a bug: it
+is logged with its traceback and a client sees only "internal error", never its text.
+
+::
+
+    VmstatsError
+    ├── QapiError             a QMP error exactly as QEMU reports it (class and desc)
+    │   ├── GenericError
+    │   └── CommandNotFound
+    ├── StatsError            a provider cannot give stats; a client sees GenericError with
+    │   │                     this text, which is QEMU's where QEMU has one
+    │   ├── BinaryStatsError  a KVM stats file that cannot be read or is malformed
+    │   └── VmGone            the VM's process has exited: its stats are frozen, not served
+    ├── KvmUnavailable        no usable /dev/kvm on this host (the text says why)
+    ├── GuestError            the demo guest stopped in a way it should not
+    ├── SocketInUse           a server's socket path is taken by a live server (or no socket)
+    └── ClientError           talking to a QMP server failed: unreachable, silent, refused
+                              the request, or answered something malformed
+"""
+
+from __future__ import annotations
+
+
+class VmstatsError(Exception):
+    """The root: ``except VmstatsError`` catches every error vmstats means to raise."""
+
+
+class QapiError(VmstatsError):
+    """An error QEMU would report as ``{"error": {"class": ..., "desc": ...}}``."""
+
+    error_class = "GenericError"
+
+    def __init__(self, desc: str) -> None:
+        super().__init__(desc)
+        self.desc = desc
+
+    def to_qmp(self) -> dict[str, str]:
+        """The ``error`` member of a QMP response (QDict key order: class, desc)."""
+        return {"class": self.error_class, "desc": self.desc}
+
+
+class GenericError(QapiError):
+    """QEMU's ``ERROR_CLASS_GENERIC_ERROR``: almost every failure."""
+
+
+class CommandNotFound(QapiError):
+    """QEMU's ``ERROR_CLASS_COMMAND_NOT_FOUND``."""
+
+    error_class = "CommandNotFound"
+
+
+class StatsError(VmstatsError):
+    """A provider could not produce its stats; the whole command fails, as in QEMU."""
+
+
+class BinaryStatsError(StatsError):
+    """A stats file could not be read or is malformed; the text says what and where."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"KVM stats: {problem}")
+
+
+class VmGone(StatsError):
+    """The VM's process exited.  Its stats fds still read, frozen: never serve those."""
+
+
+class KvmUnavailable(VmstatsError):
+    """KVM cannot be used here; the message says why and what to check."""
+
+
+class GuestError(VmstatsError):
+    """The demo guest stopped in a way the demo does not expect (shutdown, entry failure)."""
+
+
+class SocketInUse(VmstatsError):
+    """A live server (or something that is not a socket) is at the path we would listen on."""
+
+
+class ClientError(VmstatsError):
+    """Something a user can act on: unreachable socket, silent server, old QEMU, an error
+    reply, a malformed reply."""
