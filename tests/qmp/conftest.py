@@ -11,17 +11,15 @@ import pytest
 
 from tests.stats.provider import FakeProvider, vcpu_path
 from vmstats.qmp.monitor import Monitor
-from vmstats.qmp.server import QMPServer
+from vmstats.qmp.server import QMPServer, ServerLimits
 from vmstats.stats import StatsRegistry
 
 
 class ServerThread:
-    def __init__(self, path: Path, **kwargs: float) -> None:
+    def __init__(self, path: Path, limits: ServerLimits | None = None) -> None:
         registry = StatsRegistry()
         registry.add_stats_callbacks(FakeProvider())
-        self.server = QMPServer(
-            Monitor(registry, lambda: [vcpu_path(i) for i in range(3)]), **kwargs
-        )  # type: ignore[arg-type]
+        self.server = QMPServer(Monitor(registry, lambda: [vcpu_path(i) for i in range(3)]), limits)
         self.path = path
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

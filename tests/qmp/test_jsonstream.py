@@ -115,7 +115,7 @@ def _fast(data: bytes, size: int, tokens: int, cuts: list[int]) -> list[Message]
     parser = JSONStreamParser(size, tokens)
     out: list[Message] = []
     start = 0
-    for cut in sorted(cuts) + [len(data)]:
+    for cut in [*sorted(cuts), len(data)]:
         out += parser.feed(data[start:cut])
         start = max(start, cut)
     return out + parser.flush()

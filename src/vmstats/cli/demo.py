@@ -1,18 +1,34 @@
-"""``vmstats demo``: boot the demo VM, keep its stats fds, show or serve its stats."""
+"""``vmstats demo``: boot the demo VM, keep its stats fds, show or serve its stats.
+
+The VM runs in a child process (see :mod:`vmstats.demo.process`) watched through its
+pidfd: if it dies, the provider answers an error from that moment, the QMP server closes
+its clients, and the demo exits with one line saying so.  Ctrl-C and SIGTERM stop it
+quietly with status 0.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
 import sys
+from pathlib import Path
 
+from vmstats.cli.options import (
+    add_server_limits,
+    bounded_int,
+    non_negative_float,
+    positive_float,
+    server_limits,
+    socket_path,
+    tcp_address,
+)
 from vmstats.demo.guest import GuestProgram
 from vmstats.demo.process import DemoProcess
-from vmstats.kvm.ioctl import KvmUnavailable
+from vmstats.errors import KvmUnavailable, SocketInUse
+from vmstats.kvm.provider import KvmStatsProvider
 from vmstats.qmp.monitor import Monitor
-from vmstats.qmp.server import QMPServer
+from vmstats.qmp.server import QMPServer, claim_socket_path
 from vmstats.stats.registry import StatsRegistry
 from vmstats.top.sample import take_sample
 from vmstats.top.view import vcpu_table
@@ -20,7 +36,8 @@ from vmstats.top.view import vcpu_table
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="boot the demo KVM guest and show its live stats")
-    p.add_argument("--vcpus", type=int, default=2, metavar="N", help="vCPUs (default 2)")
+    p.add_argument("--vcpus", type=bounded_int(1, 1024), default=2, metavar="N",
+                   help="vCPUs (default 2)")  # fmt: skip
     p.add_argument(
         "--headless",
         action="store_true",
@@ -28,65 +45,86 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--rate",
-        type=float,
+        type=non_negative_float,
         default=50.0,
         metavar="R",
         help="guest rounds per second per vCPU; 0 runs flat out (default 50)",
     )
-    p.add_argument(
-        "--outs", type=int, default=8, metavar="K", help="port writes per round (default 8)"
-    )
-    p.add_argument(
-        "--mmio", type=int, default=2, metavar="M", help="MMIO writes per round (default 2)"
-    )
+    p.add_argument("--outs", type=bounded_int(0, 0xFFFF), default=8, metavar="K",
+                   help="port writes per round (default 8)")  # fmt: skip
+    p.add_argument("--mmio", type=bounded_int(0, 0xFFFF), default=2, metavar="M",
+                   help="MMIO writes per round (default 2)")  # fmt: skip
     p.add_argument(
         "--qmp",
+        type=socket_path,
         metavar="PATH",
         help="also serve the VM's stats over QMP on this unix socket (mode 0600)",
     )
     p.add_argument(
         "--qmp-tcp",
+        type=tcp_address,
         metavar="[HOST:]PORT",
         help="also serve QMP on TCP; HOST defaults to 127.0.0.1 (loopback only)",
     )
     p.add_argument(
         "--interval",
-        type=float,
+        type=positive_float,
         default=1.0,
         metavar="S",
         help="refresh of the live view in seconds (default 1)",
     )
+    add_server_limits(p)
     p.set_defaults(func=run)
 
 
-async def _main(args: argparse.Namespace, demo: DemoProcess, registry: StatsRegistry) -> int:
+async def _main(args: argparse.Namespace, demo: DemoProcess, provider: KvmStatsProvider) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    vm_gone = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    assert provider.vmm is not None
+    loop.add_reader(provider.vmm.pidfd, vm_gone.set)
+    registry = StatsRegistry()
+    registry.add_stats_callbacks(provider)
     server = None
     where = ""
     if args.qmp or args.qmp_tcp:
-        assert demo.provider is not None
-        paths = [v.qom_path for v in demo.provider.vcpus]
-        server = QMPServer(Monitor(registry, lambda: paths))
+        paths = [v.qom_path for v in provider.vcpus]
+        server = QMPServer(Monitor(registry, lambda: paths), server_limits(args))
         try:
             if args.qmp:
                 await server.start_unix(args.qmp)
                 where += f", QMP {args.qmp}"
             if args.qmp_tcp:
-                host, _, port = args.qmp_tcp.rpartition(":")
-                bound = await server.start_tcp(host or "127.0.0.1", int(port))
-                where += f", QMP tcp:{host or '127.0.0.1'}:{bound}"
-        except (OSError, ValueError) as exc:
+                host, port = args.qmp_tcp
+                bound = await server.start_tcp(host, port)
+                where += f", QMP tcp:{host}:{bound}"
+        except (OSError, SocketInUse) as exc:
             print(f"vmstats demo: cannot serve QMP: {exc}", file=sys.stderr)
             await server.close()
             return 1
     try:
-        return await _show(args, demo, registry, stop, where)
+        await _show(args, demo, registry, stop, vm_gone, where)
     finally:
+        loop.remove_reader(provider.vmm.pidfd)
         if server is not None:
             await server.close()
+    if vm_gone.is_set():
+        print(f"vmstats demo: the VM process {demo.pid} exited ({demo.exit_reason()}); "
+              "stopping", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+async def _wait(events: tuple[asyncio.Event, ...], timeout: float) -> None:
+    """Until one of ``events`` is set or ``timeout`` passes."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 async def _show(
@@ -94,40 +132,38 @@ async def _show(
     demo: DemoProcess,
     registry: StatsRegistry,
     stop: asyncio.Event,
+    vm_gone: asyncio.Event,
     where: str,
-) -> int:
+) -> None:
+    events = (stop, vm_gone)
     if args.headless:
         print(f"vmstats demo: ready: {args.vcpus} vCPUs, VM process {demo.pid}{where}", flush=True)
-        while not stop.is_set() and demo.alive():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
-    else:
-        from rich.console import Console
-        from rich.live import Live
+        await _wait(events, timeout=1e9)
+        return
+    from rich.console import Console
+    from rich.live import Live
 
-        console = Console()
-        before = take_sample(registry)
-        title = f"vmstats demo: {args.vcpus} vCPUs, VM process {demo.pid}{where} (Ctrl-C to quit)"
-        with Live(console=console, auto_refresh=False, transient=False) as live:
-            while not stop.is_set() and demo.alive():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=args.interval)
-                after = take_sample(registry)
-                live.update(vcpu_table(before, after, title), refresh=True)
-                before = after
-    if not demo.alive():
-        print("vmstats demo: the VM process stopped unexpectedly", file=sys.stderr)
-        return 1
-    return 0
+    console = Console()
+    before = take_sample(registry)
+    title = f"vmstats demo: {args.vcpus} vCPUs, VM process {demo.pid}{where} (Ctrl-C to quit)"
+    with Live(console=console, auto_refresh=False, transient=False) as live:
+        while not (stop.is_set() or vm_gone.is_set()):
+            await _wait(events, timeout=args.interval)
+            if vm_gone.is_set():
+                break
+            after = take_sample(registry)
+            live.update(vcpu_table(before, after, title), refresh=True)
+            before = after
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        program = GuestProgram(args.outs, args.mmio)
-    except ValueError as exc:
-        print(f"vmstats demo: {exc}", file=sys.stderr)
-        return 2
-    demo = DemoProcess(args.vcpus, program, args.rate)
+    if args.qmp is not None:
+        try:  # before the VM boots: a live server at the path is refused, not hijacked
+            claim_socket_path(Path(args.qmp))
+        except SocketInUse as exc:
+            print(f"vmstats demo: cannot serve QMP: {exc}", file=sys.stderr)
+            return 1
+    demo = DemoProcess(args.vcpus, GuestProgram(args.outs, args.mmio), args.rate)
     try:
         provider = demo.start()
     except KvmUnavailable as exc:
@@ -143,10 +179,8 @@ def run(args: argparse.Namespace) -> int:
         demo.stop()
         print(f"vmstats demo: cannot start the demo VM: {exc}", file=sys.stderr)
         return 1
-    registry = StatsRegistry()
-    registry.add_stats_callbacks(provider)
     try:
-        status = asyncio.run(_main(args, demo, registry))
+        status = asyncio.run(_main(args, demo, provider))
     finally:
         code = demo.stop()
     if code not in (0, None) and status == 0:

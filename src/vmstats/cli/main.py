@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Observe, monitor and measure KVM virtual machines (QEMU query-stats).",
     )
     parser.add_argument("--version", action="version", version=f"vmstats {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     qapi = sub.add_parser("qapi", help="print the stats QAPI declaration (qapi/stats.json)")
     qapi.set_defaults(func=_cmd_qapi)
@@ -34,12 +37,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand.  Its failures are one line on stderr and a status: 1 for an
+    error, 2 for a usage error, 130 for Ctrl-C; a closed output pipe ends it quietly."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="vmstats: %(levelname)s: %(message)s",
+    )
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # Whoever read our output has gone (| head): say nothing, and keep Python's
+        # final flush of stdout from complaining too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return result
 
 

@@ -4,7 +4,8 @@ Why a second process: a Python VMM needs the GIL for every exit, and a busy stat
 in the same process starves it (measured: no guest progress at all during 1,000 queries).
 KVM only lets the creating process run the vCPUs, so the VM lives in the child and the
 *read-only stats fds* come to the parent, exactly as a daemon holds a VMM's fds.  The
-child stops when the parent closes the socket, exits, or sends SIGTERM/SIGINT.
+child stops when the parent closes the socket, exits, or sends SIGTERM; it ignores SIGINT,
+which Ctrl-C sends to the whole process group: the parent decides when the VM stops.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from dataclasses import asdict
 from types import TracebackType
 
 from vmstats.demo.guest import GuestProgram
+from vmstats.errors import KvmUnavailable
 from vmstats.kvm.binstats import StatsFile
-from vmstats.kvm.ioctl import KvmUnavailable, kvm_unavailable_reason
+from vmstats.kvm.ioctl import kvm_unavailable_reason
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
+from vmstats.kvm.vmm import VmmProcess
 
 #: Linux accepts at most 253 fds in one SCM_RIGHTS message.
 _FDS_PER_MESSAGE = 200
@@ -85,7 +88,19 @@ class DemoProcess:
             fds += more
         files = [StatsFile(fd, owned=True) for fd in fds]
         vcpus = [VcpuStatsFile(path, f) for path, f in zip(header["paths"], files[1:], strict=True)]
-        return KvmStatsProvider(files[0], vcpus)
+        return KvmStatsProvider(files[0], vcpus, VmmProcess(self.pid))
+
+    def exit_reason(self) -> str:
+        """How the VM process ended, in words ("killed by SIGKILL", "exit status 1")."""
+        code = self.proc.poll() if self.proc is not None else None
+        if code is None:
+            return "still running"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit status {code}"
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -130,7 +145,8 @@ def _child(fd: int, config: dict[str, object]) -> int:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop_on_signal)
-    signal.signal(signal.SIGINT, stop_on_signal)
+    # Ctrl-C reaches the whole process group: the parent decides, and closes our socket.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         vm = DemoVM(
             int(config["vcpus"]),  # type: ignore[call-overload]

@@ -26,7 +26,6 @@ from enum import IntEnum
 from vmstats.errors import BinaryStatsError
 
 log = logging.getLogger(__name__)
-_warned_header_flags: set[int] = set()
 
 HEADER = struct.Struct("=IIIIII")  # flags name_size num_desc id_offset desc_offset data_offset
 DESCRIPTOR = struct.Struct("=IhHII")  # flags exponent size offset bucket_size (+ name)
@@ -106,9 +105,12 @@ class StatsDescriptor:
         return self.offset // 8
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class StatsLayout:
-    """Everything immutable about a stats file except its id: shared between vCPUs."""
+    """Everything immutable about a stats file except its id: shared between vCPUs.
+
+    Compared and hashed by identity: the :class:`LayoutCache` makes one per distinct
+    header and descriptor block, so identity is equality, and a dict lookup stays cheap."""
 
     header: StatsHeader
     descriptors: tuple[StatsDescriptor, ...]
@@ -127,11 +129,9 @@ def _pread_exact(fd: int, size: int, offset: int, what: str) -> bytes:
 
 
 def parse_header(raw: bytes) -> StatsHeader:
+    """The header, checked for sanity.  Its ``flags`` are always 0 today and ignored (as
+    QEMU does); :class:`LayoutCache` logs non-zero flags once per layout."""
     header = StatsHeader(*HEADER.unpack(raw))
-    if header.flags and header.flags not in _warned_header_flags:
-        # Always 0 today; QEMU ignores it.  A future kernel may define bits: say so once.
-        _warned_header_flags.add(header.flags)
-        log.warning("KVM stats header has unknown flags %#x; ignored", header.flags)
     if not 2 <= header.name_size <= MAX_NAME_SIZE:
         raise BinaryStatsError(f"header: name_size {header.name_size} is not sane")
     if header.num_desc > MAX_NUM_DESC:
@@ -238,6 +238,8 @@ class LayoutCache:
         with self._lock:
             layout = self._layouts.get(key)
         if layout is None:
+            if header.flags:  # a future kernel may define bits: say so once per layout
+                log.warning("KVM stats header has unknown flags %#x; ignored", header.flags)
             descriptors = parse_descriptors(header, raw_desc)
             data_size = _data_size(descriptors)
             _check_blocks(header, desc_size, data_size)

@@ -13,7 +13,7 @@ It maps the kernel's descriptors exactly as QEMU's KVM provider does (``accel/kv
 
 Unlike QEMU 7.2 the fds are opened once and kept (the QEMU >= 8.1 design), and a query is
 a ``pread`` per fd from the calling thread: no vCPU is kicked, signalled or stopped.
-Oddities (unknown flags) are logged once per stat name.
+Oddities (unknown flags, types, units, bases) are logged once per layout read.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from vmstats.kvm.binstats import (
     StatsFile,
     StatsLayout,
 )
+from vmstats.kvm.vmm import VmmProcess
 from vmstats.stats.model import (
     StatsProvider,
     StatsResult,
@@ -59,31 +60,30 @@ _UNITS: dict[int, StatsUnit | None] = {
 }
 _BASES: dict[int, int] = {KvmStatsBase.POW10: 10, KvmStatsBase.POW2: 2}
 
-_warned: set[tuple[str, str]] = set()
 
-
-def _warn_once(name: str, problem: str) -> None:
-    if (name, problem) not in _warned:
-        _warned.add((name, problem))
-        log.warning("KVM stat %r: %s", name, problem)
+def oddities(desc: StatsDescriptor) -> list[str]:
+    """What is unusual about a descriptor, in words (for the log, once per layout)."""
+    found = []
+    if desc.unknown_bits:
+        found.append(f"unknown flag bits {desc.unknown_bits:#x} ignored")
+    if desc.type_bits not in _TYPES:
+        found.append(f"unknown type {desc.type_bits:#x}: dropped")
+    elif desc.unit_bits not in _UNITS:
+        found.append(f"unknown unit {desc.unit_bits:#x}: dropped")
+    elif desc.base_bits not in _BASES:
+        found.append(f"unknown base {desc.base_bits:#x}: dropped")
+    return found
 
 
 def schema_value(desc: StatsDescriptor) -> StatsSchemaValue | None:
     """The schema entry QEMU makes of a descriptor, or None where QEMU drops it."""
-    if desc.unknown_bits:
-        _warn_once(desc.name, f"unknown flag bits {desc.unknown_bits:#x} ignored")
     stats_type = _TYPES.get(desc.type_bits)
-    if stats_type is None:
-        _warn_once(desc.name, f"unknown type {desc.type_bits:#x}: dropped")
-        return None
-    if desc.unit_bits not in _UNITS:
-        _warn_once(desc.name, f"unknown unit {desc.unit_bits:#x}: dropped")
+    if stats_type is None or desc.unit_bits not in _UNITS:
         return None
     base = None
     if desc.exponent:
         base = _BASES.get(desc.base_bits)
         if base is None:
-            _warn_once(desc.name, f"unknown base {desc.base_bits:#x}: dropped")
             return None
     return StatsSchemaValue(
         name=desc.name,
@@ -101,9 +101,15 @@ def _has_value(desc: StatsDescriptor) -> bool:
 
 
 class _Plan:
-    """What one layout yields, precomputed: wire templates and schema, in QEMU's order."""
+    """What one layout yields, precomputed: wire templates and schema, in QEMU's order.
+
+    Built once per layout by the provider that reads it, which is also when the layout's
+    oddities are logged: once per provider and layout, not once per read."""
 
     def __init__(self, layout: StatsLayout) -> None:
+        for desc in layout.descriptors:
+            for problem in oddities(desc):
+                log.warning("KVM stat %r: %s", desc.name, problem)
         wire_order = layout.descriptors[::-1]
         self.entries = tuple(
             (
@@ -133,16 +139,6 @@ class _Plan:
         return found
 
 
-_plans: dict[int, tuple[StatsLayout, _Plan]] = {}
-
-
-def plan_for(layout: StatsLayout) -> _Plan:
-    cached = _plans.get(id(layout))
-    if cached is None or cached[0] is not layout:
-        cached = _plans[id(layout)] = (layout, _Plan(layout))
-    return cached[1]
-
-
 @dataclass(frozen=True, slots=True)
 class VcpuStatsFile:
     """A vCPU's stats fd and the QOM path it is reported under."""
@@ -160,14 +156,28 @@ class KvmStatsProvider:
 
     provider = StatsProvider.KVM
 
-    def __init__(self, vm: StatsFile | None, vcpus: Sequence[VcpuStatsFile]) -> None:
+    def __init__(
+        self,
+        vm: StatsFile | None,
+        vcpus: Sequence[VcpuStatsFile],
+        vmm: VmmProcess | None = None,
+    ) -> None:
         self.vm = vm
         self.vcpus = list(vcpus)
+        self.vmm = vmm  # when given, every call first checks that the VM still runs
+        self._plans: dict[StatsLayout, _Plan] = {}
+
+    def plan(self, layout: StatsLayout) -> _Plan:
+        """The plan for ``layout`` (layouts hash by identity: one per distinct file shape)."""
+        found = self._plans.get(layout)
+        if found is None:
+            found = self._plans[layout] = _Plan(layout)
+        return found
 
     def _result(
         self, file: StatsFile, names: Sequence[str] | None, qom_path: str | None
     ) -> StatsResult | None:
-        template = plan_for(file.layout).select(names)
+        template = self.plan(file.layout).select(names)
         if not template.entries:
             return None
         return StatsResult(self.provider, EncodedStats(template, file.read()), qom_path)
@@ -178,6 +188,8 @@ class KvmStatsProvider:
         names: Sequence[str] | None,
         targets: Sequence[str] | None,
     ) -> list[StatsResult]:
+        if self.vmm is not None:
+            self.vmm.check()
         out: list[StatsResult] = []
         if target == StatsTarget.VM and self.vm is not None:
             result = self._result(self.vm, names, None)
@@ -194,16 +206,20 @@ class KvmStatsProvider:
         return out
 
     def schemas(self) -> list[StatsSchema]:
+        if self.vmm is not None:
+            self.vmm.check()
         out = []
         if self.vm is not None:
-            out.append(StatsSchema(self.provider, StatsTarget.VM, plan_for(self.vm.layout).schema))
+            out.append(StatsSchema(self.provider, StatsTarget.VM, self.plan(self.vm.layout).schema))
         if self.vcpus:
             layout = self.vcpus[0].file.layout
-            out.append(StatsSchema(self.provider, StatsTarget.VCPU, plan_for(layout).schema))
+            out.append(StatsSchema(self.provider, StatsTarget.VCPU, self.plan(layout).schema))
         return out
 
     def close(self) -> None:
-        """Close the stats fds this provider owns."""
+        """Close the stats fds this provider owns (and the VMM's pidfd)."""
         for file in [self.vm, *(v.file for v in self.vcpus)]:
             if file is not None:
                 file.close()
+        if self.vmm is not None:
+            self.vmm.close()

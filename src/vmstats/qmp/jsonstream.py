@@ -278,6 +278,11 @@ class JSONStreamParser:
         """Bytes this parser holds in memory: input, a partial token, a partial message."""
         return len(self._input) + len(self._token) + len(self._text)
 
+    @property
+    def in_message(self) -> bool:
+        """Has part of a message (a token, or tokens of an unclosed value) been lexed?"""
+        return bool(self._count) or self._state not in (IN_START, IN_RECOVERY)
+
     def next_message(self) -> Message | None:
         """The next complete message, or None when the bytes lexed so far hold none.
 

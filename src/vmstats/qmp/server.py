@@ -1,106 +1,465 @@
-"""QMP over sockets: asyncio transports around :class:`QMPSession`.
+"""QMP over sockets: asyncio protocols around :class:`QMPSession`, fit to face many
+local clients at once.
 
-Unix sockets are created with mode 0600 (only the owner may connect) and TCP binds to
-loopback unless told otherwise: the stats are read-only, but who reads them is still the
-operator's call.  Each connection is its own task; a client that stops reading its
-replies is disconnected after ``write_timeout`` instead of holding memory or other
-clients hostage, and one message is limited in size.
+QEMU's monitor serves one client at a time; this server serves many, so no client may
+exhaust, stall or crash it for the others.  What each connection may cost is bounded:
+
+- **memory**: one read of input (reading pauses until it is parsed), one message in
+  progress (bounded in bytes and tokens by the session's parser), and a write buffer of
+  :data:`WRITE_HIGH` bytes plus the reply being written.  Replies are produced one at a
+  time and production stops while the client does not read (backpressure per request);
+- **time**: a connection gets at most :data:`TURN` seconds of work per turn of the event
+  loop (the parser works in slices, replies one by one), then yields to the others;
+- **patience**: a reply not taken within ``write_timeout`` aborts the connection (which
+  frees its buffer at once); a message left half-sent for ``message_timeout`` and a
+  connection idle for ``idle_timeout`` are closed;
+- **count**: at most ``max_connections``, kept below the process's fd limit.  The one
+  over the cap gets a QMP error line and is closed.  If ``accept()`` runs out of fds or
+  memory anyway, accepting pauses for a second, and the log says so once a minute with a
+  count, not once per try.
+
+Sockets: unix sockets get mode 0600 unless told otherwise, a live server's socket is
+never taken over (a stale one is replaced), and on close a path is removed only if it
+is still the socket we created.  TCP binds to loopback unless told otherwise.  The listen
+backlog is the system's maximum, so a burst of connects queues instead of failing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import resource
 import socket
 import stat
+import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from vmstats.errors import SocketInUse
+from vmstats.qmp.jsonstream import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_TOKENS
 from vmstats.qmp.monitor import Monitor
-from vmstats.qmp.session import MAX_MESSAGE_SIZE, QMPSession
+from vmstats.qmp.session import QMPSession, error_line
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK = 64 * 1024
-WRITE_BUFFER_HIGH = 1 << 20
+#: The write buffer above which a connection produces no more replies until it drains.
+WRITE_HIGH = 64 * 1024
+WRITE_LOW = 16 * 1024
+#: Seconds of work one connection may do per turn of the event loop.
+TURN = 0.002
+#: Fds kept free beside the connections (listeners, the reject path, files, the VM's fds).
+FD_RESERVE = 32
+ACCEPT_BATCH = 64
+ACCEPT_RETRY = 1.0
+SWEEP = 1.0
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one server allows its clients.  Timeouts are seconds; 0 disables one."""
+
+    max_connections: int = 128
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    write_timeout: float = 30.0
+    message_timeout: float = 30.0
+    idle_timeout: float = 600.0
+
+
+class RateLimitedLog:
+    """Log a recurring condition at most once per ``interval`` per key, with a count of
+    the occurrences left out: a flood of failures must not become a flood of log lines."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def warning(self, key: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._suppressed[key] += 1
+            return
+        self._last[key] = now
+        more = self._suppressed.pop(key, 0)
+        if more:
+            message += " (%d more since the last report)"
+            args = (*args, more)
+        self._logger.warning(message, *args)
+
+
+def listen_backlog() -> int:
+    """The system's maximum listen backlog (``net.core.somaxconn``)."""
+    try:
+        return max(int(Path("/proc/sys/net/core/somaxconn").read_text()), socket.SOMAXCONN)
+    except (OSError, ValueError):
+        return socket.SOMAXCONN
+
+
+def fd_budget(reserve: int = FD_RESERVE) -> int:
+    """How many more fds this process can open, keeping ``reserve`` free."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_now = 64
+    return max(1, soft - open_now - reserve)
+
+
+def claim_socket_path(path: Path, timeout: float = 1.0) -> None:
+    """Make ``path`` free for a new unix socket: remove a stale socket (nobody answers on
+    it), refuse with :class:`SocketInUse` a live one or anything that is not a socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketInUse(f"{path} exists and is not a socket: refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(timeout)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # stale: its server is gone
+        return
+    except FileNotFoundError:
+        return
+    except OSError as exc:  # a full backlog or a server too busy to accept: alive
+        raise SocketInUse(f"{path} is in use by a running server ({exc})") from exc
+    finally:
+        probe.close()
+    raise SocketInUse(f"{path} is in use by a running server: stop it or choose another path")
+
+
+@dataclass
+class _Listener:
+    sock: socket.socket
+    path: Path | None = None
+    identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we created
+
+    def remove_path(self) -> None:
+        """Unlink our socket file, unless someone else's socket is there now."""
+        if self.path is None or self.identity is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self.identity:
+                self.path.unlink()
 
 
 class QMPServer:
     """Serves one :class:`Monitor` on any number of unix and TCP listeners."""
 
-    def __init__(
-        self,
-        monitor: Monitor,
-        *,
-        max_message_size: int = MAX_MESSAGE_SIZE,
-        write_timeout: float = 30.0,
-    ) -> None:
+    def __init__(self, monitor: Monitor, limits: ServerLimits | None = None) -> None:
         self.monitor = monitor
-        self.max_message_size = max_message_size
-        self.write_timeout = write_timeout
-        self._servers: list[asyncio.Server] = []
-        self._paths: list[Path] = []
-        self._clients: set[asyncio.Task[None]] = set()
+        self.limits = limits or ServerLimits()
+        self.max_connections = self.limits.max_connections
+        self._listeners: list[_Listener] = []
+        self._connections: set[_Connection] = set()
+        self._starting = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.log = RateLimitedLog(log)
 
-    async def start_unix(self, path: str | os.PathLike[str], mode: int = 0o600) -> None:
-        """Listen on a unix socket at ``path`` (a stale socket there is replaced)."""
+    @property
+    def connections(self) -> int:
+        """Connections being served (or being set up)."""
+        return len(self._connections) + self._starting
+
+    # -- listeners ------------------------------------------------------------------
+
+    async def start_unix(
+        self, path: str | os.PathLike[str], mode: int = 0o600, group: int | None = None
+    ) -> None:
+        """Listen on a unix socket at ``path`` with ``mode`` (and ``group``, a gid).
+
+        Raises :class:`SocketInUse` if a live server has the path, OSError if it cannot
+        be created (a missing folder, no permission).
+        """
         path = Path(path)
-        with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISSOCK(path.lstat().st_mode):
-                raise FileExistsError(f"{path} exists and is not a socket")
-            path.unlink()
+        claim_socket_path(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o777 & ~mode)
         try:
-            sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, mode)
-        server = await asyncio.start_unix_server(self._client, sock=sock)
-        self._servers.append(server)
-        self._paths.append(path)
+            old_umask = os.umask(0o777 & ~mode)
+            try:
+                sock.bind(str(path))
+            finally:
+                os.umask(old_umask)
+            os.chmod(path, mode)
+            if group is not None:
+                os.chown(path, -1, group)
+            st = os.lstat(path)
+        except OSError:
+            sock.close()
+            raise
+        self._listen(_Listener(sock, path, (st.st_dev, st.st_ino)))
 
     async def start_tcp(self, host: str = "127.0.0.1", port: int = 4444) -> int:
         """Listen on TCP; returns the port (useful with ``port=0``)."""
-        server = await asyncio.start_server(self._client, host, port, reuse_address=True)
-        self._servers.append(server)
-        return int(server.sockets[0].getsockname()[1])
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients.add(task)
-        writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-        session = QMPSession(self.monitor, max_message_size=self.max_message_size)
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
         try:
-            await self._send(writer, [session.greeting()])
-            while data := await reader.read(READ_CHUNK):
-                await self._send(writer, session.receive_data(data))
-            session.receive_eof()
-        except (ConnectionError, TimeoutError) as exc:
-            log.info("QMP client dropped: %s", exc or type(exc).__name__)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        self._listen(_Listener(sock))
+        return int(sock.getsockname()[1])
+
+    def _listen(self, listener: _Listener) -> None:
+        listener.sock.listen(listen_backlog())
+        listener.sock.setblocking(False)
+        self._loop = asyncio.get_running_loop()
+        if not self._listeners:
+            self.max_connections = min(self.limits.max_connections, fd_budget())
+            self._sweeper = self._loop.call_later(SWEEP, self._sweep)
+        self._listeners.append(listener)
+        self._resume_accepting(listener)
+
+    def _resume_accepting(self, listener: _Listener) -> None:
+        if self._loop is not None and not self._closed and listener in self._listeners:
+            self._loop.add_reader(listener.sock.fileno(), self._accept, listener)
+
+    def _accept(self, listener: _Listener) -> None:
+        assert self._loop is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # Out of fds or memory: pause instead of spinning on a ready listener.
+                self._loop.remove_reader(listener.sock.fileno())
+                self._loop.call_later(ACCEPT_RETRY, self._resume_accepting, listener)
+                self.log.warning(
+                    f"accept:{exc.errno}",
+                    "cannot accept QMP connections (%s); paused for %.0f s",
+                    os.strerror(exc.errno or errno.EIO),
+                    ACCEPT_RETRY,
+                )
+                return
+            conn.setblocking(False)
+            if self.connections >= self.max_connections:
+                self._reject(conn)
+            else:
+                self._adopt(conn)
+
+    def _reject(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            conn.send(
+                error_line(
+                    f"too many QMP connections: this server takes {self.max_connections} "
+                    "at a time; try again later"
+                )
+            )
+        conn.close()
+        self.log.warning(
+            "cap", "QMP connection refused: %d connections already (the limit)", self.connections
+        )
+
+    def _adopt(self, conn: socket.socket) -> None:
+        assert self._loop is not None
+        self._starting += 1
+        task = self._loop.create_task(self._connect(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        assert self._loop is not None
+        try:
+            await self._loop.connect_accepted_socket(lambda: _Connection(self), sock=conn)
+        except OSError as exc:
+            conn.close()
+            self.log.warning("adopt", "QMP connection failed at set-up: %s", exc)
         finally:
-            self._clients.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            self._starting -= 1
 
-    async def _send(self, writer: asyncio.StreamWriter, replies: list[bytes]) -> None:
-        if not replies:
+    def _sweep(self) -> None:
+        """Once a second: close connections idle or half-sent for too long."""
+        now = time.monotonic()
+        for connection in list(self._connections):
+            connection.check_timeouts(now)
+        if self._loop is not None and not self._closed:
+            self._sweeper = self._loop.call_later(SWEEP, self._sweep)
+
+    # -- shutdown -------------------------------------------------------------------
+
+    async def close(self, grace: float = 1.0) -> None:
+        """Stop listening, remove our socket files, close every connection.
+
+        Connections get ``grace`` seconds to take the replies already written, then are
+        aborted.  Quiet: closing is not an error, for the server or its clients.
+        """
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for listener in self._listeners:
+            if self._loop is not None:
+                self._loop.remove_reader(listener.sock.fileno())
+            listener.sock.close()
+            listener.remove_path()
+        self._listeners.clear()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for connection in list(self._connections):
+            connection.close()
+        deadline = time.monotonic() + grace
+        while self._connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for connection in list(self._connections):
+            connection.abort()
+
+
+class _Connection(asyncio.Protocol):
+    """One client: a session, and the flow control between its socket and its replies."""
+
+    def __init__(self, server: QMPServer) -> None:
+        self.server = server
+        limits = server.limits
+        self.session = QMPSession(
+            server.monitor, max_message_size=limits.max_message_size, max_tokens=limits.max_tokens
+        )
+        self.transport: asyncio.Transport | None = None
+        self._reading = True
+        self._writable = True
+        self._eof = False
+        self._closing = False
+        self._pump_handle: asyncio.Handle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._last_input = time.monotonic()
+        self._message_since: float | None = None
+
+    # -- asyncio callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        self.server._connections.add(self)
+        transport.write(self.session.greeting())
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
             return
-        writer.write(b"".join(replies))
-        await asyncio.wait_for(writer.drain(), self.write_timeout)
+        self._last_input = time.monotonic()
+        self.session.receive(data)
+        if self._reading:
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self._reading = False
+        self._schedule()
 
-    async def close(self) -> None:
-        for server in self._servers:
-            server.close()
-        for task in list(self._clients):
-            task.cancel()
-        for server in self._servers:
-            await server.wait_closed()
-        for path in self._paths:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        self._servers.clear()
-        self._paths.clear()
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._schedule()
+        return True  # keep our side open until the replies to what came are written
+
+    def pause_writing(self) -> None:
+        self._writable = False
+        timeout = self.server.limits.write_timeout
+        if timeout and self._write_timer is None:
+            loop = asyncio.get_running_loop()
+            self._write_timer = loop.call_later(timeout, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        self._writable = True
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        self._schedule()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        for handle in (self._pump_handle, self._write_timer, self._abort_timer):
+            if handle is not None:
+                handle.cancel()
+        self.server._connections.discard(self)
+
+    # -- work ---------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if self._pump_handle is None and not self._closing:
+            self._pump_handle = asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Answer what has arrived, one reply at a time, for at most one TURN."""
+        self._pump_handle = None
+        transport = self.transport
+        if self._closing or transport is None or transport.is_closing():
+            return
+        deadline = time.perf_counter() + TURN
+        while self._writable:
+            reply = self.session.next_reply()
+            if reply is not None:
+                transport.write(reply)  # may call pause_writing() at once
+            elif not self.session.buffered:
+                self._input_done()
+                return
+            if time.perf_counter() >= deadline:
+                self._schedule()
+                return
+        # Not writable: resume_writing() schedules the rest.
+
+    def _input_done(self) -> None:
+        assert self.transport is not None
+        if self.session.in_message:
+            if self._message_since is None:
+                self._message_since = time.monotonic()
+        else:
+            self._message_since = None
+        if self._eof:
+            self.session.receive_eof()
+            self.close()
+        elif not self._reading:
+            self._reading = True
+            self.transport.resume_reading()
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        log.info("QMP client dropped: its replies were not read for %s s",
+                 self.server.limits.write_timeout)  # fmt: skip
+        self.abort()
+
+    def check_timeouts(self, now: float) -> None:
+        limits = self.server.limits
+        if limits.message_timeout and self._message_since is not None:
+            if now - self._message_since > limits.message_timeout:
+                log.info("QMP client dropped: a message left half-sent for %s s",
+                         limits.message_timeout)  # fmt: skip
+                self.close()
+        elif limits.idle_timeout and now - self._last_input > limits.idle_timeout:
+            log.info("QMP client dropped: idle for %s s", limits.idle_timeout)
+            self.close()
+
+    # -- closing ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close after the replies already written are sent (abort if they are not read)."""
+        if self._closing or self.transport is None:
+            return
+        self._closing = True
+        self.transport.close()
+        timeout = self.server.limits.write_timeout or 1.0
+        self._abort_timer = asyncio.get_running_loop().call_later(timeout, self.abort)
+
+    def abort(self) -> None:
+        """Drop the connection now, and its buffers with it."""
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()

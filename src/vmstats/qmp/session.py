@@ -5,22 +5,41 @@ Mirrors QEMU 7.2's monitor: a greeting, capabilities negotiation (only
 then command mode with ``id`` echo, and an error reply for every broken JSON message.
 Replies are written as QEMU writes them, ending in CRLF.  Nothing here does I/O, so the
 protocol is tested without sockets and the same session serves any transport.
+
+Two ways to drive it, as h11 has: :meth:`QMPSession.receive` then :meth:`next_reply`
+one reply at a time (what a server does, so that it can stop producing replies while a
+client does not read them), or :meth:`receive_data` for every reply at once.
 """
 
 from __future__ import annotations
 
+from enum import Enum
+from functools import lru_cache
 from typing import Any
 
 from vmstats.qapi.dispatch import Dispatcher
 from vmstats.qapi.errors import CommandNotFound, GenericError
 from vmstats.qapi.json import dumps, dumps_exact
 from vmstats.qapi.qdict import qdict_parsed
-from vmstats.qmp.jsonstream import JSONStreamParser, Message
+from vmstats.qmp.jsonstream import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_TOKENS,
+    JSONStreamParser,
+    Message,
+)
 from vmstats.qmp.monitor import Monitor
 
-#: Default limit of one message's size: far above any real request, far below QEMU's 64 MiB.
-MAX_MESSAGE_SIZE = 1 << 20
+#: Kept for callers of the old name: the default limit of one message's size.
+MAX_MESSAGE_SIZE = DEFAULT_MAX_MESSAGE_SIZE
 CAPABILITIES = ("oob",)
+
+
+class SessionState(Enum):
+    """Where a session is.  NEGOTIATION: only ``qmp_capabilities`` is served (anything
+    else gets QEMU's hint); COMMAND: every command of the monitor is served."""
+
+    NEGOTIATION = "negotiation"
+    COMMAND = "command"
 
 
 def encode_response(response: dict[str, Any]) -> bytes:
@@ -32,15 +51,36 @@ def encode_response(response: dict[str, Any]) -> bytes:
     return ("{" + ", ".join(parts) + "}\r\n").encode("ascii")
 
 
+@lru_cache(maxsize=256)
+def error_line(desc: str, error_class: str = GenericError.error_class) -> bytes:
+    """A reply line for an error without ``id``; cached, since a flood of broken input
+    repeats a few texts."""
+    return encode_response({"error": {"class": error_class, "desc": desc}})
+
+
+#: QEMU's reply to a well-formed JSON value that is not an object.
+NOT_AN_OBJECT = error_line("QMP input must be a JSON object")
+
+
 class QMPSession:
     """A QMP conversation with one client."""
 
-    def __init__(self, monitor: Monitor, *, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
+    def __init__(
+        self,
+        monitor: Monitor,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+    ) -> None:
         self.monitor = monitor
-        self.negotiated = False
+        self.state = SessionState.NEGOTIATION
         self.oob_enabled = False
-        self._parser = JSONStreamParser(max_message_size)
+        self._parser = JSONStreamParser(max_message_size, max_tokens)
         self._dispatcher: Dispatcher = monitor.dispatcher(self.qmp_capabilities, negotiated=False)
+
+    @property
+    def negotiated(self) -> bool:
+        return self.state is SessionState.COMMAND
 
     def greeting(self) -> bytes:
         greeting = {
@@ -48,19 +88,53 @@ class QMPSession:
         }
         return (dumps(qdict_parsed(greeting)) + "\r\n").encode("ascii")
 
+    # -- input ----------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        """Queue bytes from the client; :meth:`next_reply` answers them."""
+        self._parser.receive_data(data)
+
+    def next_reply(self) -> bytes | None:
+        """The reply to the next complete message, or None.
+
+        None with :attr:`buffered` non-zero means the parser stopped at the end of a slice
+        of work: call again (after letting other clients run).
+        """
+        message = self._parser.next_message()
+        return None if message is None else self._answer(message)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet lexed."""
+        return self._parser.buffered
+
+    @property
+    def holding(self) -> int:
+        """Bytes of client input held in memory (unread input and a message in progress)."""
+        return self._parser.holding
+
+    @property
+    def in_message(self) -> bool:
+        """Is a message half received (bytes of it arrived, its end did not)?"""
+        return self._parser.in_message
+
     def receive_data(self, data: bytes) -> list[bytes]:
-        """Feed bytes from the client; return the reply lines to send, in order."""
+        """Feed bytes from the client; return every reply to send, in order."""
         return [self._answer(m) for m in self._parser.feed(data)]
 
     def receive_eof(self) -> list[bytes]:
-        """The client closed its side: QEMU drops what is pending without replying."""
-        self._parser = JSONStreamParser(self._parser.max_size)
+        """The client closed its side: QEMU drops a half-received message without replying."""
+        self._parser = JSONStreamParser(self._parser.max_size, self._parser.max_tokens)
         return []
+
+    # -- answers --------------------------------------------------------------------
 
     def _answer(self, message: Message) -> bytes:
         if message.error is not None:
-            return encode_response({"error": GenericError(message.error).to_qmp()})
-        negotiating = not self.negotiated
+            return error_line(message.error)
+        if not isinstance(message.value, dict):
+            return NOT_AN_OBJECT
+        negotiating = self.state is SessionState.NEGOTIATION
         response = self._dispatcher.dispatch(message.value, allow_oob=self.oob_enabled, wire=True)
         error = response.get("error")
         if negotiating and error and error["class"] == CommandNotFound.error_class:
@@ -69,11 +143,11 @@ class QMPSession:
 
     def qmp_capabilities(self, enable: list[str] | None = None) -> None:
         """Leave negotiation mode, enabling the capabilities asked for (QEMU's rules)."""
-        if self.negotiated:
+        if self.state is SessionState.COMMAND:
             raise CommandNotFound("Capabilities negotiation is already complete, command ignored")
         for capability in enable or ():
             if capability not in CAPABILITIES:
                 raise GenericError(f"Capability '{capability}' not available with this monitor")
         self.oob_enabled = "oob" in (enable or ())
-        self.negotiated = True
+        self.state = SessionState.COMMAND
         self._dispatcher = self.monitor.dispatcher(self.qmp_capabilities, negotiated=True)

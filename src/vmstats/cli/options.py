@@ -1,0 +1,112 @@
+"""Argument types shared by the subcommands: a bad value is a usage error (exit 2)
+naming the option, never a traceback or a silent wrap-around."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from vmstats.qmp.server import ServerLimits
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (intervals, timeouts)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (rates, where 0 means 'flat out')."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of 0 or more, not {text}")
+    return value
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An integer in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, not {value}")
+        return value
+
+    return parse
+
+
+def tcp_address(text: str) -> tuple[str, int]:
+    """``[HOST:]PORT``; HOST defaults to loopback, PORT is 0 to 65535."""
+    host, _, port_text = text.rpartition(":")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a [HOST:]PORT: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, not {port}")
+    return host.strip("[]") or "127.0.0.1", port
+
+
+def socket_path(text: str) -> Path:
+    """A path for a new unix socket: its folder must exist (checked before any work)."""
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"cannot create {text}: folder {path.parent} does not exist"
+        )
+    return path
+
+
+def add_server_limits(parser: argparse.ArgumentParser) -> None:
+    """Options for :class:`vmstats.qmp.server.ServerLimits`, for every command that serves."""
+    defaults = ServerLimits()
+    group = parser.add_argument_group("limits per QMP client (0 disables a timeout)")
+    group.add_argument(
+        "--max-connections",
+        type=bounded_int(1, 1 << 20),
+        metavar="N",
+        default=defaults.max_connections,
+        help=f"clients at once (default {defaults.max_connections}; "
+        "always kept below the fd limit)",
+    )
+    group.add_argument(
+        "--idle-timeout",
+        type=non_negative_float,
+        metavar="S",
+        default=defaults.idle_timeout,
+        help=f"close a client silent this long (default {defaults.idle_timeout:g})",
+    )
+    group.add_argument(
+        "--message-timeout",
+        type=non_negative_float,
+        metavar="S",
+        default=defaults.message_timeout,
+        help="close a client whose message stays half-sent this long "
+        f"(default {defaults.message_timeout:g})",
+    )
+    group.add_argument("--write-timeout", type=non_negative_float, metavar="S",
+                       default=defaults.write_timeout,
+                       help="drop a client that does not read its replies this long "
+                            f"(default {defaults.write_timeout:g})")  # fmt: skip
+
+
+def server_limits(args: argparse.Namespace) -> ServerLimits:
+    return ServerLimits(
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        message_timeout=args.message_timeout,
+        write_timeout=args.write_timeout,
+    )
