@@ -99,6 +99,11 @@ CORPUS = [
     b'{"execute":"qmp_capabilities"}[1,{"a":}]"x"\x01{"a":"\xc3\x28"}',
     b"{'execute':'qmp_capabilities'}{'execute':'query-stats','arguments':{'target':'vcpu','vcpus':[]}}",
     b'{"execute":"qmp_capabilities"}{"execute":"query-stats","arguments":{"target":"vcpu","providers":[{"provider":"kvm","names":[1]}]}}',
+    # nesting at QEMU's limit and one past it (1,024 brackets and braces together)
+    b'{"execute":"qmp_capabilities"}{"execute":"query-version","id":' + b"[" * 1023 + b"1.5" + b"]" * 1023 + b"}",
+    b'{"execute":"qmp_capabilities"}{"execute":"query-version","id":' + b"[" * 1024 + b"1" + b"]" * 1024 + b"}",
+    b'{"execute":"qmp_capabilities"}{"execute":"query-version","id":' + b'{"a":' * 1023 + b"{}" + b"}" * 1023 + b"}",
+    b'{"execute":"qmp_capabilities"}' + b"[" * 3000 + b"]" * 3000,
 ]  # fmt: skip
 
 
