@@ -30,6 +30,7 @@ from vmstats.kvm.binstats import LayoutCache, StatsFile
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
 from vmstats.qapi import json as qjson
 from vmstats.qapi.dispatch import Dispatcher
+from vmstats.qmp.session import encode_response
 from vmstats.stats import StatsRegistry
 from vmstats.stats.commands import stats_dispatcher
 
@@ -144,7 +145,8 @@ def test_unknown_paths_are_ignored(dispatcher: Dispatcher) -> None:
     assert call(dispatcher, "query-stats", {"target": "vcpu", "vcpus": ["/x"]}) == []
 
 
-def test_wire_bytes_of_a_result(dispatcher: Dispatcher) -> None:
+@pytest.mark.parametrize("wire", [True, False])  # the pre-encoded path, and the generic one
+def test_wire_bytes_of_a_result(dispatcher: Dispatcher, wire: bool) -> None:
     reply = dispatcher.dispatch(
         {
             "execute": "query-stats",
@@ -152,9 +154,11 @@ def test_wire_bytes_of_a_result(dispatcher: Dispatcher) -> None:
                 "target": "vcpu",
                 "providers": [{"provider": "kvm", "names": ["flag", "plain"]}],
             },
-        }
+        },
+        wire=wire,
     )
-    assert qjson.dumps(reply) == (
-        '{"return": [{"provider": "kvm", "stats": [{"name": "flag", "value": true}, '
-        '{"name": "plain", "value": 5}], "qom-path": "/machine/unattached/device[0]"}]}'
+    assert isinstance(reply["return"], qjson.RawJSON) == wire
+    assert encode_response(reply) == (
+        b'{"return": [{"provider": "kvm", "stats": [{"name": "flag", "value": true}, '
+        b'{"name": "plain", "value": 5}], "qom-path": "/machine/unattached/device[0]"}]}\r\n'
     )

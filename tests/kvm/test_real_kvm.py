@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+import threading
 import time
 from typing import Any
 
@@ -190,7 +191,12 @@ def test_stats_fds_are_read_only_and_not_inherited(demo_vm: DemoVM) -> None:
         assert file is not None
         assert fcntl.fcntl(file.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
         assert not os.get_inheritable(file.fd)
-        assert file.id.startswith(f"kvm-{os.getpid()}") or file.id.startswith("kvm-")
+    # The kernel names the creating thread: this one made the VM and every vCPU.
+    creator = threading.get_native_id()
+    assert demo_vm.provider.vm is not None and demo_vm.provider.vm.id == f"kvm-{creator}"
+    assert [v.file.id for v in demo_vm.provider.vcpus] == [
+        f"kvm-{creator}/vcpu-{i}" for i in range(demo_vm.vcpu_count)
+    ]
 
 
 def test_close_releases_every_fd() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.conftest import CAPTURES
 from vmstats.qapi.visitor import visit
-from vmstats.stats import StatsProvider, StatsResult, StatsSchema, StatsTarget
+from vmstats.stats import StatsProvider, StatsResult, StatsSchema, StatsTarget, StatsValue
 from vmstats.stats.registry import apply_str_list_filter
 from vmstats.stats.schema import stats_schema
 
@@ -25,7 +25,7 @@ class ReplayProvider:
     results: dict[StatsTarget, list[StatsResult]]
     schema: list[StatsSchema]
     provider: StatsProvider = StatsProvider.KVM
-    overrides: dict[str, object] = field(default_factory=dict)
+    overrides: dict[str, StatsValue] = field(default_factory=dict)
 
     @classmethod
     def from_captures(

@@ -7,12 +7,14 @@ import re
 import pytest
 
 from tests.qmp.replay import ReplayProvider, capture_text
+from tests.stats.provider import FakeProvider, vcpu_path
 from vmstats.qmp.hmp import HumanMonitor
 from vmstats.stats import (
     StatsRegistry,
     StatsSchemaValue,
     StatsType,
     StatsUnit,
+    StatsValue,
 )
 from vmstats.stats.units import hmp_unit
 
@@ -38,7 +40,7 @@ def test_output_is_byte_identical_to_qemu(command: str, capture: str) -> None:
 def test_same_data_as_a_busy_qemu_prints_the_same_bytes() -> None:
     """b05 was printed by a running QEMU: feed its values back, expect its bytes."""
     text = capture_text("b05-info-stats-vcpu.txt")
-    overrides: dict[str, object] = {}
+    overrides: dict[str, StatsValue] = {}
     for name, rest in re.findall(r"^    (\w+) \([^)]*\): (.*?) ?\r$", text, re.M):
         if rest in ("yes", "no"):
             overrides[name] = rest == "yes"
@@ -91,13 +93,23 @@ def test_command_lines_as_qemu(command: str, output: str) -> None:
     assert monitor().execute(command) == output
 
 
-def test_cpu_index_selects_the_vcpu() -> None:
-    provider = ReplayProvider.from_captures()
-    provider.overrides = {}
-    m = monitor(provider)
-    paths = provider.cpus
-    assert paths[0] == "/machine/unattached/device[0]"
-    assert m.execute("info stats vcpu exits", cpu_index=3) == m.execute("info stats vcpu exits")
+@pytest.mark.parametrize(("cpu_index", "exits"), [(None, 1000), (0, 1000), (1, 1001), (2, 1002)])
+def test_cpu_index_selects_the_vcpu(cpu_index: int | None, exits: int) -> None:
+    registry = StatsRegistry()
+    registry.add_stats_callbacks(FakeProvider())  # vCPU i has exits = 1000 + i
+    m = HumanMonitor(registry, lambda: [vcpu_path(i) for i in range(3)], (7, 2, 0), "")
+    assert m.execute("info stats vcpu exits", cpu_index=cpu_index) == (
+        f"provider: kvm\r\n    exits (cumulative): {exits}\r\n"
+    )
+
+
+def test_cpu_command_lasts_for_its_line_only() -> None:
+    registry = StatsRegistry()
+    registry.add_stats_callbacks(FakeProvider())
+    m = HumanMonitor(registry, lambda: [vcpu_path(i) for i in range(3)], (7, 2, 0), "")
+    assert m.execute("cpu 2") == ""
+    assert "exits (cumulative): 1000" in m.execute("info stats vcpu exits")
+    assert m.execute("cpu 3") == "invalid CPU index\r\n"
 
 
 def test_help_lists_our_commands_in_qemus_format() -> None:

@@ -26,11 +26,12 @@ def test_qemu_qmp_client_talks_to_us(qmp_server: ServerThread) -> None:
         client = QMPClient("test")
         await client.connect(str(qmp_server.path))
         assert client.greeting is not None
-        assert client.greeting.QMP.version["package"].startswith("vmstats")
+        assert str(client.greeting.QMP.version["package"]).startswith("vmstats")
         vm = await client.execute("query-stats", {"target": "vm"})
         assert vm == [{"provider": "kvm", "stats": [{"name": "flushes", "value": 7},
                                                     {"name": "pages", "value": 100}]}]  # fmt: skip
         schemas = await client.execute("query-stats-schemas")
+        assert isinstance(schemas, list)
         assert [s["target"] for s in schemas] == ["vcpu", "vm"]
         with pytest.raises(ExecuteError) as info:
             await client.execute("query-stats", {"target": "nope"})

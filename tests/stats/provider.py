@@ -19,6 +19,7 @@ from vmstats.stats import (
     StatsTarget,
     StatsType,
     StatsUnit,
+    StatsValue,
 )
 from vmstats.stats.registry import apply_str_list_filter
 
@@ -48,7 +49,7 @@ class FakeProvider:
         default_factory=list
     )
 
-    def _values(self, target: StatsTarget, index: int) -> list[tuple[str, object]]:
+    def _values(self, target: StatsTarget, index: int) -> list[tuple[str, StatsValue]]:
         if target == StatsTarget.VM:
             return [("pages", 100), ("flushes", 7)]
         return [

@@ -16,8 +16,10 @@ from vmstats.qmp.client import StatsClient, make_filter
 from vmstats.stats.model import StatsProvider
 
 
-def _split(text: str | None) -> list[str] | None:
-    return None if text is None else text.split(",")
+def split_list(text: str | None) -> list[str] | None:
+    """A comma-separated option as a list; spaces around items are dropped
+    (``'pages_4k, pages_2m'`` is two names)."""
+    return None if text is None else [item.strip() for item in text.split(",")]
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,7 +46,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 async def _query(client: StatsClient, args: argparse.Namespace, console: Console) -> None:
-    filter = make_filter(args.target, args.provider, _split(args.names), _split(args.vcpus))
+    filter = make_filter(args.target, args.provider, split_list(args.names), split_list(args.vcpus))
     if args.json:
         print(dumps(await client.raw("query-stats", client.stats_arguments(filter))))
         return
