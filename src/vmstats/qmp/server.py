@@ -407,6 +407,8 @@ class _Connection(asyncio.Protocol):
         while self._writable:
             reply = self.session.next_reply()
             if reply is not None:
+                if transport.is_closing():  # the peer went away during this turn
+                    return
                 transport.write(reply)  # may call pause_writing() at once
             elif not self.session.buffered:
                 self._input_done()
