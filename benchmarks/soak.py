@@ -149,7 +149,7 @@ def many_clients(demo: DemoServer, clients: int, queries: int, baseline_fds: int
     row.held = not errors and row.peak_rss < 200 * MiB and row.fds_after <= baseline_fds
     row.notes.append("latency under 100-way concurrency (not a p99 target)")
     if errors:
-        row.notes.append(f"{len(errors)} client errors: {errors[0]}")
+        row.notes.append(f"{len(errors)} client errors: {sorted(set(errors))}")
     return row
 
 
@@ -325,6 +325,8 @@ def main() -> None:
     print(f"Baseline: RSS {baseline_rss / MiB:.0f} MiB, {baseline_fds} fds.  End of the run: "
           f"RSS {end_rss / MiB:.0f} MiB, {end_fds} fds.  Tracebacks on stderr: "
           f"{tracebacks} ({len(stderr.splitlines())} lines).")  # fmt: skip
+    for line in stderr.splitlines()[:5]:
+        print(f"    stderr: {line}")
 
 
 if __name__ == "__main__":

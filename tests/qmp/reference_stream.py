@@ -23,111 +23,32 @@ from typing import Any
 
 from vmstats.qmp import utf8
 
-# Token types (QEMU's JSONTokenType) and lexer states share one number space.
-(
-    JSON_ERROR,
+# QEMU's lexer table and constants are data, shared with the fast streamer; what this
+# module keeps apart is how the bytes are driven through them: one at a time.
+from vmstats.qmp.jsonstream import (
+    _TABLE,
     IN_RECOVERY,
-    IN_DQ_STRING_ESCAPE,
-    IN_DQ_STRING,
-    IN_SQ_STRING_ESCAPE,
-    IN_SQ_STRING,
-    IN_ZERO,
-    IN_EXP_DIGITS,
-    IN_EXP_SIGN,
-    IN_EXP_E,
-    IN_MANTISSA,
-    IN_MANTISSA_DIGITS,
-    IN_DIGITS,
-    IN_SIGN,
-    IN_KEYWORD,
     IN_START,
-) = range(16)
-(
-    JSON_LCURLY,
-    JSON_RCURLY,
-    JSON_LSQUARE,
-    JSON_RSQUARE,
     JSON_COLON,
     JSON_COMMA,
-    JSON_INTEGER,
-    JSON_FLOAT,
-    JSON_KEYWORD,
-    JSON_STRING,
     JSON_END_OF_INPUT,
-) = range(16, 27)
-JSON_MIN = JSON_LCURLY
-LOOKAHEAD = 0x80
-
-#: QEMU's limits per message; the size limit may be lowered (see JSONStreamParser).
-MAX_TOKEN_SIZE = 64 << 20
-MAX_TOKEN_COUNT = 2 << 20
-MAX_NESTING = 1 << 10
-
-
-def _build_table() -> list[list[int]]:
-    table = [[JSON_ERROR] * 256 for _ in range(IN_START + 1)]
-
-    def fill(state: int, lo: int, hi: int, value: int) -> None:
-        for ch in range(lo, hi + 1):
-            table[state][ch] = value
-
-    def terminal(state: int, token: int) -> None:
-        fill(state, 0, 0xFF, token | LOOKAHEAD)
-
-    def chars(state: int, text: str, value: int) -> None:
-        for ch in text:
-            table[state][ord(ch)] = value
-
-    fill(IN_RECOVERY, 0, 0x1F, IN_START | LOOKAHEAD)
-    fill(IN_RECOVERY, 0x20, 0xFD, IN_RECOVERY)
-    fill(IN_RECOVERY, 0xFE, 0xFF, IN_START | LOOKAHEAD)
-    chars(IN_RECOVERY, "\t", IN_RECOVERY)
-    chars(IN_RECOVERY, "[]{}:,", IN_START | LOOKAHEAD)
-    for escape, string, quote in (
-        (IN_DQ_STRING_ESCAPE, IN_DQ_STRING, '"'),
-        (IN_SQ_STRING_ESCAPE, IN_SQ_STRING, "'"),
-    ):
-        fill(escape, 0x20, 0xFD, string)
-        fill(string, 0x20, 0xFD, string)
-        chars(string, "\\", escape)
-        chars(string, quote, JSON_STRING)
-    terminal(IN_ZERO, JSON_INTEGER)
-    chars(IN_ZERO, "0123456789", JSON_ERROR)
-    chars(IN_ZERO, ".", IN_MANTISSA)
-    terminal(IN_EXP_DIGITS, JSON_FLOAT)
-    chars(IN_EXP_DIGITS, "0123456789", IN_EXP_DIGITS)
-    chars(IN_EXP_SIGN, "0123456789", IN_EXP_DIGITS)
-    chars(IN_EXP_E, "-+", IN_EXP_SIGN)
-    chars(IN_EXP_E, "0123456789", IN_EXP_DIGITS)
-    terminal(IN_MANTISSA_DIGITS, JSON_FLOAT)
-    chars(IN_MANTISSA_DIGITS, "0123456789", IN_MANTISSA_DIGITS)
-    chars(IN_MANTISSA_DIGITS, "eE", IN_EXP_E)
-    chars(IN_MANTISSA, "0123456789", IN_MANTISSA_DIGITS)
-    terminal(IN_DIGITS, JSON_INTEGER)
-    chars(IN_DIGITS, "0123456789", IN_DIGITS)
-    chars(IN_DIGITS, "eE", IN_EXP_E)
-    chars(IN_DIGITS, ".", IN_MANTISSA)
-    chars(IN_SIGN, "0", IN_ZERO)
-    chars(IN_SIGN, "123456789", IN_DIGITS)
-    terminal(IN_KEYWORD, JSON_KEYWORD)
-    chars(IN_KEYWORD, "abcdefghijklmnopqrstuvwxyz", IN_KEYWORD)
-    chars(IN_START, '"', IN_DQ_STRING)
-    chars(IN_START, "'", IN_SQ_STRING)
-    chars(IN_START, "0", IN_ZERO)
-    chars(IN_START, "123456789", IN_DIGITS)
-    chars(IN_START, "-", IN_SIGN)
-    for ch, token in zip(
-        "{}[],:",
-        (JSON_LCURLY, JSON_RCURLY, JSON_LSQUARE, JSON_RSQUARE, JSON_COMMA, JSON_COLON),
-        strict=True,
-    ):
-        chars(IN_START, ch, token)
-    chars(IN_START, "abcdefghijklmnopqrstuvwxyz", IN_KEYWORD)
-    chars(IN_START, " \t\r\n", IN_START)
-    return table
-
-
-_TABLE = _build_table()
+    JSON_ERROR,
+    JSON_FLOAT,
+    JSON_INTEGER,
+    JSON_KEYWORD,
+    JSON_LCURLY,
+    JSON_LSQUARE,
+    JSON_MIN,
+    JSON_RCURLY,
+    JSON_RSQUARE,
+    JSON_STRING,
+    LOOKAHEAD,
+    MAX_NESTING,
+    MAX_TOKEN_COUNT,
+    MAX_TOKEN_SIZE,
+    _ParseError,
+    _string_slow,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +63,6 @@ class Message:
 
     value: Any = None
     error: str | None = None
-
-
-class ParseError(Exception):
-    pass
 
 
 class JSONStreamParser:
@@ -400,57 +317,8 @@ class _Parser:
         return float(text)
 
     def _string(self, raw: bytes) -> str | None:
-        quote = raw[0]
-        out: list[str] = []
-        pos = 1
-        while raw[pos] != quote:
-            ch = raw[pos]
-            if ch == 0x5C:  # backslash
-                begin = pos
-                esc = raw[pos + 1]
-                pos += 2
-                simple = {
-                    0x22: '"',
-                    0x27: "'",
-                    0x5C: "\\",
-                    0x2F: "/",
-                    0x62: "\b",
-                    0x66: "\f",
-                    0x6E: "\n",
-                    0x72: "\r",
-                    0x74: "\t",
-                }.get(esc)
-                if simple is not None:
-                    out.append(simple)
-                    continue
-                if esc != 0x75:  # u
-                    self._fail("invalid escape sequence in string")
-                    return None
-                cp = _hex4(raw, pos)
-                pos += 4
-                if 0xD800 <= cp <= 0xDBFF and raw[pos : pos + 2] == b"\\u":
-                    trailing = _hex4(raw, pos + 2)
-                    if 0xDC00 <= trailing <= 0xDFFF:
-                        cp = 0x10000 + ((cp & 0x3FF) << 10) + (trailing & 0x3FF)
-                        pos += 6
-                    else:
-                        cp = -1
-                if not utf8.is_valid_codepoint(cp):
-                    shown = utf8.decode_replacing(raw[begin:pos])
-                    self._fail(f"{shown} is not a valid Unicode character")
-                    return None
-                out.append(chr(cp))
-            else:
-                cp, pos = utf8.codepoint(raw, pos)
-                if cp < 0:
-                    self._fail("invalid UTF-8 sequence in string")
-                    return None
-                out.append(chr(cp))
-        return "".join(out)
-
-
-def _hex4(raw: bytes, pos: int) -> int:
-    digits = raw[pos : pos + 4]
-    if len(digits) != 4 or not all(chr(d) in "0123456789abcdefABCDEF" for d in digits):
-        return -1
-    return int(digits, 16)
+        try:  # QEMU's parse_string, shared: it is checked against QEMU directly
+            return _string_slow(raw)
+        except _ParseError as exc:
+            self._fail(exc.args[0])
+            return None

@@ -273,3 +273,17 @@ def test_stopping_with_clients_connected_is_quiet(sig: int) -> None:
         for client in clients:
             client.close()
         hog.close()
+
+
+def test_a_burst_up_to_the_cap_is_served() -> None:
+    """100 clients at once under a cap of 100: every one is served, none refused."""
+    with DemoServer(extra=["--max-connections", "100"]) as demo:
+        os.kill(demo.pid, signal.SIGSTOP)  # all 100 wait in the backlog, then arrive at once
+        try:
+            burst = [connect(demo.path) for _ in range(100)]
+        finally:
+            os.kill(demo.pid, signal.SIGCONT)
+        with sockets(burst):
+            assert all(read_line(s).startswith(b'{"QMP"') for s in burst)
+        assert demo.stop() == 0
+        assert demo.stderr() == ""

@@ -280,14 +280,19 @@ class QMPServer:
         task.add_done_callback(self._tasks.discard)
 
     async def _connect(self, conn: socket.socket) -> None:
+        """Make a transport for an accepted socket.  It counts as "starting" until its
+        protocol is connected, then as a connection: never both, or a burst of connects
+        would be counted twice and refused below the cap."""
         assert self._loop is not None
+        protocol = _Connection(self)
         try:
-            await self._loop.connect_accepted_socket(lambda: _Connection(self), sock=conn)
+            await self._loop.connect_accepted_socket(lambda: protocol, sock=conn)
         except OSError as exc:
             conn.close()
             self.log.warning("adopt", "QMP connection failed at set-up: %s", exc)
         finally:
-            self._starting -= 1
+            if not protocol.connected:
+                self._starting -= 1
 
     def _sweep(self) -> None:
         """Once a second: close connections idle or half-sent for too long."""
@@ -335,6 +340,7 @@ class _Connection(asyncio.Protocol):
             server.monitor, max_message_size=limits.max_message_size, max_tokens=limits.max_tokens
         )
         self.transport: asyncio.Transport | None = None
+        self.connected = False
         self._reading = True
         self._writable = True
         self._eof = False
@@ -351,6 +357,8 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        self.connected = True
+        self.server._starting -= 1
         self.server._connections.add(self)
         transport.write(self.session.greeting())
 

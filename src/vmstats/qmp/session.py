@@ -29,8 +29,6 @@ from vmstats.qmp.jsonstream import (
 )
 from vmstats.qmp.monitor import Monitor
 
-#: Kept for callers of the old name: the default limit of one message's size.
-MAX_MESSAGE_SIZE = DEFAULT_MAX_MESSAGE_SIZE
 CAPABILITIES = ("oob",)
 
 

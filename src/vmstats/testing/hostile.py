@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from vmstats.testing.qemu import RawQMP
+from vmstats.testing.qemu import RawQMP, stop_process
 
 QUERY_VCPU = b'{"execute":"query-stats","arguments":{"target":"vcpu"}}'
 QUERY_SCHEMA = b'{"execute":"query-qmp-schema"}'
@@ -101,18 +101,10 @@ class DemoServer:
     def stderr(self) -> str:
         return self.stderr_path.read_text()
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        """Stop the demo with ``sig``; its exit status (None: it had to be killed)."""
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
+        return stop_process(self.proc, sig, timeout)
 
     def __enter__(self) -> DemoServer:
         return self.start()
