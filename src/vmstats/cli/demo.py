@@ -30,8 +30,6 @@ from vmstats.kvm.provider import KvmStatsProvider
 from vmstats.qmp.monitor import Monitor
 from vmstats.qmp.server import QMPServer, claim_socket_path
 from vmstats.stats.registry import StatsRegistry
-from vmstats.top.sample import take_sample
-from vmstats.top.view import vcpu_table
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -140,20 +138,22 @@ async def _show(
         print(f"vmstats demo: ready: {args.vcpus} vCPUs, VM process {demo.pid}{where}", flush=True)
         await _wait(events, timeout=1e9)
         return
-    from rich.console import Console
-    from rich.live import Live
+    from vmstats.top.app import TopApp
+    from vmstats.top.drive import LiveDriver
+    from vmstats.top.watch import RegistrySource, Watch
 
-    console = Console()
-    before = take_sample(registry)
-    title = f"vmstats demo: {args.vcpus} vCPUs, VM process {demo.pid}{where} (Ctrl-C to quit)"
-    with Live(console=console, auto_refresh=False, transient=False) as live:
-        while not (stop.is_set() or vm_gone.is_set()):
-            await _wait(events, timeout=args.interval)
-            if vm_gone.is_set():
-                break
-            after = take_sample(registry)
-            live.update(vcpu_table(before, after, title), refresh=True)
-            before = after
+    assert demo.provider is not None
+    cpus = [v.qom_path for v in demo.provider.vcpus]
+    watch = Watch([RegistrySource(f"demo-{demo.pid}", registry, cpus)])
+    title = f"vmstats demo: {args.vcpus} vCPUs, VM process {demo.pid}{where} (q or Ctrl-C quits)"
+    app = TopApp(LiveDriver(watch, args.interval), title)
+    viewer = asyncio.ensure_future(app.run_async())
+    waiter = asyncio.ensure_future(_wait(events, timeout=1e9))
+    await asyncio.wait([viewer, waiter], return_when=asyncio.FIRST_COMPLETED)
+    if not viewer.done():  # SIGTERM or the VM died: close the view first
+        app.exit()
+        await viewer
+    waiter.cancel()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from vmstats import __version__
-from vmstats.cli import client, demo
+from vmstats.cli import client, demo, top
 from vmstats.stats.schema import STATS_QAPI
 
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     qapi.set_defaults(func=_cmd_qapi)
     demo.add_parser(sub)
     client.add_parsers(sub)
+    top.add_parsers(sub)
     return parser
 
 

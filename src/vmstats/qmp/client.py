@@ -6,6 +6,8 @@ input, so a malformed reply is an error that says what is wrong, not a KeyError 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import Sequence
 from types import TracebackType
@@ -13,8 +15,8 @@ from typing import Any
 
 from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError
 
-from vmstats.errors import ClientError, QapiError
-from vmstats.qapi.visitor import visit
+from vmstats.errors import ClientError
+from vmstats.stats.decode import results_from_wire, schemas_from_wire
 from vmstats.stats.model import (
     StatsFilter,
     StatsProvider,
@@ -23,7 +25,6 @@ from vmstats.stats.model import (
     StatsSchema,
     StatsTarget,
 )
-from vmstats.stats.schema import stats_schema
 
 
 def parse_address(text: str) -> str | tuple[str, int]:
@@ -34,30 +35,52 @@ def parse_address(text: str) -> str | tuple[str, int]:
     return text
 
 
-class StatsClient:
-    """``async with StatsClient(address) as c: await c.query_stats(...)``."""
+#: Seconds to wait for a connection, a greeting or a reply.
+DEFAULT_TIMEOUT = 5.0
 
-    def __init__(self, address: str) -> None:
+
+class StatsClient:
+    """``async with StatsClient(address) as c: await c.query_stats(...)``.
+
+    Every step (connect, greeting and negotiation, each reply) is bounded by ``timeout``:
+    a QEMU whose monitor already has a client accepts the connection but sends no
+    greeting until that client leaves, and that is said in the error.
+    """
+
+    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.address = address
+        self.timeout = timeout
         self._qmp = QMPClient("vmstats")
         self.version: dict[str, Any] = {}
+        self.commands: set[str] = set()
 
     async def __aenter__(self) -> StatsClient:
+        await self.connect()
+        return self
+
+    async def connect(self) -> None:
+        """Connect, negotiate, and check that the server has ``query-stats``."""
         try:
-            await self._qmp.connect(parse_address(self.address))
+            await asyncio.wait_for(self._qmp.connect(parse_address(self.address)), self.timeout)
         except ConnectError as exc:
             cause = exc.exc if getattr(exc, "exc", None) else exc
             raise ClientError(f"cannot connect to QMP at {self.address}: {cause}") from exc
+        except TimeoutError:
+            await self.close()
+            raise ClientError(
+                f"no QMP greeting from {self.address} within {self.timeout:g} s: is another "
+                "client connected? (QEMU's monitor serves one client at a time)"
+            ) from None
         greeting = self._qmp.greeting
         self.version = dict(greeting.QMP.version) if greeting is not None else {}
-        commands = {c["name"] for c in await self._execute("query-commands")}
+        self.commands = {c["name"] for c in await self._execute("query-commands")}
+        commands = self.commands
         if "query-stats" not in commands:
             qemu = self.version.get("qemu", {})
             found = f"{qemu.get('major')}.{qemu.get('minor')}.{qemu.get('micro')}"
             raise ClientError(
                 f"QEMU {found} at {self.address} has no query-stats: it needs QEMU 7.1 or newer"
             )
-        return self
 
     async def __aexit__(
         self,
@@ -65,11 +88,19 @@ class StatsClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._qmp.disconnect()
+        await self.close()
+
+    async def close(self) -> None:
+        with contextlib.suppress(QMPError, OSError, TimeoutError):
+            await asyncio.wait_for(self._qmp.disconnect(), self.timeout)
 
     async def _execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         try:
-            return await self._qmp.execute(command, arguments)
+            return await asyncio.wait_for(self._qmp.execute(command, arguments), self.timeout)
+        except TimeoutError:
+            raise ClientError(
+                f"{command}: no reply from {self.address} within {self.timeout:g} s"
+            ) from None
         except ExecuteError as exc:
             info = exc.error.error
             raise ClientError(f"{command}: {info.class_}: {info.desc}") from exc
@@ -95,23 +126,27 @@ class StatsClient:
             arguments["vcpus"] = list(filter.vcpus)
         return arguments
 
-    @staticmethod
-    def decode(type_name: str, value: Any) -> Any:
-        try:
-            return visit(stats_schema((8, 0)), type_name, value)
-        except QapiError as exc:
-            raise ClientError(f"malformed reply: {exc.desc}") from exc
-
     async def query_stats(self, filter: StatsFilter) -> list[StatsResult]:
-        reply = await self._execute("query-stats", self.stats_arguments(filter))
-        result: list[StatsResult] = self.decode("[StatsResult]", reply)
-        return result
+        """``query-stats``, results in QEMU's (wire) order."""
+        return results_from_wire(await self._execute("query-stats", self.stats_arguments(filter)))
 
     async def query_stats_schemas(self, provider: StatsProvider | None = None) -> list[StatsSchema]:
         arguments = {"provider": provider.value} if provider is not None else None
-        reply = await self._execute("query-stats-schemas", arguments)
-        result: list[StatsSchema] = self.decode("[StatsSchema]", reply)
-        return result
+        return schemas_from_wire(await self._execute("query-stats-schemas", arguments))
+
+    async def query_cpus(self) -> list[str]:
+        """QOM paths of the vCPUs by CPU index: ``query-cpus-fast`` where the server has
+        it (QEMU: paths are not contiguous), else the order of the vCPU stats."""
+        if "query-cpus-fast" in self.commands:
+            reply = await self._execute("query-cpus-fast")
+            try:
+                cpus = sorted((c["cpu-index"], c["qom-path"]) for c in reply)
+            except (TypeError, KeyError) as exc:
+                raise ClientError(f"malformed reply: query-cpus-fast lacks {exc}") from None
+            return [str(path) for _, path in cpus]
+        found = await self.query_stats(StatsFilter(StatsTarget.VCPU))
+        paths = [r.qom_path or "" for r in reversed(found)]
+        return list(dict.fromkeys(paths))  # one per vCPU, even with several providers
 
     async def hmp(self, command_line: str) -> str:
         reply = await self._execute("human-monitor-command", {"command-line": command_line})

@@ -45,7 +45,7 @@ def hmp_unit(value: StatsSchemaValue) -> str:
     return text
 
 
-def scale(raw: int, schema: StatsSchemaValue | None) -> float:
+def scale(raw: float, schema: StatsSchemaValue | None) -> float:
     """``raw`` in the stat's base unit (seconds, bytes, ...), applying base**exponent."""
     if schema is None or not schema.exponent:
         return float(raw)
@@ -86,26 +86,51 @@ def human(value: StatsValue, schema: StatsSchemaValue | None) -> str:
     return f"{value:,}{suffix}"
 
 
-def bucket_ranges(schema: StatsSchemaValue, buckets: int) -> list[str]:
-    """Labels of histogram buckets in natural order (lowest first), in the stat's unit.
+def bucket_edges(schema: StatsSchemaValue, buckets: int) -> list[tuple[float, float | None]]:
+    """``[low, high)`` of each histogram bucket in natural order (lowest first), in the
+    stat's base unit (seconds, bytes, ...); ``high`` is None for the last, open bucket.
 
-    Linear: bucket N covers [bs*(N-1), bs*N), the last one is open.  Log2: bucket 1 is
-    [0, 1), bucket N covers [2**(N-2), 2**(N-1)), the last one is open.
+    The kernel's ABI: linear bucket N (1-based) covers [bs*(N-1), bs*N); log2 bucket 1
+    covers [0, 1) and bucket N covers [2**(N-2), 2**(N-1)); the last bucket is open.
     """
-    labels = []
+    edges: list[tuple[float, float | None]] = []
     for index in range(buckets):
-        last = index == buckets - 1
         if schema.type.value == "linear-histogram":
             size = schema.bucket_size or 1
             low, high = size * index, size * (index + 1)
         else:
             low, high = (0, 1) if index == 0 else (2 ** (index - 1), 2**index)
-        low_text, high_text = _bucket_edge(low, schema), _bucket_edge(high, schema)
-        labels.append(f">= {low_text}" if last else f"{low_text} - {high_text}")
+        last = index == buckets - 1
+        edges.append((scale(low, schema), None if last else scale(high, schema)))
+    return edges
+
+
+def bucket_ranges(schema: StatsSchemaValue, buckets: int) -> list[str]:
+    """Labels of histogram buckets in natural order (lowest first), in the stat's unit."""
+    labels = []
+    for low, high in bucket_edges(schema, buckets):
+        low_text = human_in_unit(low, schema)
+        labels.append(
+            f">= {low_text}" if high is None else f"{low_text} - {human_in_unit(high, schema)}"
+        )
     return labels
 
 
-def _bucket_edge(edge: int, schema: StatsSchemaValue) -> str:
-    if schema.unit == StatsUnit.SECONDS:
-        return _human_seconds(scale(edge, schema))
-    return f"{scale(edge, schema):g}"
+def human_in_unit(amount: float, schema: StatsSchemaValue | None) -> str:
+    """An amount already in the stat's base unit (seconds, bytes...), for people."""
+    unit = schema.unit if schema is not None else None
+    if unit == StatsUnit.SECONDS:
+        return _human_seconds(amount)
+    if unit == StatsUnit.BYTES:
+        return _human_bytes(amount)
+    return f"{amount:g}"
+
+
+def human_rate(per_second: float, schema: StatsSchemaValue | None) -> str:
+    """A rate of a counter, for people: ``1,234/s``, ``0.52 s/s`` (time per second)."""
+    unit = schema.unit if schema is not None else None
+    if unit in (StatsUnit.SECONDS, StatsUnit.BYTES) or (schema is not None and schema.exponent):
+        return f"{human_in_unit(scale(per_second, schema), schema)}/s"
+    if per_second and abs(per_second) < 10:
+        return f"{per_second:.2f}/s"
+    return f"{per_second:,.0f}/s"

@@ -1,65 +1,77 @@
-"""Snapshots of every stat of a registry, and per-second rates between two of them.
+"""Snapshots of every stat of one VM, and how they are taken, stored and read back.
 
-Rates are computed for ``cumulative`` stats only (the others are levels, not counts);
-histograms and booleans are kept as values.  Objects are in natural order (vCPU 0 first).
+A :class:`Sample` is what one refresh reads: every object's stats (VM-level and each
+vCPU) in natural order (vCPU 0 first, histogram buckets lowest first), with the time it
+was taken.  Schemas are apart (:class:`Schemas`): they change only when the kernel's
+descriptors do.  Samples come from a registry in this process (the demo), a QMP socket
+(:mod:`.source`) or a recording (:mod:`.record`); all three build them from QMP's own
+wire shapes, so one decoder serves.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
-from vmstats.stats.model import StatsFilter, StatsTarget, StatsType, StatsValue
+from vmstats.stats.model import (
+    StatsFilter,
+    StatsResult,
+    StatsSchema,
+    StatsSchemaValue,
+    StatsTarget,
+    StatsValue,
+)
 from vmstats.stats.order import natural_results
 from vmstats.stats.registry import StatsRegistry
 
 ObjectKey = tuple[str, str, str]  # (provider, target, qom-path or "")
+SchemaKey = tuple[str, str, str]  # (provider, target, stat name)
+TARGETS = (StatsTarget.VM, StatsTarget.VCPU)
 
 
 @dataclass(frozen=True)
 class Sample:
-    """All values at one moment: object -> stat name -> value."""
+    """All values of one VM at one moment (``taken``: seconds since the epoch)."""
 
     taken: float
     values: Mapping[ObjectKey, Mapping[str, StatsValue]]
-    types: Mapping[tuple[str, str, str], StatsType]  # (provider, target, name) -> type
+
+    def objects(self, target: str) -> list[ObjectKey]:
+        return [key for key in self.values if key[1] == target]
+
+
+@dataclass(frozen=True)
+class Schemas:
+    """The schema entries of one VM by (provider, target, name), in provider order."""
+
+    entries: Mapping[SchemaKey, StatsSchemaValue] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, schemas: Iterable[StatsSchema]) -> Schemas:
+        entries: dict[SchemaKey, StatsSchemaValue] = {}
+        for schema in reversed(list(schemas)):  # QEMU prepends: undo it
+            for value in reversed(schema.stats):
+                entries[(schema.provider.value, schema.target.value, value.name)] = value
+        return cls(entries)
+
+    def get(self, key: SchemaKey) -> StatsSchemaValue | None:
+        return self.entries.get(key)
+
+    def names(self) -> list[SchemaKey]:
+        return list(self.entries)
+
+
+def sample_of(taken: float, results: Mapping[StatsTarget, Sequence[StatsResult]]) -> Sample:
+    """A sample from ``query-stats`` results per target, in QEMU's (wire) order."""
+    values: dict[ObjectKey, dict[str, StatsValue]] = {}
+    for target, found in results.items():
+        for result in natural_results(found):
+            key = (result.provider.value, target.value, result.qom_path or "")
+            values.setdefault(key, {}).update(result.stats)
+    return Sample(taken, values)
 
 
 def take_sample(registry: StatsRegistry) -> Sample:
-    types = {
-        (schema.provider.value, schema.target.value, value.name): value.type
-        for schema in registry.query_stats_schemas()
-        for value in schema.stats
-    }
-    values: dict[ObjectKey, dict[str, StatsValue]] = {}
-    for target in (StatsTarget.VM, StatsTarget.VCPU):
-        for result in natural_results(registry.query_stats(StatsFilter(target))):
-            key = (result.provider.value, target.value, result.qom_path or "")
-            values[key] = dict(result.stats)
-    return Sample(time.monotonic(), values, types)
-
-
-def rates(before: Sample, after: Sample) -> dict[ObjectKey, dict[str, float]]:
-    """Per-second increase of every cumulative scalar present in both samples."""
-    elapsed = after.taken - before.taken
-    out: dict[ObjectKey, dict[str, float]] = {}
-    if elapsed <= 0:
-        return out
-    for key, stats in after.values.items():
-        old = before.values.get(key)
-        if old is None:
-            continue
-        provider, target, _ = key
-        row: dict[str, float] = {}
-        for name, value in stats.items():
-            previous = old.get(name)
-            if (
-                after.types.get((provider, target, name)) == StatsType.CUMULATIVE
-                and isinstance(value, int)
-                and not isinstance(value, bool)
-                and isinstance(previous, int)
-            ):
-                row[name] = (value - previous) / elapsed
-        out[key] = row
-    return out
+    """Read every stat of every provider of ``registry`` (in this process)."""
+    return sample_of(time.time(), {t: registry.query_stats(StatsFilter(t)) for t in TARGETS})

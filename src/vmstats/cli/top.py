@@ -1,0 +1,264 @@
+"""``vmstats top`` and ``vmstats record``: kvm_stat's job for any VM, without root.
+
+SOURCE is a QMP socket (path or ``HOST:PORT``) or a directory whose ``*.qmp`` sockets are
+all watched (picked up as they appear).  Full screen by default; ``-1``, ``-l``, ``-L``,
+``-c`` and ``--json`` are kvm_stat's batch modes; ``--replay FILE`` reads a recording
+instead of sockets, in the view or in any batch mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+from vmstats.cli.options import non_negative_float, positive_float
+from vmstats.errors import VmstatsError
+from vmstats.qmp.client import DEFAULT_TIMEOUT
+from vmstats.top.batch import JsonWriter, OnceWriter, Output, TableWriter, Writer
+from vmstats.top.drive import Driver, LiveDriver, ReplayDriver
+from vmstats.top.frame import StatFilter
+from vmstats.top.record import Recorder, read_recording
+from vmstats.top.watch import QmpSource, Source, Watch
+
+
+def vcpu_numbers(text: str) -> list[int]:
+    """``0,2,5-7`` -> [0, 2, 5, 6, 7]."""
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, sep, high = part.partition("-")
+        try:
+            first, last = int(low), int(high) if sep else int(low)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a vCPU number or range: {part!r}") from None
+        if first < 0 or last < first:
+            raise argparse.ArgumentTypeError(f"not a vCPU number or range: {part!r}")
+        out += range(first, last + 1)
+    return out
+
+
+def stat_filter(text: str) -> StatFilter | str:
+    if text == "help":
+        return text
+    try:
+        return StatFilter(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a regular expression: {text!r} ({exc})") from None
+
+
+def _add_sources(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "sources",
+        nargs="*",
+        metavar="SOURCE",
+        help="QMP socket (path or HOST:PORT), or a directory of *.qmp sockets",
+    )
+    parser.add_argument(
+        "-s",
+        "--interval",
+        type=positive_float,
+        default=3.0,
+        metavar="S",
+        help="seconds between refreshes (default 3)",
+    )
+    parser.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT, metavar="S",
+                        help=f"seconds to wait for an answer ({DEFAULT_TIMEOUT:g})")  # fmt: skip
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    top = sub.add_parser("top", help="live view of every stat of every VM (kvm_stat's job)",
+                         description=__doc__)  # fmt: skip
+    _add_sources(top)
+    modes = top.add_mutually_exclusive_group()
+    modes.add_argument("-1", "--once", action="store_true", help="one refresh, printed, then exit")
+    modes.add_argument("-l", "--log", action="store_true", help="one line per VM per refresh")
+    modes.add_argument(
+        "-L",
+        "--log-to-file",
+        type=Path,
+        metavar="FILE",
+        help="as --log, to FILE, reopened on SIGHUP (logrotate)",
+    )
+    top.add_argument("--json", action="store_true", help="one JSON object per refresh (-1: one)")
+    top.add_argument("-c", "--csv", action="store_true", help="with -l or -L: comma-separated")
+    top.add_argument(
+        "-z", "--skip-zero", action="store_true", help="leave out all-zero stats/lines"
+    )
+    top.add_argument(
+        "-f",
+        "--fields",
+        type=stat_filter,
+        metavar="REGEX",
+        help="stats whose names match REGEX at the start ('help' lists them)",
+    )
+    top.add_argument(
+        "--vcpus",
+        type=vcpu_numbers,
+        metavar="N,M",
+        help="only these vCPUs (numbers, as QEMU's CPU index; ranges as 0-3)",
+    )
+    top.add_argument("--replay", type=Path, metavar="FILE", help="play a recording back")
+    top.add_argument(
+        "--speed",
+        type=non_negative_float,
+        default=1.0,
+        metavar="X",
+        help="replay speed (default 1; 0: as fast as possible)",
+    )
+    top.set_defaults(func=run_top)  # fmt: skip
+    record = sub.add_parser("record", help="record samples to a file (JSON Lines, .gz ok)")
+    _add_sources(record)
+    record.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    record.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
+    record.set_defaults(func=run_record)
+
+
+def _watch(args: argparse.Namespace) -> Watch:
+    sources: list[Source] = []
+    directories = []
+    for text in args.sources:
+        if Path(text).is_dir():
+            directories.append(Path(text))
+        else:
+            sources.append(QmpSource(text, args.timeout))
+    return Watch(sources, directories, args.timeout)
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    """A usage problem in words, or None."""
+    if args.func is run_top and args.replay is not None:
+        if args.sources:
+            return "give either SOURCE sockets or --replay, not both"
+        return None
+    if not args.sources:
+        return "give at least one SOURCE (a QMP socket or a directory of them)"
+    if args.func is run_top and args.csv and not (args.log or args.log_to_file or args.replay):
+        return "-c/--csv goes with -l, -L or --replay"
+    return None
+
+
+def run_top(args: argparse.Namespace) -> int:
+    problem = _check(args)
+    if problem:
+        print(f"vmstats top: {problem}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_top(args))
+    except VmstatsError as exc:
+        print(f"vmstats top: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _top(args: argparse.Namespace) -> int:
+    batch = args.once or args.log or args.log_to_file or args.json or args.csv
+    driver: Driver
+    if args.replay is not None:  # batch modes convert a recording as fast as they can
+        watch = Watch()
+        driver = ReplayDriver(watch, read_recording(args.replay), 0.0 if batch else args.speed)
+    else:
+        watch = _watch(args)
+        driver = LiveDriver(watch, args.interval)
+    try:
+        if args.fields == "help":
+            return await _list_stats(driver)
+        if batch:
+            return await _batch(args, driver)
+        from vmstats.top.app import TopApp
+
+        title = "vmstats top: " + (str(args.replay) if args.replay else ", ".join(args.sources))
+        app = TopApp(driver, title, args.fields, args.vcpus)
+        result = await app.run_async()
+        return result or 0
+    finally:
+        await watch.close()
+
+
+async def _list_stats(driver: Driver) -> int:
+    await driver.step()
+    names = {f"{target}.{name}" for state in driver.watch.vms.values()
+             for (_, target, name) in state.schemas.entries}  # fmt: skip
+    gone = [f"{s.name}: {s.gone}" for s in driver.watch.vms.values() if s.gone]
+    if not names and gone:
+        raise VmstatsError("; ".join(gone))
+    print("\n".join(sorted(names)))
+    return 0
+
+
+async def _batch(args: argparse.Namespace, driver: Driver) -> int:
+    out = Output(path=args.log_to_file) if args.log_to_file else Output(stream=sys.stdout)
+    writer: Writer
+    if args.json:
+        writer = JsonWriter(out, args.skip_zero)
+    elif args.once:
+        writer = OnceWriter(out, args.skip_zero)
+    else:
+        writer = TableWriter(out, args.skip_zero, csv=args.csv)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    keep = args.fields if isinstance(args.fields, StatFilter) else None
+    delay = await driver.step()
+    if all(s.gone for s in driver.watch.vms.values()) and driver.watch.vms:
+        reasons = "; ".join(f"{s.name}: {s.gone}" for s in driver.watch.vms.values())
+        raise VmstatsError(reasons)
+    while delay is not None and not stop.is_set():
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                break
+        delay = await driver.step()
+        if delay is None:
+            break
+        per_vm, total = driver.watch.rows(keep, args.vcpus)
+        gone = {name: state.gone for name, state in driver.watch.vms.items()}
+        writer(driver.watch.taken, per_vm, total, gone)
+        if args.once:
+            break
+    return 0
+
+
+def run_record(args: argparse.Namespace) -> int:
+    problem = _check(args)
+    if problem:
+        print(f"vmstats record: {problem}", file=sys.stderr)
+        return 2
+    if not args.output.parent.is_dir():
+        print(f"vmstats record: folder {args.output.parent} does not exist", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_record(args))
+    except (VmstatsError, OSError) as exc:
+        print(f"vmstats record: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _record(args: argparse.Namespace) -> int:
+    watch = _watch(args)
+    recorder = Recorder(args.output, args.interval)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    deadline = time.monotonic() + args.duration if args.duration else None
+    try:
+        while not stop.is_set():
+            await watch.refresh()
+            recorder.record(watch)
+            remaining = args.interval
+            if deadline is not None:
+                remaining = min(remaining, deadline - time.monotonic())
+                if remaining <= 0:
+                    break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), remaining)
+    finally:
+        recorder.close()
+        await watch.close()
+    return 0

@@ -1,0 +1,204 @@
+"""Batch output of ``vmstats top``, as kvm_stat's modes: once, log, CSV, and JSON Lines.
+
+Each writer gets the rows of one refresh (:meth:`Watch.rows`) and writes to a text
+stream; nothing is cut to a terminal's width.  Values per column:
+
+- counters: the rate per second over the interval (``--once`` and JSON also give the
+  total since the start);
+- instant and peak: the value; booleans: how many vCPUs are true;
+- histograms: samples per second, and p50/p90/p99 in the stat's base unit (seconds).
+
+Raw numbers in CSV and JSON are in the stat's own unit (``halt_wait_ns`` in ns); the
+column names are ``TARGET.NAME`` (``vcpu.exits``, ``vm.pages_4k``).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from vmstats.top.frame import QUANTILES, StatRow
+
+LOG_BANNER_EVERY = 20
+
+
+def row_columns(row: StatRow) -> list[tuple[str, float | int | None]]:
+    """The machine-readable columns of one row: (column name, value)."""
+    key = row.key
+    if row.buckets is not None:
+        out: list[tuple[str, float | int | None]] = [(key, _round(row.rate))]
+        pcts = row.percentiles or (None,) * len(QUANTILES)
+        out += [(f"{key}.p{round(q * 100)}", p) for q, p in zip(QUANTILES, pcts, strict=True)]
+        return out
+    if row.true_count is not None:
+        return [(key, row.true_count)]
+    if row.value is not None:
+        return [(key, row.value)]
+    return [(key, _round(row.rate))]
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _text(value: float | int | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class Output:
+    """A text stream that may be a file reopened on SIGHUP (for logrotate)."""
+
+    def __init__(self, stream: IO[str] | None = None, path: Path | None = None) -> None:
+        self.path = path
+        self._reopen = False
+        self.stream: IO[str] = stream if stream is not None else self._open()
+        self.fresh = self._is_empty()
+        if path is not None:
+            signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _open(self) -> IO[str]:
+        assert self.path is not None
+        return self.path.open("a", encoding="utf-8")
+
+    def _is_empty(self) -> bool:
+        if self.path is None:
+            return True
+        try:
+            return self.path.stat().st_size == 0
+        except OSError:
+            return True
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self._reopen = True
+
+    def write(self, text: str) -> None:
+        if self._reopen and self.path is not None:
+            self._reopen = False
+            self.stream.close()
+            self.stream = self._open()
+            self.fresh = self._is_empty()
+        self.stream.write(text)
+        self.stream.flush()
+
+
+Writer = Callable[[float, dict[str, list[StatRow]], list[StatRow], dict[str, str | None]], None]
+
+
+class OnceWriter:
+    """A table per VM: stat, total since start, rate, value (``-1``)."""
+
+    def __init__(self, out: Output, skip_zero: bool) -> None:
+        self.out = out
+        self.skip_zero = skip_zero
+
+    def __call__(self, taken: float, per_vm: dict[str, list[StatRow]], total: list[StatRow],
+                 gone: dict[str, str | None]) -> None:  # fmt: skip
+        blocks = [*per_vm.items(), *([("total", total)] if total else [])]
+        lines = []
+        for name, rows in blocks:
+            if gone.get(name):
+                lines.append(f"{name}: gone ({gone[name]})")
+                continue
+            shown = [r for r in rows if not (self.skip_zero and r.is_zero)]
+            lines.append(f"{name}:")
+            width = max((len(r.key) for r in shown), default=10)
+            lines.append(f"  {'stat':<{width}}  {'total':>16}  {'per second':>14}  value")
+            for row in shown:
+                lines.append(f"  {row.key:<{width}}  {row.total_text():>16}  "
+                             f"{row.rate_text():>14}  {row.value_text()}".rstrip())  # fmt: skip
+        self.out.write("\n".join(lines) + "\n")
+
+
+class TableWriter:
+    """kvm_stat's log mode (``-l``): a banner of column names every 20 lines, then one
+    line per VM per refresh; and CSV (``-c``): the header once per file."""
+
+    def __init__(self, out: Output, skip_zero: bool, csv: bool) -> None:
+        self.out = out
+        self.skip_zero = skip_zero
+        self.csv = csv
+        self.columns: list[str] | None = None
+        self._lines = 0
+
+    def __call__(self, taken: float, per_vm: dict[str, list[StatRow]], total: list[StatRow],
+                 gone: dict[str, str | None]) -> None:  # fmt: skip
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(taken))
+        for name, rows in per_vm.items():
+            if not rows:
+                continue
+            values = dict(column for row in rows for column in row_columns(row))
+            if self.columns is None:
+                self.columns = list(values)
+            if self.skip_zero and not any(values.get(c) for c in self.columns):
+                continue
+            cells = [stamp, name, *(_text(values.get(c)) for c in self.columns)]
+            self._emit(cells)
+
+    def _emit(self, cells: Sequence[str]) -> None:
+        assert self.columns is not None
+        header = ["time", "vm", *self.columns]
+        if self.csv:
+            text = ""
+            if self.out.fresh:
+                text = ",".join(header) + "\n"
+                self.out.fresh = False
+            self.out.write(text + ",".join(_csv(c) for c in cells) + "\n")
+            return
+        widths = [max(len(h), 12) for h in header]
+        text = ""
+        if self._lines % LOG_BANNER_EVERY == 0:
+            text = " ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)) + "\n"
+        self._lines += 1
+        self.out.write(
+            text + " ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)) + "\n"
+        )
+
+
+def _csv(cell: str) -> str:
+    return f'"{cell.replace(chr(34), chr(34) * 2)}"' if any(c in cell for c in ',"\n') else cell
+
+
+class JsonWriter:
+    """One JSON object per refresh (``--json``), its shape in docs/top.md."""
+
+    def __init__(self, out: Output, skip_zero: bool) -> None:
+        self.out = out
+        self.skip_zero = skip_zero
+
+    def _stats(self, rows: Sequence[StatRow]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for row in rows:
+            if self.skip_zero and row.is_zero:
+                continue
+            entry: dict[str, Any] = {"type": row.schema.type.value}
+            for field_name in ("rate", "total", "value", "true_count"):
+                value = getattr(row, field_name)
+                if value is not None:
+                    entry[field_name] = _round(value) if isinstance(value, float) else value
+            if row.true_count is not None:
+                entry["objects"] = row.objects
+            if row.buckets is not None:
+                entry["buckets"] = list(row.buckets)
+                entry.update({f"p{round(q * 100)}": p for q, p in
+                              zip(QUANTILES, row.percentiles or (), strict=False)})  # fmt: skip
+            out[row.key] = entry
+        return out
+
+    def __call__(self, taken: float, per_vm: dict[str, list[StatRow]], total: list[StatRow],
+                 gone: dict[str, str | None]) -> None:  # fmt: skip
+        record = {
+            "time": round(taken, 3),
+            "vms": {name: ({"gone": gone[name]} if gone.get(name) else self._stats(rows))
+                    for name, rows in per_vm.items()},
+        }  # fmt: skip
+        if total:
+            record["total"] = self._stats(total)
+        self.out.write(json.dumps(record, separators=(",", ":")) + "\n")

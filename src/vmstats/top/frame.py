@@ -1,0 +1,254 @@
+"""What a refresh shows, computed from samples: one row per stat, pure and testable.
+
+For each stat of a VM, over the objects chosen (the VM itself, or its vCPUs):
+
+- cumulative: the rate per second over the last interval and the total since the
+  baseline (``r`` resets the baseline);
+- instant: the value now (summed over vCPUs); peak: the highest; boolean: how many
+  objects are true (``blocking 3/4``);
+- histograms: the samples per bucket over the last interval, their rate, the samples
+  since the baseline, and p50/p90/p99 estimated from the buckets (linear within a
+  bucket, the lower edge for the open last one).
+
+The TUI, the batch modes and the recordings' replay all render these rows; units and
+bucket ranges come from :mod:`vmstats.stats.units`, shared with every other tool.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from vmstats.stats.model import StatsSchemaValue, StatsType, StatsUnit, StatsValue
+from vmstats.stats.units import bucket_edges, bucket_ranges, human, human_in_unit, human_rate
+from vmstats.top.sample import Sample, Schemas
+
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+@dataclass(frozen=True)
+class StatRow:
+    """One stat of one VM (or of all VMs: ``vm == "total"``) at one refresh."""
+
+    vm: str
+    target: str
+    name: str
+    schema: StatsSchemaValue
+    objects: int
+    rate: float | None = None
+    total: int | None = None
+    value: int | None = None
+    true_count: int | None = None
+    buckets: tuple[int, ...] | None = None
+    percentiles: tuple[float | None, ...] | None = None
+
+    @property
+    def key(self) -> str:
+        """The stat's column name in logs and CSV: ``vcpu.exits``, ``vm.pages_4k``."""
+        return f"{self.target}.{self.name}"
+
+    @property
+    def is_zero(self) -> bool:
+        return not (self.rate or self.total or self.value or self.true_count)
+
+    # -- text for people --------------------------------------------------------------
+
+    def rate_text(self) -> str:
+        if self.rate is None:
+            return ""
+        if self.buckets is not None:
+            return f"{self.rate:,.1f} samples/s"
+        return human_rate(self.rate, self.schema)
+
+    def total_text(self) -> str:
+        if self.total is None:
+            return ""
+        if self.schema.type.is_histogram:
+            return f"{self.total:,} samples"
+        return human(self.total, self.schema)
+
+    def value_text(self) -> str:
+        if self.true_count is not None:
+            return f"{self.true_count}/{self.objects}"
+        if self.value is not None:
+            return human(self.value, self.schema)
+        if self.percentiles is not None:
+            parts = [
+                f"p{round(q * 100)} {'-' if p is None else human_in_unit(p, self.schema)}"
+                for q, p in zip(QUANTILES, self.percentiles, strict=True)
+            ]
+            return " ".join(parts)
+        return ""
+
+
+def _counter(values: Iterable[StatsValue | None]) -> int:
+    return sum(v for v in values if isinstance(v, int) and not isinstance(v, bool))
+
+
+def _buckets(value: StatsValue | None) -> list[int]:
+    return list(value) if isinstance(value, list) else []
+
+
+def quantile(counts: Sequence[int], edges: Sequence[tuple[float, float | None]],
+             q: float) -> float | None:  # fmt: skip
+    """The ``q`` quantile of samples counted per bucket, in the edges' unit."""
+    total = sum(counts)
+    if not total:
+        return None
+    wanted = q * total
+    seen = 0
+    for count, (low, high) in zip(counts, edges, strict=True):
+        if count and seen + count >= wanted:
+            if high is None:
+                return low
+            return low + (high - low) * (wanted - seen) / count
+        seen += count
+    return edges[-1][0]
+
+
+def _delta(now: StatsValue | None, before: StatsValue | None) -> int:
+    """Growth of a counter; a counter that went back (a restarted VM) counts from 0."""
+    if not isinstance(now, int) or isinstance(now, bool):
+        return 0
+    if not isinstance(before, int) or isinstance(before, bool) or before > now:
+        return now
+    return now - before
+
+
+def _bucket_delta(now: StatsValue | None, before: StatsValue | None) -> list[int]:
+    new, old = _buckets(now), _buckets(before)
+    if len(old) != len(new) or any(b > a for a, b in zip(new, old, strict=True)):
+        return new
+    return [a - b for a, b in zip(new, old, strict=True)]
+
+
+def vm_rows(
+    vm: str,
+    schemas: Schemas,
+    baseline: Sample,
+    previous: Sample,
+    current: Sample,
+    vcpus: set[str] | None = None,
+) -> list[StatRow]:
+    """Every stat of one VM, in provider order (VM-level first, then vCPU-level).
+
+    ``vcpus`` limits the vCPU-level rows to those QOM paths (None: all).
+    """
+    elapsed = current.taken - previous.taken
+    rows = []
+    for (provider, target, name), schema in schemas.entries.items():
+        keys = [
+            k for k in current.objects(target)
+            if k[0] == provider and (vcpus is None or target != "vcpu" or k[2] in vcpus)
+        ]  # fmt: skip
+        now = [current.values[k].get(name) for k in keys]
+        if all(v is None for v in now):
+            continue
+        before = [previous.values.get(k, {}).get(name) for k in keys]
+        base = [baseline.values.get(k, {}).get(name) for k in keys]
+        row = StatRow(vm, target, name, schema, len(keys))
+        if schema.type.is_histogram:
+            interval = [_bucket_delta(n, b) for n, b in zip(now, before, strict=True)]
+            counts = tuple(map(sum, zip(*interval, strict=True))) if interval else ()
+            since = sum(sum(_bucket_delta(n, b)) for n, b in zip(now, base, strict=True))
+            row = _with_percentiles(replace(
+                row, buckets=counts, total=since,
+                rate=sum(counts) / elapsed if elapsed > 0 else None,
+            ))  # fmt: skip
+        elif schema.unit == StatsUnit.BOOLEAN:
+            row = replace(row, true_count=sum(1 for v in now if v))
+        elif schema.type == StatsType.CUMULATIVE:
+            row = replace(
+                row,
+                total=sum(_delta(n, b) for n, b in zip(now, base, strict=True)),
+                rate=(sum(_delta(n, b) for n, b in zip(now, before, strict=True)) / elapsed
+                      if elapsed > 0 else None),
+            )  # fmt: skip
+        elif schema.type == StatsType.PEAK:
+            row = replace(row, value=max((v for v in now if isinstance(v, int)), default=0))
+        else:
+            row = replace(row, value=_counter(now))
+        rows.append(row)
+    return rows
+
+
+def total_rows(per_vm: Sequence[Sequence[StatRow]]) -> list[StatRow]:
+    """The same stats summed over VMs (peaks: the highest), as ``vm == "total"``."""
+    merged: dict[tuple[str, str], StatRow] = {}
+    for rows in per_vm:
+        for row in rows:
+            key = (row.target, row.name)
+            seen = merged.get(key)
+            if seen is None:
+                merged[key] = replace(row, vm="total")
+                continue
+            merged[key] = replace(
+                seen,
+                objects=seen.objects + row.objects,
+                rate=_add(seen.rate, row.rate),
+                total=_add(seen.total, row.total),
+                value=(max(seen.value or 0, row.value or 0)
+                       if row.schema.type == StatsType.PEAK else _add(seen.value, row.value)),
+                true_count=_add(seen.true_count, row.true_count),
+                buckets=(tuple(a + b for a, b in zip(seen.buckets, row.buckets, strict=True))
+                         if seen.buckets is not None and row.buckets is not None
+                         and len(seen.buckets) == len(row.buckets) else seen.buckets),
+            )  # fmt: skip
+    return [_with_percentiles(row) for row in merged.values()]
+
+
+def _with_percentiles(row: StatRow) -> StatRow:
+    """The row with p50/p90/p99 estimated from its buckets (if it has buckets)."""
+    if row.buckets is None:
+        return row
+    edges = bucket_edges(row.schema, len(row.buckets))
+    return replace(row, percentiles=tuple(quantile(row.buckets, edges, q) for q in QUANTILES))
+
+
+N = TypeVar("N", int, float)
+
+
+def _add(a: N | None, b: N | None) -> N | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+class StatFilter:
+    """kvm_stat's ``-f``: a regular expression matched at the start of stat names."""
+
+    def __init__(self, pattern: str = "") -> None:
+        self.pattern = pattern
+        self._regex = re.compile(pattern) if pattern else None
+
+    def __call__(self, name: str) -> bool:
+        return self._regex is None or self._regex.match(name) is not None
+
+
+SORT_KEYS = ("rate", "total", "name")
+
+
+def sort_rows(rows: Iterable[StatRow], by: str) -> list[StatRow]:
+    """Busiest first (by rate or total; ties by name), or by name."""
+    if by == "name":
+        return sorted(rows, key=lambda r: (r.name, r.target))
+    if by == "total":
+        return sorted(rows, key=lambda r: (-(r.total or r.value or 0), r.name))
+    return sorted(rows, key=lambda r: (-(r.rate or 0), -(r.total or r.value or 0), r.name))
+
+
+def histogram_bars(row: StatRow, width: int = 40) -> list[tuple[str, int, str]]:
+    """(range, samples, bar) per bucket that has samples, over the last interval."""
+    if not row.buckets:
+        return []
+    labels = bucket_ranges(row.schema, len(row.buckets))
+    peak = max(row.buckets) or 1
+    return [
+        (label, count, "#" * max(1, round(width * count / peak)))
+        for label, count in zip(labels, row.buckets, strict=True)
+        if count
+    ]
