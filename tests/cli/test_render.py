@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from tests.stats.provider import VCPU_SCHEMA, VM_SCHEMA, FakeProvider, vcpu_path
 from vmstats.cli.client import split_list
-from vmstats.cli.render import index_schemas, print_results, print_schemas
+from vmstats.cli.render import index_schemas, results_text, schemas_text
 from vmstats.qmp.client import make_filter, parse_address
 from vmstats.stats import (
     StatsFilter,
     StatsProvider,
     StatsRequest,
     StatsSchema,
+    StatsSchemaValue,
     StatsTarget,
+    StatsType,
 )
 
 
 def render(target: StatsTarget) -> str:
     provider = FakeProvider(vcpus=2)
-    console = Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
     schemas = index_schemas(list(provider.schemas()))
-    print_results(console, target, list(provider.stats(target, None, None))[::-1], schemas)
-    return console.export_text()
+    return results_text(target, list(provider.stats(target, None, None))[::-1], schemas)
 
 
 def test_results_are_shown_in_natural_order_with_units() -> None:
@@ -38,16 +36,12 @@ def test_results_are_shown_in_natural_order_with_units() -> None:
 
 
 def test_no_result_says_so() -> None:
-    console = Console(record=True, width=100, file=open(os.devnull, "w"))  # noqa: SIM115
-    print_results(console, StatsTarget.VM, [], {})
-    assert console.export_text().strip() == "no statistics matched"
+    assert results_text(StatsTarget.VM, [], {}) == "no statistics matched\n"
 
 
 def test_schemas_table_lists_every_stat() -> None:
-    console = Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
-    print_schemas(console, [StatsSchema(StatsProvider.KVM, StatsTarget.VCPU, VCPU_SCHEMA[::-1]),
-                            StatsSchema(StatsProvider.KVM, StatsTarget.VM, VM_SCHEMA[::-1])])  # fmt: skip
-    text = console.export_text()
+    text = schemas_text([StatsSchema(StatsProvider.KVM, StatsTarget.VCPU, VCPU_SCHEMA[::-1]),
+                         StatsSchema(StatsProvider.KVM, StatsTarget.VM, VM_SCHEMA[::-1])])  # fmt: skip
     assert text.index("kvm / vm") < text.index("kvm / vcpu")
     assert "10^-9" in text and "log2-histogram" in text
 
@@ -87,3 +81,10 @@ def test_make_filter(args: tuple[object, ...], expected: StatsFilter) -> None:
 ])  # fmt: skip
 def test_split_list(text: str | None, items: list[str] | None) -> None:
     assert split_list(text) == items
+
+
+def test_long_names_are_never_cut() -> None:
+    name = "a_stat_name_longer_than_any_terminal_" * 4
+    text = schemas_text([StatsSchema(StatsProvider.KVM, StatsTarget.VM,
+                                     [StatsSchemaValue(name, StatsType.CUMULATIVE)])])  # fmt: skip
+    assert name in text

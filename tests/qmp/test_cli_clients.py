@@ -81,7 +81,8 @@ def test_same_schemas_from_qemu_and_demo(demo_socket: Path, qemu_socket: Path) -
 @pytest.mark.parametrize("args", [
     ["--target", "vcpu"],
     ["--target", "vm"],
-    ["--target", "vcpu", "--names", "exits,halt_wait_hist,guest_mode,nope"],
+    ["--target", "vcpu", "--names", "exits, halt_wait_hist,guest_mode"],
+    ["--target", "vcpu", "--vcpus", "1"],
     ["--target", "vcpu", "--vcpus", "/machine/unattached/device[2]"],
     ["--target", "vm", "--provider", "kvm", "--names", "pages_4k"],
 ])  # fmt: skip
@@ -102,10 +103,34 @@ def test_human_output_of_the_demo(demo_socket: Path) -> None:
     text = out.stdout
     assert text.index("device[0]") < text.index("device[2]")  # natural order for people
     # nanoseconds shown as time with a unit, in the value column
-    assert re.search(r"halt_wait_ns\s+│\s+cumulative\s+│\s+[0-9.]+ (s|ms|us|ns)\s+│", text), text
+    assert re.search(r"\n  halt_wait_ns +cumulative +[0-9.]+ (s|ms|us|ns)\n", text), text
     assert "samples" in text  # histograms summarised
     info = vmstats("info", str(demo_socket), "vcpu", "halt_exits")
     assert info.stdout.startswith("provider: kvm\n    halt_exits (cumulative): ")
+
+
+@pytest.mark.kvm
+@requires_kvm
+@pytest.mark.parametrize(("args", "message"), [
+    (["query", "--target", "vcpu", "--names", "exits,nope,bogus"],
+     "unknown stat names for target vcpu: nope, bogus"),
+    (["query", "--target", "cryptodev"], "unknown target 'cryptodev': this server offers vcpu, vm"),
+    (["query", "--target", "vm", "--provider", "nope"], "unknown provider 'nope'"),
+    (["query", "--target", "vcpu", "--vcpus", "7"], "no vCPU '7': this VM has vCPUs 0 to 1"),
+    (["schemas", "--provider", "cryptodev"], "unknown provider 'cryptodev'"),
+])  # fmt: skip
+def test_what_the_server_does_not_serve_is_a_usage_error(demo_socket: Path, args: list[str],
+                                                         message: str) -> None:  # fmt: skip
+    out = vmstats(args[0], str(demo_socket), *args[1:])
+    assert (out.returncode, out.stdout) == (2, "")
+    assert message in out.stderr
+
+
+@pytest.mark.kvm
+@requires_kvm
+def test_hmp_refusal_is_an_error(demo_socket: Path) -> None:
+    out = vmstats("info", str(demo_socket), "bogus")
+    assert out.returncode == 1 and out.stdout == "invalid stats target bogus\n"
 
 
 def test_unreachable_socket_is_a_clear_error(tmp_path: Path) -> None:

@@ -1,39 +1,93 @@
-"""Samples and rates, in process: what a live view computes between two refreshes."""
+"""Samples and the rows a refresh shows, in process, table-driven."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.stats.provider import FakeProvider, vcpu_path
-from vmstats.stats import StatsRegistry, StatsType
-from vmstats.top.sample import Sample, rates, take_sample
+from vmstats.stats import StatsRegistry, StatsSchemaValue, StatsType, StatsUnit
+from vmstats.top.frame import StatFilter, StatRow, quantile, sort_rows, total_rows, vm_rows
+from vmstats.top.sample import Sample, Schemas, take_sample
 
-TYPES = {
-    ("kvm", "vcpu", "exits"): StatsType.CUMULATIVE,
-    ("kvm", "vcpu", "pages"): StatsType.INSTANT,
-    ("kvm", "vcpu", "busy"): StatsType.INSTANT,
-}
-
-
-def sample(taken: float, exits: int, pages: int = 5) -> Sample:
-    key = ("kvm", "vcpu", vcpu_path(0))
-    return Sample(taken, {key: {"exits": exits, "pages": pages, "busy": True}}, TYPES)
+EXITS = StatsSchemaValue("exits", StatsType.CUMULATIVE)
+PAGES = StatsSchemaValue("pages", StatsType.INSTANT)
+PEAK = StatsSchemaValue("peak", StatsType.PEAK)
+BUSY = StatsSchemaValue("busy", StatsType.INSTANT, StatsUnit.BOOLEAN)
+HIST = StatsSchemaValue("wait_hist", StatsType.LOG2_HISTOGRAM, StatsUnit.SECONDS, 10, -9)
+SCHEMAS = Schemas({("kvm", "vcpu", s.name): s for s in (EXITS, PAGES, PEAK, BUSY, HIST)})
 
 
-@pytest.mark.parametrize(("before", "after", "expected"), [
-    (sample(10.0, 100), sample(12.0, 300), {"exits": 100.0}),  # per second, counters only
-    (sample(10.0, 100), sample(10.5, 100), {"exits": 0.0}),
-    (sample(10.0, 100), sample(10.0, 300), None),  # no time passed: no rates at all
-    (sample(12.0, 100), sample(10.0, 300), None),
+def sample(taken: float, exits: tuple[int, int], busy: tuple[bool, bool] = (True, False),
+           hist: tuple[list[int], list[int]] = ([0, 0, 0], [0, 0, 0])) -> Sample:  # fmt: skip
+    return Sample(taken, {
+        ("kvm", "vcpu", vcpu_path(i)): {"exits": exits[i], "pages": 5 + i, "peak": 3 * i,
+                                        "busy": busy[i], "wait_hist": hist[i]}
+        for i in range(2)
+    })  # fmt: skip
+
+
+def rows(
+    base: Sample, prev: Sample, cur: Sample, vcpus: set[str] | None = None
+) -> dict[str, StatRow]:
+    return {r.name: r for r in vm_rows("vm1", SCHEMAS, base, prev, cur, vcpus)}
+
+
+def test_counters_rate_over_the_interval_total_since_the_baseline() -> None:
+    got = rows(sample(0, (0, 0)), sample(10, (100, 50)), sample(12, (300, 90)))
+    exits = got["exits"]
+    assert (exits.rate, exits.total) == (120.0, 390)  # (200 + 40) / 2 s; 300 + 90 since 0
+    assert exits.rate_text() == "120/s" and exits.total_text() == "390"
+
+
+@pytest.mark.parametrize(("name", "text"), [("pages", "11"), ("peak", "3"), ("busy", "1/2")])
+def test_levels(name: str, text: str) -> None:
+    got = rows(sample(0, (0, 0)), sample(1, (0, 0)), sample(2, (0, 0)))
+    assert got[name].value_text() == text  # sum, highest, how many are true
+
+
+def test_a_counter_that_went_back_counts_from_zero() -> None:
+    got = rows(sample(0, (1000, 0)), sample(1, (1000, 0)), sample(2, (5, 0)))
+    assert got["exits"].total == 5 and got["exits"].rate == 5.0
+
+
+def test_histograms_give_interval_buckets_rate_and_percentiles() -> None:
+    before = sample(0, (0, 0), hist=([0, 1, 0], [0, 0, 0]))
+    after = sample(2, (0, 0), hist=([0, 5, 0], [0, 2, 2]))
+    row = rows(before, before, after)["wait_hist"]
+    assert row.buckets == (0, 6, 2) and row.rate == 4.0 and row.total == 8
+    assert row.percentiles is not None and row.percentiles[0] == pytest.approx(
+        1e-9 * 1 + 1e-9 * 4 / 6
+    )
+    assert row.value_text().startswith("p50 1.67 ns p90 2 ns")
+
+
+def test_vcpus_choose_objects() -> None:
+    got = rows(sample(0, (0, 0)), sample(1, (0, 0)), sample(2, (10, 20)), {vcpu_path(1)})
+    assert got["exits"].rate == 20.0 and got["busy"].value_text() == "0/1"
+
+
+def test_totals_across_vms() -> None:
+    one = vm_rows("a", SCHEMAS, sample(0, (0, 0)), sample(1, (0, 0)), sample(2, (10, 0)))
+    two = vm_rows("b", SCHEMAS, sample(0, (0, 0)), sample(1, (0, 0)), sample(2, (5, 5)))
+    total = {r.name: r for r in total_rows([one, two])}
+    assert total["exits"].rate == 20.0 and total["busy"].value_text() == "2/4"
+    assert total["peak"].value == 3 and total["exits"].vm == "total"
+
+
+@pytest.mark.parametrize(("counts", "q", "expected"), [
+    ([0, 10, 0], 0.5, 1.5), ([4, 0, 0], 0.99, 0.99), ([0, 0, 3], 0.5, 2.0), ([0, 0, 0], 0.5, None),
 ])  # fmt: skip
-def test_rates(before: Sample, after: Sample, expected: dict[str, float] | None) -> None:
-    got = rates(before, after)
-    assert got == ({} if expected is None else {("kvm", "vcpu", vcpu_path(0)): expected})
+def test_quantile(counts: list[int], q: float, expected: float | None) -> None:
+    edges = [(0.0, 1.0), (1.0, 2.0), (2.0, None)]
+    assert quantile(counts, edges, q) == (None if expected is None else pytest.approx(expected))
 
 
-def test_an_object_new_in_the_second_sample_has_no_rate() -> None:
-    after = sample(2.0, 10)
-    assert rates(Sample(1.0, {}, TYPES), after) == {}
+def test_filter_is_anchored_and_sorting() -> None:
+    keep = StatFilter("halt")
+    assert keep("halt_exits") and not keep("exits_halt")
+    got = vm_rows("v", SCHEMAS, sample(0, (0, 0)), sample(1, (0, 0)), sample(2, (1, 9)))
+    assert [r.name for r in sort_rows(got, "name")][:2] == ["busy", "exits"]
+    assert sort_rows(got, "rate")[0].name == "exits"
 
 
 def test_take_sample_reads_every_object_in_natural_order() -> None:
@@ -46,4 +100,3 @@ def test_take_sample_reads_every_object_in_natural_order() -> None:
     assert taken.values[("kvm", "vcpu", vcpu_path(2))] == {
         "exits": 1002, "wait_ns": 100, "busy": False, "wait_hist": [2, 2, 3],
     }  # fmt: skip
-    assert taken.types[("kvm", "vcpu", "exits")] == StatsType.CUMULATIVE

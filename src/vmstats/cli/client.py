@@ -1,4 +1,10 @@
-"""``vmstats query``, ``vmstats schemas``, ``vmstats info``: ask any QMP socket for stats."""
+"""``vmstats query``, ``vmstats schemas``, ``vmstats info``: ask any QMP socket for stats.
+
+What the user asks for is checked against what the server serves (its
+``query-stats-schemas``), so a mistyped stat, target or provider is an error naming it
+(exit 2), never a silent empty answer.  vCPUs are given by number, as QEMU's CPU index,
+and mapped to QOM paths with ``query-cpus-fast`` (QEMU's paths are not contiguous).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,16 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 
-from rich.console import Console
-
-from vmstats.cli.render import index_schemas, print_results, print_schemas
+from vmstats.cli.options import positive_float
+from vmstats.cli.render import index_schemas, results_text, schemas_text
 from vmstats.errors import ClientError
 from vmstats.qapi.json import dumps
-from vmstats.qmp.client import StatsClient, make_filter
-from vmstats.stats.model import StatsProvider
+from vmstats.qmp.client import DEFAULT_TIMEOUT, StatsClient, make_filter
+from vmstats.stats.model import StatsProvider, StatsSchema, StatsTarget
+
+
+class UsageError(ClientError):
+    """The request names something the server does not serve (exit status 2)."""
 
 
 def split_list(text: str | None) -> list[str] | None:
@@ -24,62 +33,129 @@ def split_list(text: str | None) -> list[str] | None:
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     socket_help = "QMP socket: a unix socket path, or HOST:PORT"
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("socket", help=socket_help)
+        parser.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT,
+                            metavar="S", help="seconds to wait for each answer "
+                            f"(default {DEFAULT_TIMEOUT:g})")  # fmt: skip
+
     q = sub.add_parser("query", help="query-stats on a QMP socket (QEMU or vmstats)")
-    q.add_argument("socket", help=socket_help)
-    q.add_argument("--target", required=True, choices=["vm", "vcpu", "cryptodev"])
-    q.add_argument("--provider", choices=[p.value for p in StatsProvider])
+    common(q)
+    q.add_argument("--target", required=True, help="vm, vcpu (or what the server offers)")
+    q.add_argument("--provider", help="kvm (or what the server offers)")
     q.add_argument("--names", help="comma-separated stat names")
-    q.add_argument("--vcpus", help="comma-separated QOM paths of vCPUs")
+    q.add_argument("--vcpus", help="comma-separated vCPU numbers (QEMU's CPU index), or QOM paths")
     q.add_argument("--json", action="store_true", help="print the reply's return value as sent")
     q.set_defaults(func=lambda a: _run(a, _query))
     s = sub.add_parser("schemas", help="query-stats-schemas on a QMP socket")
-    s.add_argument("socket", help=socket_help)
-    s.add_argument("--provider", choices=[p.value for p in StatsProvider])
+    common(s)
+    s.add_argument("--provider", help="kvm (or what the server offers)")
     s.add_argument("--json", action="store_true", help="print the reply's return value as sent")
     s.set_defaults(func=lambda a: _run(a, _schemas))
     i = sub.add_parser("info", help="HMP 'info stats' through human-monitor-command")
-    i.add_argument("socket", help=socket_help)
+    common(i)
     i.add_argument("target")
     i.add_argument("names", nargs="?")
     i.add_argument("provider", nargs="?")
     i.set_defaults(func=lambda a: _run(a, _info))
 
 
-async def _query(client: StatsClient, args: argparse.Namespace, console: Console) -> None:
-    filter = make_filter(args.target, args.provider, split_list(args.names), split_list(args.vcpus))
+def _check_choice(kind: str, value: str | None, offered: set[str]) -> None:
+    if value is not None and value not in offered:
+        raise UsageError(f"unknown {kind} {value!r}: this server offers "
+                         f"{', '.join(sorted(offered)) or 'none'}")  # fmt: skip
+
+
+def check_request(schemas: list[StatsSchema], target: str, provider: str | None,
+                  names: list[str] | None) -> None:  # fmt: skip
+    """Raise :class:`UsageError` for a target, provider or stat the server does not serve."""
+    _check_choice("target", target, {s.target.value for s in schemas} | {"vm", "vcpu"})
+    _check_choice("provider", provider, {s.provider.value for s in schemas})
+    if names:
+        known = {
+            v.name
+            for s in schemas
+            if s.target.value == target and provider in (None, s.provider.value)
+            for v in s.stats
+        }
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise UsageError(
+                f"unknown stat name{'s' if len(unknown) > 1 else ''} for target {target}: "
+                f"{', '.join(unknown)} (vmstats schemas SOCKET lists them)"
+            )
+
+
+async def _vcpu_paths(client: StatsClient, vcpus: list[str] | None) -> list[str] | None:
+    if vcpus is None or all(v.startswith("/") for v in vcpus):
+        return vcpus
+    paths = await client.query_cpus()
+    out = []
+    for item in vcpus:
+        if item.startswith("/"):
+            out.append(item)
+            continue
+        if not item.isdigit() or int(item) >= len(paths):
+            raise UsageError(f"no vCPU {item!r}: this VM has vCPUs 0 to {len(paths) - 1}")
+        out.append(paths[int(item)])
+    return out
+
+
+async def _query(client: StatsClient, args: argparse.Namespace) -> None:
+    schemas = await client.query_stats_schemas()
+    names = split_list(args.names)
+    check_request(schemas, args.target, args.provider, names)
+    vcpus = await _vcpu_paths(client, split_list(args.vcpus))
+    filter = make_filter(args.target, args.provider, names, vcpus)
     if args.json:
         print(dumps(await client.raw("query-stats", client.stats_arguments(filter))))
         return
-    provider = StatsProvider(args.provider) if args.provider else None
-    schemas = index_schemas(await client.query_stats_schemas(provider))
-    print_results(console, filter.target, await client.query_stats(filter), schemas)
+    results = await client.query_stats(filter)
+    sys.stdout.write(results_text(filter.target, results, index_schemas(schemas)))
 
 
-async def _schemas(client: StatsClient, args: argparse.Namespace, console: Console) -> None:
+async def _schemas(client: StatsClient, args: argparse.Namespace) -> None:
+    if args.provider is not None:
+        check_request(await client.query_stats_schemas(), "vm", args.provider, None)
     arguments = {"provider": args.provider} if args.provider else None
     if args.json:
         print(dumps(await client.raw("query-stats-schemas", arguments)))
         return
     provider = StatsProvider(args.provider) if args.provider else None
-    print_schemas(console, await client.query_stats_schemas(provider))
+    sys.stdout.write(schemas_text(await client.query_stats_schemas(provider)))
 
 
-async def _info(client: StatsClient, args: argparse.Namespace, console: Console) -> None:
+#: The first words of HMP's answers to a bad request (QEMU prints them and succeeds).
+HMP_ERRORS = ("invalid stats target", "invalid stats provider", "unknown command",
+              "Try \"help", "failed to find schema")  # fmt: skip
+
+
+async def _info(client: StatsClient, args: argparse.Namespace) -> None:
     words = [w for w in ("info stats", args.target, args.names, args.provider) if w]
-    sys.stdout.write((await client.hmp(" ".join(words))).replace("\r\n", "\n"))
+    text = (await client.hmp(" ".join(words))).replace("\r\n", "\n")
+    sys.stdout.write(text)
+    if text.startswith(HMP_ERRORS):
+        raise ClientError(f"HMP refused 'info stats {' '.join(words[1:])}'")
 
 
-Command = Callable[[StatsClient, argparse.Namespace, Console], Awaitable[None]]
+Command = Callable[[StatsClient, argparse.Namespace], Awaitable[None]]
 
 
 def _run(args: argparse.Namespace, command: Command) -> int:
     async def main() -> None:
-        async with StatsClient(args.socket) as client:
-            await command(client, args, Console())
+        async with StatsClient(args.socket, args.timeout) as client:
+            await command(client, args)
 
     try:
         asyncio.run(main())
+    except UsageError as exc:
+        print(f"vmstats: {exc}", file=sys.stderr)
+        return 2
     except ClientError as exc:
         print(f"vmstats: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+__all__ = ["StatsTarget", "add_parsers", "check_request", "split_list"]

@@ -1,11 +1,12 @@
-"""Human output of stats replies (rich): natural order, units applied, histograms readable."""
+"""Human output of stats replies: natural order, units applied, histograms readable.
+
+Plain aligned text, not a terminal widget: it is never cut to a terminal's width (a
+pipe into ``grep`` sees full names), and 300 vCPUs print in milliseconds.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-from rich.console import Console
-from rich.table import Table
 
 from vmstats.stats.model import StatsResult, StatsSchema, StatsSchemaValue, StatsTarget
 from vmstats.stats.order import natural_results, natural_schema_values
@@ -30,39 +31,47 @@ def _histogram(value: list[int], schema: StatsSchemaValue | None) -> str:
     return f"{total} samples; " + ", ".join(parts)
 
 
-def print_results(
-    console: Console, target: StatsTarget, results: Sequence[StatsResult], schemas: SchemaIndex
-) -> None:
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    """Columns aligned to their widest cell; columns in ``right`` aligned right."""
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+    lines = []
+    for cells in (header, *rows):
+        parts = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))]  # fmt: skip
+        lines.append("  " + "  ".join(parts).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def results_text(target: StatsTarget, results: Sequence[StatsResult], schemas: SchemaIndex) -> str:
+    """``query-stats`` results for people: one block per object, vCPU 0 first."""
     if not results:
-        console.print("no statistics matched")
-        return
+        return "no statistics matched\n"
+    blocks = []
     for result in natural_results(results):
-        title = f"{result.provider.value}: {result.qom_path or target.value}"
-        table = Table(title=title, title_justify="left")
-        table.add_column("stat")
-        table.add_column("type")
-        table.add_column("value", justify="right")
+        rows = []
         for name, value in result.stats:
             schema = schemas.get((result.provider.value, target.value, name))
             text = _histogram(value, schema) if isinstance(value, list) else human(value, schema)
-            table.add_row(name, schema.type.value if schema else "?", text)
-        console.print(table)
+            rows.append((name, schema.type.value if schema else "?", text))
+        title = f"{result.provider.value}: {result.qom_path or target.value}\n"
+        blocks.append(title + table(("stat", "type", "value"), rows, right=(2,)))
+    return "\n".join(blocks)
 
 
-def print_schemas(console: Console, schemas: Sequence[StatsSchema]) -> None:
+def schemas_text(schemas: Sequence[StatsSchema]) -> str:
+    """``query-stats-schemas`` for people: one block per provider and target."""
+    blocks = []
     for schema in reversed(schemas):
-        table = Table(
-            title=f"{schema.provider.value} / {schema.target.value}", title_justify="left"
-        )
-        for column in ("name", "type", "unit", "base^exponent", "bucket size"):
-            table.add_column(column)
-        for v in natural_schema_values(schema):
-            scale = f"{v.base}^{v.exponent}" if v.exponent else ""
-            table.add_row(
+        rows = [
+            (
                 v.name,
                 v.type.value,
                 v.unit.value if v.unit else "",
-                scale,
+                f"{v.base}^{v.exponent}" if v.exponent else "",
                 "" if v.bucket_size is None else str(v.bucket_size),
             )
-        console.print(table)
+            for v in natural_schema_values(schema)
+        ]
+        header = ("name", "type", "unit", "base^exponent", "bucket size")
+        blocks.append(f"{schema.provider.value} / {schema.target.value}\n" + table(header, rows))
+    return "\n".join(blocks)

@@ -74,8 +74,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     top = sub.add_parser("top", help="live view of every stat of every VM (kvm_stat's job)",
                          description=__doc__)  # fmt: skip
     _add_sources(top)
+    top.add_argument("-1", "--once", action="store_true", help="one refresh, printed, then exit")
     modes = top.add_mutually_exclusive_group()
-    modes.add_argument("-1", "--once", action="store_true", help="one refresh, printed, then exit")
     modes.add_argument("-l", "--log", action="store_true", help="one line per VM per refresh")
     modes.add_argument(
         "-L",
@@ -84,7 +84,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="FILE",
         help="as --log, to FILE, reopened on SIGHUP (logrotate)",
     )
-    top.add_argument("--json", action="store_true", help="one JSON object per refresh (-1: one)")
+    modes.add_argument("--json", action="store_true", help="one JSON object per refresh")
     top.add_argument("-c", "--csv", action="store_true", help="with -l or -L: comma-separated")
     top.add_argument(
         "-z", "--skip-zero", action="store_true", help="leave out all-zero stats/lines"
@@ -194,10 +194,10 @@ async def _batch(args: argparse.Namespace, driver: Driver) -> int:
     writer: Writer
     if args.json:
         writer = JsonWriter(out, args.skip_zero)
-    elif args.once:
-        writer = OnceWriter(out, args.skip_zero)
-    else:
+    elif args.log or args.log_to_file or args.csv:
         writer = TableWriter(out, args.skip_zero, csv=args.csv)
+    else:
+        writer = OnceWriter(out, args.skip_zero)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

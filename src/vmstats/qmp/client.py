@@ -7,7 +7,7 @@ input, so a malformed reply is an error that says what is wrong, not a KeyError 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import os
 from collections.abc import Sequence
 from types import TracebackType
@@ -35,6 +35,8 @@ def parse_address(text: str) -> str | tuple[str, int]:
     return text
 
 
+log = logging.getLogger(__name__)
+
 #: Seconds to wait for a connection, a greeting or a reply.
 DEFAULT_TIMEOUT = 5.0
 
@@ -60,8 +62,12 @@ class StatsClient:
 
     async def connect(self) -> None:
         """Connect, negotiate, and check that the server has ``query-stats``."""
+        address = parse_address(self.address)
+        if isinstance(address, tuple) and not 0 < address[1] < 65536:
+            raise ClientError(f"cannot connect to QMP at {self.address}: port {address[1]} "
+                              "is not between 1 and 65535")  # fmt: skip
         try:
-            await asyncio.wait_for(self._qmp.connect(parse_address(self.address)), self.timeout)
+            await asyncio.wait_for(self._qmp.connect(address), self.timeout)
         except ConnectError as exc:
             cause = exc.exc if getattr(exc, "exc", None) else exc
             raise ClientError(f"cannot connect to QMP at {self.address}: {cause}") from exc
@@ -91,8 +97,12 @@ class StatsClient:
         await self.close()
 
     async def close(self) -> None:
-        with contextlib.suppress(QMPError, OSError, TimeoutError):
+        """Disconnect.  Never fails: qemu.qmp re-raises here whatever ended the
+        connection (an EOFError when the server went first), which is no news."""
+        try:
             await asyncio.wait_for(self._qmp.disconnect(), self.timeout)
+        except Exception as exc:
+            log.debug("QMP disconnect from %s: %r", self.address, exc)
 
     async def _execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         try:

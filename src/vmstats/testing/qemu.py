@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -90,9 +91,20 @@ class RawQMP:
 
 
 class QemuVM:
-    """A QEMU 7.2 guest with KVM, no disk, a QMP unix socket; stopped on exit."""
+    """A QEMU guest with KVM, no disk, a QMP unix socket; stopped on exit.  Debian's QEMU
+    7.2 by default; ``binary`` and ``extra_args`` run another (see :mod:`.qemu10`)."""
 
-    def __init__(self, vcpus: int = 1, *, paused: bool = False, memory_mb: int = 64) -> None:
+    def __init__(
+        self,
+        vcpus: int = 1,
+        *,
+        paused: bool = False,
+        memory_mb: int = 64,
+        binary: str = QEMU_BINARY,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.binary = binary
+        self.extra_args = list(extra_args)
         self.vcpus = vcpus
         self.paused = paused
         self.memory_mb = memory_mb
@@ -103,7 +115,8 @@ class QemuVM:
     def start(self) -> QemuVM:
         maxcpus = max(self.vcpus, 1)
         args = [
-            QEMU_BINARY,
+            self.binary,
+            *self.extra_args,
             "-accel",
             "kvm",
             "-m",

@@ -16,6 +16,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from vmstats.testing.qemu import QemuVM
 
 PACKAGES = ("qemu-system-x86", "qemu-system-data", "qemu-system-common")
 SUITE = "bookworm-backports"
@@ -97,3 +100,20 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def qemu10_vm(vcpus: int = 1, **kwargs: Any) -> QemuVM:
+    """A :class:`QemuVM` running the unpacked QEMU 10 (fetch it first)."""
+    binary = qemu10_binary()
+    if binary is None:
+        raise RuntimeError("QEMU 10.0 is not fetched: python -m vmstats.testing.qemu10")
+    return QemuVM(vcpus, binary=str(binary), extra_args=qemu10_firmware_args(), **kwargs)
+
+
+def qemu10_unavailable_reason() -> str | None:
+    """Why a QEMU 10.0 cannot run here, or None."""
+    if qemu10_binary() is None:
+        return f"QEMU 10.0 is not unpacked in {CACHE} (python -m vmstats.testing.qemu10)"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is missing or not accessible"
+    return None

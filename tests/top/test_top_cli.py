@@ -1,0 +1,236 @@
+"""``vmstats top`` batch modes and ``vmstats record`` / ``--replay``, run as a user would:
+against the demo VM, a real QEMU 7.2 and a real QEMU 10.0.  Expected columns are derived
+from each server's own schemas, never from a list."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kvm.conftest import requires_kvm
+from vmstats.testing.hostile import DemoServer, kill
+from vmstats.testing.qemu import QemuVM, qemu_unavailable_reason
+from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
+from vmstats.top.record import read_recording
+
+QEMU_REASON = qemu_unavailable_reason()
+QEMU10_REASON = qemu10_unavailable_reason()
+
+
+def vmstats(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vmstats", *args], capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def expected_columns(socket: Path, pattern: str = "") -> list[str]:
+    """CSV columns for a server, from its own query-stats-schemas (kvm, vm then vcpu)."""
+    schemas = json.loads(vmstats("schemas", str(socket), "--provider", "kvm", "--json").stdout)
+    columns = []
+    for schema in reversed(schemas):  # QEMU prepends: vm was added first
+        for value in reversed(schema["stats"]):
+            if not value["name"].startswith(pattern):
+                continue
+            key = f"{schema['target']}.{value['name']}"
+            columns.append(key)
+            if value["type"].endswith("histogram"):
+                columns += [f"{key}.p50", f"{key}.p90", f"{key}.p99"]
+    return columns
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[DemoServer]:
+    with DemoServer(vcpus=2, rate=200) as server:
+        yield server
+
+
+pytestmark = [pytest.mark.kvm, requires_kvm]
+
+
+def test_csv_header_comes_from_the_kernel_and_rates_move(demo: DemoServer) -> None:
+    out = vmstats("top", str(demo.path), "-l", "-c", "-s", "0.3", "--once")
+    assert out.returncode == 0, out.stderr
+    header, line = out.stdout.splitlines()
+    assert header.split(",") == ["time", "vm", *expected_columns(demo.path)]
+    values = dict(zip(header.split(","), line.split(","), strict=True))
+    assert values["vm"] == "qmp"  # the socket's name
+    assert float(values["vcpu.halt_exits"]) > 0  # the demo halts 200 times/s per vCPU
+
+
+def test_log_repeats_its_banner_and_filters_anchor(demo: DemoServer) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "vmstats", "top", str(demo.path), "-l",
+                             "-s", "0.1", "-f", "halt_"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline() for _ in range(42)]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) == 0
+    banners = [i for i, line in enumerate(lines) if line.split()[0] == "time"]
+    assert banners == [0, 21]  # every 20 lines
+    assert lines[0].split()[2:] == expected_columns(demo.path, "halt_")
+
+
+def test_once_json_and_skip_zero(demo: DemoServer) -> None:
+    out = vmstats("top", str(demo.path), "--json", "-1", "-s", "0.3", "-z")
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    stats = record["vms"]["qmp"]
+    assert stats["vcpu.halt_exits"]["rate"] > 0 and stats["vcpu.halt_exits"]["total"] > 0
+    assert "vm.pages_1g" not in stats  # zero: skipped
+    for entry in stats.values():  # every stat left has something that is not zero
+        assert any(entry.get(k) not in (None, 0) for k in ("rate", "total", "value", "true_count"))
+    full = json.loads(vmstats("top", str(demo.path), "--json", "-1", "-s", "0.3").stdout)
+    hist = full["vms"]["qmp"]["vcpu.halt_wait_hist"]
+    assert hist["type"] == "log2-histogram" and len(hist["buckets"]) == 32
+
+
+def test_vcpus_by_number(demo: DemoServer) -> None:
+    both = json.loads(vmstats("top", str(demo.path), "--json", "-1", "-s", "0.3",
+                              "-f", "blocking").stdout)  # fmt: skip
+    one = json.loads(vmstats("top", str(demo.path), "--json", "-1", "-s", "0.3",
+                             "-f", "blocking", "--vcpus", "1").stdout)  # fmt: skip
+    assert both["vms"]["qmp"]["vcpu.blocking"]["objects"] == 2
+    assert one["vms"]["qmp"]["vcpu.blocking"]["objects"] == 1
+
+
+def test_fields_help_lists_the_stats(demo: DemoServer) -> None:
+    out = vmstats("top", str(demo.path), "-f", "help")
+    assert out.returncode == 0
+    assert set(out.stdout.split()) == set(expected_columns(demo.path)) - {
+        c for c in expected_columns(demo.path) if c.count(".") == 2
+    }
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["top", "-l"], "give at least one SOURCE"),
+    (["top", "x.sock", "-c"], "-c/--csv goes with -l, -L or --replay"),
+    (["top", "x.sock", "-s", "nan"], "must be a finite number above 0"),
+    (["top", "x.sock", "-f", "("], "not a regular expression"),
+    (["top", "x.sock", "--vcpus", "2-1"], "not a vCPU number or range"),
+    (["record", "x.sock", "-o", "/nonexistent/dir/r.jsonl"], "does not exist"),
+])  # fmt: skip
+def test_usage_errors(args: list[str], message: str) -> None:
+    out = vmstats(*args)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unreachable_source_is_one_clear_line(tmp_path: Path) -> None:
+    out = vmstats("top", str(tmp_path / "none.sock"), "-1", "-s", "0.2")
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and "cannot connect to QMP" in out.stderr
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_record_then_replay_gives_the_same_samples(demo: DemoServer, tmp_path: Path,
+                                                   suffix: str) -> None:  # fmt: skip
+    path = tmp_path / f"rec{suffix}"
+    out = vmstats("record", str(demo.path), "-o", str(path), "-s", "0.2", "--duration", "1.5")
+    assert out.returncode == 0, out.stderr
+    refreshes = list(read_recording(path))
+    assert len(refreshes) >= 5
+    samples = [r.samples["qmp"] for r in refreshes]
+    exits = [sum(int(v.get("halt_exits", 0)) for v in s.values.values()) for s in samples]
+    assert exits == sorted(exits) and exits[-1] > exits[0]  # counters moved
+    replayed = vmstats("top", "--replay", str(path), "--json", "-f", "halt_exits")
+    lines = [json.loads(line) for line in replayed.stdout.splitlines()]
+    assert [line["vms"]["qmp"]["vcpu.halt_exits"]["total"] for line in lines] == [
+        e - exits[0] for e in exits[1:]
+    ]  # the replay sees exactly the recorded values
+    csv = vmstats("top", "--replay", str(path), "-c")
+    assert csv.returncode == 0, csv.stderr
+    lines = csv.stdout.splitlines()
+    assert lines[0].split(",") == ["time", "vm", *expected_columns(demo.path)]
+    assert len(lines) == len(refreshes)  # a header, and one line per refresh after the first
+
+
+def test_a_recording_cut_anywhere_in_its_last_line_still_replays(demo: DemoServer,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    path = tmp_path / "rec.jsonl"
+    vmstats("record", str(demo.path), "-o", str(path), "-s", "0.2", "--duration", "0.9")
+    data = path.read_bytes()
+    whole = list(read_recording(path))
+    last_start = data.rstrip(b"\n").rfind(b"\n") + 1
+    cut = tmp_path / "cut.jsonl"
+    for offset in range(last_start, len(data)):
+        cut.write_bytes(data[:offset])
+        got = list(read_recording(cut))
+        assert [r.samples for r in got[: len(whole) - 1]] == [r.samples for r in whole[:-1]]
+    gz = tmp_path / "rec.jsonl.gz"
+    with gzip.open(gz, "wb") as file:
+        file.write(data)
+    raw = gz.read_bytes()
+    for offset in range(len(raw) - 40, len(raw)):  # a gzip stream cut short
+        (tmp_path / "cut.gz").write_bytes(raw[:offset])
+        assert len(list(read_recording(tmp_path / "cut.gz"))) >= len(whole) - 2
+
+
+def test_not_a_recording(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"hello": 1}\n')
+    out = vmstats("top", "--replay", str(path), "-c")
+    assert out.returncode == 1 and "is not a vmstats recording" in out.stderr
+
+
+def test_a_directory_of_sockets_and_a_vm_that_dies_and_returns(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    first = DemoServer(vcpus=1, extra=[])
+    first.args[first.args.index("--qmp") + 1] = str(run_dir / "alpha.qmp")
+    first.path = run_dir / "alpha.qmp"
+    proc = subprocess.Popen([sys.executable, "-m", "vmstats", "top", str(run_dir), "--json",
+                             "-s", "0.3"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        with first:
+            states = [json.loads(proc.stdout.readline())["vms"] for _ in range(3)]
+            assert "halt_exits" in str(states[-1].get("alpha", {}))
+            kill(first.vm_pid)
+            first.proc.wait(10)  # type: ignore[union-attr]
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                vms = json.loads(proc.stdout.readline())["vms"]
+                if "gone" in vms.get("alpha", {}):
+                    break
+            assert "gone" in vms["alpha"]
+        back = DemoServer(vcpus=1)
+        back.args[back.args.index("--qmp") + 1] = str(run_dir / "alpha.qmp")
+        back.path = run_dir / "alpha.qmp"
+        with back:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                vms = json.loads(proc.stdout.readline())["vms"]
+                if "vcpu.halt_exits" in vms.get("alpha", {}):
+                    break
+            assert "vcpu.halt_exits" in vms["alpha"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(QEMU_REASON is not None, reason=f"no QEMU: {QEMU_REASON}")
+def test_batch_against_qemu_7_2() -> None:
+    with QemuVM(vcpus=2) as vm:
+        out = vmstats("top", str(vm.qmp_path), "-l", "-c", "-1", "-s", "0.3")
+        assert out.returncode == 0, out.stderr
+        header = out.stdout.splitlines()[0].split(",")
+        assert header == ["time", "vm", *expected_columns(vm.qmp_path)]
+        one = json.loads(vmstats("top", str(vm.qmp_path), "--json", "-1", "-s", "0.3",
+                                 "--vcpus", "1", "-f", "exits").stdout)  # fmt: skip
+        assert one["vms"]["qmp"]["vcpu.exits"]["total"] >= 0
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(QEMU10_REASON is not None, reason=f"no QEMU 10.0: {QEMU10_REASON}")
+def test_batch_against_qemu_10_0() -> None:
+    with qemu10_vm(vcpus=2) as vm:
+        out = vmstats("top", str(vm.qmp_path), "-l", "-c", "-1", "-s", "0.3")
+        assert out.returncode == 0, out.stderr
+        header = out.stdout.splitlines()[0].split(",")
+        assert header == ["time", "vm", *expected_columns(vm.qmp_path)]
