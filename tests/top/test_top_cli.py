@@ -20,6 +20,7 @@ from vmstats.testing.hostile import DemoServer, kill
 from vmstats.testing.qemu import QemuVM, qemu_unavailable_reason
 from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
 from vmstats.top.record import read_recording
+from vmstats.top.sample import Sample
 
 QEMU_REASON = qemu_unavailable_reason()
 QEMU10_REASON = qemu10_unavailable_reason()
@@ -126,6 +127,15 @@ def test_unreachable_source_is_one_clear_line(tmp_path: Path) -> None:
     assert out.stderr.count("\n") == 1 and "cannot connect to QMP" in out.stderr
 
 
+def halt_exits(sample: Sample) -> int:
+    total = 0
+    for stats in sample.values.values():
+        value = stats.get("halt_exits", 0)
+        assert isinstance(value, int)
+        total += value
+    return total
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
 def test_record_then_replay_gives_the_same_samples(demo: DemoServer, tmp_path: Path,
                                                    suffix: str) -> None:  # fmt: skip
@@ -135,7 +145,7 @@ def test_record_then_replay_gives_the_same_samples(demo: DemoServer, tmp_path: P
     refreshes = list(read_recording(path))
     assert len(refreshes) >= 5
     samples = [r.samples["qmp"] for r in refreshes]
-    exits = [sum(int(v.get("halt_exits", 0)) for v in s.values.values()) for s in samples]
+    exits = [halt_exits(s) for s in samples]
     assert exits == sorted(exits) and exits[-1] > exits[0]  # counters moved
     replayed = vmstats("top", "--replay", str(path), "--json", "-f", "halt_exits")
     lines = [json.loads(line) for line in replayed.stdout.splitlines()]
