@@ -19,6 +19,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, Static
 
@@ -149,7 +150,10 @@ class TopApp(App[int]):
     # -- drawing --------------------------------------------------------------------------
 
     def redraw(self) -> None:
-        table = self.query_one("#stats", DataTable)
+        try:
+            table = self.query_one("#stats", DataTable)
+        except NoMatches:  # a last tick while the app closes
+            return
         row_index = table.cursor_row
         table.clear(columns=True)
         watch = self.driver.watch
@@ -222,7 +226,7 @@ class TopApp(App[int]):
             cells = []
             for rows in columns:
                 match = next((r for r in rows if r.name == row.name and r.target == "vcpu"), None)
-                cells.append("" if match is None else (match.rate_text() or match.value_text()))
+                cells.append("" if match is None else match.cell_text())
             table.add_row(row.name, *cells)
             self.shown.append(row)
 
@@ -299,6 +303,10 @@ class TopApp(App[int]):
 
     def action_help(self) -> None:
         self.push_screen(TextScreen(HELP))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a row (the table takes the key): a histogram's buckets."""
+        self.action_histogram()
 
     def action_histogram(self) -> None:
         table = self.query_one("#stats", DataTable)

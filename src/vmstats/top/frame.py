@@ -40,6 +40,7 @@ class StatRow:
     rate: float | None = None
     total: int | None = None
     value: int | None = None
+    now: int | None = None  # a counter's own value now (summed): what query-stats says
     true_count: int | None = None
     buckets: tuple[int, ...] | None = None
     percentiles: tuple[float | None, ...] | None = None
@@ -68,6 +69,15 @@ class StatRow:
         if self.schema.type.is_histogram:
             return f"{self.total:,} samples"
         return human(self.total, self.schema)
+
+    def cell_text(self) -> str:
+        """One cell for a side-by-side view: the value now, and the rate of a counter."""
+        if self.now is not None:
+            rate = f" ({self.rate_text()})" if self.rate else ""
+            return human(self.now, self.schema) + rate
+        if self.true_count is not None and self.objects == 1:
+            return human(bool(self.true_count), self.schema)
+        return self.value_text() or self.rate_text()
 
     def value_text(self) -> str:
         if self.true_count is not None:
@@ -162,6 +172,7 @@ def vm_rows(
         elif schema.type == StatsType.CUMULATIVE:
             row = replace(
                 row,
+                now=_counter(now),
                 total=sum(_delta(n, b) for n, b in zip(now, base, strict=True)),
                 rate=(sum(_delta(n, b) for n, b in zip(now, before, strict=True)) / elapsed
                       if elapsed > 0 else None),
@@ -189,6 +200,7 @@ def total_rows(per_vm: Sequence[Sequence[StatRow]]) -> list[StatRow]:
                 objects=seen.objects + row.objects,
                 rate=_add(seen.rate, row.rate),
                 total=_add(seen.total, row.total),
+                now=_add(seen.now, row.now),
                 value=(max(seen.value or 0, row.value or 0)
                        if row.schema.type == StatsType.PEAK else _add(seen.value, row.value)),
                 true_count=_add(seen.true_count, row.true_count),
