@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (QEMU from Debian, the package and its test
-# dependencies into .venv), then runs the whole test suite.  Safe to run again.
+# Installs everything the tests need, then runs the whole test suite.  Safe to run again.
+#   - Debian packages (when root): qemu-system-x86 (QEMU 7.2) and tmux;
+#   - QEMU 10.0 from bookworm-backports, unpacked beside 7.2 (not installed over it);
+#   - the package and its test dependencies into .venv.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+missing=()
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "test.sh: installing qemu-system-x86 (QEMU 7.2, for the comparison tests)"
+        echo "test.sh: installing ${missing[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "test.sh: qemu-system-x86_64 is missing and cannot be installed here;" \
-             "the tests that compare with real QEMU will be skipped" >&2
+        echo "test.sh: ${missing[*]} missing and cannot be installed here;" \
+             "the tests that need them will be skipped" >&2
     fi
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+touch .venv/.vmstats-installed
+if [ "$(id -u)" = 0 ]; then
+    .venv/bin/python -m vmstats.testing.qemu10 >/dev/null \
+        || echo "test.sh: QEMU 10.0 could not be fetched; its tests will be skipped" >&2
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -167,7 +167,7 @@ class TopApp(App[int]):
         self._status()
 
     def _status(self) -> None:
-        bits = [self.title_text, f"interval {self._timer_delay:g} s", f"sort: {self.sort_by}"]
+        bits = [self.title_text, f"VMs: {', '.join(self.driver.watch.vms)}", f"interval {self._timer_delay:g} s", f"sort: {self.sort_by}"]
         if self.stat_filter.pattern:
             bits.append(f"filter: {self.stat_filter.pattern}")
         if self.chosen_vm:
@@ -187,7 +187,10 @@ class TopApp(App[int]):
     def _draw_stats(self, table: DataTable[str | Text], per_vm: dict[str, list[StatRow]],
                     total: list[StatRow]) -> None:  # fmt: skip
         several = len(self.driver.watch.vms) > 1 and self.chosen_vm is None
-        table.add_columns("VM", "stat", "per second", "total", "value")
+        if several:
+            table.add_columns("VM", "stat", "per second", "total", "value")
+        else:  # one VM: its name is in the status line, the width goes to the values
+            table.add_columns("stat", "per second", "total", "value")
         self.shown = []
         blocks: list[tuple[str, list[StatRow]]] = []
         if self.by_vm or not several:
@@ -196,13 +199,14 @@ class TopApp(App[int]):
             blocks.append(("total", total))
         for name, rows in blocks:
             state = self.driver.watch.vms.get(name)
+            lead = [name] if several else []
             if state is not None and state.gone is not None:
-                table.add_row(name, Text("gone: " + state.gone, style="bold red"), "", "", "")
+                table.add_row(*lead, Text("gone: " + state.gone, style="bold red"), "", "", "")
                 self.shown.append(StatRow(name, "", "", _NO_SCHEMA, 0))
                 continue
             for row in sort_rows(rows, self.sort_by):
                 label = row.key if row.target == "vm" else row.name
-                table.add_row(name, label, row.rate_text(), row.total_text(), row.value_text())
+                table.add_row(*lead, label, row.rate_text(), row.total_text(), row.value_text())
                 self.shown.append(row)
 
     def _draw_vcpus(self, table: DataTable[str | Text]) -> None:
