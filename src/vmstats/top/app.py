@@ -1,7 +1,7 @@
 """The full-screen view of ``vmstats top`` (textual): every stat of every VM, live.
 
-Keys follow kvm_stat where they make sense: ``b`` VMs side by side or totals only,
-``c`` clear the filter, ``f`` filter by a regular expression (matched at the start of
+Keys follow kvm_stat where they make sense: ``b`` each VM, or (with several) their
+totals, ``c`` clear the filter, ``f`` filter by a regular expression (matched at the start of
 names), ``g``/``p`` choose a VM, ``h`` help, ``o`` sort by rate, total or name, ``q``
 quit, ``r`` reset totals, ``s`` set the interval, ``x`` one VM's vCPUs side by side;
 plus space to pause and Enter on a histogram for its buckets.  Arrows and PageUp/Down
@@ -31,7 +31,7 @@ from vmstats.top.watch import VmState
 _NO_SCHEMA = StatsSchemaValue("", StatsType.INSTANT)  # for a "gone" line: no stat
 
 HELP = """\
- b  VMs side by side, or their totals only      o  sort by rate, total, name
+ b  each VM, or (with several) their totals    o  sort by rate, total, name
  c  clear the filter                            q  quit (also Ctrl-C)
  f  filter stats by regular expression          r  reset totals (count from now)
  g  choose a VM (empty: all)                    s  set the refresh interval
@@ -118,7 +118,7 @@ class TopApp(App[int]):
         self.vcpus = vcpus
         self.sort_by = SORT_KEYS[0]
         self.paused = False
-        self.by_vm = True
+        self.by_vm = False  # several VMs: their totals; b shows each VM (kvm_stat's b)
         self.per_vcpu = False
         self.chosen_vm: str | None = None
         self.ended = False
@@ -155,7 +155,7 @@ class TopApp(App[int]):
         except NoMatches:  # a last tick while the app closes
             return
         row_index = table.cursor_row
-        table.clear(columns=True)
+        table.clear()  # rows only; columns are set again only when they change
         watch = self.driver.watch
         per_vm, total = watch.rows(self.stat_filter, self.vcpus)
         if self.per_vcpu:
@@ -166,8 +166,19 @@ class TopApp(App[int]):
             table.move_cursor(row=min(row_index, table.row_count - 1))
         self._status()
 
+    @staticmethod
+    def _columns(table: DataTable[str | Text], *labels: str) -> None:
+        if [str(c.label) for c in table.columns.values()] != list(labels):
+            table.clear(columns=True)
+            table.add_columns(*labels)
+
     def _status(self) -> None:
-        bits = [self.title_text, f"VMs: {', '.join(self.driver.watch.vms)}", f"interval {self._timer_delay:g} s", f"sort: {self.sort_by}"]
+        bits = [
+            self.title_text,
+            f"VMs: {', '.join(self.driver.watch.vms)}",
+            f"interval {self._timer_delay:g} s",
+            f"sort: {self.sort_by}",
+        ]
         if self.stat_filter.pattern:
             bits.append(f"filter: {self.stat_filter.pattern}")
         if self.chosen_vm:
@@ -188,13 +199,14 @@ class TopApp(App[int]):
                     total: list[StatRow]) -> None:  # fmt: skip
         several = len(self.driver.watch.vms) > 1 and self.chosen_vm is None
         if several:
-            table.add_columns("VM", "stat", "per second", "total", "value")
+            self._columns(table, "VM", "stat", "per second", "total", "value")
         else:  # one VM: its name is in the status line, the width goes to the values
-            table.add_columns("stat", "per second", "total", "value")
+            self._columns(table, "stat", "per second", "total", "value")
         self.shown = []
         blocks: list[tuple[str, list[StatRow]]] = []
-        if self.by_vm or not several:
-            blocks += [(state.name, per_vm.get(state.name, [])) for state in self._vms()]
+        gone = [s for s in self._vms() if s.gone is not None]
+        shown = self._vms() if self.by_vm or not several else gone  # gone VMs always show
+        blocks += [(state.name, per_vm.get(state.name, [])) for state in shown]
         if several and total:
             blocks.append(("total", total))
         for name, rows in blocks:
@@ -213,13 +225,13 @@ class TopApp(App[int]):
         states = [s for s in self._vms() if s.gone is None and s.current is not None]
         self.shown = []
         if not states:
-            table.add_columns("vCPUs")
+            self._columns(table, "vCPUs")
             table.add_row("no VM to show")
             return
         state = states[0]
         count = len(state.cpus)
         numbers = [i for i in range(count) if self.vcpus is None or i in self.vcpus]
-        table.add_columns(f"{state.name}: stat", *(f"vCPU {i}" for i in numbers))
+        self._columns(table, f"{state.name}: stat", *(f"vCPU {i}" for i in numbers))
         columns = [state.rows([i]) for i in numbers]
         if not columns:
             return

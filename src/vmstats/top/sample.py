@@ -13,7 +13,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from vmstats.errors import ClientError
 from vmstats.stats.model import (
     StatsFilter,
     StatsResult,
@@ -69,6 +71,31 @@ def sample_of(taken: float, results: Mapping[StatsTarget, Sequence[StatsResult]]
         for result in natural_results(found):
             key = (result.provider.value, target.value, result.qom_path or "")
             values.setdefault(key, {}).update(result.stats)
+    return Sample(taken, values)
+
+
+def sample_from_wire(taken: float, replies: Mapping[str, Any]) -> Sample:
+    """A sample from ``query-stats`` replies per target, as parsed from the wire: the
+    same as :func:`sample_of` over decoded results, in one pass (a refresh of many VMs
+    decodes thousands of values).  :class:`ClientError` if a reply is malformed."""
+    values: dict[ObjectKey, dict[str, StatsValue]] = {}
+    for target, reply in replies.items():
+        try:
+            for item in reversed(reply):
+                entry = values.setdefault((str(item["provider"]), target,
+                                           item.get("qom-path") or ""), {})  # fmt: skip
+                for stat in reversed(item["stats"]):
+                    value = stat["value"]
+                    kind = type(value)
+                    if kind is list:
+                        if type(sum(value)) is not int:  # buckets are integers (C speed)
+                            raise ValueError(stat)
+                        value = value[::-1]
+                    elif kind is not int and kind is not bool:
+                        raise ValueError(stat)
+                    entry[str(stat["name"])] = value
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:
+            raise ClientError(f"malformed query-stats reply for target {target}: {exc}") from None
     return Sample(taken, values)
 
 

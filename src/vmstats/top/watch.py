@@ -19,10 +19,10 @@ from typing import Protocol
 
 from vmstats.errors import ClientError, VmstatsError
 from vmstats.qmp.client import DEFAULT_TIMEOUT, StatsClient
-from vmstats.stats.model import StatsFilter, StatsSchema, StatsTarget
+from vmstats.stats.model import StatsSchema, StatsTarget
 from vmstats.stats.registry import StatsRegistry
 from vmstats.top.frame import StatFilter, StatRow, total_rows, vm_rows
-from vmstats.top.sample import TARGETS, Sample, Schemas, sample_of, take_sample
+from vmstats.top.sample import TARGETS, Sample, Schemas, sample_from_wire, take_sample
 
 
 class Source(Protocol):
@@ -93,8 +93,9 @@ class QmpSource:
 
     async def sample(self) -> Sample:
         async def read(client: StatsClient) -> Sample:
-            results = {t: await client.query_stats(StatsFilter(t)) for t in TARGETS}
-            return sample_of(time.time(), results)
+            replies = {t.value: await client.raw("query-stats", {"target": t.value})
+                       for t in TARGETS}  # fmt: skip
+            return sample_from_wire(time.time(), replies)
 
         found = await self._call(read)
         assert isinstance(found, Sample)
