@@ -244,3 +244,47 @@ def test_batch_against_qemu_10_0() -> None:
         assert out.returncode == 0, out.stderr
         header = out.stdout.splitlines()[0].split(",")
         assert header == ["time", "vm", *expected_columns(vm.qmp_path)]
+
+
+def test_log_to_file_is_reopened_on_sighup(demo: DemoServer, tmp_path: Path) -> None:
+    log = tmp_path / "top.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "vmstats", "top", str(demo.path), "-L",
+                             str(log), "-c", "-s", "0.2", "-f", "exits"])  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while (
+            time.monotonic() < deadline
+            and len(log.read_text().splitlines() if log.exists() else []) < 3
+        ):
+            time.sleep(0.1)
+        log.rename(tmp_path / "top.csv.1")  # what logrotate does, then it signals
+        proc.send_signal(signal.SIGHUP)
+        while (
+            time.monotonic() < deadline
+            and len(log.read_text().splitlines() if log.exists() else []) < 2
+        ):
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    rotated = (tmp_path / "top.csv.1").read_text().splitlines()
+    fresh = log.read_text().splitlines()
+    header = ",".join(["time", "vm", *expected_columns(demo.path, "exits")])
+    assert rotated[0] == header and fresh[0] == header  # a header once per file
+    assert header not in rotated[1:] and header not in fresh[1:]
+
+
+def test_ctrl_c_on_a_silent_server_exits_130(tmp_path: Path) -> None:
+    import socket as socketlib
+
+    path = tmp_path / "silent.sock"
+    listener = socketlib.socket(socketlib.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(1)  # accepts, never greets: a QEMU busy with another client
+    proc = subprocess.Popen([sys.executable, "-m", "vmstats", "query", str(path), "--target",
+                             "vm", "--timeout", "30"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=10)
+    listener.close()
+    assert proc.returncode == 130 and "Traceback" not in stderr

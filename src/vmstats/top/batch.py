@@ -60,7 +60,7 @@ class Output:
         self.path = path
         self._reopen = False
         self.stream: IO[str] = stream if stream is not None else self._open()
-        self.fresh = self._is_empty()
+        self._fresh = self._is_empty()
         if path is not None:
             signal.signal(signal.SIGHUP, self._on_hup)
 
@@ -79,14 +79,24 @@ class Output:
     def _on_hup(self, signum: int, frame: object) -> None:
         self._reopen = True
 
-    def write(self, text: str) -> None:
+    def _reopen_if_asked(self) -> None:
         if self._reopen and self.path is not None:
             self._reopen = False
             self.stream.close()
             self.stream = self._open()
-            self.fresh = self._is_empty()
+            self._fresh = self._is_empty()
+
+    @property
+    def fresh(self) -> bool:
+        """Is nothing written to the current file yet (after a reopen, too)?"""
+        self._reopen_if_asked()
+        return self._fresh
+
+    def write(self, text: str) -> None:
+        self._reopen_if_asked()
         self.stream.write(text)
         self.stream.flush()
+        self._fresh = False
 
 
 Writer = Callable[[float, dict[str, list[StatRow]], list[StatRow], dict[str, str | None]], None]
@@ -149,7 +159,6 @@ class TableWriter:
             text = ""
             if self.out.fresh:
                 text = ",".join(header) + "\n"
-                self.out.fresh = False
             self.out.write(text + ",".join(_csv(c) for c in cells) + "\n")
             return
         widths = [max(len(h), 12) for h in header]
