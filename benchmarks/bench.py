@@ -1,19 +1,22 @@
-"""query-stats latency and observer effect: vmstats (demo VM) vs QEMU 7.2 with KVM.
+"""query-stats latency and observer effect: vmstats (demo VM) vs QEMU 7.2 and QEMU 10.0.
 
 Run: ``./bench.sh`` (or ``.venv/bin/python benchmarks/bench.py --help``).  Prints markdown.
 
 Method (also in docs/benchmarks.md): for each vCPU count N, our server (``vmstats demo
---headless --qmp``, its own process; the guest runs in a child process) and a QEMU 7.2
-(``-accel kvm -smp N``, no disk, guest running) are started side by side.  One raw QMP
-client per system sends the same request bytes; calls alternate between the systems (and
-which goes first) so machine drift hits both alike.  After a warm-up, each case is timed
-``--calls`` times from send to the last byte of the reply; we report median, p10, p90 and
-the ratio of medians.  The observer effect is read from the vCPU stats themselves.
+--headless --qmp``, its own process; the guest runs in a child process), a QEMU 7.2 and a
+QEMU 10.0 (``-accel kvm -smp N``, no disk, guest running; 10.0 unpacked from
+bookworm-backports) are started side by side, with the floor: a trivial asyncio server
+answering each read with one fixed line (``floor.py``).  One raw QMP client per system
+sends the same request bytes; calls rotate between the systems (and which goes first) so
+machine drift hits all alike.  After a warm-up, each case is timed ``--calls`` times from
+send to the last byte of the reply (decoding is not timed); we report median, p10, p90 and
+the ratios of medians.  The observer effect is read from the vCPU stats themselves.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -27,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from vmstats.testing.qemu import QemuVM, RawQMP, qemu_unavailable_reason
+from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
 
 CASES = {
     "vcpu, unfiltered": {"target": "vcpu"},
@@ -71,6 +75,21 @@ def vmstats_server(vcpus: int, rate: float) -> Iterator[Path]:
         line = proc.stdout.readline()
         if "ready" not in line:
             raise RuntimeError(f"vmstats demo did not start: {line!r}")
+        try:
+            yield sock
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+@contextmanager
+def floor_server() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="vmstats-floor-") as tmp:
+        sock = Path(tmp) / "floor.sock"
+        floor = Path(__file__).with_name("floor.py")
+        proc = subprocess.Popen([sys.executable, str(floor), str(sock)], stdout=subprocess.PIPE,
+                                text=True)  # fmt: skip
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         try:
             yield sock
         finally:
@@ -124,67 +143,49 @@ def observer_effect(client: RawQMP, queries: int, quiet: float) -> dict[str, flo
 
 
 def run(args: argparse.Namespace) -> None:
-    qemu_reason = qemu_unavailable_reason()
+    reasons = {"QEMU 7.2": qemu_unavailable_reason(), "QEMU 10.0": qemu10_unavailable_reason()}
+    peers = [name for name, reason in reasons.items() if reason is None]
     rows: list[str] = []
     effects: list[str] = []
     per_vcpu: dict[int, float] = {}
     cases = [*CASES, SCHEMAS]
-    for n in args.sizes + args.ours_only:
-        with_qemu = n in args.sizes and qemu_reason is None
-        with (
-            vmstats_server(n, args.rate) as sock,
-            QemuVM(n, memory_mb=128) if with_qemu else _nothing() as qemu,
-        ):
-            ours = RawQMP(sock)
-            ours.negotiate()
-            theirs = None
-            if qemu is not None:
-                theirs = qemu.connect()
-                time.sleep(args.settle)  # let the guest firmware reach its idle loop
-            for case in cases:
-                data = request(case)
-                for _ in range(args.warmup):
-                    timed(ours, data)
-                    if theirs:
-                        timed(theirs, data)
-                mine: list[float] = []
-                qemus: list[float] = []
-                for i in range(args.calls):
-                    order = (
-                        [(ours, mine), (theirs, qemus)]
-                        if i % 2
-                        else [(theirs, qemus), (ours, mine)]
-                    )
-                    for client, samples in order:
-                        if client is not None:
-                            samples.append(timed(client, data))
-                m = summary(mine)
-                if case == "vcpu, unfiltered":
-                    per_vcpu[n] = m[0] / n
-                if qemus:
-                    q = summary(qemus)
-                    rows.append(
-                        f"| {n} | {case} | {m[0]:,.0f} ({m[1]:,.0f}-{m[2]:,.0f}) | "
-                        f"{q[0]:,.0f} ({q[1]:,.0f}-{q[2]:,.0f}) | {m[0] / q[0]:.3f} |"
-                    )
-                else:
-                    rows.append(f"| {n} | {case} | {m[0]:,.0f} ({m[1]:,.0f}-{m[2]:,.0f}) | - | - |")
-            if n in args.observer:
-                for name, client in (("vmstats", ours), ("QEMU 7.2", theirs)):
-                    if client is not None:
-                        e = observer_effect(client, args.observer_queries, args.quiet)
-                        effects.append(
-                            f"| {n} | {name} | {e['signal_exits']:.2f} | {e['exits']:.2f} |"
-                        )
-            ours.close()
-            if theirs:
-                theirs.close()
-    print(
-        f"query-stats round trip over a unix socket, microseconds: median (p10-p90), "
-        f"{args.calls} interleaved calls per cell after {args.warmup} warm-up calls\n"
-    )
-    print("| vCPUs | request | vmstats | QEMU 7.2 | vmstats / QEMU |")
-    print("|---:|---|---:|---:|---:|")
+    with floor_server() as floor_sock:
+        floor = RawQMP(floor_sock)
+        for n in args.sizes + args.ours_only:
+            with contextlib.ExitStack() as stack:
+                sock = stack.enter_context(vmstats_server(n, args.rate))
+                clients: dict[str, RawQMP] = {"vmstats": RawQMP(sock)}
+                clients["vmstats"].negotiate()
+                if n in args.sizes:
+                    if "QEMU 7.2" in peers:
+                        clients["QEMU 7.2"] = stack.enter_context(
+                            QemuVM(n, memory_mb=128)
+                        ).connect()
+                    if "QEMU 10.0" in peers:
+                        clients["QEMU 10.0"] = stack.enter_context(
+                            qemu10_vm(n, memory_mb=128)
+                        ).connect()
+                    if len(clients) > 1:
+                        time.sleep(args.settle)  # let the guests' firmware reach its idle loop
+                clients["floor"] = floor
+                for case in cases:
+                    rows.append(_cell(n, case, clients, peers, args, per_vcpu))
+                if n in args.observer:
+                    for name, client in clients.items():
+                        if name != "floor":
+                            e = observer_effect(client, args.observer_queries, args.quiet)
+                            effects.append(f"| {n} | {name} | {e['signal_exits']:.2f} | "
+                                           f"{e['exits']:.2f} |")  # fmt: skip
+                for name, client in clients.items():
+                    if name != "floor":
+                        client.close()
+        floor.close()
+    print(f"query-stats round trip over a unix socket, microseconds: median (p10-p90), "
+          f"{args.calls} interleaved calls per cell after {args.warmup} warm-up calls; "
+          "the floor is a trivial asyncio server answering one line\n")  # fmt: skip
+    head = ["vCPUs", "request", "vmstats", *peers, "floor", *(f"/ {p}" for p in peers), "/ floor"]
+    print("| " + " | ".join(head) + " |")
+    print("|---:|---|" + "---:|" * (len(head) - 2))
     print("\n".join(rows))
     print("\nObserver effect: added to each vCPU per unfiltered vcpu query")
     print("(the guest's own rate, measured over a quiet period, is subtracted)\n")
@@ -195,8 +196,38 @@ def run(args: argparse.Namespace) -> None:
     print("| vCPUs | " + " | ".join(str(n) for n in per_vcpu) + " |")
     print("|---" * (len(per_vcpu) + 1) + "|")
     print("| us/vCPU | " + " | ".join(f"{v:.1f}" for v in per_vcpu.values()) + " |")
-    if qemu_reason:
-        print(f"\nQEMU columns are empty: {qemu_reason}")
+    for name, reason in reasons.items():
+        if reason:
+            print(f"\n{name} columns are missing: {reason}")
+
+
+def _cell(n: int, case: str, clients: dict[str, RawQMP], peers: list[str],
+          args: argparse.Namespace, per_vcpu: dict[int, float]) -> str:  # fmt: skip
+    """One row: every system timed on the same request, calls rotating between them."""
+    data = request(case)
+    names = list(clients)
+    for _ in range(args.warmup):
+        for name in names:
+            timed(clients[name], data)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(args.calls):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            samples[name].append(timed(clients[name], data))
+    medians = {name: summary(values) for name, values in samples.items()}
+    ours = medians["vmstats"]
+    if case == "vcpu, unfiltered":
+        per_vcpu[n] = ours[0] / n
+
+    def cell(name: str) -> str:
+        if name not in medians:
+            return "-"
+        m = medians[name]
+        return f"{m[0]:,.0f} ({m[1]:,.0f}-{m[2]:,.0f})"
+
+    ratios = [f"{ours[0] / medians[p][0]:.3f}" if p in medians else "-" for p in peers]
+    cells = [str(n), case, cell("vmstats"), *(cell(p) for p in peers), cell("floor"),
+             *ratios, f"{ours[0] / medians['floor'][0]:.2f}"]  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
 
 
 @contextmanager

@@ -166,6 +166,7 @@ class KvmStatsProvider:
         self.vcpus = list(vcpus)
         self.vmm = vmm  # when given, every call first checks that the VM still runs
         self._plans: dict[StatsLayout, _Plan] = {}
+        self._schemas: dict[tuple[StatsTarget, StatsLayout], StatsSchema] = {}
 
     def plan(self, layout: StatsLayout) -> _Plan:
         """The plan for ``layout`` (layouts hash by identity: one per distinct file shape)."""
@@ -206,15 +207,22 @@ class KvmStatsProvider:
         return out
 
     def schemas(self) -> list[StatsSchema]:
+        """The same objects on every call while the layouts stay (callers cache by it)."""
         if self.vmm is not None:
             self.vmm.check()
         out = []
         if self.vm is not None:
-            out.append(StatsSchema(self.provider, StatsTarget.VM, self.plan(self.vm.layout).schema))
+            out.append(self._schema(StatsTarget.VM, self.vm.layout))
         if self.vcpus:
-            layout = self.vcpus[0].file.layout
-            out.append(StatsSchema(self.provider, StatsTarget.VCPU, self.plan(layout).schema))
+            out.append(self._schema(StatsTarget.VCPU, self.vcpus[0].file.layout))
         return out
+
+    def _schema(self, target: StatsTarget, layout: StatsLayout) -> StatsSchema:
+        found = self._schemas.get((target, layout))
+        if found is None:
+            found = StatsSchema(self.provider, target, self.plan(layout).schema)
+            self._schemas[(target, layout)] = found
+        return found
 
     def close(self) -> None:
         """Close the stats fds this provider owns (and the VMM's pidfd)."""
