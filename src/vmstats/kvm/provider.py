@@ -40,7 +40,15 @@ from vmstats.stats.model import (
     StatsType,
     StatsUnit,
 )
-from vmstats.stats.wire import BOOLEAN, LIST, SCALAR, EncodedStats, StatsTemplate
+from vmstats.stats.wire import (
+    BOOLEAN,
+    LIST,
+    SCALAR,
+    EncodedResult,
+    EncodedStats,
+    ResultTemplate,
+    StatsTemplate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +175,7 @@ class KvmStatsProvider:
         self.vmm = vmm  # when given, every call first checks that the VM still runs
         self._plans: dict[StatsLayout, _Plan] = {}
         self._schemas: dict[tuple[StatsTarget, StatsLayout], StatsSchema] = {}
+        self._envelopes: dict[str | None, ResultTemplate] = {}
 
     def plan(self, layout: StatsLayout) -> _Plan:
         """The plan for ``layout`` (layouts hash by identity: one per distinct file shape)."""
@@ -181,7 +190,10 @@ class KvmStatsProvider:
         template = self.plan(file.layout).select(names)
         if not template.entries:
             return None
-        return StatsResult(self.provider, EncodedStats(template, file.read()), qom_path)
+        envelope = self._envelopes.get(qom_path)
+        if envelope is None:
+            envelope = self._envelopes[qom_path] = ResultTemplate(self.provider, qom_path)
+        return EncodedResult(envelope, self.provider, EncodedStats(template, file.read()), qom_path)
 
     def stats(
         self,

@@ -204,6 +204,10 @@ class OutputEncoder:
             tag_getter = _member_getter(typ, member, declared[member.name])
 
         def encode(v: Any) -> Any:
+            if text:
+                raw = getattr(v, "__qmp_json__", None)
+                if raw is not None:  # a value that carries its own wire text
+                    return str(raw())
             tag = None
             if tag_getter is not None:
                 raw = tag_getter(v)

@@ -17,7 +17,7 @@ from typing import overload
 
 from vmstats.qapi.json import dumps
 from vmstats.qapi.qdict import qdict_order
-from vmstats.stats.model import StatsValue
+from vmstats.stats.model import StatsProvider, StatsResult, StatsValue
 
 SCALAR, BOOLEAN, LIST = 0, 1, 2
 
@@ -118,3 +118,37 @@ class EncodedStats(Sequence[tuple[str, StatsValue]]):
 
     def __repr__(self) -> str:
         return f"EncodedStats({self._pairs()!r})"
+
+
+_STATS_HOLE = "\x00stats\x00"
+
+
+class ResultTemplate:
+    """The wire text of one object's ``StatsResult`` around its stats array: the same
+    for every query of that object (provider, QOM path), so made once."""
+
+    __slots__ = ("prefix", "suffix")
+
+    def __init__(self, provider: StatsProvider, qom_path: str | None) -> None:
+        members = {"provider": dumps(provider.value), "stats": _STATS_HOLE}
+        if qom_path is not None:
+            members["qom-path"] = dumps(qom_path)
+        order = qdict_order(["provider", *(["qom-path"] if qom_path is not None else []), "stats"])
+        text = "{" + ", ".join(f"{dumps(k)}: {members[k]}" for k in order) + "}"
+        self.prefix, self.suffix = text.split(_STATS_HOLE)
+
+
+class EncodedResult(StatsResult):
+    """A result whose wire text is its template around its pre-encoded stats."""
+
+    __slots__ = ("_template",)
+
+    def __init__(self, template: ResultTemplate, provider: StatsProvider,
+                 stats: EncodedStats, qom_path: str | None) -> None:  # fmt: skip
+        super().__init__(provider, stats, qom_path)
+        self._template = template
+
+    def __qmp_json__(self) -> str:
+        stats = self.stats
+        assert isinstance(stats, EncodedStats)
+        return self._template.prefix + stats.__qmp_json__() + self._template.suffix
