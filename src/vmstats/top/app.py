@@ -22,13 +22,16 @@ from textual.containers import Vertical
 from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets.data_table import ColumnKey
 
 from vmstats.stats.model import StatsSchemaValue, StatsType
 from vmstats.top.drive import Driver
 from vmstats.top.frame import SORT_KEYS, StatFilter, StatRow, histogram_bars, sort_rows
 from vmstats.top.watch import VmState
 
-_NO_SCHEMA = StatsSchemaValue("", StatsType.INSTANT)  # for a "gone" line: no stat
+_NO_SCHEMA = StatsSchemaValue("", StatsType.INSTANT)
+#: What a view shows: column labels, and rows as (key, cells).
+Table = tuple[list[str], list[tuple[str, list[str | Text]]]]  # for a "gone" line: no stat
 
 HELP = """\
  b  each VM, or (with several) their totals    o  sort by rate, total, name
@@ -124,6 +127,10 @@ class TopApp(App[int]):
         self.ended = False
         self.shown: list[StatRow] = []
         self._timer_delay = driver.interval or 1.0
+        self._labels: list[str] = []
+        self._column_keys: list[ColumnKey] = []
+        self._keys: list[str] = []
+        self._cells: list[list[str | Text]] = []
 
     # -- layout and timing ------------------------------------------------------------
 
@@ -142,7 +149,7 @@ class TopApp(App[int]):
             delay = await self.driver.step()
             if delay is None:
                 self.ended = True
-        self.redraw()
+            self.redraw()  # paused or ended: the screen keeps what it shows
         if delay is not None and not self.ended:
             self._timer_delay = delay if delay > 0 else self.driver.interval or 1.0
         self.set_timer(self._timer_delay if delay is None or delay > 0 else 0.01, self.tick)
@@ -154,23 +161,36 @@ class TopApp(App[int]):
             table = self.query_one("#stats", DataTable)
         except NoMatches:  # a last tick while the app closes
             return
-        row_index = table.cursor_row
-        table.clear()  # rows only; columns are set again only when they change
-        watch = self.driver.watch
-        per_vm, total = watch.rows(self.stat_filter, self.vcpus)
+        per_vm, total = self.driver.watch.rows(self.stat_filter, self.vcpus)
         if self.per_vcpu:
-            self._draw_vcpus(table)
+            labels, rows = self._vcpu_rows()
         else:
-            self._draw_stats(table, per_vm, total)
-        if table.row_count:
-            table.move_cursor(row=min(row_index, table.row_count - 1))
+            labels, rows = self._stat_rows(per_vm, total)
+        self._fill(table, labels, rows)
         self._status()
 
-    @staticmethod
-    def _columns(table: DataTable[str | Text], *labels: str) -> None:
-        if [str(c.label) for c in table.columns.values()] != list(labels):
+    def _fill(self, table: DataTable[str | Text], labels: list[str],
+              rows: list[tuple[str, list[str | Text]]]) -> None:  # fmt: skip
+        """Show ``rows`` (key, cells): only the cells that changed when the rows are the
+        same as last time (a refresh mostly changes numbers), else the table anew."""
+        if labels != self._labels:
             table.clear(columns=True)
-            table.add_columns(*labels)
+            self._column_keys = table.add_columns(*labels)
+            self._labels, self._keys, self._cells = labels, [], []
+        keys = [key for key, _ in rows]
+        if keys == self._keys:
+            for (key, cells), old in zip(rows, self._cells, strict=True):
+                for column, new, was in zip(self._column_keys, cells, old, strict=True):
+                    if new != was:
+                        table.update_cell(key, column, new)
+        else:
+            row_index = table.cursor_row
+            table.clear()
+            for key, cells in rows:
+                table.add_row(*cells, key=key)
+            if table.row_count:
+                table.move_cursor(row=min(row_index, table.row_count - 1))
+        self._keys, self._cells = keys, [cells for _, cells in rows]
 
     def _status(self) -> None:
         bits = [
@@ -195,56 +215,57 @@ class TopApp(App[int]):
             return [vms[self.chosen_vm]]
         return list(vms.values())
 
-    def _draw_stats(self, table: DataTable[str | Text], per_vm: dict[str, list[StatRow]],
-                    total: list[StatRow]) -> None:  # fmt: skip
+    def _stat_rows(self, per_vm: dict[str, list[StatRow]], total: list[StatRow]) -> Table:
         several = len(self.driver.watch.vms) > 1 and self.chosen_vm is None
+        labels = ["stat", "per second", "total", "value"]
         if several:
-            self._columns(table, "VM", "stat", "per second", "total", "value")
-        else:  # one VM: its name is in the status line, the width goes to the values
-            self._columns(table, "stat", "per second", "total", "value")
+            labels.insert(0, "VM")
         self.shown = []
+        rows: list[tuple[str, list[str | Text]]] = []
         blocks: list[tuple[str, list[StatRow]]] = []
         gone = [s for s in self._vms() if s.gone is not None]
         shown = self._vms() if self.by_vm or not several else gone  # gone VMs always show
         blocks += [(state.name, per_vm.get(state.name, [])) for state in shown]
         if several and total:
             blocks.append(("total", total))
-        for name, rows in blocks:
+        for name, block in blocks:
             state = self.driver.watch.vms.get(name)
-            lead = [name] if several else []
+            lead: list[str | Text] = [name] if several else []
             if state is not None and state.gone is not None:
-                table.add_row(*lead, Text("gone: " + state.gone, style="bold red"), "", "", "")
+                rows.append((f"{name}\0gone", [*lead, Text("gone: " + state.gone, style="bold red"),
+                                                "", "", ""]))  # fmt: skip
                 self.shown.append(StatRow(name, "", "", _NO_SCHEMA, 0))
                 continue
-            for row in sort_rows(rows, self.sort_by):
+            for row in sort_rows(block, self.sort_by):
                 label = row.key if row.target == "vm" else row.name
-                table.add_row(*lead, label, row.rate_text(), row.total_text(), row.value_text())
+                cells: list[str | Text] = [*lead, label, row.rate_text(), row.total_text(),
+                                           row.value_text()]  # fmt: skip
+                rows.append((f"{name}\0{row.key}", cells))
                 self.shown.append(row)
+        return labels, rows
 
-    def _draw_vcpus(self, table: DataTable[str | Text]) -> None:
+    def _vcpu_rows(self) -> Table:
         states = [s for s in self._vms() if s.gone is None and s.current is not None]
         self.shown = []
         if not states:
-            self._columns(table, "vCPUs")
-            table.add_row("no VM to show")
-            return
+            return ["vCPUs"], [("none", ["no VM to show"])]
         state = states[0]
-        count = len(state.cpus)
-        numbers = [i for i in range(count) if self.vcpus is None or i in self.vcpus]
-        self._columns(table, f"{state.name}: stat", *(f"vCPU {i}" for i in numbers))
+        numbers = [i for i in range(len(state.cpus)) if self.vcpus is None or i in self.vcpus]
+        labels = [f"{state.name}: stat", *(f"vCPU {i}" for i in numbers)]
         columns = [state.rows([i]) for i in numbers]
+        rows: list[tuple[str, list[str | Text]]] = []
         if not columns:
-            return
+            return labels, rows
         keep = {r.name for r in sort_rows(state.rows(self.vcpus), self.sort_by)
                 if r.target == "vcpu" and self.stat_filter(r.name)}  # fmt: skip
-        order = [r for r in sort_rows(columns[0], self.sort_by) if r.name in keep]
-        for row in order:
-            cells = []
-            for rows in columns:
-                match = next((r for r in rows if r.name == row.name and r.target == "vcpu"), None)
+        for row in (r for r in sort_rows(columns[0], self.sort_by) if r.name in keep):
+            cells: list[str | Text] = [row.name]
+            for found in columns:
+                match = next((r for r in found if r.name == row.name and r.target == "vcpu"), None)
                 cells.append("" if match is None else match.cell_text())
-            table.add_row(row.name, *cells)
+            rows.append((row.name, cells))
             self.shown.append(row)
+        return labels, rows
 
     # -- actions ----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from vmstats.errors import ClientError
@@ -74,6 +75,11 @@ def sample_of(taken: float, results: Mapping[StatsTarget, Sequence[StatsResult]]
     return Sample(taken, values)
 
 
+_NAME = itemgetter("name")
+_VALUE = itemgetter("value")
+_VALUE_TYPES = frozenset((int, bool, list))
+
+
 def sample_from_wire(taken: float, replies: Mapping[str, Any]) -> Sample:
     """A sample from ``query-stats`` replies per target, as parsed from the wire: the
     same as :func:`sample_of` over decoded results, in one pass (a refresh of many VMs
@@ -82,18 +88,24 @@ def sample_from_wire(taken: float, replies: Mapping[str, Any]) -> Sample:
     for target, reply in replies.items():
         try:
             for item in reversed(reply):
-                entry = values.setdefault((str(item["provider"]), target,
-                                           item.get("qom-path") or ""), {})  # fmt: skip
-                for stat in reversed(item["stats"]):
-                    value = stat["value"]
-                    kind = type(value)
-                    if kind is list:
-                        if type(sum(value)) is not int:  # buckets are integers (C speed)
-                            raise ValueError(stat)
-                        value = value[::-1]
-                    elif kind is not int and kind is not bool:
-                        raise ValueError(stat)
-                    entry[str(stat["name"])] = value
+                stats = item["stats"]
+                names = list(map(_NAME, reversed(stats)))
+                found = list(map(_VALUE, reversed(stats)))
+                kinds = list(map(type, found))  # checked and fixed in C where it can be
+                if not _VALUE_TYPES.issuperset(kinds) or not all(map(str.__instancecheck__, names)):
+                    raise ValueError(
+                        "a stat name that is not a string, or a value of no stats type"
+                    )
+                start = 0
+                for _ in range(kinds.count(list)):  # histograms: buckets lowest first
+                    start = kinds.index(list, start)
+                    buckets = found[start]
+                    if type(sum(buckets)) is not int:
+                        raise ValueError(f"buckets of {names[start]} are not integers")
+                    found[start] = buckets[::-1]
+                    start += 1
+                key = (str(item["provider"]), target, item.get("qom-path") or "")
+                values.setdefault(key, {}).update(zip(names, found, strict=True))
         except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise ClientError(f"malformed query-stats reply for target {target}: {exc}") from None
     return Sample(taken, values)
