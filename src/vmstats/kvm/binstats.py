@@ -275,13 +275,21 @@ class StatsFile:
 
     def read(self) -> tuple[int, ...]:
         """All u64 values of the data block, indexed by ``offset // 8``."""
+        return self._unpack(self.read_raw())
+
+    def read_raw(self) -> bytes:
+        """The data block as it is: one pread (compare blocks to know what changed)."""
         try:
             data = os.pread(self.fd, self._size, self._offset)
         except OSError as exc:
             raise BinaryStatsError(f"failed to read data: {exc.strerror}") from exc
         if len(data) != self._size:
             raise BinaryStatsError(f"failed to read data: expected {self._size} actual {len(data)}")
-        return self._unpack(data)
+        return data
+
+    def decode(self, raw: bytes) -> tuple[int, ...]:
+        """A data block (from :meth:`read_raw`) as its u64 values."""
+        return self._unpack(raw)
 
     def close(self) -> None:
         if self.owned and self.fd >= 0:

@@ -83,15 +83,18 @@ class StatsTemplate:
 class EncodedStats(Sequence[tuple[str, StatsValue]]):
     """One object's stats: wire text on demand, ``(name, value)`` pairs on demand."""
 
-    __slots__ = ("_decoded", "_template", "_values")
+    __slots__ = ("_decoded", "_template", "_text", "_values")
 
     def __init__(self, template: StatsTemplate, values: Sequence[int]) -> None:
         self._template = template
         self._values = values
+        self._text: str | None = None
         self._decoded: list[tuple[str, StatsValue]] | None = None
 
     def __qmp_json__(self) -> str:
-        return self._template.render(self._values)
+        if self._text is None:  # rendered once, however often the object is written
+            self._text = self._template.render(self._values)
+        return self._text
 
     def _pairs(self) -> list[tuple[str, StatsValue]]:
         if self._decoded is None:
@@ -141,14 +144,17 @@ class ResultTemplate:
 class EncodedResult(StatsResult):
     """A result whose wire text is its template around its pre-encoded stats."""
 
-    __slots__ = ("_template",)
+    __slots__ = ("_template", "_text")
 
     def __init__(self, template: ResultTemplate, provider: StatsProvider,
                  stats: EncodedStats, qom_path: str | None) -> None:  # fmt: skip
         super().__init__(provider, stats, qom_path)
         self._template = template
+        self._text: str | None = None
 
     def __qmp_json__(self) -> str:
-        stats = self.stats
-        assert isinstance(stats, EncodedStats)
-        return self._template.prefix + stats.__qmp_json__() + self._template.suffix
+        if self._text is None:
+            stats = self.stats
+            assert isinstance(stats, EncodedStats)
+            self._text = self._template.prefix + stats.__qmp_json__() + self._template.suffix
+        return self._text
