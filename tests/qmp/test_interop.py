@@ -16,7 +16,8 @@ import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
 from tests.qmp.conftest import ServerThread
-from vmstats.errors import SocketInUse
+from vmstats.errors import ClientError, SocketInUse
+from vmstats.qmp.raw import execute_raw
 from vmstats.qmp.server import ServerLimits
 from vmstats.testing.qemu import RawQMP
 
@@ -158,3 +159,16 @@ def test_tcp_listener_is_loopback_by_default(tmp_path: Path) -> None:
             if listener.sock.family == socket.AF_INET
         ]
         assert bound == [("127.0.0.1", port)]
+
+
+def test_raw_execute_returns_the_bytes_the_server_wrote(qmp_server: ServerThread) -> None:
+    value = asyncio.run(execute_raw(str(qmp_server.path), "query-stats", {"target": "vm"}))
+    client = RawQMP(qmp_server.path)
+    client.negotiate()
+    line = client.request(b'{"execute": "query-stats", "arguments": {"target": "vm"}}')
+    client.close()
+    assert line == b'{"return": ' + value + b"}\r\n"
+    with pytest.raises(ClientError, match="GenericError: Parameter 'target' does not accept"):
+        asyncio.run(execute_raw(str(qmp_server.path), "query-stats", {"target": "nope"}))
+    with pytest.raises(ClientError, match="cannot connect"):
+        asyncio.run(execute_raw(str(qmp_server.path) + ".none", "query-stats"))

@@ -12,12 +12,13 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from vmstats.cli.options import positive_float
 from vmstats.cli.render import index_schemas, results_text, schemas_text
 from vmstats.errors import ClientError
-from vmstats.qapi.json import dumps
 from vmstats.qmp.client import DEFAULT_TIMEOUT, StatsClient, make_filter
+from vmstats.qmp.raw import execute_raw
 from vmstats.stats.model import StatsProvider, StatsSchema, StatsTarget
 
 
@@ -102,28 +103,28 @@ async def _vcpu_paths(client: StatsClient, vcpus: list[str] | None) -> list[str]
     return out
 
 
-async def _query(client: StatsClient, args: argparse.Namespace) -> None:
+async def _query(client: StatsClient, args: argparse.Namespace) -> RawRequest | None:
     schemas = await client.query_stats_schemas()
     names = split_list(args.names)
     check_request(schemas, args.target, args.provider, names)
     vcpus = await _vcpu_paths(client, split_list(args.vcpus))
     filter = make_filter(args.target, args.provider, names, vcpus)
-    if args.json:
-        print(dumps(await client.raw("query-stats", client.stats_arguments(filter))))
-        return
+    if args.json:  # once this connection is closed: QEMU serves one client at a time
+        return ("query-stats", client.stats_arguments(filter))
     results = await client.query_stats(filter)
     sys.stdout.write(results_text(filter.target, results, index_schemas(schemas)))
+    return None
 
 
-async def _schemas(client: StatsClient, args: argparse.Namespace) -> None:
+async def _schemas(client: StatsClient, args: argparse.Namespace) -> RawRequest | None:
     if args.provider is not None:
         check_request(await client.query_stats_schemas(), "vm", args.provider, None)
     arguments = {"provider": args.provider} if args.provider else None
     if args.json:
-        print(dumps(await client.raw("query-stats-schemas", arguments)))
-        return
+        return ("query-stats-schemas", arguments)
     provider = StatsProvider(args.provider) if args.provider else None
     sys.stdout.write(schemas_text(await client.query_stats_schemas(provider)))
+    return None
 
 
 #: The first words of HMP's answers to a bad request (QEMU prints them and succeeds).
@@ -131,21 +132,28 @@ HMP_ERRORS = ("invalid stats target", "invalid stats provider", "unknown command
               "Try \"help", "failed to find schema")  # fmt: skip
 
 
-async def _info(client: StatsClient, args: argparse.Namespace) -> None:
+async def _info(client: StatsClient, args: argparse.Namespace) -> RawRequest | None:
     words = [w for w in ("info stats", args.target, args.names, args.provider) if w]
     text = (await client.hmp(" ".join(words))).replace("\r\n", "\n")
     sys.stdout.write(text)
     if text.startswith(HMP_ERRORS):
         raise ClientError(f"HMP refused 'info stats {' '.join(words[1:])}'")
+    return None
 
 
-Command = Callable[[StatsClient, argparse.Namespace], Awaitable[None]]
+#: A command whose reply is to be printed as the server wrote it: (name, arguments).
+RawRequest = tuple[str, dict[str, Any] | None]
+Command = Callable[[StatsClient, argparse.Namespace], Awaitable[RawRequest | None]]
 
 
 def _run(args: argparse.Namespace, command: Command) -> int:
     async def main() -> None:
         async with StatsClient(args.socket, args.timeout) as client:
-            await command(client, args)
+            raw = await command(client, args)
+        if raw is not None:
+            value = await execute_raw(args.socket, raw[0], raw[1], args.timeout)
+            sys.stdout.buffer.write(value + b"\n")
+            sys.stdout.flush()
 
     try:
         asyncio.run(main())
