@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -247,11 +246,6 @@ def connect_latencies(path: Path, count: int) -> list[float]:
         out.append(time.perf_counter() - started)
         client.close()
     return out
-
-
-def summary(latencies: Sequence[float]) -> str:
-    return (f"n={len(latencies)} median={statistics.median(latencies) * 1e3:.2f} ms "
-            f"p99={percentile(latencies, 0.99) * 1e3:.2f} ms")  # fmt: skip
 
 
 @contextlib.contextmanager

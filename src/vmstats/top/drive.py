@@ -49,7 +49,3 @@ class ReplayDriver:
             return 0.0  # shown; the next step says the recording has ended
         self.interval = max(0.0, self._next.tick - current.tick)
         return self.interval / self.speed if self.speed > 0 else 0.0
-
-    @property
-    def finished(self) -> bool:
-        return self._next is None
