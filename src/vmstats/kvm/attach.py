@@ -1,0 +1,166 @@
+"""Finding and taking the KVM stats fds that other processes keep (the host daemon's job).
+
+A VMM that keeps its stats fds open (QEMU >= 8.1 keeps every vCPU's; our demo VM keeps
+its VM's and vCPUs') lists them in ``/proc/PID/fd`` as ``anon_inode:kvm-vm-stats`` and
+``anon_inode:kvm-vcpu-stats:N``.  ``pidfd_getfd`` copies one into this process; reading
+the copy with ``pread`` costs the VMM nothing and kicks no vCPU (kvm-host-notes §4).
+Only stats fds are ever copied: a VM or vCPU *control* fd is useless from another
+process (KVM answers EIO) and must not be held.  Copying needs ptrace access to the VMM
+(root with CAP_SYS_PTRACE, or the same user and a dumpable VMM).
+
+Which vCPU a stats fd belongs to: its id string names the thread that created it
+(``kvm-<tid>/vcpu-<vcpu_id>``), and QEMU names each vCPU thread ``CPU <index>/KVM``, so the
+fd maps to QEMU's CPU index.  Without such a thread name (our demo VM creates its vCPUs on
+one thread) the KVM vcpu_id serves.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmstats.errors import VmstatsError
+from vmstats.kvm.binstats import StatsFile
+
+SYS_PIDFD_GETFD = 438  # x86-64
+_VM_LINK = "anon_inode:kvm-vm-stats"
+_VCPU_LINK = re.compile(r"anon_inode:kvm-vcpu-stats:(\d+)$")
+_VCPU_ID = re.compile(r"^kvm-(\d+)/vcpu-(\d+)$")
+_CPU_THREAD = re.compile(r"^CPU (\d+)/KVM$")
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class AttachError(VmstatsError):
+    """A VMM's stats fds could not be listed or copied; the text says why."""
+
+
+@dataclass(frozen=True)
+class StatsFdLink:
+    """A stats fd in another process's table."""
+
+    fd: int
+    vcpu_id: int | None  # None: the VM's own stats
+
+
+def stats_fd_links(pid: int) -> list[StatsFdLink]:
+    """The KVM stats fds process ``pid`` holds (:class:`AttachError` without access)."""
+    base = Path(f"/proc/{pid}/fd")
+    try:
+        names = os.listdir(base)
+    except OSError as exc:
+        raise AttachError(f"cannot list the fds of process {pid}: {exc.strerror}") from exc
+    out = []
+    for name in names:
+        try:
+            target = os.readlink(base / name)
+        except FileNotFoundError:
+            continue  # closed meanwhile
+        except OSError as exc:
+            raise AttachError(
+                f"cannot read the fds of process {pid}: {exc.strerror} "
+                "(reading another process's fds needs CAP_SYS_PTRACE)"
+            ) from exc
+        if target == _VM_LINK:
+            out.append(StatsFdLink(int(name), None))
+        elif (match := _VCPU_LINK.match(target)) is not None:
+            out.append(StatsFdLink(int(name), int(match.group(1))))
+    return sorted(out, key=lambda link: (link.vcpu_id is not None, link.vcpu_id or 0, link.fd))
+
+
+def processes_with_stats_fds() -> list[int]:
+    """Pids of the processes (that we may look into) holding KVM stats fds; not this one,
+    which holds copies."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if stats_fd_links(int(entry)):
+                found.append(int(entry))
+        except AttachError:
+            continue  # gone, or not ours to look into
+    return sorted(found)
+
+
+def copy_fd(pidfd: int, fd: int) -> int:
+    """``pidfd_getfd``: a copy of another process's fd in this process (close-on-exec)."""
+    copied = int(_libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0))
+    if copied < 0:
+        code = ctypes.get_errno()
+        raise AttachError(f"cannot copy fd {fd}: {os.strerror(code)}"
+                          + (" (needs CAP_SYS_PTRACE)" if code == errno.EPERM else ""))  # fmt: skip
+    return copied
+
+
+def cpu_index_of_threads(pid: int) -> dict[int, int]:
+    """QEMU's vCPU threads of ``pid``: thread id -> CPU index (from ``CPU N/KVM``)."""
+    out: dict[int, int] = {}
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if (match := _CPU_THREAD.match(comm)) is not None:
+            out[int(tid)] = int(match.group(1))
+    return out
+
+
+@dataclass
+class AttachedVm:
+    """Copies of one VMM's stats fds, opened as stats files; ``close`` releases them."""
+
+    pid: int
+    pidfd: int
+    vm: StatsFile | None = None
+    vcpus: dict[int, StatsFile] = field(default_factory=dict)  # CPU index -> file
+
+    def close(self) -> None:
+        for file in [self.vm, *self.vcpus.values()]:
+            if file is not None:
+                file.close()
+        self.vm = None
+        self.vcpus = {}
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+def attach(pid: int) -> AttachedVm:
+    """Copy every stats fd of process ``pid``; vCPUs by CPU index.
+
+    The same vCPU held twice (a dup, or Python's ``mmap`` of a vcpu fd) is taken once.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as exc:
+        raise AttachError(f"no process {pid}: {exc.strerror}") from exc
+    vm = AttachedVm(pid, pidfd)
+    try:
+        threads = cpu_index_of_threads(pid)
+        for link in stats_fd_links(pid):
+            if link.vcpu_id is None and vm.vm is not None:
+                continue
+            file = StatsFile(copy_fd(pidfd, link.fd), owned=True)
+            if link.vcpu_id is None:
+                vm.vm = file
+                continue
+            match = _VCPU_ID.match(file.id)
+            index = threads.get(int(match.group(1))) if match else None
+            index = link.vcpu_id if index is None else index
+            if index in vm.vcpus:
+                file.close()  # the same vCPU twice
+                continue
+            vm.vcpus[index] = file
+        vm.vcpus = dict(sorted(vm.vcpus.items()))
+    except BaseException:
+        vm.close()
+        raise
+    return vm

@@ -1,0 +1,97 @@
+"""Copying another process's KVM stats fds, for real: the demo VM's child process (which
+keeps its VM's and vCPUs' fds) and a QEMU 10.0 (which keeps every vCPU's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+
+import pytest
+
+from tests.kvm.conftest import requires_kvm
+from vmstats.demo.process import DemoProcess
+from vmstats.kvm.attach import AttachError, attach, processes_with_stats_fds, stats_fd_links
+from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
+
+QEMU10_REASON = qemu10_unavailable_reason()
+
+
+def anon_links() -> list[str]:
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("anon_inode:kvm"):
+            out.append(target)
+    return out
+
+
+@pytest.mark.kvm
+@requires_kvm
+def test_the_demo_vms_fds_are_copied_and_read_the_same() -> None:
+    with DemoProcess(vcpus=2, rate=0.001) as demo:  # one round, then still: values stay
+        provider = demo.provider
+        assert provider is not None and provider.vm is not None
+        before = anon_links()
+        attached = attach(demo.pid)
+        try:
+            assert attached.vm is not None and sorted(attached.vcpus) == [0, 1]
+            assert attached.vm.read() == provider.vm.read()
+            for index, file in attached.vcpus.items():
+                assert file.read() == provider.vcpus[index].file.read()
+            copied = Counter(anon_links()) - Counter(before)
+            # only stats fds are ever taken: never a VM or vCPU control fd
+            assert copied == Counter(["anon_inode:kvm-vm-stats", "anon_inode:kvm-vcpu-stats:0",
+                                      "anon_inode:kvm-vcpu-stats:1"])  # fmt: skip
+            assert demo.pid in processes_with_stats_fds()
+            assert os.getpid() not in processes_with_stats_fds()
+        finally:
+            attached.close()
+        assert sorted(anon_links()) == sorted(before)
+
+
+def test_a_process_that_is_gone_is_a_clear_error() -> None:
+    with pytest.raises(AttachError, match="no process"):
+        attach(2**22 + 12345)
+    assert stats_fd_links(os.getpid()) == []  # this process holds none of its own
+
+
+@pytest.mark.kvm
+@pytest.mark.qemu
+@pytest.mark.skipif(QEMU10_REASON is not None, reason=f"no QEMU 10.0: {QEMU10_REASON}")
+def test_qemu_10_vcpu_fds_by_cpu_index_and_no_kick() -> None:
+    with qemu10_vm(3) as vm:
+        assert vm.proc is not None
+        time.sleep(1)
+        attached = attach(vm.proc.pid)
+        try:
+            assert attached.vm is None  # QEMU opens its VM stats fd per query only
+            assert sorted(attached.vcpus) == [0, 1, 2]
+            qmp = vm.connect()
+            cpus = json.loads(qmp.request(b'{"execute":"query-cpus-fast"}'))["return"]
+            threads = {c["cpu-index"]: c["thread-id"] for c in cpus}
+            for index, file in attached.vcpus.items():  # the fd's creator is that vCPU's thread
+                assert file.id.startswith(f"kvm-{threads[index]}/vcpu-")
+            names = [d.name for d in attached.vcpus[0].layout.descriptors]
+            at = {n: attached.vcpus[0].layout.descriptors[names.index(n)].index
+                  for n in ("exits", "signal_exits")}  # fmt: skip
+            paths = {c["cpu-index"]: c["qom-path"] for c in cpus}
+            ours_before = attached.vcpus[0].read()
+            reply = json.loads(qmp.request(
+                b'{"execute":"query-stats","arguments":{"target":"vcpu","providers":'
+                b'[{"provider":"kvm","names":["exits"]}]}}'))["return"]  # fmt: skip
+            ours_after = attached.vcpus[0].read()
+            theirs = next(r for r in reply if r["qom-path"] == paths[0])["stats"][0]["value"]
+            assert ours_before[at["exits"]] <= theirs <= ours_after[at["exits"]]
+            kicks = [f.read()[at["signal_exits"]] for f in attached.vcpus.values()]
+            for _ in range(100):
+                for file in attached.vcpus.values():
+                    file.read()
+            assert [f.read()[at["signal_exits"]] for f in attached.vcpus.values()] == kicks
+            qmp.close()
+        finally:
+            attached.close()
