@@ -164,3 +164,20 @@ def attach(pid: int) -> AttachedVm:
         vm.close()
         raise
     return vm
+
+
+def creators(files: list[StatsFile]) -> set[int]:
+    """The thread ids that created these stats fds (from their id strings)."""
+    out = set()
+    for file in files:
+        match = re.match(r"^kvm-(\d+)", file.id)
+        if match is not None:
+            out.add(int(match.group(1)))
+    return out
+
+
+def owns(pid: int, vm: AttachedVm) -> bool:
+    """Is ``pid`` the VMM that created these fds (not a process holding copies, such as
+    the parent of our demo VM, or another reader)?"""
+    files = [f for f in [vm.vm, *vm.vcpus.values()] if f is not None]
+    return any(Path(f"/proc/{pid}/task/{tid}").exists() for tid in creators(files))

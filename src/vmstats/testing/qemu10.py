@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,12 +103,13 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-def qemu10_vm(vcpus: int = 1, **kwargs: Any) -> QemuVM:
+def qemu10_vm(vcpus: int = 1, extra_args: Sequence[str] = (), **kwargs: Any) -> QemuVM:
     """A :class:`QemuVM` running the unpacked QEMU 10 (fetch it first)."""
     binary = qemu10_binary()
     if binary is None:
         raise RuntimeError("QEMU 10.0 is not fetched: python -m vmstats.testing.qemu10")
-    return QemuVM(vcpus, binary=str(binary), extra_args=qemu10_firmware_args(), **kwargs)
+    return QemuVM(vcpus, binary=str(binary), extra_args=[*qemu10_firmware_args(), *extra_args],
+                  **kwargs)  # fmt: skip
 
 
 def qemu10_unavailable_reason() -> str | None:

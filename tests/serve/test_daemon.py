@@ -1,0 +1,142 @@
+"""``vmstats serve`` with real processes: the demo VM and a QEMU 10.0, found by the stats
+fds they keep, served read-only, and forgotten when they exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kvm.conftest import requires_kvm
+from vmstats.testing.hostile import DemoServer, fd_count, kill
+from vmstats.testing.qemu import RawQMP, stop_process
+from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
+
+QEMU10_REASON = qemu10_unavailable_reason()
+pytestmark = [pytest.mark.kvm, requires_kvm,
+              pytest.mark.skipif(os.geteuid() != 0, reason="vmstats serve runs as root")]  # fmt: skip
+
+
+def wait_for(condition: object, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "vmstats", "serve", "--run-dir", str(run_dir),
+                             "--scan-interval", "0.3"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    yield proc, run_dir
+    assert stop_process(proc) == 0  # SIGTERM: a clean exit...
+    assert not list(run_dir.glob("*.qmp"))  # ...that removes the sockets
+
+
+def sockets(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("*.qmp"))
+
+
+def control_fds(pid: int) -> list[str]:
+    out = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if (
+            target.startswith(("anon_inode:kvm-vm", "anon_inode:kvm-vcpu"))
+            and "stats" not in target
+        ):
+            out.append(target)
+    return out
+
+
+def test_the_demo_vm_is_found_served_read_only_and_forgotten(
+    daemon: tuple[subprocess.Popen[str], Path],
+) -> None:
+    proc, run_dir = daemon
+    assert wait_for(lambda: (run_dir / "vms.json").exists())
+    baseline = fd_count(proc.pid)
+    with DemoServer(vcpus=2, rate=0.001) as demo:  # still counters: replies comparable
+        assert wait_for(lambda: len(sockets(run_dir)) == 1)
+        (served,) = sockets(run_dir)
+        assert stat.S_IMODE(served.stat().st_mode) == 0o660  # never world-accessible
+        request = b'{"execute":"query-stats","arguments":{"target":"vcpu"}}'
+        ours, theirs = RawQMP(served), RawQMP(demo.path)
+        ours.negotiate()
+        theirs.negotiate()
+        assert ours.request(request) == theirs.request(request)  # the same kernel values
+        for command in (
+            b'{"execute":"quit"}',
+            b'{"execute":"stop"}',
+            b'{"execute":"cont"}',
+            b'{"execute":"system_reset"}',
+            b'{"execute":"migrate","arguments":{"uri":"x"}}',
+        ):
+            assert b'"CommandNotFound"' in ours.request(command)
+        hmp = ours.request(
+            b'{"execute":"human-monitor-command","arguments":{"command-line":"quit"}}'
+        )
+        assert hmp == b'{"return": "unknown command: \'quit\'\\r\\n"}\r\n'
+        assert control_fds(proc.pid) == []  # only stats fds are ever held
+        listing = subprocess.run([sys.executable, "-m", "vmstats", "list", str(run_dir)],
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert f"{demo.vm_pid}" in listing and "fds (vm, vcpu)" in listing
+        kill(demo.vm_pid)
+        assert wait_for(lambda: not sockets(run_dir), timeout=5)  # removed with its VM
+        with pytest.raises((ConnectionError, OSError)):
+            for _ in range(100):
+                reply = ours.request(request)
+                assert b"the VM is gone" in reply  # an error, then EOF
+        ours.close()
+        theirs.close()
+    assert wait_for(lambda: fd_count(proc.pid) == baseline)  # every fd of the VM let go
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(QEMU10_REASON is not None, reason=f"no QEMU 10.0: {QEMU10_REASON}")
+def test_qemu_10_is_found_by_its_fds_named_and_never_kicked(
+    daemon: tuple[subprocess.Popen[str], Path],
+) -> None:
+    _, run_dir = daemon
+    with qemu10_vm(3, extra_args=["-name", "guest=web1,debug-threads=on"]) as vm:
+        assert wait_for(lambda: (run_dir / "web1.qmp").exists())
+        ours = RawQMP(run_dir / "web1.qmp")
+        ours.negotiate()
+        kicks = b'{"execute":"query-stats","arguments":{"target":"vcpu","providers":[{"provider":"kvm","names":["signal_exits"]}]}}'
+        before = json.loads(ours.request(kicks))["return"]
+        assert [r["qom-path"] for r in before][::-1] == [
+            "/machine/unattached/device[0]",
+            "/machine/unattached/device[2]",
+            "/machine/unattached/device[3]",
+        ]  # QEMU's pc machine paths, vCPU 0 first
+        for _ in range(100):
+            ours.request(b'{"execute":"query-stats","arguments":{"target":"vcpu"}}')
+        after = json.loads(ours.request(kicks))["return"]
+        assert after == before  # 100 queries, no vCPU kicked
+        theirs = vm.connect()
+        exits = b'{"execute":"query-stats","arguments":{"target":"vcpu","providers":[{"provider":"kvm","names":["exits"]}]}}'
+        first = json.loads(ours.request(exits))["return"]
+        middle = json.loads(theirs.request(exits))["return"]
+        last = json.loads(ours.request(exits))["return"]
+        for a, b, c in zip(first, middle, last, strict=True):  # within the counting between
+            assert a["stats"][0]["value"] <= b["stats"][0]["value"] <= c["stats"][0]["value"]
+        assert (
+            json.loads(ours.request(b'{"execute":"query-stats","arguments":{"target":"vm"}}'))[
+                "return"
+            ]
+            == []
+        )
+        ours.close()
+        theirs.close()
