@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,3 +142,44 @@ def test_qemu_10_is_found_by_its_fds_named_and_never_kicked(
         )
         ours.close()
         theirs.close()
+
+
+GROUP = 4242  # a group id no account on this machine has
+
+
+def connect_as_nobody(path: Path, groups: list[int]) -> subprocess.CompletedProcess[str]:
+    """Connect with the system's Python as uid 65534 with these supplementary groups."""
+
+    def drop() -> None:
+        os.setgroups(groups)
+        os.setgid(65534)
+        os.setuid(65534)
+
+    script = ("import socket, sys\n"
+              "s = socket.socket(socket.AF_UNIX)\n"
+              "try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print(e.strerror); sys.exit(1)\n"
+              "print(s.recv(200).decode())\n")  # fmt: skip
+    return subprocess.run(["/usr/bin/python3", "-c", script, str(path)], capture_output=True,
+                          text=True, timeout=30, preexec_fn=drop)  # fmt: skip
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="no system python3")
+def test_only_the_group_may_connect() -> None:
+    parent = Path(tempfile.mkdtemp(prefix="vmstats-serve-"))
+    os.chmod(parent, 0o755)
+    run_dir = parent / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "vmstats", "serve", "--run-dir", str(run_dir),
+                             "--scan-interval", "0.3", "--group", str(GROUP)])  # fmt: skip
+    try:
+        with DemoServer(vcpus=1, rate=0.001):
+            assert wait_for(lambda: len(sockets(run_dir)) == 1)
+            (served,) = sockets(run_dir)
+            assert served.stat().st_gid == GROUP and run_dir.stat().st_gid == GROUP
+            assert stat.S_IMODE(run_dir.stat().st_mode) == 0o750
+            member = connect_as_nobody(served, [GROUP])
+            assert member.returncode == 0 and member.stdout.startswith('{"QMP"'), member
+            stranger = connect_as_nobody(served, [])
+            assert stranger.returncode == 1 and "Permission denied" in stranger.stdout
+    finally:
+        assert stop_process(proc) == 0
+        shutil.rmtree(parent, ignore_errors=True)

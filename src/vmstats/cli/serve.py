@@ -67,7 +67,7 @@ def run_serve(args: argparse.Namespace) -> int:
     group = None
     if args.group is not None:
         try:
-            group = grp.getgrnam(args.group).gr_gid
+            group = int(args.group) if args.group.isdigit() else grp.getgrnam(args.group).gr_gid
         except KeyError:
             print(f"vmstats serve: no group named {args.group!r}", file=sys.stderr)
             return 2

@@ -89,6 +89,9 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.run_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        os.chmod(self.run_dir, 0o750)  # the group may enter, nobody else
+        if self.group is not None:
+            os.chown(self.run_dir, -1, self.group)
         try:
             while not stop.is_set():
                 await self.scan()
