@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -183,3 +184,32 @@ def test_only_the_group_may_connect() -> None:
     finally:
         assert stop_process(proc) == 0
         shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_config_file_and_sighup(tmp_path: Path) -> None:
+    config = tmp_path / "vmstats.toml"
+    run_dir = tmp_path / "run"
+    config.write_text(f'run-dir = "{run_dir}"\nscan-interval = 0.3\nidle-timeout = 60\n')
+    proc = subprocess.Popen([sys.executable, "-m", "vmstats", "serve", "--config", str(config)],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert wait_for(lambda: (run_dir / "vms.json").exists())  # the run-dir came from it
+        config.write_text("scan-interval = [")  # broken: kept running with what it had
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        config.write_text("scan-interval = 0.5\n")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 0
+    assert "keeping the settings in use" in stderr and f"{config} reread" in stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("colour = 'blue'\n")
+    out = subprocess.run([sys.executable, "-m", "vmstats", "serve", "--config", str(bad),
+                          "--once"], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2 and "unknown settings colour" in out.stderr
