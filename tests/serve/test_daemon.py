@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.kvm.conftest import requires_kvm
-from vmstats.testing.hostile import DemoServer, fd_count, kill
+from vmstats.testing.hostile import DemoServer, fd_count, kill, rss_bytes
 from vmstats.testing.qemu import RawQMP, stop_process
 from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
 
@@ -213,3 +213,21 @@ def test_config_file_and_sighup(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "vmstats", "serve", "--config", str(bad),
                           "--once"], capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 2 and "unknown settings colour" in out.stderr
+
+
+CYCLES = int(os.environ.get("VMSTATS_SERVE_CYCLES", "20"))
+
+
+def test_vms_that_come_and_go_leave_no_fd_or_memory_behind(
+    daemon: tuple[subprocess.Popen[str], Path],
+) -> None:
+    """Set VMSTATS_SERVE_CYCLES=200 for the issue's full run (about 4 minutes)."""
+    proc, run_dir = daemon
+    assert wait_for(lambda: (run_dir / "vms.json").exists())
+    baseline_fds, baseline_rss = fd_count(proc.pid), rss_bytes(proc.pid)
+    for _ in range(CYCLES):
+        with DemoServer(vcpus=1, rate=0.001):
+            assert wait_for(lambda: len(sockets(run_dir)) == 1)
+        assert wait_for(lambda: not sockets(run_dir), timeout=5)
+    assert wait_for(lambda: fd_count(proc.pid) == baseline_fds)
+    assert rss_bytes(proc.pid) - baseline_rss < 10 << 20
