@@ -28,6 +28,7 @@ from vmstats.kvm.binstats import StatsFile
 
 SYS_PIDFD_GETFD = 438  # x86-64
 _VM_LINK = "anon_inode:kvm-vm-stats"
+_VM_CONTROL = "anon_inode:kvm-vm"
 _VCPU_LINK = re.compile(r"anon_inode:kvm-vcpu-stats:(\d+)$")
 _VCPU_ID = re.compile(r"^kvm-(\d+)/vcpu-(\d+)$")
 _CPU_THREAD = re.compile(r"^CPU (\d+)/KVM$")
@@ -48,12 +49,19 @@ class StatsFdLink:
 
 def stats_fd_links(pid: int) -> list[StatsFdLink]:
     """The KVM stats fds process ``pid`` holds (:class:`AttachError` without access)."""
+    return _links(pid)[0]
+
+
+def _links(pid: int) -> tuple[list[StatsFdLink], bool]:
+    """The stats fds of ``pid``, and whether it also holds a VM control fd (a VMM does;
+    a process holding copies of stats fds does not)."""
     base = Path(f"/proc/{pid}/fd")
     try:
         names = os.listdir(base)
     except OSError as exc:
         raise AttachError(f"cannot list the fds of process {pid}: {exc.strerror}") from exc
     out = []
+    control = False
     for name in names:
         try:
             target = os.readlink(base / name)
@@ -68,21 +76,27 @@ def stats_fd_links(pid: int) -> list[StatsFdLink]:
             out.append(StatsFdLink(int(name), None))
         elif (match := _VCPU_LINK.match(target)) is not None:
             out.append(StatsFdLink(int(name), int(match.group(1))))
-    return sorted(out, key=lambda link: (link.vcpu_id is not None, link.vcpu_id or 0, link.fd))
+        elif target == _VM_CONTROL:
+            control = True
+    out.sort(key=lambda link: (link.vcpu_id is not None, link.vcpu_id or 0, link.fd))
+    return out, control
 
 
-def processes_with_stats_fds() -> list[int]:
+def processes_with_stats_fds(vmms_only: bool = False) -> list[int]:
     """Pids of the processes (that we may look into) holding KVM stats fds; not this one,
-    which holds copies."""
+    which holds copies.  ``vmms_only``: only those that also hold a VM control fd, which a
+    process holding copies (a reader, our demo's parent) does not: no copy is needed to
+    tell them apart."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            if stats_fd_links(int(entry)):
-                found.append(int(entry))
+            links, control = _links(int(entry))
         except AttachError:
             continue  # gone, or not ours to look into
+        if links and (control or not vmms_only):
+            found.append(int(entry))
     return sorted(found)
 
 

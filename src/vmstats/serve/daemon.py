@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,10 +55,12 @@ class ServedVm:
                 "source": source, "socket": str(self.socket)}  # fmt: skip
 
 
-def vmms() -> list[tuple[int, AttachedVm]]:
-    """Every VMM on the host we can look into, with copies of its stats fds."""
+def vmms(skip: Collection[int] = ()) -> list[tuple[int, AttachedVm]]:
+    """Every VMM on the host we can look into (but ``skip``), with copies of its stats fds."""
     out = []
-    for pid in processes_with_stats_fds():
+    for pid in processes_with_stats_fds(vmms_only=True):
+        if pid in skip:
+            continue
         try:
             attached = attach(pid)
         except AttachError as exc:
@@ -102,10 +105,7 @@ class Daemon:
 
     async def scan(self) -> None:
         """Serve the VMMs that appeared since the last scan."""
-        for pid, attached in vmms():
-            if pid in self.served:
-                attached.close()
-                continue
+        for pid, attached in vmms(skip=self.served):
             try:
                 await self._serve(pid, attached)
             except (VmstatsError, OSError) as exc:
