@@ -37,6 +37,7 @@ from vmstats.testing.hostile import (
     round_trips,
     rss_bytes,
     sockets,
+    wait_for,
 )
 from vmstats.testing.qemu import RawQMP
 
@@ -44,15 +45,6 @@ pytestmark = [pytest.mark.kvm, requires_kvm]
 
 RSS_LIMIT = 200 << 20
 P99_LIMIT = 0.5
-
-
-def wait_for(condition: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def served(path: Path) -> bool:

@@ -18,22 +18,13 @@ from pathlib import Path
 import pytest
 
 from tests.kvm.conftest import requires_kvm
-from vmstats.testing.hostile import DemoServer, fd_count, kill, rss_bytes
+from vmstats.testing.hostile import DemoServer, fd_count, kill, rss_bytes, wait_for
 from vmstats.testing.qemu import RawQMP, stop_process
 from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
 
 QEMU10_REASON = qemu10_unavailable_reason()
 pytestmark = [pytest.mark.kvm, requires_kvm,
               pytest.mark.skipif(os.geteuid() != 0, reason="vmstats serve runs as root")]  # fmt: skip
-
-
-def wait_for(condition: object, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture
