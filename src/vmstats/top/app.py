@@ -161,11 +161,10 @@ class TopApp(App[int]):
             table = self.query_one("#stats", DataTable)
         except NoMatches:  # a last tick while the app closes
             return
-        per_vm, total = self.driver.watch.rows(self.stat_filter, self.vcpus)
-        if self.per_vcpu:
+        if self.per_vcpu:  # its own rows, one vCPU at a time
             labels, rows = self._vcpu_rows()
         else:
-            labels, rows = self._stat_rows(per_vm, total)
+            labels, rows = self._stat_rows(*self.driver.watch.rows(self.stat_filter, self.vcpus))
         self._fill(table, labels, rows)
         self._status()
 
