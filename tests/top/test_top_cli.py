@@ -283,3 +283,11 @@ def test_ctrl_c_on_a_silent_server_exits_130(tmp_path: Path) -> None:
     _, stderr = proc.communicate(timeout=10)
     listener.close()
     assert proc.returncode == 130 and "Traceback" not in stderr
+
+
+def test_recording_an_unreachable_source_says_so(tmp_path: Path) -> None:
+    out = vmstats("record", str(tmp_path / "none.sock"), "-o", str(tmp_path / "r.jsonl"),
+                  "-s", "0.2", "--duration", "0.5")  # fmt: skip
+    assert out.returncode == 1
+    assert "cannot connect to QMP" in out.stderr and "no sample could be taken" in out.stderr
+    assert out.stderr.count("cannot connect") == 1  # once, not once per refresh

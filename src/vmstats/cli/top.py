@@ -247,10 +247,18 @@ async def _record(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     deadline = time.monotonic() + args.duration if args.duration else None
+    said: dict[str, str | None] = {}  # what stderr last said of each VM
+    samples = 0
     try:
         while not stop.is_set():
             await watch.refresh()
             recorder.record(watch)
+            for name, state in watch.vms.items():
+                samples += state.gone is None and state.current is not None
+                if said.get(name) != state.gone:  # a VM gone, or back: said once
+                    if state.gone is not None or name in said:
+                        print(f"vmstats record: {name}: {state.gone or 'back'}", file=sys.stderr)
+                    said[name] = state.gone
             remaining = args.interval
             if deadline is not None:
                 remaining = min(remaining, deadline - time.monotonic())
@@ -261,4 +269,9 @@ async def _record(args: argparse.Namespace) -> int:
     finally:
         recorder.close()
         await watch.close()
+    if not samples:
+        print(
+            f"vmstats record: no sample could be taken; {args.output} holds none", file=sys.stderr
+        )
+        return 1
     return 0
