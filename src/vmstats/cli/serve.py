@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 
 from vmstats.cli.options import add_server_limits, positive_float, server_limits
-from vmstats.serve.daemon import Daemon, vmms
+from vmstats.serve.daemon import Daemon, describe, vmms
 from vmstats.serve.discover import vm_name
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,8 @@ def run_serve(args: argparse.Namespace) -> int:
         rows: list[dict[str, object]] = []
         for pid, attached in found:
             name = vm_name(pid, (str(r["name"]) for r in rows))
-            source = "fds (vm, vcpu)" if attached.vm is not None else "fds (vcpu)"
-            socket = str(args.run_dir / f"{name}.qmp")
-            rows.append({"name": name, "pid": pid, "vcpus": len(attached.vcpus),
-                         "source": source, "socket": socket})  # fmt: skip
+            rows.append(describe(name, pid, len(attached.vcpus), attached.vm is not None,
+                                 args.run_dir / f"{name}.qmp"))  # fmt: skip
             attached.close()
         sys.stdout.write(_table(rows) if rows else "no VM found\n")
         return 0

@@ -50,9 +50,14 @@ class ServedVm:
     socket: Path
 
     def describe(self) -> dict[str, object]:
-        source = "fds (vm, vcpu)" if self.provider.vm is not None else "fds (vcpu)"
-        return {"name": self.name, "pid": self.pid, "vcpus": len(self.provider.vcpus),
-                "source": source, "socket": str(self.socket)}  # fmt: skip
+        return describe(self.name, self.pid, len(self.provider.vcpus),
+                        self.provider.vm is not None, self.socket)  # fmt: skip
+
+
+def describe(name: str, pid: int, vcpus: int, has_vm: bool, socket: Path) -> dict[str, object]:
+    """A served VM as ``vms.json``, ``vmstats list`` and ``serve --once`` show it."""
+    source = "fds (vm, vcpu)" if has_vm else "fds (vcpu)"
+    return {"name": name, "pid": pid, "vcpus": vcpus, "source": source, "socket": str(socket)}
 
 
 def vmms(skip: Collection[int] = ()) -> list[tuple[int, AttachedVm]]:

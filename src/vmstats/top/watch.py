@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from vmstats.errors import ClientError, VmstatsError
 from vmstats.qmp.client import DEFAULT_TIMEOUT, StatsClient
@@ -23,6 +23,8 @@ from vmstats.stats.model import StatsSchema, StatsTarget
 from vmstats.stats.registry import StatsRegistry
 from vmstats.top.frame import StatFilter, StatRow, total_rows, vm_rows
 from vmstats.top.sample import TARGETS, Sample, Schemas, sample_from_wire, take_sample
+
+T = TypeVar("T")
 
 
 class Source(Protocol):
@@ -78,18 +80,17 @@ class QmpSource:
             self._client = client
         return self._client
 
-    async def _call(self, work: Callable[[StatsClient], object]) -> object:
+    async def _call(self, work: Callable[[StatsClient], Awaitable[T]]) -> T:
+        """``work`` on the connection; a failure closes it (the next call reconnects)."""
         client = await self._connected()
         try:
-            return await work(client)  # type: ignore[misc]
+            return await work(client)
         except VmstatsError:
             await self.close()
             raise
 
     async def schemas(self) -> list[StatsSchema]:
-        found = await self._call(lambda c: c.query_stats_schemas())
-        assert isinstance(found, list)
-        return found
+        return await self._call(lambda c: c.query_stats_schemas())
 
     async def sample(self) -> Sample:
         async def read(client: StatsClient) -> Sample:
@@ -97,14 +98,10 @@ class QmpSource:
                        for t in TARGETS}  # fmt: skip
             return sample_from_wire(time.time(), replies)
 
-        found = await self._call(read)
-        assert isinstance(found, Sample)
-        return found
+        return await self._call(read)
 
     async def cpus(self) -> list[str]:
-        found = await self._call(lambda c: c.query_cpus())
-        assert isinstance(found, list)
-        return found
+        return await self._call(lambda c: c.query_cpus())
 
     async def close(self) -> None:
         if self._client is not None:
