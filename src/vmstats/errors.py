@@ -10,7 +10,8 @@ is logged with its traceback and a client sees only "internal error", never its 
     VmstatsError
     ├── QapiError             a QMP error exactly as QEMU reports it (class and desc)
     │   ├── GenericError
-    │   └── CommandNotFound
+    │   ├── CommandNotFound
+    │   └── RemoteError       the error a QEMU we asked answered (also a ClientError)
     ├── StatsError            a provider cannot give stats; a client sees GenericError with
     │   │                     this text, which is QEMU's where QEMU has one
     │   ├── BinaryStatsError  a KVM stats file that cannot be read or is malformed
@@ -83,3 +84,16 @@ class SocketInUse(VmstatsError):
 class ClientError(VmstatsError):
     """Something a user can act on: unreachable socket, silent server, old QEMU, an error
     reply, a malformed reply."""
+
+
+class RemoteError(QapiError, ClientError):
+    """A QMP server answered a request with an error: its class and text, passed on as they
+    are (a forwarded request's error is the one QEMU gave)."""
+
+    def __init__(self, error_class: str, desc: str, command: str | None = None) -> None:
+        super().__init__(desc)
+        self.error_class = error_class
+        self.command = command
+
+    def __str__(self) -> str:
+        return f"{self.command}: {self.error_class}: {self.desc}" if self.command else self.desc

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.stats.provider import FakeProvider, vcpu_path
+from vmstats.qmp.machine import Machine
 from vmstats.qmp.monitor import Monitor
 from vmstats.qmp.server import QMPServer, ServerLimits
 from vmstats.stats import StatsRegistry
@@ -19,7 +20,7 @@ class ServerThread:
     def __init__(self, path: Path, limits: ServerLimits | None = None) -> None:
         registry = StatsRegistry()
         registry.add_stats_callbacks(FakeProvider())
-        self.server = QMPServer(Monitor(registry, lambda: [vcpu_path(i) for i in range(3)]), limits)
+        self.server = QMPServer(Monitor(registry, Machine.from_paths(vcpu_path(i) for i in range(3))), limits)
         self.path = path
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from tests.qmp.replay import ReplayProvider
 from vmstats.qapi.visitor import visit
+from vmstats.qmp.machine import Machine, cpus_from_wire
 from vmstats.qmp.monitor import Monitor
 from vmstats.qmp.session import QMPSession
 from vmstats.stats import StatsRegistry, StatsTarget
@@ -43,7 +44,9 @@ class Twin:
             return json.loads(qmp.request(raw))["return"]
 
         schema = stats_schema()
-        self.cpus = [c["qom-path"] for c in get(b'{"execute":"query-cpus-fast"}')]
+        machine = Machine(get(b'{"execute":"query-name"}').get("name"),
+                          cpus_from_wire(get(b'{"execute":"query-cpus-fast"}')))  # fmt: skip
+        self.cpus = machine.qom_paths()
         version = get(b'{"execute":"query-version"}')
         provider = ReplayProvider(
             {StatsTarget.VM: visit(schema, "[StatsResult]", get(b'{"execute":"query-stats","arguments":{"target":"vm"}}')),
@@ -54,7 +57,7 @@ class Twin:
         registry = StatsRegistry()
         registry.add_stats_callbacks(provider)
         q = version["qemu"]
-        self.monitor = Monitor(registry, lambda: self.cpus,
+        self.monitor = Monitor(registry, machine,
                                version=(q["major"], q["minor"], q["micro"]), package=version["package"])  # fmt: skip
         self.path = vm.qmp_path
 
@@ -162,7 +165,8 @@ def test_introspection_is_qemus_for_our_commands(twin: Twin) -> None:
     ours = json.loads(ours_raw[2])["return"]
     commands = {str(e["name"]) for e in ours if e["meta-type"] == "command"}
     assert ours == _reachable(theirs, commands)
-    assert len(ours) == 59
+    assert len(ours) == 68
+    assert {"query-name", "query-cpus-fast", "query-stats"} <= commands
 
 
 @pytest.mark.parametrize("request_bytes", [

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.stats.provider import FakeProvider
+from vmstats.qmp.machine import Machine
 from vmstats.qmp.monitor import Monitor
 from vmstats.qmp.session import QMPSession
 from vmstats.stats import StatsRegistry
@@ -16,7 +17,7 @@ from vmstats.stats import StatsRegistry
 def session(negotiate: bool = True) -> QMPSession:
     registry = StatsRegistry()
     registry.add_stats_callbacks(FakeProvider())
-    s = QMPSession(Monitor(registry, lambda: ["/machine/unattached/device[0]"]))
+    s = QMPSession(Monitor(registry, Machine.from_paths(["/machine/unattached/device[0]"])))
     if negotiate:
         assert s.receive_data(b'{"execute":"qmp_capabilities"}') == [b'{"return": {}}\r\n']
     return s
@@ -103,6 +104,8 @@ def test_query_commands_and_schema_are_served() -> None:
         "query-stats-schemas",
         "query-stats",
         "human-monitor-command",
+        "query-name",
+        "query-cpus-fast",
         "query-qmp-schema",
         "query-commands",
         "query-version",
@@ -112,6 +115,23 @@ def test_query_commands_and_schema_are_served() -> None:
     assert [e["name"] for e in schema if e["meta-type"] == "command"][-2:] == [
         "query-stats",
         "query-stats-schemas",
+    ]
+
+
+def test_query_name_and_cpus_fast_describe_the_machine() -> None:
+    machine = Machine.pc([(0, "/machine/unattached/device[0]", 41),
+                          (1, "/machine/unattached/device[2]", 42)])  # fmt: skip
+    s = QMPSession(Monitor(StatsRegistry(), machine))
+    s.receive_data(b'{"execute":"qmp_capabilities"}')
+    assert s.receive_data(b'{"execute":"query-name"}') == [b'{"return": {}}\r\n']
+    machine.name = "web1"
+    assert s.receive_data(b'{"execute":"query-name"}') == [b'{"return": {"name": "web1"}}\r\n']
+    # QEMU 7.2's key order and topology (tests/qmp/test_against_qemu.py checks it live)
+    assert s.receive_data(b'{"execute":"query-cpus-fast"}') == [
+        b'{"return": [{"thread-id": 41, "props": {"core-id": 0, "thread-id": 0, "socket-id": 0}, '
+        b'"qom-path": "/machine/unattached/device[0]", "cpu-index": 0, "target": "x86_64"}, '
+        b'{"thread-id": 42, "props": {"core-id": 1, "thread-id": 0, "socket-id": 0}, '
+        b'"qom-path": "/machine/unattached/device[2]", "cpu-index": 1, "target": "x86_64"}]}\r\n'
     ]
 
 

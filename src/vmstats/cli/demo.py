@@ -26,7 +26,9 @@ from vmstats.cli.options import (
 from vmstats.demo.guest import GuestProgram
 from vmstats.demo.process import DemoProcess
 from vmstats.errors import KvmUnavailable, SocketInUse
+from vmstats.kvm.attach import creator_thread
 from vmstats.kvm.provider import KvmStatsProvider
+from vmstats.qmp.machine import Machine
 from vmstats.qmp.monitor import Monitor
 from vmstats.qmp.server import QMPServer, claim_socket_path
 from vmstats.stats.registry import StatsRegistry
@@ -88,8 +90,9 @@ async def _main(args: argparse.Namespace, demo: DemoProcess, provider: KvmStatsP
     server = None
     where = ""
     if args.qmp or args.qmp_tcp:
-        paths = [v.qom_path for v in provider.vcpus]
-        server = QMPServer(Monitor(registry, lambda: paths), server_limits(args))
+        machine = Machine.pc((i, v.qom_path, creator_thread(v.file))
+                             for i, v in enumerate(provider.vcpus))  # fmt: skip
+        server = QMPServer(Monitor(registry, machine), server_limits(args))
         try:
             if args.qmp:
                 await server.start_unix(args.qmp)

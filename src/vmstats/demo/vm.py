@@ -25,6 +25,7 @@ from vmstats.errors import GuestError
 from vmstats.kvm import ioctl as kvm
 from vmstats.kvm.binstats import StatsFile
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
+from vmstats.qmp.machine import pc_vcpu_path
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,8 @@ _SREGS_SIZE = 312
 _CS_OFFSET, _DS_OFFSET = 0, 24
 
 
-def qemu_vcpu_path(index: int) -> str:
-    """The QOM path QEMU's pc machine gives CPU ``index`` (device[1] is not a CPU)."""
-    return f"/machine/unattached/device[{0 if index == 0 else index + 1}]"
+#: QEMU's pc machine's QOM path of a CPU: what the demo reports its vCPUs under.
+qemu_vcpu_path = pc_vcpu_path
 
 
 @dataclass

@@ -31,6 +31,7 @@ _VM_LINK = "anon_inode:kvm-vm-stats"
 _VM_CONTROL = "anon_inode:kvm-vm"
 _VCPU_LINK = re.compile(r"anon_inode:kvm-vcpu-stats:(\d+)$")
 _VCPU_ID = re.compile(r"^kvm-(\d+)/vcpu-(\d+)$")
+_CREATOR = re.compile(r"^kvm-(\d+)")
 _CPU_THREAD = re.compile(r"^CPU (\d+)/KVM$")
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -180,14 +181,16 @@ def attach(pid: int) -> AttachedVm:
     return vm
 
 
+def creator_thread(file: StatsFile) -> int:
+    """The id of the thread that created a stats fd (from its id string; 0 if unknown):
+    for QEMU, the vCPU's own thread."""
+    match = _CREATOR.match(file.id)
+    return int(match.group(1)) if match is not None else 0
+
+
 def creators(files: list[StatsFile]) -> set[int]:
-    """The thread ids that created these stats fds (from their id strings)."""
-    out = set()
-    for file in files:
-        match = re.match(r"^kvm-(\d+)", file.id)
-        if match is not None:
-            out.add(int(match.group(1)))
-    return out
+    """The thread ids that created these stats fds."""
+    return {tid for tid in map(creator_thread, files) if tid}
 
 
 def owns(pid: int, vm: AttachedVm) -> bool:

@@ -3,12 +3,19 @@
 Pure: it takes the parsed request and returns the response object (or raises nothing:
 every failure becomes an error response).  Capabilities negotiation, framing and the
 greeting belong to the QMP session (:mod:`vmstats.qmp.session`).
+
+A handler may be a coroutine function (the host daemon forwards some commands to a
+QEMU): then :meth:`Dispatcher.respond` gives a coroutine that makes the response, and
+the session's transport awaits it before answering the next request, as QEMU answers
+in order.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from vmstats.qapi.errors import CommandNotFound, GenericError, qmp_error
@@ -21,8 +28,12 @@ from vmstats.qapi.visitor import InputVisitor
 log = logging.getLogger(__name__)
 
 #: A command's implementation: receives the visited arguments (one object when the
-#: command is ``boxed``, keyword arguments otherwise) and returns a model value.
+#: command is ``boxed``, keyword arguments otherwise) and returns a model value, or
+#: :class:`RawJSON` (the wire text of the value), or an awaitable of either.
 Handler = Callable[..., Any]
+
+#: A response object, or a coroutine making it (a command whose handler is asynchronous).
+Response = dict[str, Any] | Coroutine[Any, Any, dict[str, Any]]
 
 
 def check_request(request: Any, allow_oob: bool) -> str:
@@ -95,14 +106,27 @@ class Dispatcher:
         return values
 
     def _run(self, name: str, call: Any, wire: bool) -> Any:
-        command = self.schema.commands[name]
+        result = self._call(name, call)
+        if inspect.isawaitable(result):
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            raise TypeError(f"{name} is asynchronous: use respond()")
+        return self._encode(name, result, wire)
+
+    def _call(self, name: str, call: Any) -> Any:
         handler = self.handlers[name]
-        result = handler(call) if command.boxed else handler(**call)
-        if command.ret_type is None:
+        return handler(call) if self.schema.commands[name].boxed else handler(**call)
+
+    def _encode(self, name: str, result: Any, wire: bool) -> Any:
+        ret_type = self.schema.commands[name].ret_type
+        if ret_type is None:
             return RawJSON("{}") if wire else {}
+        if isinstance(result, RawJSON):  # already the wire text (a forwarded reply)
+            return result if wire else json.loads(result)
         if wire:
-            return RawJSON(self.encoder.encode_text(command.ret_type, result))
-        return self.encoder.encode(command.ret_type, result)
+            return RawJSON(self.encoder.encode_text(ret_type, result))
+        return self.encoder.encode(ret_type, result)
 
     def _prepare(self, request: Any, allow_oob: bool) -> tuple[str, Any]:
         """The command's name and checked arguments, or the error QEMU reports.
@@ -132,14 +156,36 @@ class Dispatcher:
         """Answer one request object with a response object (``return`` or ``error``).
 
         With ``wire`` the ``return`` value is :class:`RawJSON` text (see :meth:`execute`).
+        Synchronous commands only; :meth:`respond` serves both kinds.
         """
-        ident = request.get("id") if isinstance(request, dict) else None
-        has_id = isinstance(request, dict) and "id" in request
+        response = self.respond(request, allow_oob=allow_oob, wire=wire)
+        if not isinstance(response, dict):
+            response.close()
+            raise TypeError("an asynchronous command: use respond()")
+        return response
+
+    def respond(self, request: Any, *, allow_oob: bool = False, wire: bool = False) -> Response:
+        """:meth:`dispatch`, or for a command whose handler is asynchronous a coroutine
+        that makes the response once the handler is done."""
         try:
             name, call = self._prepare(request, allow_oob)
-            response: dict[str, Any] = {"return": self._run(name, call, wire)}
+            result = self._call(name, call)
+            if inspect.isawaitable(result):
+                return self._respond_later(request, name, result, wire)
+            return _response(request, {"return": self._encode(name, result, wire)})
         except Exception as exc:  # every failure is an error reply; a bug is logged there
-            response = {"error": qmp_error(exc)}
-        if has_id:
-            response["id"] = qdict_parsed(ident)
-        return qdict(response)
+            return _response(request, {"error": qmp_error(exc)})
+
+    async def _respond_later(self, request: Any, name: str, pending: Any, wire: bool
+                             ) -> dict[str, Any]:  # fmt: skip
+        try:
+            return _response(request, {"return": self._encode(name, await pending, wire)})
+        except Exception as exc:
+            return _response(request, {"error": qmp_error(exc)})
+
+
+def _response(request: Any, response: dict[str, Any]) -> dict[str, Any]:
+    """The response with the request's ``id`` echoed, in QEMU's key order."""
+    if isinstance(request, dict) and "id" in request:
+        response["id"] = qdict_parsed(request["id"])
+    return qdict(response)

@@ -6,7 +6,6 @@ negotiation state) lives in :class:`vmstats.qmp.session.QMPSession`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 from vmstats import __version__
@@ -21,6 +20,7 @@ from vmstats.qmp.control import (
     SCHEMA_COMMAND_ORDER,
 )
 from vmstats.qmp.hmp import HumanMonitor
+from vmstats.qmp.machine import CpuInfoFast, Machine
 from vmstats.stats.commands import stats_handlers
 from vmstats.stats.model import StatsProvider
 from vmstats.stats.registry import StatsRegistry
@@ -32,8 +32,8 @@ PACKAGE = f"vmstats {__version__}"
 class Monitor:
     """Everything a QMP connection can ask of one VM's stats.
 
-    ``cpus`` returns the QOM paths of the vCPUs by CPU index (for HMP ``cpu`` and
-    ``info stats vcpu``).  ``version`` is the QEMU release whose wire is reproduced; the
+    ``machine`` names the VM and lists its vCPUs by CPU index (``query-name``,
+    ``query-cpus-fast``, HMP ``cpu`` and ``info stats vcpu``).  ``version`` is the QEMU release whose wire is reproduced; the
     greeting and ``query-version`` report it, with ``package`` naming vmstats, so tools that
     gate features on QEMU's version see the API they get.
     """
@@ -41,24 +41,29 @@ class Monitor:
     def __init__(
         self,
         registry: StatsRegistry,
-        cpus: Callable[[], Sequence[str]] = lambda: (),
+        machine: Machine | None = None,
         *,
         version: Version | tuple[int, int, int] = DEFAULT_VERSION,
         package: str = PACKAGE,
     ) -> None:
         self.registry = registry
+        self.machine = machine or Machine()
         major, minor = version[0], version[1]
         self.schema = Schema(CONTROL_QAPI + STATS_QAPI, version=(major, minor), bindings=BINDINGS)
         self.encoder = OutputEncoder(self.schema)
         self.version_triple = (major, minor, version[2] if len(version) > 2 else 0)
         self.package = package
         providers = [StatsProvider(v) for v in self._enum_values("StatsProvider")]
-        self.hmp = HumanMonitor(registry, cpus, self.version_triple, package, providers)
+        self.hmp = HumanMonitor(
+            registry, self.machine.qom_paths, self.version_triple, package, providers
+        )
         self.handlers: dict[str, Handler] = {
             "query-version": self.query_version,
             "query-commands": self.query_commands,
             "query-qmp-schema": self.query_qmp_schema,
             "human-monitor-command": self.human_monitor_command,
+            "query-name": self.query_name,
+            "query-cpus-fast": self.query_cpus_fast,
             **stats_handlers(registry),
         }
         self._introspection = Introspector(self.schema, QEMU_7_2_INTROSPECTION_NAMES).entries(
@@ -90,6 +95,12 @@ class Monitor:
 
     def query_qmp_schema(self) -> list[dict[str, Any]]:
         return self._introspection
+
+    def query_name(self) -> dict[str, Any]:
+        return self.machine.query_name()
+
+    def query_cpus_fast(self) -> list[CpuInfoFast]:
+        return self.machine.query_cpus_fast()
 
     def human_monitor_command(self, command_line: str, cpu_index: int | None = None) -> str:
         return self.hmp.execute(command_line, cpu_index)

@@ -43,7 +43,8 @@ from typing import Any
 from vmstats.errors import SocketInUse
 from vmstats.qmp.jsonstream import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_TOKENS
 from vmstats.qmp.monitor import Monitor
-from vmstats.qmp.session import QMPSession, error_line
+from vmstats.qapi.errors import INTERNAL_ERROR
+from vmstats.qmp.session import QMPSession, Reply, error_line
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +347,7 @@ class _Connection(asyncio.Protocol):
         self._eof = False
         self._closing = False
         self._pump_handle: asyncio.Handle | None = None
+        self._pending: asyncio.Task[None] | None = None  # a reply being made elsewhere
         self._write_timer: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
         self._last_input = time.monotonic()
@@ -394,7 +396,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        for handle in (self._pump_handle, self._write_timer, self._abort_timer):
+        for handle in (self._pump_handle, self._write_timer, self._abort_timer, self._pending):
             if handle is not None:
                 handle.cancel()
         self.server._connections.discard(self)
@@ -402,7 +404,7 @@ class _Connection(asyncio.Protocol):
     # -- work ---------------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        if self._pump_handle is None and not self._closing:
+        if self._pump_handle is None and self._pending is None and not self._closing:
             self._pump_handle = asyncio.get_running_loop().call_soon(self._pump)
 
     def _pump(self) -> None:
@@ -414,6 +416,9 @@ class _Connection(asyncio.Protocol):
         deadline = time.perf_counter() + TURN
         while self._writable:
             reply = self.session.next_reply()
+            if reply is not None and not isinstance(reply, bytes):
+                self._await_reply(reply)  # the pump goes on when it is written
+                return
             if reply is not None:
                 if transport.is_closing():  # the peer went away during this turn
                     return
@@ -425,6 +430,22 @@ class _Connection(asyncio.Protocol):
                 self._schedule()
                 return
         # Not writable: resume_writing() schedules the rest.
+
+    def _await_reply(self, reply: Reply) -> None:
+        """Send a reply made asynchronously (a forwarded command), then go on."""
+
+        async def send() -> None:
+            try:
+                line = await reply if not isinstance(reply, bytes) else reply
+            except Exception:  # the session turns failures into error replies: a bug
+                log.exception("an asynchronous reply failed")
+                line = error_line(INTERNAL_ERROR)
+            self._pending = None
+            if self.transport is not None and not self._closing:
+                self.transport.write(line)
+                self._schedule()
+
+        self._pending = asyncio.get_running_loop().create_task(send())
 
     def _input_done(self) -> None:
         assert self.transport is not None

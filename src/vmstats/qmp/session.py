@@ -13,6 +13,7 @@ client does not read them), or :meth:`receive_data` for every reply at once.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from enum import Enum
 from functools import lru_cache
 from typing import Any
@@ -30,6 +31,10 @@ from vmstats.qmp.jsonstream import (
 from vmstats.qmp.monitor import Monitor
 
 CAPABILITIES = ("oob",)
+
+#: A reply line, or (for a command answered asynchronously, such as one forwarded to a
+#: QEMU) a coroutine that makes it: the transport awaits it before the next reply.
+Reply = bytes | Coroutine[Any, Any, bytes]
 
 
 class SessionState(Enum):
@@ -72,6 +77,10 @@ def error_line(desc: str, error_class: str = GenericError.error_class) -> bytes:
 NOT_AN_OBJECT = error_line("QMP input must be a JSON object")
 
 
+async def _encode_later(response: Coroutine[Any, Any, dict[str, Any]]) -> bytes:
+    return encode_response(await response)
+
+
 class QMPSession:
     """A QMP conversation with one client."""
 
@@ -104,11 +113,12 @@ class QMPSession:
         """Queue bytes from the client; :meth:`next_reply` answers them."""
         self._parser.receive_data(data)
 
-    def next_reply(self) -> bytes | None:
+    def next_reply(self) -> Reply | None:
         """The reply to the next complete message, or None.
 
         None with :attr:`buffered` non-zero means the parser stopped at the end of a slice
-        of work: call again (after letting other clients run).
+        of work: call again (after letting other clients run).  A coroutine must be
+        awaited, and its line sent, before the next call (replies keep request order).
         """
         message = self._parser.next_message()
         return None if message is None else self._answer(message)
@@ -129,8 +139,16 @@ class QMPSession:
         return self._parser.in_message
 
     def receive_data(self, data: bytes) -> list[bytes]:
-        """Feed bytes from the client; return every reply to send, in order."""
-        return [self._answer(m) for m in self._parser.feed(data)]
+        """Feed bytes from the client; return every reply to send, in order (synchronous
+        commands only: a transport uses :meth:`next_reply`)."""
+        replies = []
+        for message in self._parser.feed(data):
+            reply = self._answer(message)
+            if not isinstance(reply, bytes):
+                reply.close()
+                raise TypeError("an asynchronous command: use next_reply()")
+            replies.append(reply)
+        return replies
 
     def receive_eof(self) -> list[bytes]:
         """The client closed its side: QEMU drops a half-received message without replying."""
@@ -139,13 +157,15 @@ class QMPSession:
 
     # -- answers --------------------------------------------------------------------
 
-    def _answer(self, message: Message) -> bytes:
+    def _answer(self, message: Message) -> Reply:
         if message.error is not None:
             return error_line(message.error)
         if not isinstance(message.value, dict):
             return NOT_AN_OBJECT
         negotiating = self.state is SessionState.NEGOTIATION
-        response = self._dispatcher.dispatch(message.value, allow_oob=self.oob_enabled, wire=True)
+        response = self._dispatcher.respond(message.value, allow_oob=self.oob_enabled, wire=True)
+        if not isinstance(response, dict):
+            return _encode_later(response)
         error = response.get("error")
         if negotiating and error and error["class"] == CommandNotFound.error_class:
             error["desc"] = "Expecting capabilities negotiation with 'qmp_capabilities'"

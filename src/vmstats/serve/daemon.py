@@ -28,9 +28,17 @@ from pathlib import Path
 
 from vmstats.demo.vm import qemu_vcpu_path
 from vmstats.errors import SocketInUse, VmstatsError
-from vmstats.kvm.attach import AttachedVm, AttachError, attach, owns, processes_with_stats_fds
+from vmstats.kvm.attach import (
+    AttachedVm,
+    AttachError,
+    attach,
+    creator_thread,
+    owns,
+    processes_with_stats_fds,
+)
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
 from vmstats.kvm.vmm import VmmProcess
+from vmstats.qmp.machine import Machine
 from vmstats.qmp.monitor import Monitor
 from vmstats.qmp.server import QMPServer, ServerLimits
 from vmstats.serve.discover import vm_name
@@ -126,8 +134,9 @@ class Daemon:
         attached.pidfd = -1
         registry = StatsRegistry()
         registry.add_stats_callbacks(provider)
-        paths = [v.qom_path for v in vcpus]
-        server = QMPServer(Monitor(registry, lambda: paths), self.limits)
+        machine = Machine.pc((i, v.qom_path, creator_thread(v.file))
+                             for i, v in zip(attached.vcpus, vcpus, strict=True))  # fmt: skip
+        server = QMPServer(Monitor(registry, machine), self.limits)
         socket = self.run_dir / f"{name}.qmp"
         try:
             await server.start_unix(socket, mode=0o660, group=self.group)

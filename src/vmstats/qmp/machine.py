@@ -1,0 +1,82 @@
+"""What a monitor says about the machine around the stats: its name and its vCPUs, the
+replies of ``query-name`` and ``query-cpus-fast``.
+
+Clients map vCPU numbers to QOM paths with ``query-cpus-fast`` (QEMU's paths are not
+contiguous), and HMP's ``cpu N`` picks a vCPU by index: every monitor that serves vCPU
+stats must say which vCPUs exist.  A :class:`Machine` is mutable on purpose: the host
+daemon learns names and QOM paths from a QEMU's socket, and vCPUs are hot-plugged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class CpuInfoFast:
+    """One vCPU as QEMU 7.2's ``query-cpus-fast`` reports it on x86 (QAPI ``CpuInfoFast``)."""
+
+    cpu_index: int
+    qom_path: str
+    thread_id: int
+    props: dict[str, int] | None = None  # CpuInstanceProperties: socket-id, core-id...
+    target: str = "x86_64"
+
+
+def pc_vcpu_path(index: int) -> str:
+    """The QOM path QEMU's pc machine gives CPU ``index`` (device[1] is not a CPU)."""
+    return f"/machine/unattached/device[{0 if index == 0 else index + 1}]"
+
+
+def pc_props(index: int) -> dict[str, int]:
+    """QEMU's default x86 topology for ``-smp N`` (one socket of N cores), as it lists it."""
+    return {"core-id": index, "thread-id": 0, "socket-id": 0}
+
+
+@dataclass
+class Machine:
+    """The machine a monitor reports: ``name`` (None: QEMU's ``{}``) and its vCPUs."""
+
+    name: str | None = None
+    cpus: list[CpuInfoFast] = field(default_factory=list)
+
+    @classmethod
+    def from_paths(cls, paths: Iterable[str], thread_id: int = 0,
+                   name: str | None = None) -> Machine:  # fmt: skip
+        """vCPUs known by their QOM paths only (index order)."""
+        return cls(name, [CpuInfoFast(i, p, thread_id) for i, p in enumerate(paths)])
+
+    @classmethod
+    def pc(cls, vcpus: Iterable[tuple[int, str, int]], name: str | None = None) -> Machine:
+        """vCPUs of QEMU's pc machine with its default topology: (CPU index, QOM path,
+        thread id) each."""
+        return cls(name, [CpuInfoFast(i, path, tid, pc_props(i)) for i, path, tid in vcpus])
+
+    def qom_paths(self) -> Sequence[str]:
+        return [cpu.qom_path for cpu in self.cpus]
+
+    def query_name(self) -> dict[str, Any]:
+        return {} if self.name is None else {"name": self.name}
+
+    def query_cpus_fast(self) -> list[CpuInfoFast]:
+        return list(self.cpus)
+
+
+def cpus_from_wire(reply: Any) -> list[CpuInfoFast]:
+    """A ``query-cpus-fast`` return value (decoded JSON) as :class:`CpuInfoFast` values;
+    ValueError when it is not one."""
+    if not isinstance(reply, list):
+        raise ValueError("query-cpus-fast did not return a list")
+    out = []
+    for entry in reply:
+        try:
+            props = entry.get("props")
+            out.append(CpuInfoFast(int(entry["cpu-index"]), str(entry["qom-path"]),
+                                   int(entry["thread-id"]),
+                                   dict(props) if isinstance(props, dict) else None,
+                                   str(entry.get("target", "x86_64"))))  # fmt: skip
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"malformed query-cpus-fast entry: {exc}") from None
+    return sorted(out, key=lambda cpu: cpu.cpu_index)
