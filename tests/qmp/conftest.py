@@ -20,7 +20,9 @@ class ServerThread:
     def __init__(self, path: Path, limits: ServerLimits | None = None) -> None:
         registry = StatsRegistry()
         registry.add_stats_callbacks(FakeProvider())
-        self.server = QMPServer(Monitor(registry, Machine.from_paths(vcpu_path(i) for i in range(3))), limits)
+        self.server = QMPServer(
+            Monitor(registry, Machine.from_paths(vcpu_path(i) for i in range(3))), limits
+        )
         self.path = path
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

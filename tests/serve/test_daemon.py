@@ -1,5 +1,6 @@
 """``vmstats serve`` with real processes: the demo VM and a QEMU 10.0, found by the stats
-fds they keep, served read-only, and forgotten when they exit."""
+fds they keep, a QEMU 7.2 forwarded through its QMP socket, all served read-only, and
+forgotten when they exit."""
 
 from __future__ import annotations
 
@@ -12,29 +13,57 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.kvm.conftest import requires_kvm
 from vmstats.testing.hostile import DemoServer, fd_count, kill, rss_bytes, wait_for
-from vmstats.testing.qemu import RawQMP, stop_process
+from vmstats.testing.qemu import QemuVM, RawQMP, qemu_unavailable_reason, stop_process
 from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
 
 QEMU10_REASON = qemu10_unavailable_reason()
+QEMU_REASON = qemu_unavailable_reason()
 pytestmark = [pytest.mark.kvm, requires_kvm,
               pytest.mark.skipif(os.geteuid() != 0, reason="vmstats serve runs as root")]  # fmt: skip
 
 
+Daemon = tuple[subprocess.Popen[str], Path]
+
+
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "vmstats", "serve", "--run-dir", str(run_dir),
-                             "--scan-interval", "0.3"], stderr=subprocess.PIPE, text=True)  # fmt: skip
-    yield proc, run_dir
-    assert stop_process(proc) == 0  # SIGTERM: a clean exit...
-    assert not list(run_dir.glob("*.qmp"))  # ...that removes the sockets
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Starts ``vmstats serve`` with extra arguments; stops it at the end of the test."""
+    started: list[Daemon] = []
+
+    def start(*extra: str) -> Daemon:
+        run_dir = tmp_path / f"run{len(started)}"
+        proc = subprocess.Popen([sys.executable, "-m", "vmstats", "serve", "--run-dir",
+                                 str(run_dir), "--scan-interval", "0.3", *extra],
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        started.append((proc, run_dir))
+        return proc, run_dir
+
+    yield start
+    for proc, run_dir in started:
+        assert stop_process(proc) == 0  # SIGTERM: a clean exit...
+        assert not list(run_dir.glob("*.qmp"))  # ...that removes the sockets
+
+
+@pytest.fixture
+def daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
+    return start_daemon()
+
+
+def ask(path: Path, request: bytes) -> bytes:
+    """One request on a connection of its own (a QEMU socket is then free again)."""
+    qmp = RawQMP(path, timeout=10)
+    qmp.negotiate()
+    try:
+        return qmp.request(request)
+    finally:
+        qmp.close()
 
 
 def sockets(run_dir: Path) -> list[Path]:
@@ -136,6 +165,158 @@ def test_qemu_10_is_found_by_its_fds_named_and_never_kicked(
         theirs.close()
 
 
+#: Requests whose replies a forwarded QEMU 7.2 must give through us byte for byte.
+FORWARDED = [
+    b'{"execute":"query-stats-schemas"}',
+    b'{"execute":"query-stats-schemas","arguments":{"provider":"kvm"},"id":1}',
+    b'{"execute":"query-stats","arguments":{"target":"vm"}}',
+    b'{"execute":"query-stats","arguments":{"target":"vcpu"}}',
+    b'{"execute":"query-stats","arguments":{"target":"vcpu","vcpus":["/machine/unattached/device[2]"],'
+    b'"providers":[{"provider":"kvm","names":["exits","halt_wait_hist"]}]},"id":[2.50,"x"]}',
+    b'{"execute":"query-stats","arguments":{"target":"nope"}}',
+    b'{"execute":"query-stats","arguments":{"target":"vm","vcpus":[]}}',
+    b'{"execute":"query-cpus-fast"}',
+    b'{"execute":"query-name"}',
+    b'{"execute":"human-monitor-command","arguments":{"command-line":"info stats vcpu"}}',
+    b'{"execute":"human-monitor-command","arguments":{"command-line":"info stats vm pages_4k,exits"}}',
+    b'{"execute":"human-monitor-command","arguments":{"command-line":"info stats vcpu","cpu-index":1}}',
+    b'{"execute":"human-monitor-command","arguments":{"command-line":"info stats bogus"}}',
+]  # fmt: skip
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(QEMU_REASON is not None, reason=f"no QEMU 7.2: {QEMU_REASON}")
+def test_qemu_72_is_forwarded_byte_for_byte_and_its_socket_stays_free(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    # Paused: its counters stand still, so two reads give the same bytes.
+    with QemuVM(2, paused=True, extra_args=["-name", "old72"]) as vm:
+        proc, run_dir = start_daemon("--qmp", str(vm.qmp_path.parent / "*.sock"),
+                                     "--qmp-timeout", "1")  # fmt: skip
+        assert wait_for(lambda: (run_dir / "old72.qmp").exists())
+        served = run_dir / "old72.qmp"
+        for request in FORWARDED:
+            ours = ask(served, request)
+            assert ours == ask(vm.qmp_path, request), request  # and QEMU's socket is free
+        ours_conn = RawQMP(served)
+        ours_conn.negotiate()
+        assert b'"CommandNotFound"' in ours_conn.request(b'{"execute":"stop"}')
+        held = vm.connect()  # another tool holds QEMU's monitor: we say so, within the timeout
+        started = time.monotonic()
+        reply = ours_conn.request(b'{"execute":"query-stats","arguments":{"target":"vm"}}')
+        assert b"is another client connected?" in reply and time.monotonic() - started < 5
+        held.close()
+        vm_stats = b'{"execute":"query-stats","arguments":{"target":"vm"}}'
+        assert ours_conn.request(vm_stats) == ask(vm.qmp_path, vm_stats)  # and back
+        listing = json.loads((run_dir / "vms.json").read_text())
+        assert [(r["name"], r["source"]) for r in listing] == [("old72", "QMP (forwarded)")]
+        assert control_fds(proc.pid) == []
+        vm.stop()
+        assert wait_for(lambda: not served.exists(), timeout=5)
+        with pytest.raises((ConnectionError, OSError)):  # its clients are closed
+            for _ in range(100):
+                assert b"the VM is gone" in ours_conn.request(vm_stats)
+        ours_conn.close()
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(QEMU10_REASON is not None, reason=f"no QEMU 10.0: {QEMU10_REASON}")
+def test_qemu_10_with_a_socket_gives_vm_stats_names_paths_and_hot_plugged_vcpus(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    with qemu10_vm(1, extra_args=["-name", "new10"], max_vcpus=2) as vm:
+        _, run_dir = start_daemon("--qmp", str(vm.qmp_path))
+        served = run_dir / "new10.qmp"
+        assert wait_for(lambda: b"QMP (vm)" in (run_dir / "vms.json").read_bytes()
+                        if (run_dir / "vms.json").exists() else False)  # fmt: skip
+        vm_stats = json.loads(ask(served, b'{"execute":"query-stats","arguments":{"target":"vm"}}'))
+        theirs = json.loads(
+            ask(vm.qmp_path, b'{"execute":"query-stats","arguments":{"target":"vm"}}')
+        )
+        assert [s["name"] for s in vm_stats["return"][0]["stats"]] == [
+            s["name"] for s in theirs["return"][0]["stats"]
+        ]  # VM-level stats, from QEMU's own VM stats fd
+        hmp = ask(
+            served,
+            b'{"execute":"human-monitor-command","arguments":{"command-line":"info stats vm pages_4k"}}',
+        )
+        assert hmp.startswith(b'{"return": "provider: kvm\\r\\n    pages_4k (instant): ')
+        assert ask(served, b'{"execute":"query-name"}') == b'{"return": {"name": "new10"}}\r\n'
+        added = ask(vm.qmp_path, b'{"execute":"device_add","arguments":{"driver":"qemu64-x86_64-cpu",'
+                                 b'"socket-id":0,"core-id":1,"thread-id":0,"id":"cpu1"}}')  # fmt: skip
+        assert added == b'{"return": {}}\r\n'
+
+        def paths() -> list[str]:
+            reply = json.loads(ask(served, b'{"execute":"query-cpus-fast"}'))["return"]
+            return [c["qom-path"] for c in reply]
+
+        assert wait_for(lambda: paths() == ["/machine/unattached/device[0]",
+                                            "/machine/peripheral/cpu1"])  # fmt: skip
+        theirs_cpus = json.loads(ask(vm.qmp_path, b'{"execute":"query-cpus-fast"}'))["return"]
+        ours_cpus = json.loads(ask(served, b'{"execute":"query-cpus-fast"}'))["return"]
+        assert [(c["cpu-index"], c["thread-id"]) for c in ours_cpus] == [
+            (c["cpu-index"], c["thread-id"]) for c in theirs_cpus
+        ]
+        vcpus = json.loads(ask(served, b'{"execute":"query-stats","arguments":{"target":"vcpu",'
+                                       b'"providers":[{"provider":"kvm","names":["signal_exits"]}]}}'))  # fmt: skip
+        assert sorted(r["qom-path"] for r in vcpus["return"]) == sorted(paths())
+
+
+def as_nobody() -> None:
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+
+
+def nobody_env() -> dict[str, str] | None:
+    """How uid 65534 runs this vmstats: the system's Python with our sources and the
+    venv's packages (the venv's interpreter may live in root's home); None if it cannot."""
+    import sysconfig
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    packages = sysconfig.get_paths()["purelib"]
+    version = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True).stdout.strip()  # fmt: skip
+    if version != str(sys.version_info[:2]):
+        return None
+    return {**os.environ, "PYTHONPATH": f"{src}:{packages}"}
+
+
+NOBODY_ENV = nobody_env() if Path("/usr/bin/python3").exists() else None
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(QEMU_REASON is not None, reason=f"no QEMU 7.2: {QEMU_REASON}")
+@pytest.mark.skipif(NOBODY_ENV is None, reason="no system Python of this version for uid 65534")
+def test_as_non_root_it_refuses_fd_discovery_and_serves_qmp_sockets() -> None:
+    parent = Path(tempfile.mkdtemp(prefix="vmstats-nobody-"))
+    os.chmod(parent, 0o777)
+    run_dir = parent / "run"
+    command = ["/usr/bin/python3", "-m", "vmstats", "serve", "--run-dir", str(run_dir),
+               "--scan-interval", "0.3"]  # fmt: skip
+    try:
+        refused = subprocess.run(command, capture_output=True, text=True, env=NOBODY_ENV,
+                                 preexec_fn=as_nobody, timeout=60)  # fmt: skip
+        assert refused.returncode == 1 and "needs root" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        with QemuVM(1, paused=True, extra_args=["-name", "mine"]) as vm:
+            os.chmod(vm.qmp_path.parent, 0o755)
+            os.chmod(vm.qmp_path, 0o666)  # this user's own QEMU, as it were
+            log = parent / "serve.log"
+            with log.open("w") as stderr:
+                proc = subprocess.Popen([*command, "--qmp", str(vm.qmp_path)], env=NOBODY_ENV,
+                                        stderr=stderr, preexec_fn=as_nobody)  # fmt: skip
+            try:
+                assert wait_for(lambda: (run_dir / "mine.qmp").exists())
+                request = b'{"execute":"query-stats","arguments":{"target":"vcpu"}}'
+                assert ask(run_dir / "mine.qmp", request) == ask(vm.qmp_path, request)
+            finally:
+                assert stop_process(proc) == 0
+            assert "needs CAP_SYS_PTRACE" in log.read_text()
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
 GROUP = 4242  # a group id no account on this machine has
 
 
@@ -204,6 +385,15 @@ def test_config_file_and_sighup(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "vmstats", "serve", "--config", str(bad),
                           "--once"], capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 2 and "unknown settings colour" in out.stderr
+    for text, problem in [("scan-interval = 'soon'", "scan-interval: "),
+                          ("scan-interval = -1", "scan-interval: "),
+                          ("qmp = '/run/qemu.sock'", "qmp: must be a list of strings"),
+                          ("qmp-timeout = [1]", "qmp-timeout: must be a number")]:  # fmt: skip
+        bad.write_text(text + "\n")
+        out = subprocess.run([sys.executable, "-m", "vmstats", "serve", "--config", str(bad),
+                              "--once"], capture_output=True, text=True)  # fmt: skip
+        assert out.returncode == 2 and problem in out.stderr, (text, out.stderr)
+        assert "Traceback" not in out.stderr
 
 
 CYCLES = int(os.environ.get("VMSTATS_SERVE_CYCLES", "20"))

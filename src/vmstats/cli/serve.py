@@ -14,13 +14,14 @@ import tomllib
 from pathlib import Path
 
 from vmstats.cli.options import add_server_limits, positive_float, server_limits
-from vmstats.serve.daemon import Daemon, describe, vmms
-from vmstats.serve.discover import vm_name
+from vmstats.serve.daemon import Daemon
+from vmstats.serve.forward import DEFAULT_QMP_TIMEOUT
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RUN_DIR = Path("/run/vmstats")
 DEFAULTS: dict[str, object] = {}
+ACTIONS: dict[str, argparse.Action] = {}
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,17 +46,34 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="seconds between looks for new VMs (default 5)",
     )
     serve.add_argument(
+        "--qmp",
+        action="append",
+        default=[],
+        metavar="PATH_OR_GLOB",
+        help="a QEMU QMP socket (or a glob of them) to use as well: a QEMU 7.x that keeps "
+        "no stats fds is forwarded, a newer one gets its VM-level stats from it (repeatable)",
+    )
+    serve.add_argument(
+        "--qmp-timeout",
+        type=positive_float,
+        default=DEFAULT_QMP_TIMEOUT,
+        metavar="S",
+        help="seconds a QEMU socket may take per step before its VM's "
+        f"request fails (default {DEFAULT_QMP_TIMEOUT:g})",
+    )
+    serve.add_argument(
         "--config",
         type=Path,
         metavar="FILE",
-        help="TOML settings (run-dir, group, scan-interval, and the limits "
-        "below by their option names); reread on SIGHUP",
+        help="TOML settings by option name (run-dir, group, scan-interval, qmp as a "
+        "list, qmp-timeout, and the limits below); reread on SIGHUP",
     )
     serve.add_argument("--once", action="store_true",
                        help="print what would be served, and exit")  # fmt: skip
     add_server_limits(serve)
     serve.set_defaults(func=run_serve)
     DEFAULTS.update({action.dest: action.default for action in serve._actions})
+    ACTIONS.update({action.dest: action for action in serve._actions})
     listing = sub.add_parser("list", help="the VMs a vmstats serve daemon serves")
     listing.add_argument(
         "run_dir", nargs="?", type=Path, default=DEFAULT_RUN_DIR, metavar="RUN_DIR"
@@ -73,8 +91,27 @@ def _table(rows: list[dict[str, object]]) -> str:
 
 
 #: Settings a config file may give, by option name, and which the command line overrides.
-SETTINGS = ("run-dir", "group", "scan-interval", "max-connections", "idle-timeout",
-            "message-timeout", "write-timeout")  # fmt: skip
+SETTINGS = ("run-dir", "group", "scan-interval", "qmp", "qmp-timeout", "max-connections",
+            "idle-timeout", "message-timeout", "write-timeout")  # fmt: skip
+#: What SIGHUP changes in a running daemon (the others need a restart).
+RELOADED = ("scan_interval", "qmp", "qmp_timeout", "max_connections", "idle_timeout",
+            "message_timeout", "write_timeout")  # fmt: skip
+
+
+def _setting(key: str, value: object) -> object:
+    """A config value checked as its command-line option checks it; ValueError if wrong."""
+    action = ACTIONS[key.replace("-", "_")]
+    convert = action.type if callable(action.type) else str
+    if action.nargs is None and isinstance(action, argparse._AppendAction):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("must be a list of strings")
+        return [convert(v) for v in value]
+    if isinstance(value, bool | list | dict):
+        raise ValueError(f"must be a {'number' if action.type else 'string'}")
+    try:
+        return convert(str(value))
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def apply_config(args: argparse.Namespace, parser_defaults: dict[str, object]) -> str | None:
@@ -94,9 +131,29 @@ def apply_config(args: argparse.Namespace, parser_defaults: dict[str, object]) -
         )
     for key, value in config.items():
         attr = key.replace("-", "_")
+        try:
+            checked = _setting(key, value)
+        except ValueError as exc:
+            return f"{args.config}: {key}: {exc}"
         if getattr(args, attr) == parser_defaults.get(attr):
-            setattr(args, attr, Path(value) if key == "run-dir" else value)
+            setattr(args, attr, checked)
     return None
+
+
+def _group(args: argparse.Namespace) -> int | None:
+    if args.group is None:
+        return None
+    text = str(args.group)
+    try:
+        return int(text) if text.isdigit() else grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise ValueError(f"no group named {text!r}") from None
+
+
+def _daemon(args: argparse.Namespace, group: int | None, fds: bool, dry_run: bool) -> Daemon:
+    return Daemon(args.run_dir, group=group, scan_interval=args.scan_interval,
+                  limits=server_limits(args), fds=fds, qmp=args.qmp,
+                  qmp_timeout=args.qmp_timeout, dry_run=dry_run)  # fmt: skip
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -104,52 +161,54 @@ def run_serve(args: argparse.Namespace) -> int:
     if problem:
         print(f"vmstats serve: {problem}", file=sys.stderr)
         return 2
-    if os.geteuid() != 0:
-        print("vmstats serve: finding VMs by their stats fds needs root (CAP_SYS_PTRACE); "
-              "run it as root (QMP sources are not supported yet)", file=sys.stderr)  # fmt: skip
-        return 1
-    group = None
-    if args.group is not None:
-        try:
-            group = int(args.group) if args.group.isdigit() else grp.getgrnam(args.group).gr_gid
-        except KeyError:
-            print(f"vmstats serve: no group named {args.group!r}", file=sys.stderr)
-            return 2
+    try:
+        group = _group(args)
+    except ValueError as exc:
+        print(f"vmstats serve: {exc}", file=sys.stderr)
+        return 2
+    fds = os.geteuid() == 0
+    if not fds:
+        if not args.qmp:
+            print("vmstats serve: finding VMs by their stats fds needs root (CAP_SYS_PTRACE); "
+                  "as this user only QMP sockets can be served: give them with --qmp",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        log.warning("not root: VMs are not looked for by their stats fds (that needs "
+                    "CAP_SYS_PTRACE); serving only the QMP sockets given")  # fmt: skip
     if args.once:
-        found = vmms()
-        rows: list[dict[str, object]] = []
-        for pid, attached in found:
-            name = vm_name(pid, (str(r["name"]) for r in rows))
-            rows.append(describe(name, pid, len(attached.vcpus), attached.vm is not None,
-                                 args.run_dir / f"{name}.qmp"))  # fmt: skip
-            attached.close()
-        sys.stdout.write(_table(rows) if rows else "no VM found\n")
-        return 0
-    return asyncio.run(_serve(args, group))
+        return asyncio.run(_once(_daemon(args, group, fds, dry_run=True)))
+    return asyncio.run(_serve(args, _daemon(args, group, fds, dry_run=False)))
 
 
-async def _serve(args: argparse.Namespace, group: int | None) -> int:
+async def _once(daemon: Daemon) -> int:
+    await daemon.scan()
+    rows = [vm.describe() for vm in daemon.served.values()]
+    await daemon.close()
+    sys.stdout.write(_table(rows) if rows else "no VM found\n")
+    return 0
+
+
+async def _serve(args: argparse.Namespace, daemon: Daemon) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    daemon = Daemon(args.run_dir, group=group, scan_interval=args.scan_interval,
-                    limits=server_limits(args))  # fmt: skip
 
     def reload() -> None:
-        """SIGHUP: reread the config; the interval and the limits of new sockets follow."""
+        """SIGHUP: reread the config; the interval, the QMP sources and the limits of
+        new sockets follow."""
         if args.config is None:
             log.info("SIGHUP: no --config to reread")
             return
-        fresh = argparse.Namespace(**{**vars(args), **{k: DEFAULTS.get(k) for k in
-                                      ("scan_interval", "max_connections", "idle_timeout",
-                                       "message_timeout", "write_timeout")}})  # fmt: skip
+        fresh = argparse.Namespace(**{**vars(args), **{k: DEFAULTS.get(k) for k in RELOADED}})
         problem = apply_config(fresh, DEFAULTS)
         if problem:
             log.error("SIGHUP: %s; keeping the settings in use", problem)
             return
         daemon.scan_interval = fresh.scan_interval
         daemon.limits = server_limits(fresh)
+        daemon.qmp = list(fresh.qmp)
+        daemon.qmp_timeout = fresh.qmp_timeout
         log.warning("SIGHUP: %s reread", args.config)
 
     loop.add_signal_handler(signal.SIGHUP, reload)

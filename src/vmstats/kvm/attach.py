@@ -20,6 +20,7 @@ import ctypes
 import errno
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +137,7 @@ class AttachedVm:
     pidfd: int
     vm: StatsFile | None = None
     vcpus: dict[int, StatsFile] = field(default_factory=dict)  # CPU index -> file
+    vcpu_ids: set[int] = field(default_factory=set)  # KVM's vcpu_ids of those files
 
     def close(self) -> None:
         for file in [self.vm, *self.vcpus.values()]:
@@ -148,8 +150,10 @@ class AttachedVm:
             self.pidfd = -1
 
 
-def attach(pid: int) -> AttachedVm:
-    """Copy every stats fd of process ``pid``; vCPUs by CPU index.
+def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = ()) -> AttachedVm:
+    """Copy the stats fds of process ``pid``; vCPUs by CPU index.  ``skip_vm`` and
+    ``skip_vcpus`` (KVM vcpu_ids) leave out what is held already: a later scan takes only
+    hot-plugged vCPUs.
 
     The same vCPU held twice (a dup, or Python's ``mmap`` of a vcpu fd) is taken once.
     """
@@ -161,7 +165,10 @@ def attach(pid: int) -> AttachedVm:
     try:
         threads = cpu_index_of_threads(pid)
         for link in stats_fd_links(pid):
-            if link.vcpu_id is None and vm.vm is not None:
+            if link.vcpu_id is None and (skip_vm or vm.vm is not None):
+                continue
+            if link.vcpu_id is not None and (link.vcpu_id in skip_vcpus
+                                             or link.vcpu_id in vm.vcpu_ids):  # fmt: skip
                 continue
             file = StatsFile(copy_fd(pidfd, link.fd), owned=True)
             if link.vcpu_id is None:
@@ -174,6 +181,7 @@ def attach(pid: int) -> AttachedVm:
                 file.close()  # the same vCPU twice
                 continue
             vm.vcpus[index] = file
+            vm.vcpu_ids.add(link.vcpu_id)
         vm.vcpus = dict(sorted(vm.vcpus.items()))
     except BaseException:
         vm.close()

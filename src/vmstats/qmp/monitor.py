@@ -33,9 +33,10 @@ class Monitor:
     """Everything a QMP connection can ask of one VM's stats.
 
     ``machine`` names the VM and lists its vCPUs by CPU index (``query-name``,
-    ``query-cpus-fast``, HMP ``cpu`` and ``info stats vcpu``).  ``version`` is the QEMU release whose wire is reproduced; the
-    greeting and ``query-version`` report it, with ``package`` naming vmstats, so tools that
-    gate features on QEMU's version see the API they get.
+    ``query-cpus-fast``, HMP ``cpu`` and ``info stats vcpu``).  ``version`` is the QEMU
+    release whose wire is reproduced; the greeting and ``query-version`` report it, with
+    ``package`` naming vmstats, so tools that gate features on QEMU's version see the API
+    they get.
     """
 
     def __init__(

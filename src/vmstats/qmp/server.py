@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from vmstats.errors import SocketInUse
+from vmstats.qapi.errors import INTERNAL_ERROR
 from vmstats.qmp.jsonstream import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_TOKENS
 from vmstats.qmp.monitor import Monitor
-from vmstats.qapi.errors import INTERNAL_ERROR
 from vmstats.qmp.session import QMPSession, Reply, error_line
 
 log = logging.getLogger(__name__)

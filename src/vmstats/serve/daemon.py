@@ -1,33 +1,41 @@
-"""The host daemon: every VMM found gets a read-only QMP socket of its own.
+"""The host daemon: every VM found gets a read-only QMP socket of its own.
 
-Every ``scan_interval`` seconds (and at start) the daemon looks for processes that hold
-KVM stats fds they created (:mod:`vmstats.kvm.attach`), copies those fds (stats fds only,
-never a control fd) and serves them at ``RUN_DIR/<name>.qmp`` with the hardened QMP server:
-``query-stats``, ``query-stats-schemas``, introspection and HMP ``info stats``; every
-other command is QEMU's CommandNotFound.  It watches each VMM's pidfd: when the VMM exits
-its clients get an error, then EOF, its fds are closed at once (a held stats fd pins the
-dead VM's kernel memory) and its socket is removed.  ``RUN_DIR/vms.json`` lists what is
-served, for ``vmstats list``.
+Every ``scan_interval`` seconds (and at start) the daemon looks for
 
-vCPUs are numbered by QEMU's CPU index and get the QOM paths QEMU's pc machine gives them
-(``/machine/unattached/device[0]``, ``[2]``, ``[3]``...): without a QMP socket to ask, that
-is the documented scheme.  Not yet: QMP sources (forwarding to a QEMU 7.x), hot-plugged
-vCPUs after the first scan, configuration files.
+- processes that hold KVM stats fds they created (:mod:`vmstats.kvm.attach`): it copies
+  those fds (stats fds only, never a control fd) and reads them itself, kicking no vCPU;
+  vCPUs plugged after the first scan are taken at a later one;
+- QEMU QMP sockets named by the configuration (``qmp`` globs): the process behind each
+  (``SO_PEERCRED``) is a VM already found by its fds (then the socket adds its VM-level
+  stats, its name and its QOM paths) or a QEMU that keeps no fds (7.x: then its stats
+  commands are forwarded, :mod:`vmstats.serve.forward`).
+
+Each VM is served at ``RUN_DIR/<name>.qmp`` by the hardened QMP server: the stats
+commands, ``query-name``, ``query-cpus-fast``, introspection and HMP ``info stats``; every
+other command is QEMU's CommandNotFound.  The daemon watches each VMM's pidfd: when the VMM
+exits its clients get an error, then EOF, its fds are closed at once (a held stats fd pins
+the dead VM's kernel memory) and its socket is removed.  ``RUN_DIR/vms.json`` lists what
+is served, for ``vmstats list``.
+
+Without a socket to ask, vCPUs are numbered by QEMU's CPU index and get the QOM paths
+QEMU's pc machine gives them (``/machine/unattached/device[0]``, ``[2]``, ``[3]``...): the
+documented scheme.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import json
 import logging
 import os
-from collections.abc import Collection
-from dataclasses import dataclass
+import stat
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmstats.demo.vm import qemu_vcpu_path
-from vmstats.errors import SocketInUse, VmstatsError
+from vmstats.errors import ClientError, SocketInUse, VmstatsError
 from vmstats.kvm.attach import (
     AttachedVm,
     AttachError,
@@ -38,34 +46,72 @@ from vmstats.kvm.attach import (
 )
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
 from vmstats.kvm.vmm import VmmProcess
-from vmstats.qmp.machine import Machine
-from vmstats.qmp.monitor import Monitor
-from vmstats.qmp.server import QMPServer, ServerLimits
-from vmstats.serve.discover import vm_name
+from vmstats.qmp.machine import CpuInfoFast, Machine, cpus_from_wire, pc_props, pc_vcpu_path
+from vmstats.qmp.raw import RawSession
+from vmstats.qmp.server import QMPServer, RateLimitedLog, ServerLimits
+from vmstats.serve.discover import cmdline, qemu_name, vm_name
+from vmstats.serve.forward import DEFAULT_QMP_TIMEOUT, HostMonitor, QemuSocket
+from vmstats.stats.model import StatsTarget
 from vmstats.stats.registry import StatsRegistry
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ServedVm:
-    """One VMM being served."""
-
-    name: str
-    pid: int
-    provider: KvmStatsProvider
-    server: QMPServer
-    socket: Path
-
-    def describe(self) -> dict[str, object]:
-        return describe(self.name, self.pid, len(self.provider.vcpus),
-                        self.provider.vm is not None, self.socket)  # fmt: skip
-
-
-def describe(name: str, pid: int, vcpus: int, has_vm: bool, socket: Path) -> dict[str, object]:
+def describe(name: str, pid: int, vcpus: int, local: Collection[StatsTarget],
+             qmp: Path | None, socket: Path) -> dict[str, object]:  # fmt: skip
     """A served VM as ``vms.json``, ``vmstats list`` and ``serve --once`` show it."""
-    source = "fds (vm, vcpu)" if has_vm else "fds (vcpu)"
-    return {"name": name, "pid": pid, "vcpus": vcpus, "source": source, "socket": str(socket)}
+    if not local:
+        source = "QMP (forwarded)"
+    elif StatsTarget.VM in local:
+        source = "fds (vm, vcpu)"
+    elif qmp is not None:
+        source = "fds (vcpu) + QMP (vm)"
+    else:
+        source = "fds (vcpu only: no QMP socket for VM-level stats)"
+    row: dict[str, object] = {"name": name, "pid": pid, "vcpus": vcpus, "source": source,
+                              "socket": str(socket)}  # fmt: skip
+    if qmp is not None:
+        row["qmp"] = str(qmp)
+    return row
+
+
+@dataclass
+class QmpSource:
+    """What a QEMU's socket said about its VM when probed."""
+
+    path: Path
+    pid: int
+    name: str | None
+    cpus: list[CpuInfoFast]
+
+
+async def probe(path: Path, timeout: float) -> QmpSource:
+    """Ask a QEMU socket who serves it (``SO_PEERCRED``), its name and its vCPUs; one
+    connection, closed at once.  :class:`ClientError` if it cannot tell."""
+    async with RawSession(str(path), timeout) as qmp:
+        pid = qmp.peer_pid
+        if pid is None:
+            raise ClientError(f"{path}: cannot tell which process serves it")
+        commands = {c["name"] for c in json.loads(await qmp.execute("query-commands"))}
+        if "query-stats" not in commands:
+            raise ClientError(f"{path}: this QEMU has no query-stats (QEMU >= 7.1 has)")
+        name = json.loads(await qmp.execute("query-name")).get("name")
+        try:
+            cpus = cpus_from_wire(json.loads(await qmp.execute("query-cpus-fast")))
+        except ValueError as exc:
+            raise ClientError(f"{path}: {exc}") from None
+    return QmpSource(path, pid, name if isinstance(name, str) else None, cpus)
+
+
+def qmp_socket_paths(patterns: Iterable[str]) -> list[Path]:
+    """The unix sockets the ``patterns`` (paths or globs) name now."""
+    out: set[Path] = set()
+    for pattern in patterns:
+        for match in glob.glob(pattern) or ([pattern] if not glob.has_magic(pattern) else []):
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.stat(match).st_mode):
+                    out.add(Path(match))
+    return sorted(out)
 
 
 def vmms(skip: Collection[int] = ()) -> list[tuple[int, AttachedVm]]:
@@ -86,8 +132,58 @@ def vmms(skip: Collection[int] = ()) -> list[tuple[int, AttachedVm]]:
     return out
 
 
+@dataclass
+class ServedVm:
+    """One VM being served."""
+
+    name: str
+    pid: int
+    provider: KvmStatsProvider
+    monitor: HostMonitor
+    server: QMPServer
+    socket: Path
+    vcpus: dict[int, VcpuStatsFile] = field(default_factory=dict)  # CPU index -> file
+    vcpu_ids: set[int] = field(default_factory=set)  # KVM vcpu_ids held
+    qmp: Path | None = None
+
+    def describe(self) -> dict[str, object]:
+        vcpus = len(self.vcpus) or len(self.monitor.machine.cpus)
+        return describe(self.name, self.pid, vcpus, self.monitor.local, self.qmp, self.socket)
+
+    def add_vcpus(self, attached: AttachedVm) -> None:
+        """Serve vCPUs (at start, or plugged since): their files, paths and threads."""
+        known = {cpu.cpu_index: cpu for cpu in self.monitor.machine.cpus}
+        for index, file in attached.vcpus.items():
+            path = known[index].qom_path if index in known else pc_vcpu_path(index)
+            self.vcpus[index] = VcpuStatsFile(path, file)
+            if index not in known:
+                known[index] = CpuInfoFast(index, path, creator_thread(file), pc_props(index))
+        self.vcpu_ids |= attached.vcpu_ids
+        self.vcpus = dict(sorted(self.vcpus.items()))
+        self.provider.vcpus = list(self.vcpus.values())
+        self.monitor.machine.cpus = [known[i] for i in sorted(known)]
+        if self.vcpus:
+            self.monitor.local.add(StatsTarget.VCPU)
+
+    def use_socket(self, source: QmpSource, timeout: float) -> None:
+        """The VM's QEMU socket: VM-level stats, QEMU's name and QOM paths from it."""
+        self.qmp = source.path
+        self.monitor.qemu = QemuSocket(source.path, timeout)
+        self.monitor.machine.name = source.name
+        if source.cpus:
+            self.monitor.machine.cpus = source.cpus
+            paths = {cpu.cpu_index: cpu.qom_path for cpu in source.cpus}
+            self.vcpus = {i: VcpuStatsFile(paths.get(i, v.qom_path), v.file)
+                          for i, v in self.vcpus.items()}  # fmt: skip
+            self.provider.vcpus = list(self.vcpus.values())
+
+
 class Daemon:
-    """Serves the VMs of this host until :meth:`close`."""
+    """Serves the VMs of this host until :meth:`close`.
+
+    ``fds``: find VMs by their stats fds (needs root); ``qmp``: paths or globs of QEMU
+    sockets to use as well.  ``dry_run``: find and describe, open no socket (``--once``).
+    """
 
     def __init__(
         self,
@@ -96,12 +192,22 @@ class Daemon:
         group: int | None = None,
         scan_interval: float = 5.0,
         limits: ServerLimits | None = None,
+        fds: bool = True,
+        qmp: Iterable[str] = (),
+        qmp_timeout: float = DEFAULT_QMP_TIMEOUT,
+        dry_run: bool = False,
     ) -> None:
+        self.dry_run = dry_run
         self.run_dir = run_dir
         self.group = group
         self.scan_interval = scan_interval
         self.limits = limits or ServerLimits()
+        self.fds = fds
+        self.qmp = list(qmp)
+        self.qmp_timeout = qmp_timeout
         self.served: dict[int, ServedVm] = {}
+        self._sockets: dict[Path, tuple[int, int]] = {}  # QEMU socket -> (inode, pid)
+        self._log = RateLimitedLog(log, interval=300.0)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.run_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -117,39 +223,105 @@ class Daemon:
             await self.close()
 
     async def scan(self) -> None:
-        """Serve the VMMs that appeared since the last scan."""
-        for pid, attached in vmms(skip=self.served):
-            try:
-                await self._serve(pid, attached)
-            except (VmstatsError, OSError) as exc:
-                attached.close()
-                log.warning("cannot serve the VM of process %d: %s", pid, exc)
+        """Serve the VMs that appeared since the last scan, and their new vCPUs."""
+        if self.fds:
+            for pid, attached in vmms(skip=self.served):
+                await self._try_serve(pid, attached, None)
+            for served in list(self.served.values()):
+                await self._hot_plug(served)
+        for source in await self._new_sources():
+            vm = self.served.get(source.pid)
+            if vm is not None:
+                vm.use_socket(source, self.qmp_timeout)
+                log.info("%s: VM-level stats, name and QOM paths from %s", vm.name, source.path)
+            else:
+                await self._try_serve(source.pid, None, source)
         self._write_state()
 
-    async def _serve(self, pid: int, attached: AttachedVm) -> None:
-        name = vm_name(pid, (vm.name for vm in self.served.values()))
-        vcpus = [VcpuStatsFile(qemu_vcpu_path(i), f) for i, f in attached.vcpus.items()]
-        provider = KvmStatsProvider(attached.vm, vcpus, VmmProcess(pid))
-        os.close(attached.pidfd)  # the provider watches the VMM with a pidfd of its own
+    async def _new_sources(self) -> list[QmpSource]:
+        """QEMU sockets not probed yet (or replaced since), probed; the ones that fail are
+        tried again at the next scan."""
+        found = []
+        for pattern in self.qmp:
+            if not glob.has_magic(pattern) and not os.path.exists(pattern):
+                self._log.warning(pattern, "QMP source %s: no such socket (yet)", pattern)
+        for path in qmp_socket_paths(self.qmp):
+            try:
+                inode = os.stat(path).st_ino
+            except OSError:
+                continue
+            seen = self._sockets.get(path)
+            if seen is not None and seen[0] == inode and seen[1] in self.served:
+                continue
+            try:
+                source = await probe(path, self.qmp_timeout)
+            except ClientError as exc:
+                self._log.warning(str(path), "QMP source %s not used for now: %s", path, exc)
+                continue
+            self._sockets[path] = (inode, source.pid)
+            vm = self.served.get(source.pid)
+            if vm is None or vm.qmp is None:
+                found.append(source)
+        return found
+
+    async def _hot_plug(self, vm: ServedVm) -> None:
+        if not vm.vcpus:
+            return  # forwarded: QEMU knows its vCPUs
+        try:
+            attached = attach(vm.pid, skip_vm=True, skip_vcpus=vm.vcpu_ids)
+        except AttachError:
+            return  # exiting: its pidfd says so
+        os.close(attached.pidfd)
         attached.pidfd = -1
+        if attached.vcpus:
+            vm.add_vcpus(attached)
+            log.info("%s: vCPUs %s plugged", vm.name, sorted(attached.vcpus))
+            if vm.qmp is not None:  # their QOM paths are QEMU's to tell
+                with contextlib.suppress(ClientError):
+                    vm.use_socket(await probe(vm.qmp, self.qmp_timeout), self.qmp_timeout)
+
+    async def _try_serve(self, pid: int, attached: AttachedVm | None,
+                         source: QmpSource | None) -> None:  # fmt: skip
+        try:
+            await self._serve(pid, attached, source)
+        except (VmstatsError, OSError) as exc:
+            if attached is not None:
+                attached.close()
+            log.warning("cannot serve the VM of process %d: %s", pid, exc)
+
+    async def _serve(self, pid: int, attached: AttachedVm | None,
+                     source: QmpSource | None) -> None:  # fmt: skip
+        taken = [vm.name for vm in self.served.values()]
+        name = vm_name(pid, taken, source.name if source is not None else None)
+        provider = KvmStatsProvider(attached.vm if attached else None, [], VmmProcess(pid))
+        if attached is not None:
+            os.close(attached.pidfd)  # the provider watches the VMM with a pidfd of its own
+            attached.pidfd = -1
         registry = StatsRegistry()
         registry.add_stats_callbacks(provider)
-        machine = Machine.pc((i, v.qom_path, creator_thread(v.file))
-                             for i, v in zip(attached.vcpus, vcpus, strict=True))  # fmt: skip
-        server = QMPServer(Monitor(registry, machine), self.limits)
+        local = {StatsTarget.VM} if provider.vm is not None else set()
+        given = source.name if source is not None else qemu_name(cmdline(pid))
+        monitor = HostMonitor(registry, Machine(name=given), local=local)
         socket = self.run_dir / f"{name}.qmp"
+        vm = ServedVm(name, pid, provider, monitor, QMPServer(monitor, self.limits), socket)
+        if attached is not None:
+            vm.add_vcpus(attached)
+        if source is not None:
+            vm.use_socket(source, self.qmp_timeout)
+        if self.dry_run:
+            self.served[pid] = vm
+            return
         try:
-            await server.start_unix(socket, mode=0o660, group=self.group)
+            await vm.server.start_unix(socket, mode=0o660, group=self.group)
         except (SocketInUse, OSError):
-            await server.close()
+            await vm.server.close()
             provider.close()
             raise
-        vm = ServedVm(name, pid, provider, server, socket)
         self.served[pid] = vm
         assert provider.vmm is not None
         loop = asyncio.get_running_loop()
         loop.add_reader(provider.vmm.pidfd, lambda: loop.create_task(self._remove(pid)))
-        log.info("serving %s (process %d, %d vCPUs) at %s", name, pid, len(vcpus), socket)
+        log.info("serving %s (process %d, %s) at %s", name, pid, vm.describe()["source"], socket)
 
     async def _remove(self, pid: int) -> None:
         """The VMM exited: close its fds at once, its clients, its socket."""
@@ -157,7 +329,8 @@ class Daemon:
         if vm is None:
             return
         assert vm.provider.vmm is not None
-        asyncio.get_running_loop().remove_reader(vm.provider.vmm.pidfd)
+        if vm.provider.vmm.pidfd >= 0:
+            asyncio.get_running_loop().remove_reader(vm.provider.vmm.pidfd)
         closing = asyncio.ensure_future(vm.server.close())
         vm.provider.close()  # reads from now on fail: the VM is gone
         await closing
@@ -165,6 +338,8 @@ class Daemon:
         log.info("%s (process %d) exited: no longer served", vm.name, pid)
 
     def _write_state(self) -> None:
+        if self.dry_run:
+            return
         state = [vm.describe() for vm in self.served.values()]
         path = self.run_dir / "vms.json"
         temporary = path.with_suffix(".tmp")
@@ -175,5 +350,6 @@ class Daemon:
     async def close(self) -> None:
         for pid in list(self.served):
             await self._remove(pid)
-        with contextlib.suppress(FileNotFoundError):
-            (self.run_dir / "vms.json").unlink()
+        if not self.dry_run:
+            with contextlib.suppress(FileNotFoundError):
+                (self.run_dir / "vms.json").unlink()

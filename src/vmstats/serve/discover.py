@@ -33,10 +33,11 @@ def qemu_name(args: list[str]) -> str | None:
     return None
 
 
-def vm_name(pid: int, taken: Iterable[str] = ()) -> str:
-    """A name for the VM of ``pid``: QEMU's ``-name``, else ``<comm>-<pid>``; unique among
-    ``taken`` (``-<pid>`` is added on a clash) and safe as a file name."""
-    name = qemu_name(cmdline(pid))
+def vm_name(pid: int, taken: Iterable[str] = (), given: str | None = None) -> str:
+    """A name for the VM of ``pid``: ``given`` (what its QEMU's ``query-name`` said), else
+    QEMU's ``-name``, else ``<comm>-<pid>``; unique among ``taken`` (``-<pid>`` is added on
+    a clash) and safe as a file name."""
+    name = given or qemu_name(cmdline(pid))
     if name is None:
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()

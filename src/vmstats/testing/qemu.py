@@ -110,12 +110,14 @@ class QemuVM:
         *,
         paused: bool = False,
         memory_mb: int = 64,
+        max_vcpus: int | None = None,
         binary: str = QEMU_BINARY,
         extra_args: Sequence[str] = (),
     ) -> None:
         self.binary = binary
         self.extra_args = list(extra_args)
         self.vcpus = vcpus
+        self.max_vcpus = max_vcpus  # room for hot-plugged vCPUs
         self.paused = paused
         self.memory_mb = memory_mb
         self._tmp = tempfile.TemporaryDirectory(prefix="vmstats-qemu-")
@@ -123,7 +125,7 @@ class QemuVM:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> QemuVM:
-        maxcpus = max(self.vcpus, 1)
+        maxcpus = max(self.vcpus, self.max_vcpus or 1, 1)
         args = [
             self.binary,
             *self.extra_args,

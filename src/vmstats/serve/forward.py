@@ -1,0 +1,129 @@
+"""The monitor of a VM the host daemon serves: its own stats fds where it holds them, the
+VM's QEMU (through its QMP socket) for the rest.
+
+- A QEMU that keeps no stats fds (7.x) is *forwarded*: ``query-stats``,
+  ``query-stats-schemas``, ``query-cpus-fast`` and HMP ``info stats`` go to its socket and
+  its reply is passed on byte for byte (each forwarded vcpu query kicks every vCPU once:
+  QEMU's own cost).
+- A QEMU >= 8.1 with a socket is *mixed*: vCPU stats come from the fds (no kick), VM-level
+  stats from the socket (QEMU reads its own VM stats fd, which no other process can
+  create), and the schemas from the socket, or from the fds when it does not answer.
+- Without a socket, everything is local and VM-level stats are absent.
+
+A QEMU socket serves one client at a time, so it is used per request (connect, ask,
+close), one request at a time, each step bounded by a timeout: other tools are never
+locked out, and a busy or silent QEMU costs our client an error, not a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from vmstats.errors import ClientError, RemoteError, StatsError
+from vmstats.qapi.json import RawJSON
+from vmstats.qmp.machine import Machine
+from vmstats.qmp.monitor import Monitor
+from vmstats.qmp.raw import RawSession
+from vmstats.stats.model import StatsFilter, StatsProvider, StatsTarget
+from vmstats.stats.registry import StatsRegistry
+
+log = logging.getLogger(__name__)
+
+#: Seconds a QEMU socket may take per step (connect, greeting, each reply).
+DEFAULT_QMP_TIMEOUT = 3.0
+
+
+class QemuSocket:
+    """A QEMU's QMP socket, used per request and one request at a time."""
+
+    def __init__(self, path: Path, timeout: float = DEFAULT_QMP_TIMEOUT) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._turn = asyncio.Lock()
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> RawJSON:
+        """QEMU's return value, as its text; QEMU's error as :class:`RemoteError`, and an
+        unreachable or silent QEMU as :class:`StatsError` (a GenericError for our client)."""
+        async with self._turn:
+            try:
+                async with RawSession(str(self.path), self.timeout) as qmp:
+                    return RawJSON((await qmp.execute(command, arguments)).decode())
+            except RemoteError:
+                raise
+            except ClientError as exc:
+                raise StatsError(f"the VM's QEMU monitor did not serve {command}: {exc}") from exc
+
+
+def filter_arguments(filter: StatsFilter) -> dict[str, Any]:
+    """``query-stats`` arguments for a checked filter (what is forwarded)."""
+    arguments: dict[str, Any] = {"target": filter.target.value}
+    if filter.providers is not None:
+        arguments["providers"] = [
+            {"provider": r.provider.value, **({} if r.names is None else {"names": list(r.names)})}
+            for r in filter.providers
+        ]
+    if filter.vcpus is not None:
+        arguments["vcpus"] = list(filter.vcpus)
+    return arguments
+
+
+class HostMonitor(Monitor):
+    """A :class:`Monitor` over the VM's fds, which serve ``local`` (targets), passing what
+    they cannot answer to ``qemu`` when the VM has a socket.  Both may change later (a
+    socket found, a vCPU plugged): sessions look them up on every command."""
+
+    def __init__(self, registry: StatsRegistry, machine: Machine, *,
+                 local: set[StatsTarget], qemu: QemuSocket | None = None) -> None:  # fmt: skip
+        super().__init__(registry, machine)
+        self.local = local
+        self.qemu = qemu
+        self._local = dict(self.handlers)
+        self.handlers.update({
+            "query-stats": self.query_stats,
+            "query-stats-schemas": self.query_stats_schemas,
+            "query-cpus-fast": self.query_cpus_fast_forwarded,
+            "human-monitor-command": self.human_monitor_command_forwarded,
+        })  # fmt: skip
+
+    def _forwards(self, target: str) -> QemuSocket | None:
+        """The socket that answers ``target``, or None: answered here."""
+        if self.qemu is None or target in self.local:
+            return None
+        return self.qemu
+
+    async def query_stats(self, filter: StatsFilter) -> Any:
+        qemu = self._forwards(filter.target.value)
+        if qemu is None:
+            return self._local["query-stats"](filter)
+        return await qemu.execute("query-stats", filter_arguments(filter))
+
+    async def query_stats_schemas(self, provider: StatsProvider | None = None) -> Any:
+        if self.qemu is None or self.local >= {StatsTarget.VM, StatsTarget.VCPU}:
+            return self._local["query-stats-schemas"](provider)
+        arguments = None if provider is None else {"provider": provider.value}
+        try:
+            return await self.qemu.execute("query-stats-schemas", arguments)
+        except StatsError:
+            if not self.local:
+                raise
+            # QEMU busy: the vCPU schemas are the kernel's, and here
+            return self._local["query-stats-schemas"](provider)
+
+    async def query_cpus_fast_forwarded(self) -> Any:
+        if self.qemu is None or StatsTarget.VCPU in self.local:
+            return self.query_cpus_fast()
+        return await self.qemu.execute("query-cpus-fast")
+
+    async def human_monitor_command_forwarded(self, command_line: str,
+                                              cpu_index: int | None = None) -> Any:  # fmt: skip
+        target = self.hmp.info_stats_target(command_line)
+        qemu = None if target is None else self._forwards(target)
+        if qemu is None:
+            return self.human_monitor_command(command_line, cpu_index)
+        arguments: dict[str, Any] = {"command-line": command_line}
+        if cpu_index is not None:
+            arguments["cpu-index"] = cpu_index
+        return await qemu.execute("human-monitor-command", arguments)
