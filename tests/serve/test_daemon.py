@@ -412,3 +412,21 @@ def test_vms_that_come_and_go_leave_no_fd_or_memory_behind(
         assert wait_for(lambda: not sockets(run_dir), timeout=5)
     assert wait_for(lambda: fd_count(proc.pid) == baseline_fds)
     assert rss_bytes(proc.pid) - baseline_rss < 10 << 20
+
+
+def test_two_vms_in_one_process_are_named_not_mixed_up(tmp_path: Path) -> None:
+    """The kernel gives the stats fds of two VMs in one process the same names and ids:
+    the daemon says so instead of serving one VM made of both."""
+    script = ("import time\nfrom vmstats.demo.vm import DemoVM\n"
+              "vms = [DemoVM(1), DemoVM(2)]\nprint('ready', flush=True)\ntime.sleep(120)\n")  # fmt: skip
+    two = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert two.stdout is not None and two.stdout.readline() == "ready\n"
+        out = subprocess.run([sys.executable, "-m", "vmstats", "serve", "--once", "--run-dir",
+                              str(tmp_path / "run")], capture_output=True, text=True)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert f"process {two.pid} runs 2 VMs" in out.stderr
+        assert str(two.pid) not in out.stdout
+    finally:
+        two.kill()
+        two.wait()

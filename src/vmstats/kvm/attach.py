@@ -28,6 +28,8 @@ from vmstats.errors import VmstatsError
 from vmstats.kvm.binstats import StatsFile
 
 SYS_PIDFD_GETFD = 438  # x86-64
+SYS_KCMP = 312
+KCMP_FILE = 0
 _VM_LINK = "anon_inode:kvm-vm-stats"
 _VM_CONTROL = "anon_inode:kvm-vm"
 _VCPU_LINK = re.compile(r"anon_inode:kvm-vcpu-stats:(\d+)$")
@@ -54,16 +56,16 @@ def stats_fd_links(pid: int) -> list[StatsFdLink]:
     return _links(pid)[0]
 
 
-def _links(pid: int) -> tuple[list[StatsFdLink], bool]:
-    """The stats fds of ``pid``, and whether it also holds a VM control fd (a VMM does;
-    a process holding copies of stats fds does not)."""
+def _links(pid: int) -> tuple[list[StatsFdLink], list[int]]:
+    """The stats fds of ``pid``, and its VM control fds (a VMM holds one per VM; a process
+    holding copies of stats fds holds none)."""
     base = Path(f"/proc/{pid}/fd")
     try:
         names = os.listdir(base)
     except OSError as exc:
         raise AttachError(f"cannot list the fds of process {pid}: {exc.strerror}") from exc
     out = []
-    control = False
+    control = []
     for name in names:
         try:
             target = os.readlink(base / name)
@@ -79,9 +81,23 @@ def _links(pid: int) -> tuple[list[StatsFdLink], bool]:
         elif (match := _VCPU_LINK.match(target)) is not None:
             out.append(StatsFdLink(int(name), int(match.group(1))))
         elif target == _VM_CONTROL:
-            control = True
+            control.append(int(name))
     out.sort(key=lambda link: (link.vcpu_id is not None, link.vcpu_id or 0, link.fd))
     return out, control
+
+
+def same_file(pid: int, fd1: int, fd2: int) -> bool:
+    """Are two fds of ``pid`` the same open file (a dup)?  ``kcmp(KCMP_FILE)``."""
+    return int(_libc.syscall(SYS_KCMP, pid, pid, KCMP_FILE, fd1, fd2)) == 0
+
+
+def vm_count(pid: int, control: list[int]) -> int:
+    """How many VMs the control fds ``control`` of ``pid`` are (dups counted once)."""
+    distinct: list[int] = []
+    for fd in control:
+        if not any(same_file(pid, fd, other) for other in distinct):
+            distinct.append(fd)
+    return len(distinct)
 
 
 def processes_with_stats_fds(vmms_only: bool = False) -> list[int]:
@@ -163,8 +179,15 @@ def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = ())
         raise AttachError(f"no process {pid}: {exc.strerror}") from exc
     vm = AttachedVm(pid, pidfd)
     try:
+        links, control = _links(pid)
+        vms = vm_count(pid, control)
+        if vms > 1:
+            raise AttachError(
+                f"process {pid} runs {vms} VMs: its stats fds do not say which VM each "
+                "belongs to (the kernel gives them the same names and ids), so it is not served"
+            )
         threads = cpu_index_of_threads(pid)
-        for link in stats_fd_links(pid):
+        for link in links:
             if link.vcpu_id is None and (skip_vm or vm.vm is not None):
                 continue
             if link.vcpu_id is not None and (link.vcpu_id in skip_vcpus

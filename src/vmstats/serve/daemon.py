@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,8 +114,11 @@ def qmp_socket_paths(patterns: Iterable[str]) -> list[Path]:
     return sorted(out)
 
 
-def vmms(skip: Collection[int] = ()) -> list[tuple[int, AttachedVm]]:
-    """Every VMM on the host we can look into (but ``skip``), with copies of its stats fds."""
+def vmms(
+    skip: Collection[int] = (), report: Callable[[int, str], None] | None = None
+) -> list[tuple[int, AttachedVm]]:
+    """Every VMM on the host we can look into (but ``skip``), with copies of its stats fds.
+    A VMM that cannot be taken is ``report``-ed (logged by default)."""
     out = []
     for pid in processes_with_stats_fds(vmms_only=True):
         if pid in skip:
@@ -123,7 +126,10 @@ def vmms(skip: Collection[int] = ()) -> list[tuple[int, AttachedVm]]:
         try:
             attached = attach(pid)
         except AttachError as exc:
-            log.info("process %d: %s", pid, exc)
+            if report is None:
+                log.info("process %d: %s", pid, exc)
+            else:
+                report(pid, str(exc))
             continue
         if not owns(pid, attached):  # holds copies of someone else's fds
             attached.close()
@@ -225,7 +231,7 @@ class Daemon:
     async def scan(self) -> None:
         """Serve the VMs that appeared since the last scan, and their new vCPUs."""
         if self.fds:
-            for pid, attached in vmms(skip=self.served):
+            for pid, attached in vmms(self.served, self._not_served):
                 await self._try_serve(pid, attached, None)
             for served in list(self.served.values()):
                 await self._hot_plug(served)
@@ -237,6 +243,9 @@ class Daemon:
             else:
                 await self._try_serve(source.pid, None, source)
         self._write_state()
+
+    def _not_served(self, pid: int, why: str) -> None:
+        self._log.warning(f"pid:{pid}", "not served: %s", why)
 
     async def _new_sources(self) -> list[QmpSource]:
         """QEMU sockets not probed yet (or replaced since), probed; the ones that fail are
