@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from vmstats import __version__
-from vmstats.cli import client, demo, serve, top
+from vmstats.cli import client, demo, exporter, serve, top
 from vmstats.stats.schema import STATS_QAPI
 
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_parsers(sub)
     top.add_parsers(sub)
     serve.add_parsers(sub)
+    exporter.add_parsers(sub)
     return parser
 
 

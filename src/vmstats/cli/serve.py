@@ -13,7 +13,9 @@ import sys
 import tomllib
 from pathlib import Path
 
+from vmstats.cli.exporter import add_metrics_options, serve_metrics
 from vmstats.cli.options import add_server_limits, positive_float, server_limits
+from vmstats.exporter.http import MetricsEndpoint, ScrapeCollector
 from vmstats.serve.daemon import Daemon
 from vmstats.serve.forward import DEFAULT_QMP_TIMEOUT
 
@@ -61,6 +63,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="seconds a QEMU socket may take per step before its VM's "
         f"request fails (default {DEFAULT_QMP_TIMEOUT:g})",
     )
+    add_metrics_options(serve, "--metrics", None)
     serve.add_argument(
         "--config",
         type=Path,
@@ -91,8 +94,9 @@ def _table(rows: list[dict[str, object]]) -> str:
 
 
 #: Settings a config file may give, by option name, and which the command line overrides.
-SETTINGS = ("run-dir", "group", "scan-interval", "qmp", "qmp-timeout", "max-connections",
-            "idle-timeout", "message-timeout", "write-timeout")  # fmt: skip
+SETTINGS = ("run-dir", "group", "scan-interval", "qmp", "qmp-timeout", "metrics",
+            "scrape-timeout", "max-connections", "idle-timeout", "message-timeout",
+            "write-timeout")  # fmt: skip
 #: What SIGHUP changes in a running daemon (the others need a restart).
 RELOADED = ("scan_interval", "qmp", "qmp_timeout", "max_connections", "idle_timeout",
             "message_timeout", "write_timeout")  # fmt: skip
@@ -212,11 +216,24 @@ async def _serve(args: argparse.Namespace, daemon: Daemon) -> int:
         log.warning("SIGHUP: %s reread", args.config)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
+    metrics = None
+    if args.metrics is not None:
+        collector = ScrapeCollector(daemon.readers, loop, args.scrape_timeout)
+        metrics = asyncio.create_task(serve_metrics(MetricsEndpoint(collector), args.metrics,
+                                                    stop))  # fmt: skip
+        await asyncio.sleep(0)
+        if metrics.done() and metrics.result():
+            return metrics.result()  # the address is taken: said already
     try:
         await daemon.run(stop)
     except OSError as exc:
         print(f"vmstats serve: {exc}", file=sys.stderr)
+        stop.set()
         return 1
+    finally:
+        if metrics is not None:
+            stop.set()
+            await metrics
     return 0
 
 

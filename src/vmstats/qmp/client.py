@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -33,6 +34,11 @@ def parse_address(text: str) -> str | tuple[str, int]:
     if sep and port.isdigit() and host and not os.path.exists(text):
         return (host.strip("[]"), int(port))
     return text
+
+
+def address_name(address: str) -> str:
+    """A VM's name from its socket's address: the daemon's sockets are ``RUN_DIR/NAME.qmp``."""
+    return Path(address).stem if "/" in address else address
 
 
 log = logging.getLogger(__name__)

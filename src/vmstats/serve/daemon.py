@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmstats.errors import ClientError, SocketInUse, VmstatsError
+from vmstats.exporter.reading import MonitorReader, Reader
 from vmstats.kvm.attach import (
     AttachedVm,
     AttachError,
@@ -83,6 +84,7 @@ class QmpSource:
     pid: int
     name: str | None
     cpus: list[CpuInfoFast]
+    version: str = ""  # QEMU's, major.minor.micro
 
 
 async def probe(path: Path, timeout: float) -> QmpSource:
@@ -97,10 +99,15 @@ async def probe(path: Path, timeout: float) -> QmpSource:
             raise ClientError(f"{path}: this QEMU has no query-stats (QEMU >= 7.1 has)")
         name = json.loads(await qmp.execute("query-name")).get("name")
         try:
+            qemu = json.loads(await qmp.execute("query-version"))["qemu"]
+            version = f"{qemu['major']}.{qemu['minor']}.{qemu['micro']}"
+        except (KeyError, TypeError, ValueError):
+            version = ""
+        try:
             cpus = cpus_from_wire(json.loads(await qmp.execute("query-cpus-fast")))
         except ValueError as exc:
             raise ClientError(f"{path}: {exc}") from None
-    return QmpSource(path, pid, name if isinstance(name, str) else None, cpus)
+    return QmpSource(path, pid, name if isinstance(name, str) else None, cpus, version)
 
 
 def qmp_socket_paths(patterns: Iterable[str]) -> list[Path]:
@@ -151,6 +158,18 @@ class ServedVm:
     vcpus: dict[int, VcpuStatsFile] = field(default_factory=dict)  # CPU index -> file
     vcpu_ids: set[int] = field(default_factory=set)  # KVM vcpu_ids held
     qmp: Path | None = None
+    qemu_version: str = ""  # known from its socket
+    reader: MonitorReader | None = None  # for the Prometheus endpoint, made on first use
+
+    def metrics_reader(self) -> MonitorReader:
+        """What a scrape reads this VM with: its own monitor, as its clients see it."""
+        if self.reader is None:
+            self.reader = MonitorReader(self.name, self.monitor, self.metrics_info)
+        return self.reader
+
+    def metrics_info(self) -> dict[str, str]:
+        return {"pid": str(self.pid), "source": str(self.describe()["source"]),
+                "qemu_version": self.qemu_version}  # fmt: skip
 
     def describe(self) -> dict[str, object]:
         vcpus = len(self.vcpus) or len(self.monitor.machine.cpus)
@@ -174,6 +193,7 @@ class ServedVm:
     def use_socket(self, source: QmpSource, timeout: float) -> None:
         """The VM's QEMU socket: VM-level stats, QEMU's name and QOM paths from it."""
         self.qmp = source.path
+        self.qemu_version = source.version
         self.monitor.qemu = QemuSocket(source.path, timeout)
         self.monitor.machine.name = source.name
         if source.cpus:
@@ -331,6 +351,10 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_reader(provider.vmm.pidfd, lambda: loop.create_task(self._remove(pid)))
         log.info("serving %s (process %d, %s) at %s", name, pid, vm.describe()["source"], socket)
+
+    def readers(self) -> list[Reader]:
+        """The VMs a Prometheus scrape reads (``vmstats serve --metrics``)."""
+        return [vm.metrics_reader() for vm in self.served.values()]
 
     async def _remove(self, pid: int) -> None:
         """The VMM exited: close its fds at once, its clients, its socket."""

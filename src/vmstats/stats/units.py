@@ -46,10 +46,17 @@ def hmp_unit(value: StatsSchemaValue) -> str:
 
 
 def scale(raw: float, schema: StatsSchemaValue | None) -> float:
-    """``raw`` in the stat's base unit (seconds, bytes, ...), applying base**exponent."""
+    """``raw`` in the stat's base unit (seconds, bytes, ...), applying base**exponent.
+
+    A negative exponent divides by the exact power (``1023 / 10**9`` is 1.023e-06, where
+    ``1023 * 1e-9`` is 1.0230000000000001e-06).
+    """
     if schema is None or not schema.exponent:
         return float(raw)
-    return float(raw) * float(schema.base or 10) ** schema.exponent
+    base: int = schema.base or 10
+    if schema.exponent < 0:
+        return float(raw) / float(base**-schema.exponent)
+    return float(raw) * float(base**schema.exponent)
 
 
 def _human_seconds(seconds: float) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from vmstats.errors import ClientError, VmstatsError
-from vmstats.qmp.client import DEFAULT_TIMEOUT, StatsClient
+from vmstats.qmp.client import DEFAULT_TIMEOUT, StatsClient, address_name
 from vmstats.stats.model import StatsSchema, StatsTarget
 from vmstats.stats.registry import StatsRegistry
 from vmstats.top.frame import StatFilter, StatRow, total_rows, vm_rows
@@ -68,8 +68,7 @@ class QmpSource:
 
     def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.address = address
-        # A socket's name without its suffix (the daemon's sockets are RUN_DIR/NAME.qmp)
-        self.name = Path(address).stem if "/" in address else address
+        self.name = address_name(address)
         self.timeout = timeout
         self._client: StatsClient | None = None
 

@@ -1,0 +1,88 @@
+"""``vmstats exporter``: a Prometheus endpoint for VMs reached through QMP sockets, as any
+user (someone's own QEMUs, or the read-only sockets of ``vmstats serve``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from vmstats.cli.options import positive_float, tcp_address
+from vmstats.exporter.http import DEFAULT_SCRAPE_TIMEOUT, MetricsEndpoint, ScrapeCollector
+from vmstats.exporter.reading import SocketReaders
+from vmstats.qmp.client import parse_address
+
+log = logging.getLogger(__name__)
+
+#: Where the exporter listens unless told otherwise: loopback only.
+DEFAULT_LISTEN = ("127.0.0.1", 9935)
+
+
+def add_metrics_options(parser: argparse.ArgumentParser, option: str, default: object) -> None:
+    """``--listen``/``--metrics`` and ``--scrape-timeout``, for both commands that export."""
+    parser.add_argument(
+        option,
+        type=tcp_address,
+        default=default,
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to "
+        "127.0.0.1: give 0.0.0.0 or an address to be reached from elsewhere)"
+        + (f"; default {default[0]}:{default[1]}" if isinstance(default, tuple) else ""),
+    )
+    parser.add_argument(
+        "--scrape-timeout",
+        type=positive_float,
+        default=DEFAULT_SCRAPE_TIMEOUT,
+        metavar="S",
+        help="seconds a VM may take to be read in one scrape; past it the VM is "
+        f"vmstats_up 0 and the others are exported (default {DEFAULT_SCRAPE_TIMEOUT:g})",
+    )
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("exporter", help="export the stats of VMs behind QMP sockets to Prometheus")
+    p.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="a QMP unix socket, HOST:PORT, or a directory whose *.qmp sockets are each a "
+        "VM (vmstats serve's run directory; sockets that come and go are followed)",
+    )
+    add_metrics_options(p, "--listen", DEFAULT_LISTEN)
+    p.set_defaults(func=run)
+
+
+async def serve_metrics(endpoint: MetricsEndpoint, address: tuple[str, int],
+                        stop: asyncio.Event) -> int:  # fmt: skip
+    """Serve until ``stop``; 1 with a message if the address cannot be taken."""
+    try:
+        port = endpoint.start(*address)
+    except OSError as exc:
+        print(f"vmstats: cannot listen on {address[0]}:{address[1]}: {exc.strerror}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    log.warning("Prometheus metrics at http://%s:%d/metrics", address[0], port)
+    await stop.wait()
+    await asyncio.get_running_loop().run_in_executor(None, endpoint.close)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    for source in args.sources:
+        if isinstance(parse_address(source), str) and not Path(source).exists():
+            print(f"vmstats exporter: {source}: no such socket or directory", file=sys.stderr)
+            return 2
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        readers = SocketReaders(list(args.sources), args.scrape_timeout)
+        collector = ScrapeCollector(readers, loop, args.scrape_timeout)
+        return await serve_metrics(MetricsEndpoint(collector), args.listen, stop)
+
+    return asyncio.run(main())

@@ -1,0 +1,114 @@
+"""How a KVM stat becomes a Prometheus metric: one rule for every stat, known or not.
+
+The kernel describes each stat (type, unit, base, exponent, bucket size); the metric is
+derived from that description alone, so a stat a newer kernel adds is exported by the same
+rules and never dropped (docs/metrics.md has the table):
+
+- name: ``<provider>_<target>_<stat>``, with the stat's unit suffix (``_ns``) taken off
+  and the base unit put on (``_seconds``, ``_bytes``, ``_cycles``); cumulative stats are
+  counters (``_total``), instant and peak stats gauges, booleans 0/1 gauges, histograms
+  keep their ``_hist`` (``kvm_vcpu_halt_wait_hist_seconds``: OpenMetrics forbids a
+  histogram of the counter's name ``kvm_vcpu_halt_wait_seconds``); two stats that would
+  share a name (no kernel has them) get their full kernel names instead;
+- values in base units: ``value * base**exponent`` (nanoseconds to seconds);
+- histograms (log2 and linear) with cumulative buckets whose ``le`` is the highest value
+  a bucket holds (the values are integers: log2 bucket N holds ``2**(N-1) .. 2**N - 1``),
+  in base units, the last bucket ``+Inf``; ``_sum`` from the cumulative stat of the same
+  measure and unit (``halt_wait_hist`` and ``halt_wait_ns``), and only ``_count`` where
+  the kernel has none.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from vmstats.stats.model import StatsSchemaValue, StatsType, StatsUnit
+from vmstats.stats.units import scale
+
+#: Metric name suffixes of each unit's base unit (Prometheus names carry base units).
+UNIT_SUFFIX = {StatsUnit.SECONDS: "seconds", StatsUnit.BYTES: "bytes", StatsUnit.CYCLES: "cycles"}
+#: Suffixes kernel stat names carry for their unit, taken off before the base unit is added.
+_NAME_UNITS = re.compile(r"_(ns|us|ms|s|sec|secs|seconds|bytes|cycles)$")
+_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
+
+
+class Kind(Enum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The metric one stat becomes.  ``name`` is the family name (a counter's samples get
+    ``_total``); ``factor`` is base**exponent (what :meth:`value` applies); ``sum_of`` names
+    the cumulative stat that gives a histogram's ``_sum``."""
+
+    name: str
+    kind: Kind
+    help: str
+    factor: float
+    stat: StatsSchemaValue
+    sum_of: StatsSchemaValue | None = None
+    unit: str = ""
+
+    def value(self, raw: float) -> float:
+        """A raw value in base units."""
+        return scale(raw, self.stat)
+
+    def le(self, buckets: int) -> list[float]:
+        """Each bucket's ``le`` bound in base units, lowest first; the last is +Inf."""
+        return upper_bounds(self.stat, buckets)
+
+
+def stem(name: str) -> str:
+    """A stat's name without its unit suffix: ``halt_wait_ns`` is ``halt_wait``."""
+    return _NAME_UNITS.sub("", name) or name
+
+
+def measured(name: str) -> str:
+    """What a stat measures: ``halt_wait_ns`` and ``halt_wait_hist`` both ``halt_wait``."""
+    return stem(name.removesuffix("_hist")) or name
+
+
+def upper_bounds(stat: StatsSchemaValue, buckets: int) -> list[float]:
+    """The highest value each bucket holds (integers), in base units; +Inf for the last.
+
+    Linear bucket N (0-based) holds ``size*N .. size*(N+1) - 1``; log2 bucket 0 holds 0
+    and bucket N holds ``2**(N-1) .. 2**N - 1`` (the kernel's ABI).
+    """
+    bounds = []
+    for index in range(buckets - 1):
+        if stat.type is StatsType.LINEAR_HISTOGRAM:
+            high = (stat.bucket_size or 1) * (index + 1) - 1
+        else:
+            high = 2**index - 1
+        bounds.append(scale(high, stat))
+    return [*bounds, float("inf")]
+
+
+def metric_for(prefix: str, stat: StatsSchemaValue, siblings: Sequence[StatsSchemaValue] = (),
+               full_name: bool = False) -> Metric:  # fmt: skip
+    """The metric of ``stat`` under ``prefix`` (``kvm_vcpu``); ``siblings`` are the other
+    stats of the same target (where a histogram finds its ``_sum``).  ``full_name``: the
+    kernel's whole name, unit suffix and all (to tell apart two that clash)."""
+    unit = UNIT_SUFFIX.get(stat.unit) if stat.unit is not None else None
+    base = _UNSAFE.sub("_", stat.name if full_name else stem(stat.name))
+    name = f"{prefix}_{base}"
+    if unit and not name.endswith(f"_{unit}"):
+        name += f"_{unit}"
+    factor = scale(1, stat)
+    described = f"KVM {prefix.rsplit('_', 1)[-1]} stat {stat.name} ({stat.type.value}"
+    described += f", {stat.unit.value}" if stat.unit is not None else ""
+    described += f", x{factor:g} to base units)" if factor != 1 else ")"
+    if stat.type.is_histogram:
+        sums = (s for s in siblings if s.type is StatsType.CUMULATIVE and s.unit == stat.unit)
+        total = next((s for s in sums if measured(s.name) == measured(stat.name)), None)
+        return Metric(name, Kind.HISTOGRAM, described, factor, stat, total, unit or "")
+    if stat.type is StatsType.CUMULATIVE:
+        return Metric(name.removesuffix("_total"), Kind.COUNTER, described, factor, stat,
+                      unit=unit or "")  # fmt: skip
+    return Metric(name, Kind.GAUGE, described, factor, stat, unit=unit or "")

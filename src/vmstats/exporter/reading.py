@@ -1,0 +1,176 @@
+"""One VM read for one scrape: its schemas, every stat of the VM and of each vCPU, which
+vCPU is which, and what to say about it in ``vmstats_vm_info``.
+
+Everything is asked with QMP commands through ``ask`` (a command and its arguments to the
+return value's bytes): a :class:`RawSession` to a socket in exporter mode, the served VM's
+own monitor in the daemon.  So the exported values are the very values QMP gives, through
+one code path.  Schemas and vCPU lists change rarely: their replies are decoded again only
+when their bytes change.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from vmstats.errors import ClientError
+from vmstats.qmp.client import address_name
+from vmstats.qmp.machine import cpus_from_wire
+from vmstats.qmp.monitor import Monitor
+from vmstats.qmp.raw import RawSession
+from vmstats.stats.decode import schemas_from_wire
+from vmstats.stats.model import StatsSchema
+from vmstats.top.sample import TARGETS, Sample, sample_from_wire
+
+#: A QMP command and its arguments -> the bytes of its return value.
+Ask = Callable[[str, dict[str, Any] | None], Awaitable[bytes]]
+
+
+@dataclass
+class VmReading:
+    """What a scrape exports of one VM.  ``vcpus`` maps QOM paths to vCPU numbers."""
+
+    name: str
+    schemas: list[StatsSchema]
+    sample: Sample
+    vcpus: dict[str, int]
+    info: dict[str, str]
+
+
+@dataclass
+class ReadCache:
+    """Decoded schemas and vCPU lists of one VM, by the bytes they were decoded from."""
+
+    schemas: tuple[bytes, list[StatsSchema]] = (b"", [])
+    vcpus: tuple[bytes, dict[str, int]] = (b"", {})
+    version: tuple[bytes, str] = (b"", "")
+    info: dict[str, str] = field(default_factory=dict)
+
+
+def _decoded(raw: bytes, seen: tuple[bytes, Any], decode: Callable[[Any], Any]) -> Any:
+    if raw == seen[0]:
+        return seen[1]
+    try:
+        return decode(json.loads(raw))
+    except ValueError as exc:  # json.JSONDecodeError too
+        raise ClientError(f"malformed reply: {exc}") from None
+
+
+def _vcpu_numbers(reply: Any) -> dict[str, int]:
+    return {cpu.qom_path: cpu.cpu_index for cpu in cpus_from_wire(reply)}
+
+
+def _version(reply: Any) -> str:
+    """QEMU's version; "" for vmstats' own sockets, whose version is the API they speak,
+    not the VM's QEMU."""
+    try:
+        qemu = reply["qemu"]
+        if str(reply.get("package", "")).startswith("vmstats"):
+            return ""
+        return f"{qemu['major']}.{qemu['minor']}.{qemu['micro']}"
+    except (KeyError, TypeError, AttributeError):
+        raise ClientError("malformed reply: query-version") from None
+
+
+async def read_vm(name: str, ask: Ask, cache: ReadCache, info: dict[str, str]) -> VmReading:
+    """Read every stat of one VM; :class:`ClientError` (or any VmstatsError) if it cannot.
+    ``info`` labels ``vmstats_vm_info`` (its ``qemu_version``, if any, wins over the
+    socket's)."""
+    raw_schemas = await ask("query-stats-schemas", None)
+    raw_cpus = await ask("query-cpus-fast", None)
+    raw_version = await ask("query-version", None)
+    replies = {t.value: json.loads(await ask("query-stats", {"target": t.value}))
+               for t in TARGETS}  # fmt: skip
+    taken = time.time()
+    cache.schemas = (raw_schemas, _decoded(raw_schemas, cache.schemas, schemas_from_wire))
+    cache.vcpus = (raw_cpus, _decoded(raw_cpus, cache.vcpus, _vcpu_numbers))
+    cache.version = (raw_version, _decoded(raw_version, cache.version, _version))
+    sample = sample_from_wire(taken, replies)
+    return VmReading(name, cache.schemas[1], sample, cache.vcpus[1],
+                     {"qemu_version": cache.version[1], **info})  # fmt: skip
+
+
+class Reader(Protocol):
+    """One VM to read at each scrape."""
+
+    name: str
+
+    async def read(self) -> VmReading: ...
+
+
+class SocketReader:
+    """A VM behind a QMP socket (a QEMU's, or one of the daemon's): one connection per
+    scrape, closed at once, so a QEMU monitor (one client at a time) is free between."""
+
+    def __init__(self, address: str, timeout: float) -> None:
+        self.address = address
+        self.name = address_name(address)
+        self.timeout = timeout
+        self._cache = ReadCache()
+
+    async def read(self) -> VmReading:
+        async with RawSession(self.address, self.timeout) as qmp:
+            info = {"pid": str(qmp.peer_pid or ""), "source": "QMP"}
+            return await read_vm(self.name, qmp.execute, self._cache, info)
+
+
+class MonitorReader:
+    """A VM served in this process (by the daemon): asked through its own monitor, as a
+    client of its socket would ask."""
+
+    def __init__(self, name: str, monitor: Monitor, info: Callable[[], dict[str, str]]) -> None:
+        self.name = name
+        self._dispatcher = monitor.dispatcher(lambda **_: None, negotiated=True)
+        self._info = info
+        self._cache = ReadCache()
+
+    async def ask(self, command: str, arguments: dict[str, Any] | None) -> bytes:
+        request: dict[str, Any] = {"execute": command}
+        if arguments is not None:
+            request["arguments"] = arguments
+        response = self._dispatcher.respond(request, wire=True)
+        if not isinstance(response, dict):
+            response = await response
+        if "error" in response:
+            raise ClientError(f"{command}: {response['error']['desc']}")
+        return str(response["return"]).encode()
+
+    async def read(self) -> VmReading:
+        return await read_vm(self.name, self.ask, self._cache, self._info())
+
+
+class SocketReaders:
+    """The VMs that SOURCE arguments name, at each scrape: sockets and ``HOST:PORT`` as
+    given, and the ``*.qmp`` sockets a directory holds now (a VM whose socket is gone
+    is no longer exported; Prometheus marks its series stale)."""
+
+    def __init__(self, sources: list[str], timeout: float) -> None:
+        self.sources = sources
+        self.timeout = timeout
+        self._readers: dict[str, SocketReader] = {}
+
+    def addresses(self) -> list[str]:
+        out: list[str] = []
+        for source in self.sources:
+            path = Path(source)
+            if path.is_dir():
+                out += sorted(str(p) for p in path.glob("*.qmp"))
+            else:
+                out.append(source)
+        return list(dict.fromkeys(out))
+
+    def __call__(self) -> list[Reader]:
+        addresses = self.addresses()
+        self._readers = {a: self._readers.get(a) or SocketReader(a, self.timeout)
+                         for a in addresses}  # fmt: skip
+        taken: set[str] = set()
+        for reader in self._readers.values():  # names are labels: unique
+            name = reader.name = address_name(reader.address)
+            while reader.name in taken:
+                reader.name = f"{name}-{len(taken)}"
+            taken.add(reader.name)
+        return list(self._readers.values())
