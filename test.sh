@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need, then runs the whole test suite.  Safe to run again.
-#   - Debian packages (when root): qemu-system-x86 (QEMU 7.2) and tmux;
+#   - Debian packages (when root): qemu-system-x86 (QEMU 7.2), tmux, and prometheus
+#     (a real Prometheus and promtool: the exporter's tests start their own on a free port);
 #   - QEMU 10.0 from bookworm-backports, unpacked beside 7.2 (not installed over it);
 #   - the package and its test dependencies into .venv.
 set -euo pipefail
@@ -9,11 +10,13 @@ cd "$(dirname "$0")"
 missing=()
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "test.sh: installing ${missing[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null
     else
         echo "test.sh: ${missing[*]} missing and cannot be installed here;" \
              "the tests that need them will be skipped" >&2

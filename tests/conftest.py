@@ -1,7 +1,7 @@
-"""Shared fixtures, and the count of tests that needed real KVM or QEMU.
+"""Shared fixtures, and the count of tests that needed real KVM, QEMU or Prometheus.
 
-CI must show that the KVM and QEMU tests really ran; the summary line printed at the end
-(``vmstats: kvm tests ran=N skipped=M; qemu tests ...``) says so.
+CI must show that those tests really ran; the summary line printed at the end
+(``vmstats: kvm tests ran=N skipped=M; qemu tests ...; prometheus tests ...``) says so.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 
 CAPTURES = Path(__file__).parent / "data" / "qemu-7.2-captures"
 
+MARKERS = ("kvm", "qemu", "prometheus")
 _outcomes: Counter[tuple[str, str]] = Counter()
 _markers: dict[str, set[str]] = {}
 
@@ -29,7 +30,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call" or (report.when == "setup" and report.skipped):
-        for marker in ("kvm", "qemu"):
+        for marker in MARKERS:
             if marker in _markers.get(report.nodeid, ()):
                 _outcomes[(marker, "skipped" if report.skipped else "ran")] += 1
 
@@ -37,6 +38,6 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     parts = [
         f"{m} tests ran={_outcomes[(m, 'ran')]} skipped={_outcomes[(m, 'skipped')]}"
-        for m in ("kvm", "qemu")
+        for m in MARKERS
     ]
     terminalreporter.write_line("vmstats: " + "; ".join(parts))

@@ -40,12 +40,20 @@ async def scrape(readers: Iterable[Reader], timeout: float) -> Scrape:
 
     results = await asyncio.gather(*map(one, readers), return_exceptions=True)
     readings, down = [], {}
+    taken: set[str] = set()
     for reader, result in zip(readers, results, strict=True):
+        name = result.name if isinstance(result, VmReading) else reader.name
+        unique, n = name, 1
+        while unique in taken:  # the vm label must tell VMs apart
+            n += 1
+            unique = f"{name}-{n}"
+        taken.add(unique)
         if isinstance(result, VmReading):
+            result.name = unique
             readings.append(result)
         elif isinstance(result, VmstatsError | TimeoutError | OSError):
-            down[reader.name] = str(result) or "no answer in time"
-            log.debug("scrape: %s is down: %s", reader.name, down[reader.name])
+            down[unique] = str(result) or "no answer in time"
+            log.debug("scrape: %s is down: %s", unique, down[unique])
         else:
             raise result
     return Scrape(readings, down, time.perf_counter() - started)

@@ -78,11 +78,13 @@ def _version(reply: Any) -> str:
 
 async def read_vm(name: str, ask: Ask, cache: ReadCache, info: dict[str, str]) -> VmReading:
     """Read every stat of one VM; :class:`ClientError` (or any VmstatsError) if it cannot.
+    It is labelled with QEMU's name for it (``query-name``), else ``name``.
     ``info`` labels ``vmstats_vm_info`` (its ``qemu_version``, if any, wins over the
     socket's)."""
     raw_schemas = await ask("query-stats-schemas", None)
     raw_cpus = await ask("query-cpus-fast", None)
     raw_version = await ask("query-version", None)
+    raw_name = await ask("query-name", None)
     replies = {t.value: json.loads(await ask("query-stats", {"target": t.value}))
                for t in TARGETS}  # fmt: skip
     taken = time.time()
@@ -90,6 +92,12 @@ async def read_vm(name: str, ask: Ask, cache: ReadCache, info: dict[str, str]) -
     cache.vcpus = (raw_cpus, _decoded(raw_cpus, cache.vcpus, _vcpu_numbers))
     cache.version = (raw_version, _decoded(raw_version, cache.version, _version))
     sample = sample_from_wire(taken, replies)
+    try:
+        given = json.loads(raw_name).get("name")
+    except (ValueError, AttributeError):
+        raise ClientError("malformed reply: query-name") from None
+    if isinstance(given, str) and given:
+        name = given  # QEMU's -name: what its operators call it
     return VmReading(name, cache.schemas[1], sample, cache.vcpus[1],
                      {"qemu_version": cache.version[1], **info})  # fmt: skip
 
@@ -167,10 +175,4 @@ class SocketReaders:
         addresses = self.addresses()
         self._readers = {a: self._readers.get(a) or SocketReader(a, self.timeout)
                          for a in addresses}  # fmt: skip
-        taken: set[str] = set()
-        for reader in self._readers.values():  # names are labels: unique
-            name = reader.name = address_name(reader.address)
-            while reader.name in taken:
-                reader.name = f"{name}-{len(taken)}"
-            taken.add(reader.name)
         return list(self._readers.values())

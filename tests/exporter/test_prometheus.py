@@ -1,0 +1,169 @@
+"""The exporter scraped by a real Prometheus (Debian's package, started here on loopback):
+the demo VM through ``vmstats exporter``, a QEMU 10.0 through ``vmstats serve --metrics``."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kvm.conftest import requires_kvm
+from vmstats.demo.vm import qemu_vcpu_path
+from vmstats.kvm.attach import attach
+from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
+from vmstats.stats.model import StatsTarget
+from vmstats.testing.hostile import DemoServer, wait_for
+from vmstats.testing.prometheus import (
+    Prometheus,
+    free_port,
+    prometheus_unavailable_reason,
+    promtool,
+)
+from vmstats.testing.qemu import stop_process
+from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
+
+PROMETHEUS_REASON = prometheus_unavailable_reason()
+pytestmark = [pytest.mark.kvm, requires_kvm, pytest.mark.prometheus,
+              pytest.mark.skipif(PROMETHEUS_REASON is not None,
+                                 reason=f"no Prometheus: {PROMETHEUS_REASON}")]  # fmt: skip
+
+
+def scrape(port: int, accept: str | None = None) -> tuple[str, str]:
+    """The body and content type of one scrape."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+    if accept is not None:
+        request.add_header("Accept", accept)
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return reply.read().decode(), reply.headers["Content-Type"]
+
+
+def sample_value(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{series} is not in the scrape")
+
+
+@pytest.fixture
+def silent_socket() -> Iterator[Path]:
+    """A QMP socket whose server accepts and never greets (a stuck VMM)."""
+    folder = tempfile.TemporaryDirectory(prefix="vmstats-silent-")
+    path = Path(folder.name) / "stuck.qmp"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(16)
+    yield path
+    listener.close()
+    folder.cleanup()
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "vmstats", *args], stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+
+
+def test_the_demo_vm_through_the_exporter(silent_socket: Path) -> None:
+    port = free_port()
+    with DemoServer(vcpus=2, rate=50) as busy, DemoServer(vcpus=2, rate=0.001) as still:
+        # The VMs are labelled by their sockets' names (the demo has no -name)
+        (silent_socket.parent / "busy.qmp").symlink_to(busy.path)
+        (silent_socket.parent / "still.qmp").symlink_to(still.path)
+        exporter = start("exporter", str(silent_socket.parent), "--listen",
+                         f"127.0.0.1:{port}", "--scrape-timeout", "1")  # fmt: skip
+        try:
+            assert wait_for(lambda: _up(port))
+            started = time.monotonic()
+            text, kind = scrape(port)
+            assert time.monotonic() - started < 3  # the stuck VMM costs its timeout, once
+            assert kind.startswith("text/plain")
+            checked = promtool("check", "metrics", stdin=text.encode())
+            assert checked.returncode == 0 and not checked.stdout + checked.stderr, checked
+            openmetrics, kind = scrape(port, "application/openmetrics-text; version=1.0.0")
+            assert kind.startswith("application/openmetrics-text") and openmetrics.endswith(
+                "# EOF\n"
+            )
+            assert sample_value(text, 'vmstats_up{vm="stuck"}') == 0
+            # counters equal a direct read of the still VM's fds
+            attached = attach(still.vm_pid)
+            try:
+                direct = KvmStatsProvider(None, [VcpuStatsFile(qemu_vcpu_path(i), f)
+                                                 for i, f in attached.vcpus.items()])  # fmt: skip
+                ours, _ = scrape(port)
+                for index, result in enumerate(reversed(direct.stats(StatsTarget.VCPU,
+                                                                     ["exits"], None))):  # fmt: skip
+                    ((_, exits),) = result.stats
+                    vm = "still"
+                    assert (
+                        sample_value(ours, f'kvm_vcpu_exits_total{{vcpu="{index}",vm="{vm}"}}')
+                        == exits
+                    )
+            finally:
+                attached.close()
+            with Prometheus([f"127.0.0.1:{port}"], interval=1) as prometheus:
+                busy_vm = "busy"
+                assert wait_for(
+                    lambda: prometheus.query(
+                        f'rate(kvm_vcpu_exits_total{{vm="{busy_vm}"}}[5s]) > 0'
+                    ),
+                    timeout=30,
+                )
+                series = prometheus.query("kvm_vcpu_exits_total")
+                assert {(s["metric"]["vm"], s["metric"]["vcpu"]) for s in series} >= {
+                    (busy_vm, "0"),
+                    (busy_vm, "1"),
+                }
+                assert prometheus.query('vmstats_up{vm="stuck"} == 0')
+                assert prometheus.query('up{job="vmstats"} == 1')
+        finally:
+            assert stop_process(exporter) == 0
+
+
+def _up(port: int) -> bool:
+    try:
+        scrape(port)
+    except OSError:
+        return False
+    return True
+
+
+QEMU10_REASON = qemu10_unavailable_reason()
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(QEMU10_REASON is not None, reason=f"no QEMU 10.0: {QEMU10_REASON}")
+@pytest.mark.skipif(os.geteuid() != 0, reason="vmstats serve runs as root")
+def test_qemu_10_through_serve_metrics(tmp_path: Path) -> None:
+    port = free_port()
+    with qemu10_vm(2, extra_args=["-name", "web10"]) as vm:
+        daemon = start("serve", "--run-dir", str(tmp_path / "run"), "--scan-interval", "0.3",
+                       "--qmp", str(vm.qmp_path), "--metrics", f"127.0.0.1:{port}")  # fmt: skip
+        try:
+            assert wait_for(lambda: _up(port) and 'vm="web10"' in scrape(port)[0])
+            text, _ = scrape(port)
+            checked = promtool("check", "metrics", stdin=text.encode())
+            assert checked.returncode == 0 and not checked.stdout + checked.stderr, checked
+            assert 'source="fds (vcpu) + QMP (vm)"' in text and 'qemu_version="10.0.' in text
+            with Prometheus([f"127.0.0.1:{port}"], interval=1) as prometheus:
+                assert wait_for(lambda: prometheus.query('kvm_vm_pages_4k{vm="web10"}'))
+                quantile = (
+                    "histogram_quantile(0.9, sum by (le) "
+                    '(rate(kvm_vcpu_halt_wait_hist_seconds_bucket{vm="web10"}[10s])))'
+                )
+                # SeaBIOS idles in HLT once it finds nothing to boot (a few seconds)
+                assert wait_for(
+                    lambda: any(
+                        math.isfinite(float(r["value"][1])) for r in prometheus.query(quantile)
+                    ),
+                    timeout=45,
+                )
+        finally:
+            assert stop_process(daemon) == 0
