@@ -15,7 +15,7 @@ from tests.kvm.conftest import KVM_REASON
 from vmstats.demo.vm import DemoVM
 from vmstats.exporter.collector import MetricTable, Scrape, families
 from vmstats.exporter.mapping import Kind, metric_for, upper_bounds
-from vmstats.exporter.reading import VmReading
+from vmstats.exporter.reading import ObjectStats, VmReading
 from vmstats.stats.model import (
     StatsProvider,
     StatsSchema,
@@ -25,7 +25,6 @@ from vmstats.stats.model import (
     StatsUnit,
     StatsValue,
 )
-from vmstats.top.sample import Sample
 
 NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
@@ -95,8 +94,9 @@ def test_bucket_bounds_are_the_highest_integer_each_bucket_holds() -> None:
 
 def _exposition(schema: list[StatsSchemaValue], values: dict[str, StatsValue]) -> str:
     schemas = [StatsSchema(StatsProvider.KVM, StatsTarget.VCPU, schema)]
-    sample = Sample(0.0, {("kvm", "vcpu", "/machine/unattached/device[2]"): values})
-    reading = VmReading("web1", schemas, sample, {"/machine/unattached/device[2]": 1}, {})
+    wire = [(n, v[::-1] if isinstance(v, list) else v) for n, v in reversed(values.items())]
+    objects = [ObjectStats("kvm", "vcpu", "/machine/unattached/device[2]", wire)]
+    reading = VmReading("web1", schemas, objects, {"/machine/unattached/device[2]": 1}, {})
     scrape = Scrape([reading], {"db2": "no answer in time"}, 0.01)
 
     class Once:

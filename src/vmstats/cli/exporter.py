@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from vmstats.cli.options import positive_float, tcp_address
-from vmstats.exporter.http import DEFAULT_SCRAPE_TIMEOUT, MetricsEndpoint, ScrapeCollector
+from vmstats.exporter.http import DEFAULT_SCRAPE_TIMEOUT, MetricsEndpoint
 from vmstats.exporter.reading import SocketReaders
 from vmstats.qmp.client import parse_address
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         readers = SocketReaders(list(args.sources), args.scrape_timeout)
-        collector = ScrapeCollector(readers, loop, args.scrape_timeout)
-        return await serve_metrics(MetricsEndpoint(collector), args.listen, stop)
+        endpoint = MetricsEndpoint(readers, loop, args.scrape_timeout)
+        return await serve_metrics(endpoint, args.listen, stop)
 
     return asyncio.run(main())

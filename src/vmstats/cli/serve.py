@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vmstats.cli.exporter import add_metrics_options, serve_metrics
 from vmstats.cli.options import add_server_limits, positive_float, server_limits
-from vmstats.exporter.http import MetricsEndpoint, ScrapeCollector
+from vmstats.exporter.http import MetricsEndpoint
 from vmstats.serve.daemon import Daemon
 from vmstats.serve.forward import DEFAULT_QMP_TIMEOUT
 
@@ -218,9 +218,8 @@ async def _serve(args: argparse.Namespace, daemon: Daemon) -> int:
     loop.add_signal_handler(signal.SIGHUP, reload)
     metrics = None
     if args.metrics is not None:
-        collector = ScrapeCollector(daemon.readers, loop, args.scrape_timeout)
-        metrics = asyncio.create_task(serve_metrics(MetricsEndpoint(collector), args.metrics,
-                                                    stop))  # fmt: skip
+        endpoint = MetricsEndpoint(daemon.readers, loop, args.scrape_timeout)
+        metrics = asyncio.create_task(serve_metrics(endpoint, args.metrics, stop))
         await asyncio.sleep(0)
         if metrics.done() and metrics.result():
             return metrics.result()  # the address is taken: said already

@@ -71,7 +71,17 @@ class MetricTable:
         return table
 
 
-def _unknown(provider: str, target: str, name: str, value: StatsValue) -> StatMetric:
+def metric_of(table: Table, provider: str, target: str, name: str,
+              value: StatsValue) -> StatMetric:  # fmt: skip
+    """The metric of a stat; for one the schemas do not describe, or whose value is not of
+    its schema's shape (a server's mistake), a metric by the value's shape."""
+    metric = table.get((provider, target, name))
+    if metric is None or (metric.kind is Kind.HISTOGRAM) != isinstance(value, list):
+        return unknown_metric(provider, target, name, value)
+    return metric
+
+
+def unknown_metric(provider: str, target: str, name: str, value: StatsValue) -> StatMetric:
     """A stat the schemas do not describe (it should not happen): a gauge, never dropped."""
     kind = StatsType.LOG2_HISTOGRAM if isinstance(value, list) else StatsType.INSTANT
     return metric_for(f"{provider}_{target}", StatsSchemaValue(name, kind))
@@ -112,18 +122,24 @@ def families(scrape: Scrape, table: MetricTable) -> Iterator[Metric]:
     found: dict[str, Family] = {}
     for reading in scrape.readings:
         metrics = table.of(reading.schemas)
-        for (provider, target, path), values in reading.sample.values.items():
+        for item in reading.objects:
+            provider, target, path = item.provider, item.target, item.qom_path
             labels = [reading.name] if not path else [reading.name, _vcpu(reading, path)]
             names = ["vm"] if not path else ["vm", "vcpu"]
+            values = {name: natural(value) for name, value in reversed(item.stats)}
             for name, value in values.items():
-                metric = metrics.get((provider, target, name)) or _unknown(provider, target,
-                                                                           name, value)  # fmt: skip
+                metric = metric_of(metrics, provider, target, name, value)
                 family = found.get(metric.name)
                 if family is None:
                     family = found[metric.name] = _family(metric, names)
                 _add(family, metric, labels, value, values)
     yield from found.values()
     yield from vmstats_families(scrape)
+
+
+def natural(value: StatsValue) -> StatsValue:
+    """A value with its histogram buckets lowest first (the wire has them reversed)."""
+    return value[::-1] if isinstance(value, list) else value
 
 
 def _vcpu(reading: VmReading, path: str) -> str:

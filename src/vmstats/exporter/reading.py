@@ -11,7 +11,6 @@ when their bytes change.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,22 +22,57 @@ from vmstats.qmp.machine import cpus_from_wire
 from vmstats.qmp.monitor import Monitor
 from vmstats.qmp.raw import RawSession
 from vmstats.stats.decode import schemas_from_wire
-from vmstats.stats.model import StatsSchema
-from vmstats.top.sample import TARGETS, Sample, sample_from_wire
+from vmstats.stats.model import StatsSchema, StatsValue
+from vmstats.top.sample import TARGETS
 
 #: A QMP command and its arguments -> the bytes of its return value.
 Ask = Callable[[str, dict[str, Any] | None], Awaitable[bytes]]
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectStats:
+    """The stats of one object (the VM, or one vCPU) as QMP gives them: in wire order,
+    histogram buckets highest first (QEMU prepends)."""
+
+    provider: str
+    target: str
+    qom_path: str  # "" for the VM itself
+    stats: list[tuple[str, StatsValue]]
+
+
 @dataclass
 class VmReading:
-    """What a scrape exports of one VM.  ``vcpus`` maps QOM paths to vCPU numbers."""
+    """What a scrape exports of one VM: its objects in natural order (the VM, then vCPU 0
+    first).  ``vcpus`` maps QOM paths to vCPU numbers."""
 
     name: str
     schemas: list[StatsSchema]
-    sample: Sample
+    objects: list[ObjectStats]
     vcpus: dict[str, int]
     info: dict[str, str]
+
+
+_SCALARS = frozenset((int, bool))
+
+
+def _checked(value: Any) -> StatsValue:
+    kind = type(value)
+    if kind in _SCALARS or (kind is list and all(type(b) is int for b in value)):
+        return value  # type: ignore[no-any-return]
+    raise ValueError(f"a value of no stats type: {value!r}")
+
+
+def objects_from_wire(target: str, reply: Any) -> list[ObjectStats]:
+    """A ``query-stats`` return value (decoded JSON) as objects in natural order;
+    :class:`ClientError` if it is not one."""
+    try:
+        return [
+            ObjectStats(str(item["provider"]), target, str(item.get("qom-path") or ""),
+                        [(str(s["name"]), _checked(s["value"])) for s in item["stats"]])
+            for item in reversed(reply)
+        ]  # fmt: skip
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:
+        raise ClientError(f"malformed query-stats reply for target {target}: {exc}") from None
 
 
 @dataclass
@@ -85,20 +119,23 @@ async def read_vm(name: str, ask: Ask, cache: ReadCache, info: dict[str, str]) -
     raw_cpus = await ask("query-cpus-fast", None)
     raw_version = await ask("query-version", None)
     raw_name = await ask("query-name", None)
-    replies = {t.value: json.loads(await ask("query-stats", {"target": t.value}))
-               for t in TARGETS}  # fmt: skip
-    taken = time.time()
+    objects = []
+    for target in TARGETS:
+        reply = await ask("query-stats", {"target": target.value})
+        try:
+            objects += objects_from_wire(target.value, json.loads(reply))
+        except ValueError:
+            raise ClientError("malformed reply: query-stats") from None
     cache.schemas = (raw_schemas, _decoded(raw_schemas, cache.schemas, schemas_from_wire))
     cache.vcpus = (raw_cpus, _decoded(raw_cpus, cache.vcpus, _vcpu_numbers))
     cache.version = (raw_version, _decoded(raw_version, cache.version, _version))
-    sample = sample_from_wire(taken, replies)
     try:
         given = json.loads(raw_name).get("name")
     except (ValueError, AttributeError):
         raise ClientError("malformed reply: query-name") from None
     if isinstance(given, str) and given:
         name = given  # QEMU's -name: what its operators call it
-    return VmReading(name, cache.schemas[1], sample, cache.vcpus[1],
+    return VmReading(name, cache.schemas[1], objects, cache.vcpus[1],
                      {"qemu_version": cache.version[1], **info})  # fmt: skip
 
 

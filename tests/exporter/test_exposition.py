@@ -1,0 +1,121 @@
+"""Our exposition writer gives the very bytes prometheus_client gives for the same families,
+in both formats: on real KVM stats (fresh, cached, and changed), on odd names and values
+no kernel gives today, and on random stats (hypothesis)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from tests.kvm.conftest import KVM_REASON, PROGRAM
+from vmstats.demo.vm import DemoVM
+from vmstats.exporter.collector import MetricTable, Scrape, families
+from vmstats.exporter.exposition import Exposition, _Listed
+from vmstats.exporter.reading import MonitorReader, ObjectStats, VmReading
+from vmstats.qmp.machine import Machine
+from vmstats.qmp.monitor import Monitor
+from vmstats.stats.model import (
+    StatsProvider,
+    StatsSchema,
+    StatsSchemaValue,
+    StatsTarget,
+    StatsType,
+    StatsUnit,
+    StatsValue,
+)
+from vmstats.stats.registry import StatsRegistry
+
+
+def reference(scrape: Scrape, openmetrics: bool) -> bytes:
+    """What prometheus_client writes for the families of :mod:`collector`."""
+    registry = _Listed(list(families(scrape, MetricTable())))
+    if openmetrics:
+        return generate_openmetrics(registry)  # type: ignore[no-any-return,no-untyped-call]
+    return generate_latest(registry)
+
+
+def assert_same(writer: Exposition, scrape: Scrape) -> None:
+    for openmetrics in (False, True):
+        ours = writer.render(scrape, openmetrics)
+        assert ours == reference(scrape, openmetrics), openmetrics
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(KVM_REASON is not None, reason=f"no usable KVM: {KVM_REASON}")
+def test_real_kvm_stats_fresh_cached_and_changed() -> None:
+    with DemoVM(vcpus=3, program=PROGRAM, rate=0) as one, DemoVM(vcpus=1, rate=0) as two:
+        readers = []
+        for name, vm in (("web1", one), ("web2", two)):
+            registry = StatsRegistry()
+            registry.add_stats_callbacks(vm.provider)
+            machine = Machine.from_paths(v.qom_path for v in vm.provider.vcpus)
+            readers.append(MonitorReader(name, Monitor(registry, machine), lambda: {"pid": "1"}))
+
+        async def read() -> Scrape:
+            return Scrape([await r.read() for r in readers], {"db3": "gone"}, 0.0125)
+
+        writer = Exposition()
+        first = asyncio.run(read())
+        assert_same(writer, first)
+        assert_same(writer, first)  # from the cache
+        one.run_rounds(5)  # counters move: the changed vCPUs are written again
+        assert_same(writer, asyncio.run(read()))
+        assert b'kvm_vcpu_exits_total{vcpu="2",vm="web1"}' in writer.render(first)
+
+
+def ns(name: str, kind: StatsType) -> StatsSchemaValue:
+    return StatsSchemaValue(name, kind, StatsUnit.SECONDS, 10, -9)
+
+
+SCHEMA = [
+    StatsSchemaValue("exits", StatsType.CUMULATIVE),
+    StatsSchemaValue("blocking", StatsType.INSTANT, StatsUnit.BOOLEAN),
+    StatsSchemaValue("rmap_peak", StatsType.PEAK, StatsUnit.BYTES, 2, 10),
+    ns("halt_wait_ns", StatsType.CUMULATIVE),
+    ns("halt_wait_hist", StatsType.LOG2_HISTOGRAM),
+    StatsSchemaValue("size_hist", StatsType.LINEAR_HISTOGRAM, StatsUnit.BYTES, bucket_size=64),
+    StatsSchemaValue("tsc", StatsType.INSTANT, StatsUnit.CYCLES),
+]
+
+
+def reading(name: str, stats: list[tuple[str, StatsValue]], paths: list[str]) -> VmReading:
+    schemas = [StatsSchema(StatsProvider.KVM, StatsTarget.VCPU, SCHEMA)]
+    objects = [ObjectStats("kvm", "vcpu", path, stats) for path in paths]
+    return VmReading(name, schemas, objects, {"/machine/unattached/device[0]": 0},
+                     {"pid": "42", "qemu_version": "7.2.0", "source": 'odd "source"'})  # fmt: skip
+
+
+def test_odd_names_values_and_stats_no_schema_describes() -> None:
+    stats: list[tuple[str, StatsValue]] = [
+        ("tsc", 2**64 - 1), ("size_hist", [0, 3, 1]), ("halt_wait_hist", [1, 0, 0, 7]),
+        ("halt_wait_ns", 123456789), ("rmap_peak", 3), ("blocking", True), ("exits", 0),
+        ("brand_new", 5), ("brand_new_hist", [2, 2]),
+    ]  # fmt: skip
+    scrape = Scrape([reading('we"ird\\vm\nname', stats, ["/machine/unattached/device[0]",
+                                                      "/machine/peripheral/cpu9"])],
+                    {}, 1e-7)  # fmt: skip
+    assert_same(Exposition(), scrape)
+
+
+VALUES = st.one_of(st.integers(0, 2**64 - 1), st.booleans(),
+                   st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=40))  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    values=st.lists(VALUES, min_size=len(SCHEMA), max_size=len(SCHEMA)),
+    name=st.text(min_size=1, max_size=12),
+    vcpus=st.integers(1, 4),
+)
+def test_random_stats_give_the_same_bytes(values: list[StatsValue], name: str, vcpus: int) -> None:
+    stats = [(s.name, v) for s, v in zip(SCHEMA, values, strict=True)]
+    paths = [f"/machine/unattached/device[{i}]" for i in range(vcpus)]
+    writer = Exposition()
+    scrape = Scrape([reading(name, stats, paths)], {"other": "x"}, 0.5)
+    assert_same(writer, scrape)
+    assert_same(writer, scrape)
