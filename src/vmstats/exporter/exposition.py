@@ -12,7 +12,9 @@ by prometheus_client itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
 from typing import cast
 
 from prometheus_client import generate_latest as text_latest
@@ -47,8 +49,23 @@ def header(metric: StatMetric, openmetrics: bool) -> str:
     return f"# HELP {name} {doc}\n# TYPE {name} {metric.kind.value}\n"
 
 
-#: One object's text: the stats and labels it was made from, and its lines per family.
-_Rendered = tuple[list[tuple[str, StatsValue]], str, list[tuple[StatMetric, str]]]
+@dataclass
+class _Rendered:
+    """One object's text: the stats and labels it was made from, its lines per family, and
+    the start of each line (kept while the labels stay: only the values change)."""
+
+    stats: Sequence[tuple[str, StatsValue]]
+    labels: str
+    lines: list[tuple[StatMetric, str]]
+    starts: dict[str, tuple[StatMetric, int, list[str]]]
+
+
+def number(value: float, metric: StatMetric | None = None) -> str:
+    """A value (in ``metric``'s base units) as prometheus_client writes it (Go's float
+    format); small whole numbers, most of a scrape, without the float round trip."""
+    if type(value) is int and 0 <= value < 1_000_000 and (metric is None or metric.factor == 1):
+        return f"{value}.0"  # what floatToGoString gives for them
+    return _go(value if metric is None else metric.value(value))
 
 
 class _Listed:
@@ -67,7 +84,6 @@ class Exposition:
     def __init__(self) -> None:
         self.table = MetricTable()
         self._objects: dict[tuple[str, str, str], _Rendered] = {}
-        self._le: dict[tuple[int, int], list[str]] = {}
 
     def render(self, scrape: Scrape, openmetrics: bool = False) -> bytes:
         families: dict[str, tuple[StatMetric, list[str]]] = {}
@@ -96,40 +112,49 @@ class Exposition:
                vm: str) -> list[tuple[StatMetric, str]]:  # fmt: skip
         """One object's text per family: made again only if its stats or labels changed."""
         if item.qom_path:
-            number = reading.vcpus.get(item.qom_path)
-            vcpu = label_value(str(number) if number is not None else item.qom_path)
+            number_ = reading.vcpus.get(item.qom_path)
+            vcpu = label_value(str(number_) if number_ is not None else item.qom_path)
             labels = f'vcpu="{vcpu}",vm="{vm}"'
         else:
             labels = f'vm="{vm}"'
         cached = self._objects.get(key)
-        if cached is not None and cached[1] == labels and cached[0] == item.stats:
-            return cached[2]
+        starts: dict[str, tuple[StatMetric, int, list[str]]] = {}
+        if cached is not None and cached.labels == labels:
+            if cached.stats is item.stats or cached.stats == item.stats:
+                return cached.lines
+            starts = cached.starts
         metrics = self.table.of(reading.schemas)
-        values = {name: value for name, value in item.stats}
+        values = dict(item.stats)
         lines = []
         for name, value in reversed(item.stats):  # provider order
             metric = metric_of(metrics, item.provider, item.target, name, value)
-            lines.append((metric, self._text(metric, labels, value, values)))
-        self._objects[key] = (item.stats, labels, lines)
+            size = len(value) if isinstance(value, list) else -1
+            start = starts.get(name)
+            if start is None or start[0] is not metric or start[1] != size:
+                start = starts[name] = (metric, size, self._starts(metric, labels, size))
+            lines.append((metric, self._text(metric, start[2], value, values)))
+        self._objects[key] = _Rendered(item.stats, labels, lines, starts)
         return lines
 
-    def _text(self, metric: StatMetric, labels: str, value: StatsValue,
+    def _starts(self, metric: StatMetric, labels: str, buckets: int) -> list[str]:
+        """Each line's text up to its value: one for a scalar; for a histogram its buckets,
+        then ``_count`` and ``_sum``."""
+        if buckets < 0:
+            suffix = "_total" if metric.kind is Kind.COUNTER else ""
+            return [f"{metric.name}{suffix}{{{labels}}} "]
+        name = metric.name
+        starts = [f'{name}_bucket{{le="{_go(b)}",{labels}}} ' for b in metric.le(buckets)]
+        return [*starts, f"{name}_count{{{labels}}} ", f"{name}_sum{{{labels}}} "]
+
+    @staticmethod
+    def _text(metric: StatMetric, starts: list[str], value: StatsValue,
               values: dict[str, StatsValue]) -> str:  # fmt: skip
         if not isinstance(value, list):
-            suffix = "_total" if metric.kind is Kind.COUNTER else ""
-            return f"{metric.name}{suffix}{{{labels}}} {_go(metric.value(value))}\n"
-        buckets = value[::-1]  # lowest first
-        le = self._le.get((id(metric), len(buckets)))
-        if le is None:
-            le = self._le[(id(metric), len(buckets))] = [_go(b) for b in metric.le(len(buckets))]
-        parts = []
-        running = 0
-        name = metric.name
-        for bound, count in zip(le, buckets, strict=True):
-            running += count
-            parts.append(f'{name}_bucket{{le="{bound}",{labels}}} {_go(running)}\n')
-        parts.append(f"{name}_count{{{labels}}} {_go(running)}\n")
+            return f"{starts[0]}{number(value, metric)}\n"
+        counts = list(accumulate(reversed(value)))  # lowest bucket first, cumulative
+        parts = [f"{start}{number(n)}\n" for start, n in zip(starts, counts, strict=False)]
+        parts.append(f"{starts[-2]}{number(counts[-1] if counts else 0)}\n")
         total = values.get(metric.sum_of.name) if metric.sum_of is not None else None
         if isinstance(total, int | bool):
-            parts.append(f"{name}_sum{{{labels}}} {_go(metric.value(total))}\n")
+            parts.append(f"{starts[-1]}{number(total, metric)}\n")
         return "".join(parts)

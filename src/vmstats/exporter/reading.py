@@ -11,7 +11,7 @@ when their bytes change.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +22,7 @@ from vmstats.qmp.machine import cpus_from_wire
 from vmstats.qmp.monitor import Monitor
 from vmstats.qmp.raw import RawSession
 from vmstats.stats.decode import schemas_from_wire
-from vmstats.stats.model import StatsSchema, StatsValue
+from vmstats.stats.model import StatsFilter, StatsSchema, StatsTarget, StatsValue
 from vmstats.top.sample import TARGETS
 
 #: A QMP command and its arguments -> the bytes of its return value.
@@ -37,7 +37,7 @@ class ObjectStats:
     provider: str
     target: str
     qom_path: str  # "" for the VM itself
-    stats: list[tuple[str, StatsValue]]
+    stats: Sequence[tuple[str, StatsValue]]  # the same object while a provider's data is
 
 
 @dataclass
@@ -57,7 +57,7 @@ _SCALARS = frozenset((int, bool))
 
 def _checked(value: Any) -> StatsValue:
     kind = type(value)
-    if kind in _SCALARS or (kind is list and all(type(b) is int for b in value)):
+    if kind in _SCALARS or (kind is list and value and all(type(b) is int for b in value)):
         return value  # type: ignore[no-any-return]
     raise ValueError(f"a value of no stats type: {value!r}")
 
@@ -110,9 +110,26 @@ def _version(reply: Any) -> str:
         raise ClientError("malformed reply: query-version") from None
 
 
-async def read_vm(name: str, ask: Ask, cache: ReadCache, info: dict[str, str]) -> VmReading:
+#: Reads one target's objects of a VM (from QMP, or from a registry in this process).
+ReadTarget = Callable[[str], Awaitable[list[ObjectStats]]]
+
+
+def target_over_qmp(ask: Ask) -> ReadTarget:
+    async def read(target: str) -> list[ObjectStats]:
+        try:
+            return objects_from_wire(target, json.loads(await ask("query-stats",
+                                                                  {"target": target})))  # fmt: skip
+        except ValueError:
+            raise ClientError("malformed reply: query-stats") from None
+
+    return read
+
+
+async def read_vm(name: str, ask: Ask, cache: ReadCache, info: dict[str, str],
+                  read_target: ReadTarget | None = None) -> VmReading:  # fmt: skip
     """Read every stat of one VM; :class:`ClientError` (or any VmstatsError) if it cannot.
-    It is labelled with QEMU's name for it (``query-name``), else ``name``.
+    It is labelled with QEMU's name for it (``query-name``), else ``name``.  The stats come
+    from ``read_target`` (``query-stats`` through ``ask`` by default).
     ``info`` labels ``vmstats_vm_info`` (its ``qemu_version``, if any, wins over the
     socket's)."""
     raw_schemas = await ask("query-stats-schemas", None)
@@ -121,11 +138,7 @@ async def read_vm(name: str, ask: Ask, cache: ReadCache, info: dict[str, str]) -
     raw_name = await ask("query-name", None)
     objects = []
     for target in TARGETS:
-        reply = await ask("query-stats", {"target": target.value})
-        try:
-            objects += objects_from_wire(target.value, json.loads(reply))
-        except ValueError:
-            raise ClientError("malformed reply: query-stats") from None
+        objects += await (read_target or target_over_qmp(ask))(target.value)
     cache.schemas = (raw_schemas, _decoded(raw_schemas, cache.schemas, schemas_from_wire))
     cache.vcpus = (raw_cpus, _decoded(raw_cpus, cache.vcpus, _vcpu_numbers))
     cache.version = (raw_version, _decoded(raw_version, cache.version, _version))
@@ -169,6 +182,7 @@ class MonitorReader:
 
     def __init__(self, name: str, monitor: Monitor, info: Callable[[], dict[str, str]]) -> None:
         self.name = name
+        self.monitor = monitor
         self._dispatcher = monitor.dispatcher(lambda **_: None, negotiated=True)
         self._info = info
         self._cache = ReadCache()
@@ -184,8 +198,16 @@ class MonitorReader:
             raise ClientError(f"{command}: {response['error']['desc']}")
         return str(response["return"]).encode()
 
+    async def _target(self, target: str) -> list[ObjectStats]:
+        """A target's objects: from the registry, without JSON, unless forwarded."""
+        if self.monitor.forwards(target):
+            return await target_over_qmp(self.ask)(target)
+        results = self.monitor.registry.query_stats(StatsFilter(StatsTarget(target)))
+        return [ObjectStats(r.provider.value, target, r.qom_path or "", r.stats)
+                for r in reversed(results)]  # fmt: skip
+
     async def read(self) -> VmReading:
-        return await read_vm(self.name, self.ask, self._cache, self._info())
+        return await read_vm(self.name, self.ask, self._cache, self._info(), self._target)
 
 
 class SocketReaders:

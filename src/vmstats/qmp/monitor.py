@@ -71,6 +71,10 @@ class Monitor:
             SCHEMA_COMMAND_ORDER
         )
 
+    def forwards(self, target: str) -> bool:
+        """Are ``target``'s stats asked of another monitor (a QEMU), not read here?"""
+        return False
+
     def _enum_values(self, name: str) -> tuple[str, ...]:
         values: tuple[str, ...] = getattr(self.schema.lookup(name), "values", ())
         return values

@@ -88,6 +88,9 @@ class HostMonitor(Monitor):
             "human-monitor-command": self.human_monitor_command_forwarded,
         })  # fmt: skip
 
+    def forwards(self, target: str) -> bool:
+        return self._forwards(target) is not None
+
     def _forwards(self, target: str) -> QemuSocket | None:
         """The socket that answers ``target``, or None: answered here."""
         if self.qemu is None or target in self.local:
