@@ -20,7 +20,7 @@ from tests.kvm.conftest import requires_kvm
 from vmstats.demo.vm import qemu_vcpu_path
 from vmstats.kvm.attach import attach
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
-from vmstats.stats.model import StatsTarget
+from vmstats.stats.model import StatsTarget, StatsValue
 from vmstats.testing.hostile import DemoServer, wait_for
 from vmstats.testing.prometheus import (
     Prometheus,
@@ -92,20 +92,25 @@ def test_the_demo_vm_through_the_exporter(silent_socket: Path) -> None:
                 "# EOF\n"
             )
             assert sample_value(text, 'vmstats_up{vm="stuck"}') == 0
-            # counters equal a direct read of the still VM's fds
+            # counters equal a direct read of the still VM's fds (read before and after
+            # the scrape: equal when the VM did not move in between)
             attached = attach(still.vm_pid)
             try:
                 direct = KvmStatsProvider(None, [VcpuStatsFile(qemu_vcpu_path(i), f)
                                                  for i, f in attached.vcpus.items()])  # fmt: skip
-                ours, _ = scrape(port)
-                for index, result in enumerate(reversed(direct.stats(StatsTarget.VCPU,
-                                                                     ["exits"], None))):  # fmt: skip
-                    ((_, exits),) = result.stats
-                    vm = "still"
-                    assert (
-                        sample_value(ours, f'kvm_vcpu_exits_total{{vcpu="{index}",vm="{vm}"}}')
-                        == exits
-                    )
+
+                def exits() -> list[StatsValue]:
+                    results = reversed(direct.stats(StatsTarget.VCPU, ["exits"], None))
+                    return [r.stats[0][1] for r in results]
+
+                for _ in range(20):
+                    before, (ours, _), after = exits(), scrape(port), exits()
+                    if before == after:
+                        break
+                assert before == after, "the still VM never stood still"
+                scraped = [sample_value(ours, f'kvm_vcpu_exits_total{{vcpu="{i}",vm="still"}}')
+                           for i in range(len(before))]  # fmt: skip
+                assert scraped == before and all(before)
             finally:
                 attached.close()
             with Prometheus([f"127.0.0.1:{port}"], interval=1) as prometheus:

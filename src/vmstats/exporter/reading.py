@@ -11,6 +11,7 @@ when their bytes change.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,12 @@ from vmstats.qmp.client import address_name
 from vmstats.qmp.machine import cpus_from_wire
 from vmstats.qmp.monitor import Monitor
 from vmstats.qmp.raw import RawSession
+from vmstats.qmp.server import RateLimitedLog
 from vmstats.stats.decode import schemas_from_wire
 from vmstats.stats.model import StatsFilter, StatsSchema, StatsTarget, StatsValue
 from vmstats.top.sample import TARGETS
+
+log = logging.getLogger(__name__)
 
 #: A QMP command and its arguments -> the bytes of its return value.
 Ask = Callable[[str, dict[str, Any] | None], Awaitable[bytes]]
@@ -177,8 +181,9 @@ class SocketReader:
 
 
 class MonitorReader:
-    """A VM served in this process (by the daemon): asked through its own monitor, as a
-    client of its socket would ask."""
+    """A VM served in this process (by the daemon), read from its monitor's own state: the
+    registry, the machine (name, vCPUs) and ``info``; what the monitor forwards to a QEMU
+    is asked through the monitor, as a client of its socket would ask."""
 
     def __init__(self, name: str, monitor: Monitor, info: Callable[[], dict[str, str]]) -> None:
         self.name = name
@@ -206,8 +211,33 @@ class MonitorReader:
         return [ObjectStats(r.provider.value, target, r.qom_path or "", r.stats)
                 for r in reversed(results)]  # fmt: skip
 
+    async def _schemas(self) -> list[StatsSchema]:
+        """The schemas; the same list while the registry gives the same schema objects (the
+        metric table is kept per list)."""
+        if any(self.monitor.forwards(t.value) for t in TARGETS):
+            raw = await self.ask("query-stats-schemas", None)
+            self._cache.schemas = (raw, _decoded(raw, self._cache.schemas, schemas_from_wire))
+            return self._cache.schemas[1]
+        fresh = self.monitor.registry.query_stats_schemas()
+        known = self._cache.schemas[1]
+        if len(fresh) != len(known) or any(a is not b for a, b in zip(fresh, known, strict=False)):
+            self._cache.schemas = (b"", fresh)
+        return self._cache.schemas[1]
+
+    async def _vcpus(self) -> dict[str, int]:
+        if self.monitor.forwards(StatsTarget.VCPU.value):  # QEMU knows its vCPUs
+            raw = await self.ask("query-cpus-fast", None)
+            self._cache.vcpus = (raw, _decoded(raw, self._cache.vcpus, _vcpu_numbers))
+            return self._cache.vcpus[1]
+        return {cpu.qom_path: cpu.cpu_index for cpu in self.monitor.machine.cpus}
+
     async def read(self) -> VmReading:
-        return await read_vm(self.name, self.ask, self._cache, self._info(), self._target)
+        objects = []
+        for target in TARGETS:
+            objects += await self._target(target.value)
+        schemas, vcpus = await self._schemas(), await self._vcpus()
+        return VmReading(self.monitor.machine.name or self.name, schemas, objects, vcpus,
+                         {"qemu_version": "", **self._info()})  # fmt: skip
 
 
 class SocketReaders:
@@ -219,6 +249,7 @@ class SocketReaders:
         self.sources = sources
         self.timeout = timeout
         self._readers: dict[str, SocketReader] = {}
+        self._log = RateLimitedLog(log)
 
     def addresses(self) -> list[str]:
         out: list[str] = []
@@ -232,6 +263,9 @@ class SocketReaders:
 
     def __call__(self) -> list[Reader]:
         addresses = self.addresses()
+        if not addresses:
+            self._log.warning("empty", "no VM to export: %s hold(s) no *.qmp socket (yet)",
+                              " ".join(self.sources))  # fmt: skip
         self._readers = {a: self._readers.get(a) or SocketReader(a, self.timeout)
                          for a in addresses}  # fmt: skip
         return list(self._readers.values())
