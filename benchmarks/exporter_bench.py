@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gzip
 import json
 import shutil
@@ -38,8 +39,8 @@ ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-te
 
 def scrape(port: int) -> tuple[float, bytes, int]:
     """Seconds to the last byte, the body (decompressed), its size on the wire."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
-                                     headers={"Accept": ACCEPT, "Accept-Encoding": "gzip"})  # fmt: skip
+    headers = {"Accept": ACCEPT, "Accept-Encoding": "gzip"}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=headers)
     started = time.perf_counter()
     with urllib.request.urlopen(request, timeout=30) as reply:
         body = reply.read()
@@ -52,6 +53,10 @@ def scrape(port: int) -> tuple[float, bytes, int]:
 
 def series(body: bytes) -> int:
     return sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+
+
+def all_up(port: int, size: int) -> bool:
+    return up_count(port) == size
 
 
 def up_count(port: int) -> int:
@@ -106,7 +111,7 @@ def main() -> None:
             for size in sizes:
                 while len(demos) < size:
                     demos.append(stack.enter_context(DemoServer(args.vcpus, rate=args.rate)))
-                assert wait_for(lambda: up_count(port) == size, 120), "VMs not all served"
+                assert wait_for(functools.partial(all_up, port, size), 120), "VMs not all served"
                 time.sleep(2)
                 changed, unchanged, exporter, domstats = [], [], [], []
                 body, wire = b"", 0
@@ -119,7 +124,7 @@ def main() -> None:
                                                  f"--web.listen-address=127.0.0.1:{lport}"],
                                                 stderr=subprocess.DEVNULL)  # fmt: skip
                         libvirt.callback(stop_process, proc)
-                        assert wait_for(lambda: _answers(lport), 30)
+                        assert wait_for(functools.partial(_answers, lport), 30)
                         time.sleep(2)
                     for _ in range(args.scrapes):
                         time.sleep(1.0)

@@ -44,6 +44,13 @@ def address_name(address: str) -> str:
 log = logging.getLogger(__name__)
 
 
+def no_query_stats(version: dict[str, Any], address: str) -> ClientError:
+    """The error for a server without ``query-stats`` (``version``: the greeting's)."""
+    qemu = version.get("qemu", {}) if isinstance(version, dict) else {}
+    found = f"{qemu.get('major')}.{qemu.get('minor')}.{qemu.get('micro')}"
+    return ClientError(f"QEMU {found} at {address} has no query-stats: it needs QEMU 7.1 or newer")
+
+
 class _QMPClient(QMPClient):
     """qemu.qmp's client, logging messages lazily.
 
@@ -106,11 +113,7 @@ class StatsClient:
         self.commands = {c["name"] for c in await self._execute("query-commands")}
         commands = self.commands
         if "query-stats" not in commands:
-            qemu = self.version.get("qemu", {})
-            found = f"{qemu.get('major')}.{qemu.get('minor')}.{qemu.get('micro')}"
-            raise ClientError(
-                f"QEMU {found} at {self.address} has no query-stats: it needs QEMU 7.1 or newer"
-            )
+            raise no_query_stats(self.version, self.address)
 
     async def __aexit__(
         self,

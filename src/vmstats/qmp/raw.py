@@ -14,6 +14,7 @@ one client at a time and leaves the others waiting in silence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
@@ -39,9 +40,13 @@ class RawSession:
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self.version: dict[str, Any] = {}  # the greeting's
 
     async def __aenter__(self) -> RawSession:
         target = parse_address(self.address)
+        if isinstance(target, tuple) and not 0 < target[1] < 65536:
+            raise ClientError(f"cannot connect to QMP at {self.address}: port {target[1]} "
+                              "is not between 1 and 65535")  # fmt: skip
         try:
             if isinstance(target, tuple):
                 opening = asyncio.open_connection(*target, limit=_LINE_LIMIT)
@@ -51,7 +56,9 @@ class RawSession:
         except (OSError, TimeoutError) as exc:
             raise ClientError(f"cannot connect to QMP at {self.address}: {exc}") from exc
         try:
-            await self._line()  # the greeting
+            greeting = await self._line()
+            with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError):
+                self.version = dict(json.loads(greeting)["QMP"]["version"])
             await self.execute("qmp_capabilities")
         except BaseException:
             self.close()
@@ -81,6 +88,13 @@ class RawSession:
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
         )
         return int(pid) or None
+
+    async def value(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """``command``'s return value, decoded."""
+        try:
+            return json.loads(await self.execute(command, arguments))
+        except ValueError:
+            raise ClientError(f"{command}: malformed reply from {self.address}") from None
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> bytes:
         """``command``'s return value as the bytes the server wrote."""
