@@ -66,6 +66,12 @@ class Prompt(ModalScreen[str | None]):
         self.dismiss(None)
 
 
+def _plain(cell: str | Text) -> Text:
+    """A cell as Text: DataTable parses a str cell as markup on every render (costly, and a
+    name with brackets, such as a QOM path, is not markup)."""
+    return Text(cell, end="", no_wrap=True) if isinstance(cell, str) else cell
+
+
 class TextScreen(ModalScreen[None]):
     """Text to read (help, a histogram's buckets); any key closes it."""
 
@@ -170,23 +176,24 @@ class TopApp(App[int]):
 
     def _fill(self, table: DataTable[str | Text], labels: list[str],
               rows: list[tuple[str, list[str | Text]]]) -> None:  # fmt: skip
-        """Show ``rows`` (key, cells): only the cells that changed when the rows are the
-        same as last time (a refresh mostly changes numbers), else the table anew."""
+        """Show ``rows`` (key, cells): only the cells that changed when there are as many
+        rows as last time (a refresh mostly changes numbers, and sorting by rate mostly
+        moves rows: a row of the table is a place, not a stat), else the table anew."""
         if labels != self._labels:
             table.clear(columns=True)
             self._column_keys = table.add_columns(*labels)
             self._labels, self._keys, self._cells = labels, [], []
-        keys = [key for key, _ in rows]
+        keys = [str(index) for index in range(len(rows))]
         if keys == self._keys:
-            for (key, cells), old in zip(rows, self._cells, strict=True):
+            for key, (_, cells), old in zip(keys, rows, self._cells, strict=True):
                 for column, new, was in zip(self._column_keys, cells, old, strict=True):
                     if new != was:
-                        table.update_cell(key, column, new)
+                        table.update_cell(key, column, _plain(new))
         else:
             row_index = table.cursor_row
             table.clear()
-            for key, cells in rows:
-                table.add_row(*cells, key=key)
+            for key, (_, cells) in zip(keys, rows, strict=True):
+                table.add_row(*map(_plain, cells), key=key)
             if table.row_count:
                 table.move_cursor(row=min(row_index, table.row_count - 1))
         self._keys, self._cells = keys, [cells for _, cells in rows]
