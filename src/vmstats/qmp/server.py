@@ -365,15 +365,20 @@ class _Connection(asyncio.Protocol):
         transport.write(self.session.greeting())
 
     def data_received(self, data: bytes) -> None:
+        """Answer at once, within one TURN (no extra turn of the loop for a request that
+        fits in one read); reading pauses only while work is left over."""
         if self._closing:
             return
         self._last_input = time.monotonic()
         self.session.receive(data)
-        if self._reading:
+        if self._pump_handle is None and self._pending is None and self._writable:
+            self._pump()
+        left_over = self._pump_handle is not None or self._pending is not None
+        if self._reading and (left_over or not self._writable or self.session.buffered):
             assert self.transport is not None
             self.transport.pause_reading()
             self._reading = False
-        self._schedule()
+            self._schedule()
 
     def eof_received(self) -> bool:
         self._eof = True
