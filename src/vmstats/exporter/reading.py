@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -86,7 +86,6 @@ class ReadCache:
     schemas: tuple[bytes, list[StatsSchema]] = (b"", [])
     vcpus: tuple[bytes, dict[str, int]] = (b"", {})
     version: tuple[bytes, str] = (b"", "")
-    info: dict[str, str] = field(default_factory=dict)
 
 
 def _decoded(raw: bytes, seen: tuple[bytes, Any], decode: Callable[[Any], Any]) -> Any:
@@ -114,11 +113,9 @@ def _version(reply: Any) -> str:
         raise ClientError("malformed reply: query-version") from None
 
 
-#: Reads one target's objects of a VM (from QMP, or from a registry in this process).
-ReadTarget = Callable[[str], Awaitable[list[ObjectStats]]]
+def target_over_qmp(ask: Ask) -> Callable[[str], Awaitable[list[ObjectStats]]]:
+    """Reads one target's objects with ``query-stats`` through ``ask``."""
 
-
-def target_over_qmp(ask: Ask) -> ReadTarget:
     async def read(target: str) -> list[ObjectStats]:
         try:
             return objects_from_wire(target, json.loads(await ask("query-stats",
@@ -129,11 +126,9 @@ def target_over_qmp(ask: Ask) -> ReadTarget:
     return read
 
 
-async def read_vm(name: str, ask: Ask, cache: ReadCache, info: dict[str, str],
-                  read_target: ReadTarget | None = None) -> VmReading:  # fmt: skip
+async def read_vm(name: str, ask: Ask, cache: ReadCache, info: dict[str, str]) -> VmReading:
     """Read every stat of one VM; :class:`ClientError` (or any VmstatsError) if it cannot.
-    It is labelled with QEMU's name for it (``query-name``), else ``name``.  The stats come
-    from ``read_target`` (``query-stats`` through ``ask`` by default).
+    It is labelled with QEMU's name for it (``query-name``), else ``name``.
     ``info`` labels ``vmstats_vm_info`` (its ``qemu_version``, if any, wins over the
     socket's)."""
     raw_schemas = await ask("query-stats-schemas", None)
@@ -142,7 +137,7 @@ async def read_vm(name: str, ask: Ask, cache: ReadCache, info: dict[str, str],
     raw_name = await ask("query-name", None)
     objects = []
     for target in TARGETS:
-        objects += await (read_target or target_over_qmp(ask))(target.value)
+        objects += await target_over_qmp(ask)(target.value)
     cache.schemas = (raw_schemas, _decoded(raw_schemas, cache.schemas, schemas_from_wire))
     cache.vcpus = (raw_cpus, _decoded(raw_cpus, cache.vcpus, _vcpu_numbers))
     cache.version = (raw_version, _decoded(raw_version, cache.version, _version))
