@@ -9,12 +9,12 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from textual.widgets import DataTable
 
 from tests.kvm.conftest import requires_kvm
 from vmstats.testing.hostile import DemoServer
 from vmstats.top.app import TextScreen, TopApp
 from vmstats.top.drive import LiveDriver
+from vmstats.top.table import StatsTable
 from vmstats.top.watch import QmpSource, Watch
 
 pytestmark = [pytest.mark.kvm, requires_kvm]
@@ -34,7 +34,7 @@ def still() -> Iterator[DemoServer]:
 
 
 def cells(app: TopApp) -> list[list[str]]:
-    table = app.query_one("#stats", DataTable)
+    table = app.query_one("#stats", StatsTable)
     return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
 
 
@@ -78,8 +78,8 @@ def test_rates_move_and_keys_do_what_they_say(busy: DemoServer) -> None:
         assert by_stat(app)["halt_exits"][2] == "0"  # totals count from now
         await pilot.press("space")  # type: ignore[attr-defined]
         await pilot.press("x")  # type: ignore[attr-defined]
-        table = app.query_one("#stats", DataTable)
-        assert [str(c.label) for c in table.columns.values()][1:] == ["vCPU 0", "vCPU 1"]
+        table = app.query_one("#stats", StatsTable)
+        assert table.labels[1:] == ["vCPU 0", "vCPU 1"]
         await pilot.press("x", "h")  # type: ignore[attr-defined]
         assert isinstance(app.screen, TextScreen)
         await pilot.press("escape")  # type: ignore[attr-defined]
@@ -116,7 +116,7 @@ def test_histogram_buckets_open_on_enter(busy: DemoServer) -> None:
         await pilot.pause(0.8)  # type: ignore[attr-defined]
         await pilot.press("o", "o")  # type: ignore[attr-defined]  # by name: a stable order
         row = next(i for i, r in enumerate(app.shown) if r.buckets is not None)
-        app.query_one("#stats", DataTable).move_cursor(row=row)
+        app.query_one("#stats", StatsTable).move_cursor(row=row)
         await pilot.press("enter")  # type: ignore[attr-defined]
         assert isinstance(app.screen, TextScreen)
         assert "last interval" in str(app.screen.text)

@@ -21,12 +21,12 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.css.query import NoMatches
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Footer, Input, Static
-from textual.widgets.data_table import ColumnKey
+from textual.widgets import Footer, Input, Static
 
 from vmstats.stats.model import StatsSchemaValue, StatsType
 from vmstats.top.drive import Driver
 from vmstats.top.frame import SORT_KEYS, StatFilter, StatRow, histogram_bars, sort_rows
+from vmstats.top.table import StatsTable
 from vmstats.top.watch import VmState
 
 _NO_SCHEMA = StatsSchemaValue("", StatsType.INSTANT)
@@ -64,12 +64,6 @@ class Prompt(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
-
-
-def _plain(cell: str | Text) -> Text:
-    """A cell as Text: DataTable parses a str cell as markup on every render (costly, and a
-    name with brackets, such as a QOM path, is not markup)."""
-    return Text(cell, end="", no_wrap=True) if isinstance(cell, str) else cell
 
 
 class TextScreen(ModalScreen[None]):
@@ -133,19 +127,16 @@ class TopApp(App[int]):
         self.ended = False
         self.shown: list[StatRow] = []
         self._timer_delay = driver.interval or 1.0
-        self._labels: list[str] = []
-        self._column_keys: list[ColumnKey] = []
-        self._keys: list[str] = []
-        self._cells: list[list[str | Text]] = []
 
     # -- layout and timing ------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
-        yield DataTable(id="stats", zebra_stripes=True, cursor_type="row")
+        yield StatsTable(id="stats")
         yield Footer()
 
     async def on_mount(self) -> None:
+        self.query_one("#stats", StatsTable).focus()  # the arrow and page keys move its cursor
         await self.tick()
 
     async def tick(self) -> None:
@@ -164,39 +155,15 @@ class TopApp(App[int]):
 
     def redraw(self) -> None:
         try:
-            table = self.query_one("#stats", DataTable)
+            table = self.query_one("#stats", StatsTable)
         except NoMatches:  # a last tick while the app closes
             return
         if self.per_vcpu:  # its own rows, one vCPU at a time
             labels, rows = self._vcpu_rows()
         else:
             labels, rows = self._stat_rows(*self.driver.watch.rows(self.stat_filter, self.vcpus))
-        self._fill(table, labels, rows)
+        table.set_rows(labels, [cells for _, cells in rows])
         self._status()
-
-    def _fill(self, table: DataTable[str | Text], labels: list[str],
-              rows: list[tuple[str, list[str | Text]]]) -> None:  # fmt: skip
-        """Show ``rows`` (key, cells): only the cells that changed when there are as many
-        rows as last time (a refresh mostly changes numbers, and sorting by rate mostly
-        moves rows: a row of the table is a place, not a stat), else the table anew."""
-        if labels != self._labels:
-            table.clear(columns=True)
-            self._column_keys = table.add_columns(*labels)
-            self._labels, self._keys, self._cells = labels, [], []
-        keys = [str(index) for index in range(len(rows))]
-        if keys == self._keys:
-            for key, (_, cells), old in zip(keys, rows, self._cells, strict=True):
-                for column, new, was in zip(self._column_keys, cells, old, strict=True):
-                    if new != was:
-                        table.update_cell(key, column, _plain(new))
-        else:
-            row_index = table.cursor_row
-            table.clear()
-            for key, (_, cells) in zip(keys, rows, strict=True):
-                table.add_row(*map(_plain, cells), key=key)
-            if table.row_count:
-                table.move_cursor(row=min(row_index, table.row_count - 1))
-        self._keys, self._cells = keys, [cells for _, cells in rows]
 
     def _status(self) -> None:
         bits = [
@@ -347,12 +314,12 @@ class TopApp(App[int]):
     def action_help(self) -> None:
         self.push_screen(TextScreen(HELP))
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_stats_table_row_selected(self, event: StatsTable.RowSelected) -> None:
         """Enter on a row (the table takes the key): a histogram's buckets."""
         self.action_histogram()
 
     def action_histogram(self) -> None:
-        table = self.query_one("#stats", DataTable)
+        table = self.query_one("#stats", StatsTable)
         if not 0 <= table.cursor_row < len(self.shown):
             return
         row = self.shown[table.cursor_row]
