@@ -194,7 +194,12 @@ def vm_rows(
 def _columns(sample: Sample, keys: Sequence[tuple[str, str, str]],
              names: Sequence[str]) -> list[tuple[StatsValue | None, ...]]:  # fmt: skip
     """The values of ``names`` for each object, one tuple per name (a transposition done
-    by ``itemgetter`` and ``zip`` at C speed: a refresh reads thousands of values)."""
+    by ``itemgetter`` and ``zip`` at C speed: a refresh reads thousands of values).  Kept
+    with the sample: the next refresh needs it again as the previous one."""
+    memo_key = (tuple(keys), tuple(names))
+    found: list[tuple[StatsValue | None, ...]] | None = sample.transposed.get(memo_key)
+    if found is not None:
+        return found
     getter = itemgetter(*names)
     table = []
     for key in keys:
@@ -204,7 +209,11 @@ def _columns(sample: Sample, keys: Sequence[tuple[str, str, str]],
         except KeyError:  # an object without some stat: slowly, and with None for it
             got = tuple(stats.get(n) for n in names) if len(names) > 1 else stats.get(names[0])
         table.append(got if len(names) > 1 else (got,))
-    return list(zip(*table, strict=True)) if table else [()] * len(names)
+    columns: list[tuple[StatsValue | None, ...]] = (
+        list(zip(*table, strict=True)) if table else [()] * len(names)
+    )
+    sample.transposed[memo_key] = columns
+    return columns
 
 
 def _row(vm: str, target: str, name: str, schema: StatsSchemaValue, count: int,

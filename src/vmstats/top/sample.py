@@ -39,6 +39,9 @@ class Sample:
 
     taken: float
     values: Mapping[ObjectKey, Mapping[str, StatsValue]]
+    #: Columns of values already transposed for rows (:func:`vmstats.top.frame.vm_rows`):
+    #: a sample is the current one, then the previous, then maybe the baseline.
+    transposed: dict[object, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def objects(self, target: str) -> list[ObjectKey]:
         return [key for key in self.values if key[1] == target]
