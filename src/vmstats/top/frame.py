@@ -45,7 +45,12 @@ class StatRow:
     now: int | None = None  # a counter's own value now (summed): what query-stats says
     true_count: int | None = None
     buckets: tuple[int, ...] | None = None
-    percentiles: tuple[float | None, ...] | None = None
+
+    @property
+    def percentiles(self) -> tuple[float | None, ...] | None:
+        """p50, p90, p99 estimated from the buckets; made when asked (a refresh computes
+        rows for every VM, the screen shows a few)."""
+        return None if self.buckets is None else _percentiles(self.schema, self.buckets)
 
     @property
     def key(self) -> str:
@@ -226,7 +231,6 @@ def _row(vm: str, target: str, name: str, schema: StatsSchemaValue, count: int,
             vm, target, name, schema, count, buckets=buckets,
             total=_growth([_samples(n) for n in now], [_samples(b) for b in base]),
             rate=sum(buckets) / elapsed if elapsed > 0 else None,
-            percentiles=_percentiles(schema, buckets),
         )  # fmt: skip
     if schema.unit == StatsUnit.BOOLEAN:
         return StatRow(vm, target, name, schema, count, true_count=sum(map(bool, now)))
@@ -274,7 +278,6 @@ def total_rows(per_vm: Sequence[Sequence[StatRow]]) -> list[StatRow]:
             rate=_sum(r.rate for r in rows), total=_sum(r.total for r in rows), value=value,
             now=_sum(r.now for r in rows), true_count=_sum(r.true_count for r in rows),
             buckets=buckets,
-            percentiles=None if buckets is None else _percentiles(first.schema, buckets),
         ))  # fmt: skip
     return out
 
