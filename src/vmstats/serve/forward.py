@@ -97,31 +97,38 @@ class HostMonitor(Monitor):
             return None
         return self.qemu
 
-    async def query_stats(self, filter: StatsFilter) -> Any:
+    # Each handler answers at once what is answered here (no task, no extra turn of the
+    # loop for the fd-served majority) and returns a coroutine for what QEMU answers: the
+    # session awaits it.
+
+    def query_stats(self, filter: StatsFilter) -> Any:
         qemu = self._forwards(filter.target.value)
         if qemu is None:
             return self._local["query-stats"](filter)
-        return await qemu.execute("query-stats", filter_arguments(filter))
+        return qemu.execute("query-stats", filter_arguments(filter))
 
-    async def query_stats_schemas(self, provider: StatsProvider | None = None) -> Any:
+    def query_stats_schemas(self, provider: StatsProvider | None = None) -> Any:
         if self.qemu is None or self.local >= {StatsTarget.VM, StatsTarget.VCPU}:
             return self._local["query-stats-schemas"](provider)
+        return self._schemas_from_qemu(self.qemu, provider)
+
+    async def _schemas_from_qemu(self, qemu: QemuSocket, provider: StatsProvider | None) -> Any:
         arguments = None if provider is None else {"provider": provider.value}
         try:
-            return await self.qemu.execute("query-stats-schemas", arguments)
+            return await qemu.execute("query-stats-schemas", arguments)
         except StatsError:
             if not self.local:
                 raise
             # QEMU busy: the vCPU schemas are the kernel's, and here
             return self._local["query-stats-schemas"](provider)
 
-    async def query_cpus_fast_forwarded(self) -> Any:
+    def query_cpus_fast_forwarded(self) -> Any:
         if self.qemu is None or StatsTarget.VCPU in self.local:
             return self.query_cpus_fast()
-        return await self.qemu.execute("query-cpus-fast")
+        return self.qemu.execute("query-cpus-fast")
 
-    async def human_monitor_command_forwarded(self, command_line: str,
-                                              cpu_index: int | None = None) -> Any:  # fmt: skip
+    def human_monitor_command_forwarded(self, command_line: str,
+                                        cpu_index: int | None = None) -> Any:  # fmt: skip
         target = self.hmp.info_stats_target(command_line)
         qemu = None if target is None else self._forwards(target)
         if qemu is None:
@@ -129,4 +136,4 @@ class HostMonitor(Monitor):
         arguments: dict[str, Any] = {"command-line": command_line}
         if cpu_index is not None:
             arguments["cpu-index"] = cpu_index
-        return await qemu.execute("human-monitor-command", arguments)
+        return qemu.execute("human-monitor-command", arguments)
