@@ -127,6 +127,7 @@ class TopApp(App[int]):
         self.ended = False
         self.shown: list[StatRow] = []
         self._timer_delay = driver.interval or 1.0
+        self._status_text = ""
 
     # -- layout and timing ------------------------------------------------------------
 
@@ -180,7 +181,10 @@ class TopApp(App[int]):
             bits.append("PAUSED")
         if self.ended:
             bits.append("end of recording")
-        self.query_one("#status", Static).update(" | ".join(bits))
+        status = " | ".join(bits)
+        if status != self._status_text:  # an update lays the screen out again
+            self._status_text = status
+            self.query_one("#status", Static).update(status)
 
     def _vms(self) -> list[VmState]:
         vms = self.driver.watch.vms
