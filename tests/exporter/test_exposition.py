@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from tests.exporter.test_mapping import ns
 from tests.kvm.conftest import KVM_REASON, PROGRAM
 from vmstats.demo.vm import DemoVM
 from vmstats.exporter.collector import MetricTable, Scrape, families
@@ -66,10 +67,6 @@ def test_real_kvm_stats_fresh_cached_and_changed() -> None:
         one.run_rounds(5)  # counters move: the changed vCPUs are written again
         assert_same(writer, asyncio.run(read()))
         assert b'kvm_vcpu_exits_total{vcpu="2",vm="web1"}' in writer.render(first)
-
-
-def ns(name: str, kind: StatsType) -> StatsSchemaValue:
-    return StatsSchemaValue(name, kind, StatsUnit.SECONDS, 10, -9)
 
 
 SCHEMA = [

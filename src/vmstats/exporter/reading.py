@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vmstats.errors import ClientError
-from vmstats.qmp.client import address_name
+from vmstats.qmp.client import address_name, qemu_version
 from vmstats.qmp.machine import cpus_from_wire
 from vmstats.qmp.monitor import Monitor
 from vmstats.qmp.raw import RawSession
@@ -104,13 +104,10 @@ def _vcpu_numbers(reply: Any) -> dict[str, int]:
 def _version(reply: Any) -> str:
     """QEMU's version; "" for vmstats' own sockets, whose version is the API they speak,
     not the VM's QEMU."""
-    try:
-        qemu = reply["qemu"]
-        if str(reply.get("package", "")).startswith("vmstats"):
-            return ""
-        return f"{qemu['major']}.{qemu['minor']}.{qemu['micro']}"
-    except (KeyError, TypeError, AttributeError):
-        raise ClientError("malformed reply: query-version") from None
+    version = qemu_version(reply)
+    if version is None:
+        raise ClientError("malformed reply: query-version")
+    return "" if str(reply.get("package", "")).startswith("vmstats") else version
 
 
 def target_over_qmp(ask: Ask) -> Callable[[str], Awaitable[list[ObjectStats]]]:

@@ -17,6 +17,7 @@ from typing import Any
 from qemu.qmp import ConnectError, ExecuteError, Message, QMPClient, QMPError
 
 from vmstats.errors import ClientError
+from vmstats.qmp.machine import cpu_paths
 from vmstats.stats.decode import results_from_wire, schemas_from_wire
 from vmstats.stats.model import (
     StatsFilter,
@@ -26,6 +27,7 @@ from vmstats.stats.model import (
     StatsSchema,
     StatsTarget,
 )
+from vmstats.stats.order import natural_qom_paths
 
 
 def parse_address(text: str) -> str | tuple[str, int]:
@@ -44,10 +46,28 @@ def address_name(address: str) -> str:
 log = logging.getLogger(__name__)
 
 
-def no_query_stats(version: dict[str, Any], address: str) -> ClientError:
+def connect_address(address: str) -> str | tuple[str, int]:
+    """:func:`parse_address`, refusing a port no socket can have (:class:`ClientError`)."""
+    target = parse_address(address)
+    if isinstance(target, tuple) and not 0 < target[1] < 65536:
+        raise ClientError(f"cannot connect to QMP at {address}: port {target[1]} "
+                          "is not between 1 and 65535")  # fmt: skip
+    return target
+
+
+def qemu_version(version: Any) -> str | None:
+    """``major.minor.micro`` of a version object (a greeting's or ``query-version``'s), or
+    None if it is not one."""
+    try:
+        qemu = version["qemu"]
+        return f"{int(qemu['major'])}.{int(qemu['minor'])}.{int(qemu['micro'])}"
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def no_query_stats(version: Any, address: str) -> ClientError:
     """The error for a server without ``query-stats`` (``version``: the greeting's)."""
-    qemu = version.get("qemu", {}) if isinstance(version, dict) else {}
-    found = f"{qemu.get('major')}.{qemu.get('minor')}.{qemu.get('micro')}"
+    found = qemu_version(version) or "(version unknown)"
     return ClientError(f"QEMU {found} at {address} has no query-stats: it needs QEMU 7.1 or newer")
 
 
@@ -93,10 +113,7 @@ class StatsClient:
 
     async def connect(self) -> None:
         """Connect, negotiate, and check that the server has ``query-stats``."""
-        address = parse_address(self.address)
-        if isinstance(address, tuple) and not 0 < address[1] < 65536:
-            raise ClientError(f"cannot connect to QMP at {self.address}: port {address[1]} "
-                              "is not between 1 and 65535")  # fmt: skip
+        address = connect_address(self.address)
         try:
             await asyncio.wait_for(self._qmp.connect(address), self.timeout)
         except ConnectError as exc:
@@ -144,10 +161,6 @@ class StatsClient:
         except QMPError as exc:
             raise ClientError(f"{command}: connection failed: {exc}") from exc
 
-    async def raw(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        """The ``return`` value as received (key order kept)."""
-        return await self._execute(command, arguments)
-
     @staticmethod
     def stats_arguments(filter: StatsFilter) -> dict[str, Any]:
         arguments: dict[str, Any] = {"target": filter.target.value}
@@ -175,15 +188,8 @@ class StatsClient:
         """QOM paths of the vCPUs by CPU index: ``query-cpus-fast`` where the server has
         it (QEMU: paths are not contiguous), else the order of the vCPU stats."""
         if "query-cpus-fast" in self.commands:
-            reply = await self._execute("query-cpus-fast")
-            try:
-                cpus = sorted((c["cpu-index"], c["qom-path"]) for c in reply)
-            except (TypeError, KeyError) as exc:
-                raise ClientError(f"malformed reply: query-cpus-fast lacks {exc}") from None
-            return [str(path) for _, path in cpus]
-        found = await self.query_stats(StatsFilter(StatsTarget.VCPU))
-        paths = [r.qom_path or "" for r in reversed(found)]
-        return list(dict.fromkeys(paths))  # one per vCPU, even with several providers
+            return cpu_paths(await self._execute("query-cpus-fast"), self.address)
+        return natural_qom_paths(await self.query_stats(StatsFilter(StatsTarget.VCPU)))
 
     async def hmp(self, command_line: str) -> str:
         reply = await self._execute("human-monitor-command", {"command-line": command_line})

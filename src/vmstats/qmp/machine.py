@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmstats.errors import ClientError
+
 
 @dataclass(frozen=True, slots=True)
 class CpuInfoFast:
@@ -80,3 +82,12 @@ def cpus_from_wire(reply: Any) -> list[CpuInfoFast]:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed query-cpus-fast entry: {exc}") from None
     return sorted(out, key=lambda cpu: cpu.cpu_index)
+
+
+def cpu_paths(reply: Any, address: str) -> list[str]:
+    """The QOM paths of a ``query-cpus-fast`` reply by CPU index (QEMU's are not
+    contiguous); :class:`ClientError` when it is no such reply."""
+    try:
+        return [cpu.qom_path for cpu in cpus_from_wire(reply)]
+    except ValueError as exc:
+        raise ClientError(f"malformed reply from {address}: {exc}") from None

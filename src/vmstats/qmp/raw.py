@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from vmstats.errors import ClientError, RemoteError
-from vmstats.qmp.client import DEFAULT_TIMEOUT, parse_address
+from vmstats.qmp.client import DEFAULT_TIMEOUT, connect_address, no_query_stats
 
 _RETURN = b'{"return": '
 _END = b"}\r\n"
@@ -43,10 +43,7 @@ class RawSession:
         self.version: dict[str, Any] = {}  # the greeting's
 
     async def __aenter__(self) -> RawSession:
-        target = parse_address(self.address)
-        if isinstance(target, tuple) and not 0 < target[1] < 65536:
-            raise ClientError(f"cannot connect to QMP at {self.address}: port {target[1]} "
-                              "is not between 1 and 65535")  # fmt: skip
+        target = connect_address(self.address)
         try:
             if isinstance(target, tuple):
                 opening = asyncio.open_connection(*target, limit=_LINE_LIMIT)
@@ -88,6 +85,17 @@ class RawSession:
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
         )
         return int(pid) or None
+
+    async def stats_commands(self) -> set[str]:
+        """The server's commands; :class:`ClientError` if it has no ``query-stats`` (QEMU
+        before 7.1) or its reply is no command list."""
+        try:
+            commands = {str(c["name"]) for c in await self.value("query-commands")}
+        except (TypeError, KeyError):
+            raise ClientError(f"malformed query-commands reply from {self.address}") from None
+        if "query-stats" not in commands:
+            raise no_query_stats(self.version, self.address)
+        return commands
 
     async def value(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         """``command``'s return value, decoded."""

@@ -25,6 +25,13 @@ def natural_results(results: Sequence[StatsResult]) -> list[StatsResult]:
     return [StatsResult(r.provider, natural_stats(r), r.qom_path) for r in reversed(results)]
 
 
+def natural_qom_paths(results: Sequence[StatsResult]) -> list[str]:
+    """The vCPUs' QOM paths in the order they were added, once each (with several
+    providers a vCPU has several results): how a server without ``query-cpus-fast``
+    numbers its vCPUs."""
+    return list(dict.fromkeys(r.qom_path or "" for r in reversed(results)))
+
+
 def natural_schema_values(schema: StatsSchema) -> list[StatsSchemaValue]:
     """The entries of one schema in provider order (the order of :func:`natural_stats`)."""
     return list(reversed(schema.stats))

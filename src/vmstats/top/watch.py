@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from vmstats.errors import ClientError, VmstatsError
-from vmstats.qmp.client import DEFAULT_TIMEOUT, address_name, no_query_stats
-from vmstats.qmp.machine import cpus_from_wire
+from vmstats.qmp.client import DEFAULT_TIMEOUT, address_name
+from vmstats.qmp.machine import cpu_paths
 from vmstats.qmp.raw import RawSession
 from vmstats.stats.decode import results_from_wire, schemas_from_wire
 from vmstats.stats.model import StatsSchema, StatsTarget
+from vmstats.stats.order import natural_qom_paths
 from vmstats.stats.registry import StatsRegistry
 from vmstats.top.frame import StatFilter, StatRow, total_rows, vm_rows
 from vmstats.top.sample import TARGETS, Sample, Schemas, sample_from_wire, take_sample
@@ -86,16 +87,10 @@ class QmpSource:
             session = RawSession(self.address, self.timeout)
             await session.__aenter__()
             try:
-                commands = {str(c["name"]) for c in await session.value("query-commands")}
-            except (TypeError, KeyError):
-                session.close()
-                raise ClientError(f"malformed query-commands reply from {self.address}") from None
+                commands = await session.stats_commands()
             except BaseException:
                 session.close()
                 raise
-            if "query-stats" not in commands:
-                session.close()
-                raise no_query_stats(session.version, self.address)
             self._session, self._commands = session, commands
         return self._session
 
@@ -124,14 +119,10 @@ class QmpSource:
 
     async def cpus(self) -> list[str]:
         async def read(session: RawSession) -> list[str]:
-            if "query-cpus-fast" in self._commands:  # QEMU's paths are not contiguous
-                reply = await session.value("query-cpus-fast")
-                try:
-                    return [cpu.qom_path for cpu in cpus_from_wire(reply)]
-                except ValueError as exc:
-                    raise ClientError(f"{self.address}: {exc}") from None
-            found = results_from_wire(await session.value("query-stats", {"target": "vcpu"}))
-            return list(dict.fromkeys(r.qom_path or "" for r in reversed(found)))
+            if "query-cpus-fast" in self._commands:
+                return cpu_paths(await session.value("query-cpus-fast"), self.address)
+            reply = await session.value("query-stats", {"target": "vcpu"})
+            return natural_qom_paths(results_from_wire(reply))
 
         return await self._call(read)
 
