@@ -100,12 +100,12 @@ def vm_count(pid: int, control: list[int]) -> int:
     return len(distinct)
 
 
-def processes_with_stats_fds(vmms_only: bool = False) -> list[int]:
-    """Pids of the processes (that we may look into) holding KVM stats fds; not this one,
-    which holds copies.  ``vmms_only``: only those that also hold a VM control fd, which a
-    process holding copies (a reader, our demo's parent) does not: no copy is needed to
-    tell them apart."""
-    found = []
+def stats_fds_by_process(vmms_only: bool = False) -> dict[int, list[StatsFdLink]]:
+    """The stats fds of every process (that we may look into) holding some, by pid; not
+    this one, which holds copies.  ``vmms_only``: only those that also hold a VM control
+    fd, which a process holding copies (a reader, our demo's parent) does not: no copy is
+    needed to tell them apart."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
@@ -114,8 +114,13 @@ def processes_with_stats_fds(vmms_only: bool = False) -> list[int]:
         except AttachError:
             continue  # gone, or not ours to look into
         if links and (control or not vmms_only):
-            found.append(int(entry))
-    return sorted(found)
+            found[int(entry)] = links
+    return dict(sorted(found.items()))
+
+
+def processes_with_stats_fds(vmms_only: bool = False) -> list[int]:
+    """Pids of the processes holding KVM stats fds (:func:`stats_fds_by_process`)."""
+    return list(stats_fds_by_process(vmms_only))
 
 
 def copy_fd(pidfd: int, fd: int) -> int:

@@ -44,9 +44,11 @@ from vmstats.kvm.attach import (
     creator_thread,
     owns,
     processes_with_stats_fds,
+    stats_fds_by_process,
 )
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
 from vmstats.kvm.vmm import VmmProcess
+from vmstats.qmp.client import qemu_version
 from vmstats.qmp.machine import CpuInfoFast, Machine, cpus_from_wire, pc_props, pc_vcpu_path
 from vmstats.qmp.raw import RawSession
 from vmstats.qmp.server import QMPServer, RateLimitedLog, ServerLimits
@@ -94,19 +96,14 @@ async def probe(path: Path, timeout: float) -> QmpSource:
         pid = qmp.peer_pid
         if pid is None:
             raise ClientError(f"{path}: cannot tell which process serves it")
-        commands = {c["name"] for c in json.loads(await qmp.execute("query-commands"))}
-        if "query-stats" not in commands:
-            raise ClientError(f"{path}: this QEMU has no query-stats (QEMU >= 7.1 has)")
-        name = json.loads(await qmp.execute("query-name")).get("name")
+        await qmp.stats_commands()
+        named = await qmp.value("query-name")
+        name = named.get("name") if isinstance(named, dict) else None
+        version = qemu_version(await qmp.value("query-version")) or ""
         try:
-            qemu = json.loads(await qmp.execute("query-version"))["qemu"]
-            version = f"{qemu['major']}.{qemu['minor']}.{qemu['micro']}"
-        except (KeyError, TypeError, ValueError):
-            version = ""
-        try:
-            cpus = cpus_from_wire(json.loads(await qmp.execute("query-cpus-fast")))
+            cpus = cpus_from_wire(await qmp.value("query-cpus-fast"))
         except ValueError as exc:
-            raise ClientError(f"{path}: {exc}") from None
+            raise ClientError(f"malformed reply from {path}: {exc}") from None
     return QmpSource(path, pid, name if isinstance(name, str) else None, cpus, version)
 
 
@@ -122,12 +119,15 @@ def qmp_socket_paths(patterns: Iterable[str]) -> list[Path]:
 
 
 def vmms(
-    skip: Collection[int] = (), report: Callable[[int, str], None] | None = None
+    skip: Collection[int] = (),
+    report: Callable[[int, str], None] | None = None,
+    found: Collection[int] | None = None,
 ) -> list[tuple[int, AttachedVm]]:
     """Every VMM on the host we can look into (but ``skip``), with copies of its stats fds.
-    A VMM that cannot be taken is ``report``-ed (logged by default)."""
+    A VMM that cannot be taken is ``report``-ed (logged by default).  ``found``: the VMMs'
+    pids when the caller has listed them already."""
     out = []
-    for pid in processes_with_stats_fds(vmms_only=True):
+    for pid in processes_with_stats_fds(vmms_only=True) if found is None else found:
         if pid in skip:
             continue
         try:
@@ -251,10 +251,13 @@ class Daemon:
     async def scan(self) -> None:
         """Serve the VMs that appeared since the last scan, and their new vCPUs."""
         if self.fds:
-            for pid, attached in vmms(self.served, self._not_served):
+            found = stats_fds_by_process(vmms_only=True)
+            for pid, attached in vmms(self.served, self._not_served, found):
                 await self._try_serve(pid, attached, None)
             for served in list(self.served.values()):
-                await self._hot_plug(served)
+                held = {link.vcpu_id for link in found.get(served.pid, ())}
+                if served.vcpus and held - {None} - served.vcpu_ids:
+                    await self._hot_plug(served)
         for source in await self._new_sources():
             vm = self.served.get(source.pid)
             if vm is not None:
@@ -294,8 +297,7 @@ class Daemon:
         return found
 
     async def _hot_plug(self, vm: ServedVm) -> None:
-        if not vm.vcpus:
-            return  # forwarded: QEMU knows its vCPUs
+        """Take the vCPU stats fds a VMM holds that ``vm`` does not serve yet."""
         try:
             attached = attach(vm.pid, skip_vm=True, skip_vcpus=vm.vcpu_ids)
         except AttachError:
