@@ -41,7 +41,7 @@ def label_value(text: str) -> str:
 def header(metric: StatMetric, openmetrics: bool) -> str:
     """A family's ``# HELP``/``# TYPE`` (``# UNIT``) lines, as prometheus_client writes them."""
     if openmetrics:
-        doc = metric.help.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+        doc = label_value(metric.help)  # OpenMetrics escapes HELP as a label value
         text = f"# HELP {metric.name} {doc}\n# TYPE {metric.name} {metric.kind.value}\n"
         return text + (f"# UNIT {metric.name} {metric.unit}\n" if metric.unit else "")
     name = metric.name + "_total" if metric.kind is Kind.COUNTER else metric.name
