@@ -16,8 +16,8 @@ import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
 from tests.qmp.conftest import ServerThread
-from vmstats.errors import ClientError, SocketInUse
-from vmstats.qmp.raw import execute_raw
+from vmstats.errors import ClientError, RemoteError, SocketInUse
+from vmstats.qmp.raw import RawSession, execute_raw
 from vmstats.qmp.server import ServerLimits
 from vmstats.testing.qemu import RawQMP
 
@@ -172,3 +172,25 @@ def test_raw_execute_returns_the_bytes_the_server_wrote(qmp_server: ServerThread
         asyncio.run(execute_raw(str(qmp_server.path), "query-stats", {"target": "nope"}))
     with pytest.raises(ClientError, match="cannot connect"):
         asyncio.run(execute_raw(str(qmp_server.path) + ".none", "query-stats"))
+
+
+def test_raw_requests_sent_together_are_answered_in_order_and_stay_in_step(
+    qmp_server: ServerThread,
+) -> None:
+    """``execute_all`` writes its requests at once; an error reply in the middle is raised
+    only after every reply is read, so the next command gets its own reply."""
+
+    async def main() -> None:
+        async with RawSession(str(qmp_server.path)) as qmp:
+            alone = [await qmp.execute("query-stats", {"target": t}) for t in ("vm", "vcpu")]
+            together = await qmp.execute_all(
+                [("query-stats", {"target": t}) for t in ("vm", "vcpu")]
+            )
+            assert together == alone
+            with pytest.raises(RemoteError, match="CommandNotFound"):
+                await qmp.execute_all([("query-stats", {"target": "vm"}), ("no-such", None),
+                                       ("query-stats", {"target": "vcpu"})])  # fmt: skip
+            assert await qmp.execute("query-stats", {"target": "vm"}) == alone[0]
+            assert await qmp.values([("query-name", None)]) == [{}]
+
+    asyncio.run(main())

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import io
+import operator
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.stats.provider import FakeProvider, vcpu_path
 from vmstats.stats import StatsRegistry, StatsSchemaValue, StatsType, StatsUnit
-from vmstats.top.frame import StatFilter, StatRow, quantile, sort_rows, total_rows, vm_rows
+from vmstats.top.batch import JsonWriter, Output
+from vmstats.top.frame import (
+    RowMemo,
+    StatFilter,
+    StatRow,
+    TotalMemo,
+    quantile,
+    sort_rows,
+    total_rows,
+    vm_rows,
+)
 from vmstats.top.sample import Sample, Schemas, take_sample
 
 EXITS = StatsSchemaValue("exits", StatsType.CUMULATIVE)
@@ -100,3 +115,104 @@ def test_take_sample_reads_every_object_in_natural_order() -> None:
     assert taken.values[("kvm", "vcpu", vcpu_path(2))] == {
         "exits": 1002, "wait_ns": 100, "busy": False, "wait_hist": [2, 2, 3],
     }  # fmt: skip
+
+
+Move = str | tuple[int, int, bool, int]
+#: A VM's life between refreshes: per step, how each vCPU's exits and histogram grow (a
+#: negative growth: the counter went back), whether ``busy`` flips, or ``r`` (reset).
+STEPS = st.lists(
+    st.one_of(
+        st.just("reset"),
+        st.tuples(st.integers(-2, 3), st.integers(0, 2), st.booleans(), st.integers(0, 1)),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+class Life:
+    """One VM's samples as a watch keeps them: baseline, previous, current."""
+
+    def __init__(self) -> None:
+        self.exits, self.hist, self.busy, self.taken = 0, [0, 0, 0], False, 0.0
+        self.base: Sample | None = None
+        self.previous: Sample | None = None
+        self.current: Sample | None = None
+
+    def step(self, move: Move) -> tuple[Sample, Sample, Sample]:
+        if move == "reset" and self.current is not None:
+            self.base = self.current
+        else:
+            grow, hist, flip, bucket = (0, 0, False, 0) if isinstance(move, str) else move
+            self.exits = self.exits + grow * 7 if grow >= 0 else 0  # negative: went back
+            self.hist = [*self.hist]
+            self.hist[bucket] += hist
+            self.busy ^= flip
+            self.taken += 1
+            new = sample(self.taken, (self.exits, 5), (self.busy, False), (self.hist, [0, 1, 0]))
+            self.previous, self.current = self.current or new, new
+            self.base = self.base or new
+        assert self.base and self.previous and self.current
+        return self.base, self.previous, self.current
+
+
+@settings(max_examples=150, deadline=None)
+@given(STEPS, STEPS)
+def test_rows_kept_between_refreshes_are_the_rows_made_afresh(
+    one: list[Move], two: list[Move]
+) -> None:
+    """Rows and totals used again (their stats did not move) equal rows made from scratch
+    at every refresh, and so does the JSON written from them."""
+    lives, plans = [Life(), Life()], [one, two]
+    memos: list[RowMemo] = [{}, {}]
+    totals: TotalMemo = {}
+    cached, fresh = io.StringIO(), io.StringIO()
+    writer = JsonWriter(Output(cached), skip_zero=False)
+    for step in range(max(len(one), len(two))):
+        kept: dict[str, list[StatRow]] = {}
+        afresh: dict[str, list[StatRow]] = {}
+        for index, (life, plan) in enumerate(zip(lives, plans, strict=True)):
+            samples = life.step(plan[step] if step < len(plan) else (0, 0, False, 0))
+            name = f"vm{index}"
+            kept[name] = vm_rows(name, SCHEMAS, *samples, None, memos[index])
+            afresh[name] = vm_rows(name, SCHEMAS, *samples)
+            assert kept[name] == afresh[name]
+        kept_total = total_rows(list(kept.values()), totals)
+        assert kept_total == total_rows(list(afresh.values()))
+        writer(float(step), kept, kept_total, {})
+        JsonWriter(Output(fresh), skip_zero=False)(float(step), afresh, kept_total, {})
+    assert cached.getvalue() == fresh.getvalue()
+
+
+def test_rows_of_stats_that_did_not_move_are_kept() -> None:
+    memo: RowMemo = {}
+    base = sample(0, (0, 0))
+    first = vm_rows("a", SCHEMAS, base, sample(1, (4, 0)), sample(2, (4, 0)), None, memo)
+    again = vm_rows("a", SCHEMAS, base, sample(2, (4, 0)), sample(3, (4, 0)), None, memo)
+    moved = vm_rows("a", SCHEMAS, base, sample(3, (4, 0)), sample(4, (9, 0)), None, memo)
+    assert all(map(operator.is_, first, again))  # the same objects: nothing made again
+    assert [r.name for r, m in zip(again, moved, strict=True) if r is not m] == ["exits"]
+    assert moved[0].rate == 5.0
+    reset = vm_rows("a", SCHEMAS, sample(3, (4, 0)), sample(4, (9, 0)), sample(5, (9, 0)),
+                    None, memo)  # fmt: skip
+    assert not any(map(operator.is_, reset, moved))  # a new baseline: every row made again
+
+
+def test_json_lines_are_json_as_json_dumps_writes_it() -> None:
+    """The writer joins kept text; each line is still what ``json.dumps`` makes of it."""
+    import json
+
+    out = io.StringIO()
+    writer = JsonWriter(Output(out), skip_zero=True)
+    base = sample(0, (0, 0))
+    for taken, exits in ((1, (0, 0)), (2, (5, 0)), (3, (5, 0))):
+        cur = sample(taken, exits)
+        per_vm = {'odd "name"': vm_rows("a", SCHEMAS, base, base, cur), "b": []}
+        writer(taken + 0.5, per_vm, [], {"b": "gone: no socket"})
+        base = cur
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        assert json.dumps(json.loads(line), separators=(",", ":")) == line
+    assert json.loads(lines[1])["vms"]['odd "name"']["vcpu.exits"]["rate"] == 5.0
+    assert json.loads(lines[2])["vms"]["b"] == {"gone": "gone: no socket"}

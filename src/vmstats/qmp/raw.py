@@ -18,6 +18,7 @@ import contextlib
 import json
 import socket
 import struct
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -104,13 +105,43 @@ class RawSession:
         except ValueError:
             raise ClientError(f"{command}: malformed reply from {self.address}") from None
 
+    async def values(self, requests: Sequence[tuple[str, dict[str, Any] | None]]) -> list[Any]:
+        """The return values of several commands, decoded (see :meth:`execute_all`)."""
+        replies = await self.execute_all(requests)
+        try:
+            return [json.loads(reply) for reply in replies]
+        except ValueError:
+            raise ClientError(f"malformed reply from {self.address}") from None
+
+    async def execute_all(self, requests: Sequence[tuple[str, dict[str, Any] | None]]
+                          ) -> list[bytes]:  # fmt: skip
+        """The return values of several commands, as the server wrote them.
+
+        The requests go out in one write and the replies are read in order (QMP answers
+        a connection's requests one after the other): a refresh of ``top`` asks each VM
+        for both targets, and a wake-up of the server costs more than its work.  Every
+        reply is read before an error is raised, so the connection stays in step."""
+        assert self._writer is not None, "not connected"
+        self._writer.write(b"".join(map(_request, requests)))
+        replies: list[bytes] = []
+        failure: ClientError | None = None
+        for command, _ in requests:
+            try:
+                replies.append(await self._reply(command))
+            except RemoteError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return replies
+
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> bytes:
         """``command``'s return value as the bytes the server wrote."""
         assert self._writer is not None, "not connected"
-        request: dict[str, Any] = {"execute": command}
-        if arguments is not None:
-            request["arguments"] = arguments
-        self._writer.write(json.dumps(request).encode())
+        self._writer.write(_request((command, arguments)))
+        return await self._reply(command)
+
+    async def _reply(self, command: str) -> bytes:
+        """The return value of the next reply (events skipped), for ``command``."""
         while True:
             line = await self._line()
             if line.startswith(_RETURN) and line.endswith(_END):
@@ -140,6 +171,14 @@ class RawSession:
         if not line:
             raise ClientError(f"QMP connection to {self.address} closed")
         return line
+
+
+def _request(request: tuple[str, dict[str, Any] | None]) -> bytes:
+    command, arguments = request
+    message: dict[str, Any] = {"execute": command}
+    if arguments is not None:
+        message["arguments"] = arguments
+    return json.dumps(message).encode()
 
 
 async def execute_raw(

@@ -176,38 +176,60 @@ def _csv(cell: str) -> str:
 
 
 class JsonWriter:
-    """One JSON object per refresh (``--json``), its shape in docs/top.md."""
+    """One JSON object per refresh (``--json``), its shape in docs/top.md.
+
+    Each stat's entry is encoded once per row: rows of stats that did not move are the
+    same objects from one refresh to the next (:func:`vmstats.top.frame.vm_rows`), so
+    their text is kept, and a refresh encodes only what moved."""
 
     def __init__(self, out: Output, skip_zero: bool) -> None:
         self.out = out
         self.skip_zero = skip_zero
+        self._encoded: dict[tuple[str, str, str], tuple[StatRow, str]] = {}
 
-    def _stats(self, rows: Sequence[StatRow]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for row in rows:
-            if self.skip_zero and row.is_zero:
-                continue
-            entry: dict[str, Any] = {"type": row.schema.type.value}
-            for field_name in ("rate", "total", "value", "true_count"):
-                value = getattr(row, field_name)
-                if value is not None:
-                    entry[field_name] = _round(value) if isinstance(value, float) else value
-            if row.true_count is not None:
-                entry["objects"] = row.objects
-            if row.buckets is not None:
-                entry["buckets"] = list(row.buckets)
-                entry.update({f"p{round(q * 100)}": p for q, p in
-                              zip(QUANTILES, row.percentiles or (), strict=False)})  # fmt: skip
-            out[row.key] = entry
-        return out
+    @staticmethod
+    def entry(row: StatRow) -> dict[str, Any]:
+        """One stat's entry: its type and the values it has."""
+        entry: dict[str, Any] = {"type": row.schema.type.value}
+        for field_name in ("rate", "total", "value", "true_count"):
+            value = getattr(row, field_name)
+            if value is not None:
+                entry[field_name] = _round(value) if isinstance(value, float) else value
+        if row.true_count is not None:
+            entry["objects"] = row.objects
+        if row.buckets is not None:
+            entry["buckets"] = list(row.buckets)
+            entry.update({f"p{round(q * 100)}": p for q, p in
+                          zip(QUANTILES, row.percentiles or (), strict=False)})  # fmt: skip
+        return entry
+
+    def _encode(self, row: StatRow) -> str:
+        """``"KEY":ENTRY``, as ``json.dumps`` writes it in an object."""
+        slot = (row.vm, row.target, row.name)
+        kept = self._encoded.get(slot)
+        if kept is not None and kept[0] is row:
+            return kept[1]
+        text = _dumps(row.key) + ":" + _dumps(self.entry(row))
+        self._encoded[slot] = (row, text)
+        return text
+
+    def _stats(self, rows: Sequence[StatRow]) -> str:
+        members = {row.key: self._encode(row) for row in rows
+                   if not (self.skip_zero and row.is_zero)}  # fmt: skip
+        return "{" + ",".join(members.values()) + "}"
 
     def __call__(self, taken: float, per_vm: dict[str, list[StatRow]], total: list[StatRow],
                  gone: dict[str, str | None]) -> None:  # fmt: skip
-        record = {
-            "time": round(taken, 3),
-            "vms": {name: ({"gone": gone[name]} if gone.get(name) else self._stats(rows))
-                    for name, rows in per_vm.items()},
-        }  # fmt: skip
+        vms = ",".join(
+            _dumps(name) + ":" + (_dumps({"gone": gone[name]}) if gone.get(name)
+                                  else self._stats(rows))
+            for name, rows in per_vm.items()
+        )  # fmt: skip
+        text = '{"time":' + _dumps(round(taken, 3)) + ',"vms":{' + vms + "}"
         if total:
-            record["total"] = self._stats(total)
-        self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
+            text += ',"total":' + self._stats(total)
+        self.out.write(text + "}\n")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))

@@ -20,7 +20,7 @@ import operator
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
+from operator import is_, itemgetter
 from typing import TypeVar
 
 from vmstats.stats.model import StatsSchemaValue, StatsType, StatsUnit, StatsValue
@@ -100,8 +100,12 @@ class StatRow:
         return ""
 
 
-def _counter(values: Iterable[StatsValue | None]) -> int:
-    return sum(v for v in values if isinstance(v, int) and not isinstance(v, bool))
+def _counter(values: Sequence[StatsValue | None]) -> int:
+    """The sum of a counter's values: at C speed when all are numbers, as they are."""
+    try:
+        return int(sum(values))  # type: ignore[arg-type]
+    except TypeError:  # a missing value or a malformed one: skip it
+        return sum(v for v in values if isinstance(v, int) and not isinstance(v, bool))
 
 
 def _buckets(value: StatsValue | None) -> list[int]:
@@ -160,6 +164,13 @@ def _bucket_delta(now: StatsValue | None, before: StatsValue | None) -> list[int
     return [a - b for a, b in zip(new, old, strict=True)]
 
 
+#: Rows kept between refreshes, by (provider, target, name): a row made when its stat had
+#: not moved over the interval, with the values and the baseline it was made from.  While
+#: the stat stays still the row stays right, and is used again as it is; between two
+#: refreshes most stats do not move.
+RowMemo = dict[tuple[str, str, str], tuple[tuple[StatsValue | None, ...], Sample, StatRow]]
+
+
 def vm_rows(
     vm: str,
     schemas: Schemas,
@@ -167,10 +178,13 @@ def vm_rows(
     previous: Sample,
     current: Sample,
     vcpus: set[str] | None = None,
+    memo: RowMemo | None = None,
 ) -> list[StatRow]:
     """Every stat of one VM, in provider order (VM-level first, then vCPU-level).
 
-    ``vcpus`` limits the vCPU-level rows to those QOM paths (None: all).
+    ``vcpus`` limits the vCPU-level rows to those QOM paths (None: all).  ``memo`` keeps
+    the rows of stats that did not move, for the next call with the same ``vm`` and
+    ``vcpus``: a row is made again only when its stat moved, or the baseline changed.
     """
     elapsed = current.taken - previous.taken
     rows = []
@@ -178,10 +192,7 @@ def vm_rows(
     for key in current.values:  # once per refresh, not once per stat
         if vcpus is None or key[1] != "vcpu" or key[2] in vcpus:
             objects.setdefault((key[0], key[1]), []).append(key)
-    groups: dict[tuple[str, str], list[tuple[str, StatsSchemaValue]]] = {}
-    for (provider, target, name), schema in schemas.entries.items():
-        groups.setdefault((provider, target), []).append((name, schema))
-    for (provider, target), stats in groups.items():
+    for (provider, target), stats in schemas.groups.items():
         keys = objects.get((provider, target), [])
         names = [name for name, _ in stats]
         now_columns = _columns(current, keys, names)
@@ -189,10 +200,21 @@ def vm_rows(
         base_columns = _columns(baseline, keys, names)
         for index, (name, schema) in enumerate(stats):
             now = now_columns[index]
-            if all(v is None for v in now):
+            if now.count(None) == len(now):
                 continue
-            before, base = before_columns[index], base_columns[index]
-            rows.append(_row(vm, target, name, schema, len(keys), now, before, base, elapsed))
+            before = before_columns[index]
+            still = elapsed > 0 and now == before
+            if still and memo is not None:
+                kept = memo.get((provider, target, name))
+                if (kept is not None and kept[1] is baseline and kept[2].schema is schema
+                        and kept[0] == now):  # fmt: skip
+                    rows.append(kept[2])
+                    continue
+            row = _row(vm, target, name, schema, len(keys), now, before, base_columns[index],
+                       elapsed)  # fmt: skip
+            if still and memo is not None:
+                memo[(provider, target, name)] = (now, baseline, row)
+            rows.append(row)
     return rows
 
 
@@ -256,30 +278,50 @@ def _growth(now: Sequence[StatsValue | None], before: Sequence[StatsValue | None
     return sum(_delta(n, b) for n, b in zip(now, before, strict=True))
 
 
-def total_rows(per_vm: Sequence[Sequence[StatRow]]) -> list[StatRow]:
-    """The same stats summed over VMs (peaks: the highest), as ``vm == "total"``."""
+#: Total rows kept between refreshes, by (target, name), with the rows they summed.
+TotalMemo = dict[tuple[str, str], tuple[list[StatRow], StatRow]]
+
+
+def total_rows(per_vm: Sequence[Sequence[StatRow]], memo: TotalMemo | None = None) -> list[StatRow]:
+    """The same stats summed over VMs (peaks: the highest), as ``vm == "total"``.
+
+    With ``memo``, a total whose rows are the very rows it summed last time (kept by
+    :func:`vm_rows` because their stats did not move) is used again."""
     merged: dict[tuple[str, str], list[StatRow]] = {}
     for rows in per_vm:
         for row in rows:
             merged.setdefault((row.target, row.name), []).append(row)
     out = []
-    for rows in merged.values():
-        first = rows[0]
-        buckets = first.buckets
-        if buckets is not None:
-            same = [r.buckets for r in rows if r.buckets and len(r.buckets) == len(buckets)]
-            buckets = tuple(map(sum, zip(*same, strict=True)))
-        values = [r.value for r in rows if r.value is not None]
-        value = None
-        if values:
-            value = max(values) if first.schema.type == StatsType.PEAK else sum(values)
-        out.append(StatRow(
-            "total", first.target, first.name, first.schema, sum(r.objects for r in rows),
-            rate=_sum(r.rate for r in rows), total=_sum(r.total for r in rows), value=value,
-            now=_sum(r.now for r in rows), true_count=_sum(r.true_count for r in rows),
-            buckets=buckets,
-        ))  # fmt: skip
+    for key, rows in merged.items():
+        if memo is not None:
+            kept = memo.get(key)
+            if kept is not None and len(kept[0]) == len(rows) and all(map(is_, kept[0], rows)):
+                out.append(kept[1])
+                continue
+        total = _total(rows)
+        if memo is not None:
+            memo[key] = (rows, total)
+        out.append(total)
     return out
+
+
+def _total(rows: Sequence[StatRow]) -> StatRow:
+    """One stat's rows of several VMs, summed."""
+    first = rows[0]
+    buckets = first.buckets
+    if buckets is not None:
+        same = [r.buckets for r in rows if r.buckets and len(r.buckets) == len(buckets)]
+        buckets = tuple(map(sum, zip(*same, strict=True)))
+    values = [r.value for r in rows if r.value is not None]
+    value = None
+    if values:
+        value = max(values) if first.schema.type == StatsType.PEAK else sum(values)
+    return StatRow(
+        "total", first.target, first.name, first.schema, sum(r.objects for r in rows),
+        rate=_sum(r.rate for r in rows), total=_sum(r.total for r in rows), value=value,
+        now=_sum(r.now for r in rows), true_count=_sum(r.true_count for r in rows),
+        buckets=buckets,
+    )  # fmt: skip
 
 
 def _percentiles(schema: StatsSchemaValue, buckets: Sequence[int]) -> tuple[float | None, ...]:

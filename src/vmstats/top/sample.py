@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from operator import itemgetter
 from typing import Any
 
@@ -63,6 +64,15 @@ class Schemas:
 
     def get(self, key: SchemaKey) -> StatsSchemaValue | None:
         return self.entries.get(key)
+
+    @cached_property
+    def groups(self) -> dict[tuple[str, str], list[tuple[str, StatsSchemaValue]]]:
+        """The entries by (provider, target), as (name, schema): rows are made per group,
+        every refresh, from schemas that rarely change."""
+        groups: dict[tuple[str, str], list[tuple[str, StatsSchemaValue]]] = {}
+        for (provider, target, name), schema in self.entries.items():
+            groups.setdefault((provider, target), []).append((name, schema))
+        return groups
 
     def names(self) -> list[SchemaKey]:
         return list(self.entries)

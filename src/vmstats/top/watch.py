@@ -25,7 +25,7 @@ from vmstats.stats.decode import results_from_wire, schemas_from_wire
 from vmstats.stats.model import StatsSchema, StatsTarget
 from vmstats.stats.order import natural_qom_paths
 from vmstats.stats.registry import StatsRegistry
-from vmstats.top.frame import StatFilter, StatRow, total_rows, vm_rows
+from vmstats.top.frame import RowMemo, StatFilter, StatRow, TotalMemo, total_rows, vm_rows
 from vmstats.top.sample import TARGETS, Sample, Schemas, sample_from_wire, take_sample
 
 T = TypeVar("T")
@@ -111,9 +111,9 @@ class QmpSource:
 
     async def sample(self) -> Sample:
         async def read(session: RawSession) -> Sample:
-            replies = {t.value: await session.value("query-stats", {"target": t.value})
-                       for t in TARGETS}  # fmt: skip
-            return sample_from_wire(time.time(), replies)
+            targets = [t.value for t in TARGETS]
+            replies = await session.values([("query-stats", {"target": t}) for t in targets])
+            return sample_from_wire(time.time(), dict(zip(targets, replies, strict=True)))
 
         return await self._call(read)
 
@@ -144,6 +144,8 @@ class VmState:
     previous: Sample | None = None
     current: Sample | None = None
     gone: str | None = None
+    #: Rows of stats that did not move, per choice of vCPUs (:data:`RowMemo`).
+    memos: dict[tuple[int, ...] | None, RowMemo] = field(default_factory=dict, repr=False)
 
     def rows(self, vcpus: Sequence[int] | None = None) -> list[StatRow]:
         if self.current is None or self.gone is not None:
@@ -158,6 +160,7 @@ class VmState:
             self.previous or self.current,
             self.current,
             paths,
+            self.memos.setdefault(None if vcpus is None else tuple(vcpus), {}),
         )
 
 
@@ -177,6 +180,7 @@ class Watch:
         for source in sources:
             self._add(source)
         self.taken = 0.0
+        self._totals: TotalMemo = {}
 
     def _add(self, source: Source) -> None:
         name = source.name
@@ -262,7 +266,7 @@ class Watch:
             name: [r for r in state.rows(vcpus) if keep(r.name)] for name, state in self.vms.items()
         }
         live = [rows for name, rows in per_vm.items() if self.vms[name].gone is None]
-        return per_vm, total_rows(live) if len(self.vms) > 1 else []
+        return per_vm, total_rows(live, self._totals) if len(self.vms) > 1 else []
 
     async def close(self) -> None:
         for source in self.sources.values():
