@@ -141,40 +141,94 @@ def test_unreachable_socket_is_a_clear_error(tmp_path: Path) -> None:
     assert out.returncode == 1 and "cannot connect to QMP at 127.0.0.1:1" in out.stderr
 
 
-def test_qemu_without_query_stats_is_a_clear_error(tmp_path: Path) -> None:
-    """A peer that behaves like QEMU 6.2: greets, negotiates, lacks query-stats."""
-    path = tmp_path / "old.sock"
-    ready = threading.Event()
+class FakePeer:
+    """A QMP peer in a thread that greets as ``version`` and answers each command with
+    the text ``answers`` give for it (``query-stats`` by target), else ``{}``: a QEMU
+    that is old, or that sends what no QEMU sends."""
 
-    async def old_qemu() -> None:
+    def __init__(self, path: Path, answers: dict[str, str], version: str = "7.2.0") -> None:
+        self.path = path
+        self.answers = answers
+        major, minor, micro = version.split(".")
+        self.greeting = (f'{{"QMP": {{"version": {{"qemu": {{"micro": {micro}, "minor": {minor}, '
+                         f'"major": {major}}}, "package": ""}}, "capabilities": ["oob"]}}}}\r\n')  # fmt: skip
+        self._ready = threading.Event()
+
+    def _answer(self, request: dict[str, Any]) -> str:
+        command = str(request.get("execute"))
+        target = (request.get("arguments") or {}).get("target")
+        text = self.answers.get(f"{command} {target}", self.answers.get(command, "{}"))
+        tail = f', "id": {json.dumps(request["id"])}' if "id" in request else ""
+        return f'{{"return": {text}{tail}}}\r\n'
+
+    async def _serve(self) -> None:
         async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 6}, '
-                         b'"package": ""}, "capabilities": ["oob"]}}\r\n')  # fmt: skip
+            writer.write(self.greeting.encode())
             stream = JSONStreamParser()  # clients send JSON without newlines
             while data := await reader.read(4096):
                 for message in stream.feed(data):
-                    request = message.value
-                    value = (
-                        [{"name": "query-version"}]
-                        if request["execute"] == "query-commands"
-                        else {}
-                    )
-                    reply = {"return": value, **({"id": request["id"]} if "id" in request else {})}
-                    writer.write(json.dumps(reply).encode() + b"\r\n")
+                    writer.write(self._answer(message.value).encode())
             writer.close()
 
-        server = await asyncio.start_unix_server(client, path=str(path))
-        ready.set()
-        await asyncio.sleep(20)
+        server = await asyncio.start_unix_server(client, path=str(self.path))
+        self._ready.set()
+        await asyncio.sleep(60)
         server.close()
 
-    thread = threading.Thread(target=asyncio.run, args=(old_qemu(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    out = vmstats("query", str(path), "--target", "vm")
-    assert out.returncode == 1
-    assert "QEMU 6.2.0" in out.stderr and "needs QEMU 7.1 or newer" in out.stderr
-    assert os.path.exists(path)
+    def __enter__(self) -> FakePeer:
+        threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True).start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def test_qemu_without_query_stats_is_a_clear_error(tmp_path: Path) -> None:
+    """A peer that behaves like QEMU 6.2: greets, negotiates, lacks query-stats."""
+    commands = '[{"name": "query-version"}]'
+    with FakePeer(tmp_path / "old.sock", {"query-commands": commands}, "6.2.0") as peer:
+        out = vmstats("query", str(peer.path), "--target", "vm")
+        assert out.returncode == 1
+        assert "QEMU 6.2.0" in out.stderr and "needs QEMU 7.1 or newer" in out.stderr
+        assert os.path.exists(peer.path)
+
+
+STATS_COMMANDS = json.dumps([{"name": n} for n in ("query-stats", "query-stats-schemas",
+                                                   "query-commands")])  # fmt: skip
+EXITS_SCHEMA = json.dumps(
+    [
+        {
+            "provider": "kvm",
+            "target": "vcpu",
+            "stats": [{"name": "exits", "type": "cumulative", "exponent": 0, "base": 10}],
+        }
+    ]
+)
+
+
+@pytest.mark.parametrize(("reply", "where"), [
+    ('[{"provider": "kvm", "stats": [{"name": "exits", "value": "many"}]}]', "$[0].stats[0].value"),
+    ('[{"provider": "kvm", "stats": [{"name": "exits", "value": -1}]}]', "$[0].stats[0].value"),
+    ('[{"provider": "kvm", "stats": [{"name": "exits", "value": [1, 2.5]}]}]', "value[1]"),
+    ('[{"provider": "kvm", "stats": [{"name": 7, "value": 1}]}]', "$[0].stats[0].name"),
+    ('[{"provider": "kvm", "qom-path": "/machine/cpu"}]', "missing required field `stats`"),
+    ('{"stats": []}', "Expected `array`, got `object`"),
+])  # fmt: skip
+def test_a_malformed_query_stats_reply_is_named_not_a_crash(tmp_path: Path, reply: str,
+                                                             where: str) -> None:  # fmt: skip
+    """What no QEMU sends: ``query`` and ``top`` fail saying where, without a traceback."""
+    answers = {"query-commands": STATS_COMMANDS, "query-stats-schemas": EXITS_SCHEMA,
+               "query-stats vcpu": reply, "query-stats vm": "[]",
+               "query-cpus-fast": "[]"}  # fmt: skip
+    with FakePeer(tmp_path / "odd.sock", answers) as peer:
+        out = vmstats("query", str(peer.path), "--target", "vcpu")
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert "malformed query-stats reply" in out.stderr and where in out.stderr
+        out = vmstats("top", str(peer.path), "--once")
+        assert (out.returncode, out.stdout) == (1, ""), out.stderr
+        assert out.stderr.startswith("vmstats top: odd: malformed query-stats reply: ")
+        assert where in out.stderr and "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize(("device", "reason"), [

@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +24,7 @@ from vmstats.qmp.machine import cpus_from_wire
 from vmstats.qmp.monitor import Monitor
 from vmstats.qmp.raw import RawSession
 from vmstats.qmp.server import RateLimitedLog
-from vmstats.stats.decode import schemas_from_wire
+from vmstats.stats.decode import schemas_from_wire, wire_results
 from vmstats.stats.model import StatsFilter, StatsSchema, StatsTarget, StatsValue
 from vmstats.top.sample import TARGETS
 
@@ -56,27 +57,22 @@ class VmReading:
     info: dict[str, str]
 
 
-_SCALARS = frozenset((int, bool))
+_NAME = attrgetter("name")
+_VALUE = attrgetter("value")
 
 
-def _checked(value: Any) -> StatsValue:
-    kind = type(value)
-    if kind in _SCALARS or (kind is list and value and all(type(b) is int for b in value)):
-        return value  # type: ignore[no-any-return]
-    raise ValueError(f"a value of no stats type: {value!r}")
-
-
-def objects_from_wire(target: str, reply: Any) -> list[ObjectStats]:
-    """A ``query-stats`` return value (decoded JSON) as objects in natural order;
-    :class:`ClientError` if it is not one."""
-    try:
-        return [
-            ObjectStats(str(item["provider"]), target, str(item.get("qom-path") or ""),
-                        [(str(s["name"]), _checked(s["value"])) for s in item["stats"]])
-            for item in reversed(reply)
-        ]  # fmt: skip
-    except (TypeError, KeyError, AttributeError, ValueError) as exc:
-        raise ClientError(f"malformed query-stats reply for target {target}: {exc}") from None
+def objects_from_wire(target: str, reply: bytes | Any) -> list[ObjectStats]:
+    """A ``query-stats`` return value (the bytes QMP sent, or decoded JSON) as objects in
+    natural order; :class:`ClientError` if it is not one (a histogram needs a bucket)."""
+    objects = []
+    for result in reversed(wire_results(reply, target)):
+        values = list(map(_VALUE, result.stats))
+        if [] in values:
+            raise ClientError(f"malformed query-stats reply for target {target}: "
+                              "a histogram without buckets")  # fmt: skip
+        stats = list(zip(map(_NAME, result.stats), values, strict=True))
+        objects.append(ObjectStats(result.provider, target, result.qom_path or "", stats))
+    return objects
 
 
 @dataclass
@@ -114,11 +110,7 @@ def target_over_qmp(ask: Ask) -> Callable[[str], Awaitable[list[ObjectStats]]]:
     """Reads one target's objects with ``query-stats`` through ``ask``."""
 
     async def read(target: str) -> list[ObjectStats]:
-        try:
-            return objects_from_wire(target, json.loads(await ask("query-stats",
-                                                                  {"target": target})))  # fmt: skip
-        except ValueError:
-            raise ClientError("malformed reply: query-stats") from None
+        return objects_from_wire(target, await ask("query-stats", {"target": target}))
 
     return read
 

@@ -105,14 +105,6 @@ class RawSession:
         except ValueError:
             raise ClientError(f"{command}: malformed reply from {self.address}") from None
 
-    async def values(self, requests: Sequence[tuple[str, dict[str, Any] | None]]) -> list[Any]:
-        """The return values of several commands, decoded (see :meth:`execute_all`)."""
-        replies = await self.execute_all(requests)
-        try:
-            return [json.loads(reply) for reply in replies]
-        except ValueError:
-            raise ClientError(f"malformed reply from {self.address}") from None
-
     async def execute_all(self, requests: Sequence[tuple[str, dict[str, Any] | None]]
                           ) -> list[bytes]:  # fmt: skip
         """The return values of several commands, as the server wrote them.

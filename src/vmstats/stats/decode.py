@@ -1,13 +1,20 @@
-"""QMP replies (parsed JSON) to the stats model, for clients.
+"""QMP replies (parsed JSON or the bytes QMP sent) to the stats model, for clients.
 
-Cheaper than the QAPI input visitor (a ``top`` refresh decodes every stat of every vCPU
-of every VM), and as strict about what the tools rely on: the types of names and values,
-the enums.  Anything else is a :class:`ClientError` saying what is malformed.
+Every reader of ``query-stats`` replies (the client commands, ``top`` and the exporter)
+decodes them with :func:`wire_results`.  ``top`` decodes every stat of every vCPU of
+every VM at each refresh, the exporter at each scrape: msgspec turns the reply's bytes
+straight into typed structs and checks QAPI's types on the way (a stat's value is a
+``uint64``, a ``bool`` or a ``[uint64]``), in C.  That is two to three times faster than
+``json.loads`` and a check in Python, and the error says where a reply is wrong
+(``$[3].stats[7].value``).  Members we do not know are skipped, as a client of a newer
+QEMU should.  Anything malformed is a :class:`ClientError`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from vmstats.errors import ClientError
 from vmstats.stats.model import (
@@ -20,6 +27,41 @@ from vmstats.stats.model import (
     StatsUnit,
 )
 
+#: QAPI's ``uint64`` (msgspec checks the lower bound; Python ints have no upper one).
+Uint64 = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class WireStat(msgspec.Struct, gc=False):
+    """QAPI's ``Stats``: a name and a ``StatsValue`` (scalar, boolean or buckets)."""
+
+    name: str
+    value: Uint64 | bool | list[Uint64]
+
+
+class WireResult(msgspec.Struct, gc=False, rename={"qom_path": "qom-path"}):
+    """QAPI's ``StatsResult``, its provider as the text sent (a reader that needs the
+    enum checks it: ``top`` and the exporter show any provider)."""
+
+    provider: str
+    stats: list[WireStat]
+    qom_path: str | None = None
+
+
+_RESULTS = msgspec.json.Decoder(list[WireResult])
+
+
+def wire_results(reply: bytes | Any, target: str = "") -> list[WireResult]:
+    """``query-stats``'s return value, as the bytes QMP sent or as decoded JSON (a
+    recording's line, a qemu.qmp reply), in wire order; :class:`ClientError` saying
+    where it is malformed."""
+    try:
+        if isinstance(reply, bytes | bytearray | memoryview):
+            return _RESULTS.decode(reply)
+        return msgspec.convert(reply, list[WireResult])
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        what = f" for target {target}" if target else ""
+        raise ClientError(f"malformed query-stats reply{what}: {exc}") from None
+
 
 def _provider(text: Any) -> StatsProvider:
     try:
@@ -28,35 +70,12 @@ def _provider(text: Any) -> StatsProvider:
         raise ClientError(f"malformed reply: unknown provider {text!r}") from None
 
 
-def results_from_wire(reply: Any) -> list[StatsResult]:
-    """``query-stats``'s return value as results; :class:`ClientError` if malformed.
-
-    Cheaper than the QAPI visitor (a top refresh decodes every stat of every vCPU), and
-    as strict about what the views rely on: the types of names and values.
-    """
-    if not isinstance(reply, list):
-        raise ClientError("malformed reply: query-stats did not return a list")
-    out = []
-    for item in reply:
-        try:
-            stats = [(s["name"], s["value"]) for s in item["stats"]]
-            path = item.get("qom-path")
-            provider = _provider(item["provider"])
-        except (TypeError, KeyError) as exc:
-            raise ClientError(f"malformed reply: a result lacks {exc}") from None
-        for name, value in stats:
-            if not isinstance(name, str) or not _is_value(value):
-                raise ClientError(f"malformed reply: stat {name!r} has value {value!r}")
-        out.append(StatsResult(provider, stats, path if isinstance(path, str) else None))
-    return out
-
-
-def _is_value(value: Any) -> bool:
-    if isinstance(value, bool | int):
-        return True
-    return isinstance(value, list) and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    )
+def results_from_wire(reply: bytes | Any) -> list[StatsResult]:
+    """``query-stats``'s return value as results; :class:`ClientError` if malformed."""
+    return [
+        StatsResult(_provider(r.provider), [(s.name, s.value) for s in r.stats], r.qom_path)
+        for r in wire_results(reply)
+    ]
 
 
 def schemas_from_wire(reply: Any) -> list[StatsSchema]:

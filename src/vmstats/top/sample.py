@@ -14,10 +14,10 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from operator import itemgetter
+from operator import attrgetter
 from typing import Any
 
-from vmstats.errors import ClientError
+from vmstats.stats.decode import wire_results
 from vmstats.stats.model import (
     StatsFilter,
     StatsResult,
@@ -88,39 +88,28 @@ def sample_of(taken: float, results: Mapping[StatsTarget, Sequence[StatsResult]]
     return Sample(taken, values)
 
 
-_NAME = itemgetter("name")
-_VALUE = itemgetter("value")
-_VALUE_TYPES = frozenset((int, bool, list))
+_NAME = attrgetter("name")
+_VALUE = attrgetter("value")
 
 
-def sample_from_wire(taken: float, replies: Mapping[str, Any]) -> Sample:
-    """A sample from ``query-stats`` replies per target, as parsed from the wire: the
-    same as :func:`sample_of` over decoded results, in one pass (a refresh of many VMs
-    decodes thousands of values).  :class:`ClientError` if a reply is malformed."""
+def sample_from_wire(taken: float, replies: Mapping[str, bytes | Any]) -> Sample:
+    """A sample from ``query-stats`` replies per target, as QMP sent them (bytes) or as
+    decoded JSON (a recording): the same as :func:`sample_of` over decoded results, in
+    one pass (a refresh of many VMs decodes thousands of values, checked as it goes by
+    :func:`wire_results`).  :class:`ClientError` if a reply is malformed."""
     values: dict[ObjectKey, dict[str, StatsValue]] = {}
     for target, reply in replies.items():
-        try:
-            for item in reversed(reply):
-                stats = item["stats"]
-                names = list(map(_NAME, reversed(stats)))
-                found = list(map(_VALUE, reversed(stats)))
-                kinds = list(map(type, found))  # checked and fixed in C where it can be
-                if not _VALUE_TYPES.issuperset(kinds) or not all(map(str.__instancecheck__, names)):
-                    raise ValueError(
-                        "a stat name that is not a string, or a value of no stats type"
-                    )
-                start = 0
-                for _ in range(kinds.count(list)):  # histograms: buckets lowest first
-                    start = kinds.index(list, start)
-                    buckets = found[start]
-                    if type(sum(buckets)) is not int:
-                        raise ValueError(f"buckets of {names[start]} are not integers")
-                    found[start] = buckets[::-1]
-                    start += 1
-                key = (str(item["provider"]), target, item.get("qom-path") or "")
-                values.setdefault(key, {}).update(zip(names, found, strict=True))
-        except (TypeError, KeyError, AttributeError, ValueError) as exc:
-            raise ClientError(f"malformed query-stats reply for target {target}: {exc}") from None
+        for result in reversed(wire_results(reply, target)):
+            stats = result.stats[::-1]
+            found = list(map(_VALUE, stats))
+            kinds = list(map(type, found))
+            start = 0
+            for _ in range(kinds.count(list)):  # histograms: buckets lowest first
+                start = kinds.index(list, start)
+                found[start] = found[start][::-1]
+                start += 1
+            key = (result.provider, target, result.qom_path or "")
+            values.setdefault(key, {}).update(zip(map(_NAME, stats), found, strict=True))
     return Sample(taken, values)
 
 

@@ -112,7 +112,7 @@ class QmpSource:
     async def sample(self) -> Sample:
         async def read(session: RawSession) -> Sample:
             targets = [t.value for t in TARGETS]
-            replies = await session.values([("query-stats", {"target": t}) for t in targets])
+            replies = await session.execute_all([("query-stats", {"target": t}) for t in targets])
             return sample_from_wire(time.time(), dict(zip(targets, replies, strict=True)))
 
         return await self._call(read)
