@@ -93,9 +93,9 @@ _VALUE = attrgetter("value")
 
 
 def sample_from_wire(taken: float, replies: Mapping[str, bytes | Any]) -> Sample:
-    """A sample from ``query-stats`` replies per target, as QMP sent them (bytes) or as
-    decoded JSON (a recording): the same as :func:`sample_of` over decoded results, in
-    one pass (a refresh of many VMs decodes thousands of values, checked as it goes by
+    """A sample from ``query-stats`` replies per target, as QMP sent them (bytes; decoded
+    JSON is taken too): the same as :func:`sample_of` over decoded results, in one pass
+    (a refresh of many VMs decodes thousands of values, checked as it goes by
     :func:`wire_results`).  :class:`ClientError` if a reply is malformed."""
     values: dict[ObjectKey, dict[str, StatsValue]] = {}
     for target, reply in replies.items():
