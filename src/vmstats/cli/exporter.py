@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from vmstats.cli.options import positive_float, tcp_address
+from vmstats.cli.options import add_server_limits, positive_float, server_limits, tcp_address
 from vmstats.exporter.http import DEFAULT_SCRAPE_TIMEOUT, MetricsEndpoint
 from vmstats.exporter.reading import SocketReaders
 from vmstats.qmp.client import parse_address
@@ -52,6 +52,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "VM (vmstats serve's run directory; sockets that come and go are followed)",
     )
     add_metrics_options(p, "--listen", DEFAULT_LISTEN)
+    add_server_limits(p)
     p.set_defaults(func=run)
 
 
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         readers = SocketReaders(list(args.sources), args.scrape_timeout)
-        endpoint = MetricsEndpoint(readers, loop, args.scrape_timeout)
+        limits = server_limits(args)
+        endpoint = MetricsEndpoint(readers, loop, args.scrape_timeout, lambda: limits)
         return await serve_metrics(endpoint, args.listen, stop)
 
     return asyncio.run(main())

@@ -73,7 +73,9 @@ def socket_path(text: str) -> Path:
 def add_server_limits(parser: argparse.ArgumentParser) -> None:
     """Options for :class:`vmstats.qmp.server.ServerLimits`, for every command that serves."""
     defaults = ServerLimits()
-    group = parser.add_argument_group("limits per QMP client (0 disables a timeout)")
+    group = parser.add_argument_group(
+        "limits per client, of each QMP socket and of /metrics (0 disables a timeout)"
+    )
     group.add_argument(
         "--max-connections",
         type=bounded_int(1, 1 << 20),

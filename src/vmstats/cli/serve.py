@@ -199,8 +199,8 @@ async def _serve(args: argparse.Namespace, daemon: Daemon) -> int:
         loop.add_signal_handler(signum, stop.set)
 
     def reload() -> None:
-        """SIGHUP: reread the config; the interval, the QMP sources and the limits of
-        new sockets follow."""
+        """SIGHUP: reread the config; the interval, the QMP sources, the limits of new
+        sockets and of new /metrics connections follow."""
         if args.config is None:
             log.info("SIGHUP: no --config to reread")
             return
@@ -218,7 +218,7 @@ async def _serve(args: argparse.Namespace, daemon: Daemon) -> int:
     loop.add_signal_handler(signal.SIGHUP, reload)
     metrics = None
     if args.metrics is not None:
-        endpoint = MetricsEndpoint(daemon.readers, loop, args.scrape_timeout)
+        endpoint = MetricsEndpoint(daemon.readers, loop, args.scrape_timeout, lambda: daemon.limits)
         metrics = asyncio.create_task(serve_metrics(endpoint, args.metrics, stop))
         await asyncio.sleep(0)
         if metrics.done() and metrics.result():
