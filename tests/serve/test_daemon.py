@@ -4,6 +4,7 @@ forgotten when they exit."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.kvm.conftest import requires_kvm
+from vmstats.serve.discover import vm_name
 from vmstats.testing.hostile import DemoServer, fd_count, kill, rss_bytes, wait_for
 from vmstats.testing.qemu import QemuVM, RawQMP, qemu_unavailable_reason, stop_process
 from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
@@ -70,6 +72,16 @@ def sockets(run_dir: Path) -> list[Path]:
     return sorted(run_dir.glob("*.qmp"))
 
 
+def gone(path: Path) -> bool:
+    return not path.exists()
+
+
+def socket_of(run_dir: Path, pid: int) -> Path:
+    """The socket the daemon serves the VM of ``pid`` on.  The daemon serves every VM of
+    the host, so the tests look for their own VMs: a developer's host may run others."""
+    return run_dir / f"{vm_name(pid)}.qmp"
+
+
 def control_fds(pid: int) -> list[str]:
     out = []
     for name in os.listdir(f"/proc/{pid}/fd"):
@@ -92,8 +104,8 @@ def test_the_demo_vm_is_found_served_read_only_and_forgotten(
     assert wait_for(lambda: (run_dir / "vms.json").exists())
     baseline = fd_count(proc.pid)
     with DemoServer(vcpus=2, rate=0.001) as demo:  # still counters: replies comparable
-        assert wait_for(lambda: len(sockets(run_dir)) == 1)
-        (served,) = sockets(run_dir)
+        served = socket_of(run_dir, demo.vm_pid)
+        assert wait_for(served.exists)
         assert stat.S_IMODE(served.stat().st_mode) == 0o660  # never world-accessible
         request = b'{"execute":"query-stats","arguments":{"target":"vcpu"}}'
         ours, theirs = RawQMP(served), RawQMP(demo.path)
@@ -117,7 +129,7 @@ def test_the_demo_vm_is_found_served_read_only_and_forgotten(
                                  capture_output=True, text=True, check=True).stdout  # fmt: skip
         assert f"{demo.vm_pid}" in listing and "fds (vm, vcpu)" in listing
         kill(demo.vm_pid)
-        assert wait_for(lambda: not sockets(run_dir), timeout=5)  # removed with its VM
+        assert wait_for(lambda: not served.exists(), timeout=5)  # removed with its VM
         with pytest.raises((ConnectionError, OSError)):
             for _ in range(100):
                 reply = ours.request(request)
@@ -209,7 +221,9 @@ def test_qemu_72_is_forwarded_byte_for_byte_and_its_socket_stays_free(
         vm_stats = b'{"execute":"query-stats","arguments":{"target":"vm"}}'
         assert ours_conn.request(vm_stats) == ask(vm.qmp_path, vm_stats)  # and back
         listing = json.loads((run_dir / "vms.json").read_text())
-        assert [(r["name"], r["source"]) for r in listing] == [("old72", "QMP (forwarded)")]
+        assert vm.proc is not None
+        assert [(r["name"], r["source"]) for r in listing
+                if r["pid"] == vm.proc.pid] == [("old72", "QMP (forwarded)")]  # fmt: skip
         assert control_fds(proc.pid) == []
         vm.stop()
         assert wait_for(lambda: not served.exists(), timeout=5)
@@ -344,9 +358,9 @@ def test_only_the_group_may_connect() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "vmstats", "serve", "--run-dir", str(run_dir),
                              "--scan-interval", "0.3", "--group", str(GROUP)])  # fmt: skip
     try:
-        with DemoServer(vcpus=1, rate=0.001):
-            assert wait_for(lambda: len(sockets(run_dir)) == 1)
-            (served,) = sockets(run_dir)
+        with DemoServer(vcpus=1, rate=0.001) as demo:
+            served = socket_of(run_dir, demo.vm_pid)
+            assert wait_for(served.exists)
             assert served.stat().st_gid == GROUP and run_dir.stat().st_gid == GROUP
             assert stat.S_IMODE(run_dir.stat().st_mode) == 0o750
             member = connect_as_nobody(served, [GROUP])
@@ -407,9 +421,10 @@ def test_vms_that_come_and_go_leave_no_fd_or_memory_behind(
     assert wait_for(lambda: (run_dir / "vms.json").exists())
     baseline_fds, baseline_rss = fd_count(proc.pid), rss_bytes(proc.pid)
     for _ in range(CYCLES):
-        with DemoServer(vcpus=1, rate=0.001):
-            assert wait_for(lambda: len(sockets(run_dir)) == 1)
-        assert wait_for(lambda: not sockets(run_dir), timeout=5)
+        with DemoServer(vcpus=1, rate=0.001) as demo:
+            served = socket_of(run_dir, demo.vm_pid)
+            assert wait_for(served.exists)
+        assert wait_for(functools.partial(gone, served), timeout=5)
     assert wait_for(lambda: fd_count(proc.pid) == baseline_fds)
     assert rss_bytes(proc.pid) - baseline_rss < 10 << 20
 
