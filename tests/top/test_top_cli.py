@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.kvm.conftest import requires_kvm
+from tests.qmp.test_cli_clients import STATS_COMMANDS, FakePeer
 from vmstats.testing.hostile import DemoServer, kill
 from vmstats.testing.qemu import QemuVM, qemu_unavailable_reason
 from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
@@ -231,14 +232,16 @@ def test_a_directory_of_sockets_and_a_vm_that_dies_and_returns(tmp_path: Path) -
         QEMU10_REASON is not None, reason=f"no QEMU 10.0: {QEMU10_REASON}")),
 ])  # fmt: skip
 def test_batch_against_real_qemu(make_vm: Callable[..., QemuVM]) -> None:
-    with make_vm(vcpus=2) as vm:
+    """Exact CSV header; the VM is shown by QEMU's ``-name``, not its socket's name."""
+    with make_vm(vcpus=2, extra_args=["-name", "guest=web1,debug-threads=on"]) as vm:
         out = vmstats("top", str(vm.qmp_path), "-l", "-c", "-1", "-s", "0.3")
         assert out.returncode == 0, out.stderr
-        header = out.stdout.splitlines()[0].split(",")
-        assert header == ["time", "vm", *expected_columns(vm.qmp_path)]
+        header, line = out.stdout.splitlines()[:2]
+        assert header.split(",") == ["time", "vm", *expected_columns(vm.qmp_path)]
+        assert line.split(",")[1] == "web1"
         one = json.loads(vmstats("top", str(vm.qmp_path), "--json", "-1", "-s", "0.3",
                                  "--vcpus", "1", "-f", "blocking").stdout)  # fmt: skip
-        assert one["vms"]["qmp"]["vcpu.blocking"]["objects"] == 1  # vCPU 1 alone
+        assert one["vms"]["web1"]["vcpu.blocking"]["objects"] == 1  # vCPU 1 alone
 
 
 def test_log_to_file_is_reopened_on_sighup(demo: DemoServer, tmp_path: Path) -> None:
@@ -291,3 +294,18 @@ def test_recording_an_unreachable_source_says_so(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "cannot connect to QMP" in out.stderr and "no sample could be taken" in out.stderr
     assert out.stderr.count("cannot connect") == 1  # once, not once per refresh
+
+
+def test_vms_are_shown_by_their_own_names_told_apart(tmp_path: Path) -> None:
+    """Two QEMUs that both say ``-name web`` (query-name) and one without a name: the
+    first two are ``web`` and ``web'``, the last is its socket's name."""
+    commands = json.dumps([*json.loads(STATS_COMMANDS), {"name": "query-name"}])
+    named = {"query-commands": commands, "query-name": '{"name": "web"}',
+             "query-stats-schemas": "[]", "query-stats": "[]", "query-cpus-fast": "[]"}  # fmt: skip
+    unnamed = {**named, "query-name": "{}"}
+    with (FakePeer(tmp_path / "a.qmp", named), FakePeer(tmp_path / "b.qmp", named),
+          FakePeer(tmp_path / "c.qmp", unnamed)):  # fmt: skip
+        out = vmstats("top", str(tmp_path), "--once")
+    assert out.returncode == 0, out.stderr
+    blocks = [line for line in out.stdout.splitlines() if not line.startswith(" ")]
+    assert blocks == ["web:", "web':", "c:"]

@@ -32,9 +32,13 @@ T = TypeVar("T")
 
 
 class Source(Protocol):
-    """One VM.  ``read`` raises :class:`VmstatsError` when the VM cannot be read now."""
+    """One VM.  ``read`` raises :class:`VmstatsError` when the VM cannot be read now.
+
+    ``name`` is what the VM is shown as; ``own_name`` is the VM's own name once known
+    (QEMU's ``-name``, by ``query-name``), which the watch then shows instead."""
 
     name: str
+    own_name: str | None
 
     async def schemas(self) -> list[StatsSchema]: ...
 
@@ -50,6 +54,7 @@ class RegistrySource:
 
     def __init__(self, name: str, registry: StatsRegistry, cpus: Sequence[str]) -> None:
         self.name = name
+        self.own_name: str | None = None
         self.registry = registry
         self._cpus = list(cpus)
 
@@ -78,6 +83,7 @@ class QmpSource:
     def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.address = address
         self.name = address_name(address)
+        self.own_name: str | None = None
         self.timeout = timeout
         self._session: RawSession | None = None
         self._commands: set[str] = set()
@@ -88,6 +94,10 @@ class QmpSource:
             await session.__aenter__()
             try:
                 commands = await session.stats_commands()
+                if "query-name" in commands:
+                    named = await session.value("query-name")
+                    given = named.get("name") if isinstance(named, dict) else None
+                    self.own_name = given if isinstance(given, str) and given else None
             except BaseException:
                 session.close()
                 raise
@@ -182,13 +192,30 @@ class Watch:
         self.taken = 0.0
         self._totals: TotalMemo = {}
 
-    def _add(self, source: Source) -> None:
-        name = source.name
+    def _unique(self, name: str, source: Source) -> str:
+        """``name``, or ``name'`` (and so on) if another VM is shown as ``name``."""
         while name in self.sources and self.sources[name] is not source:
             name += "'"
+        return name
+
+    def _add(self, source: Source) -> None:
+        name = self._unique(source.name, source)
         source.name = name
         self.sources[name] = source
         self.vms.setdefault(name, VmState(name))
+
+    def _rename(self, old: str, source: Source) -> str:
+        """Show a VM read for the first time by its own name, where it has one (QEMU's
+        ``-name``: what its operators call it; a socket's file name is often just
+        ``qmp``).  It keeps that name from then on, gone or back."""
+        if not source.own_name or source.own_name == old:
+            return old
+        new = self._unique(source.own_name, source)
+        source.name = new
+        self.sources = {new if n == old else n: s for n, s in self.sources.items()}
+        self.vms = {new if n == old else n: v for n, v in self.vms.items()}
+        self.vms[new].name = new
+        return new
 
     def _scan(self) -> None:
         """Pick up sockets that appeared in the watched directories; forget none (a VM
@@ -209,9 +236,11 @@ class Watch:
         for name, outcome in zip(names, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 self.apply(name, gone=_reason(outcome))
-            else:
-                schemas, cpus, sample = outcome
-                self.apply(name, schemas=schemas, cpus=cpus, sample=sample)
+                continue
+            if self.vms[name].current is None:  # its first sample
+                name = self._rename(name, self.sources[name])
+            schemas, cpus, sample = outcome
+            self.apply(name, schemas=schemas, cpus=cpus, sample=sample)
         self.taken = time.time()
 
     async def _read(self, source: Source) -> tuple[list[StatsSchema] | None, list[str] | None,
