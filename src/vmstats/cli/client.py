@@ -17,7 +17,7 @@ from typing import Any
 from vmstats.cli.options import positive_float
 from vmstats.cli.render import index_schemas, results_text, schemas_text
 from vmstats.errors import ClientError
-from vmstats.qmp.client import DEFAULT_TIMEOUT, StatsClient, make_filter
+from vmstats.qmp.client import DEFAULT_TIMEOUT, StatsClient, make_filter, stats_arguments
 from vmstats.qmp.raw import execute_raw
 from vmstats.stats.model import StatsProvider, StatsSchema, StatsTarget
 
@@ -110,7 +110,7 @@ async def _query(client: StatsClient, args: argparse.Namespace) -> RawRequest | 
     vcpus = await _vcpu_paths(client, split_list(args.vcpus))
     filter = make_filter(args.target, args.provider, names, vcpus)
     if args.json:  # once this connection is closed: QEMU serves one client at a time
-        return ("query-stats", client.stats_arguments(filter))
+        return ("query-stats", stats_arguments(filter))
     results = await client.query_stats(filter)
     sys.stdout.write(results_text(filter.target, results, index_schemas(schemas)))
     return None

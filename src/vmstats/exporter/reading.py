@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from vmstats.errors import ClientError
 from vmstats.qmp.client import address_name, qemu_version
-from vmstats.qmp.machine import cpus_from_wire
+from vmstats.qmp.machine import CpuInfoFast, cpus_from_wire, name_from_wire
 from vmstats.qmp.monitor import Monitor
 from vmstats.qmp.raw import RawSession
 from vmstats.qmp.server import RateLimitedLog
@@ -95,8 +95,13 @@ def _decoded(raw: bytes, seen: tuple[bytes, Any], decode: Callable[[Any], Any]) 
         raise ClientError(f"malformed reply: {exc}") from None
 
 
-def _vcpu_numbers(reply: Any) -> dict[str, int]:
-    return {cpu.qom_path: cpu.cpu_index for cpu in cpus_from_wire(reply)}
+def _vcpu_numbers(cpus: Iterable[CpuInfoFast]) -> dict[str, int]:
+    """vCPU numbers by QOM path (the ``vcpu`` label of a vCPU's stats)."""
+    return {cpu.qom_path: cpu.cpu_index for cpu in cpus}
+
+
+def _vcpu_numbers_from_wire(reply: Any) -> dict[str, int]:
+    return _vcpu_numbers(cpus_from_wire(reply))
 
 
 def _version(reply: Any) -> str:
@@ -106,15 +111,6 @@ def _version(reply: Any) -> str:
     if version is None:
         raise ClientError("malformed reply: query-version")
     return "" if str(reply.get("package", "")).startswith("vmstats") else version
-
-
-def target_over_qmp(ask: Ask) -> Callable[[str], Awaitable[list[ObjectStats]]]:
-    """Reads one target's objects with ``query-stats`` through ``ask``."""
-
-    async def read(target: str) -> list[ObjectStats]:
-        return objects_from_wire(target, await ask("query-stats", {"target": target}))
-
-    return read
 
 
 #: What a scrape asks a VM's socket, in one write (:meth:`RawSession.execute_all`).
@@ -139,14 +135,15 @@ async def read_vm(name: str, ask_all: AskAll, cache: ReadCache, info: dict[str, 
     for target, raw in zip(TARGETS, raw_targets, strict=True):
         objects += objects_from_wire(target.value, raw)
     cache.schemas = (raw_schemas, _decoded(raw_schemas, cache.schemas, schemas_from_wire))
-    cache.vcpus = (raw_cpus, _decoded(raw_cpus, cache.vcpus, _vcpu_numbers))
+    cache.vcpus = (raw_cpus, _decoded(raw_cpus, cache.vcpus, _vcpu_numbers_from_wire))
     cache.version = (raw_version, _decoded(raw_version, cache.version, _version))
     try:
-        given = json.loads(raw_name).get("name")
-    except (ValueError, AttributeError):
-        raise ClientError("malformed reply: query-name") from None
-    if isinstance(given, str) and given:
-        name = given  # QEMU's -name: what its operators call it
+        named = json.loads(raw_name)
+    except ValueError:
+        named = None
+    if not isinstance(named, dict):
+        raise ClientError("malformed reply: query-name")
+    name = name_from_wire(named) or name  # QEMU's -name: what its operators call it
     return VmReading(name, cache.schemas[1], objects, cache.vcpus[1],
                      {"qemu_version": cache.version[1], **info})  # fmt: skip
 
@@ -201,7 +198,7 @@ class MonitorReader:
     async def _target(self, target: str) -> list[ObjectStats]:
         """A target's objects: from the registry, without JSON, unless forwarded."""
         if self.monitor.forwards(target):
-            return await target_over_qmp(self.ask)(target)
+            return objects_from_wire(target, await self.ask("query-stats", {"target": target}))
         results = self.monitor.registry.query_stats(StatsFilter(StatsTarget(target)))
         return [ObjectStats(r.provider.value, target, r.qom_path or "", r.stats)
                 for r in reversed(results)]  # fmt: skip
@@ -222,9 +219,9 @@ class MonitorReader:
     async def _vcpus(self) -> dict[str, int]:
         if self.monitor.forwards(StatsTarget.VCPU.value):  # QEMU knows its vCPUs
             raw = await self.ask("query-cpus-fast", None)
-            self._cache.vcpus = (raw, _decoded(raw, self._cache.vcpus, _vcpu_numbers))
+            self._cache.vcpus = (raw, _decoded(raw, self._cache.vcpus, _vcpu_numbers_from_wire))
             return self._cache.vcpus[1]
-        return {cpu.qom_path: cpu.cpu_index for cpu in self.monitor.machine.cpus}
+        return _vcpu_numbers(self.monitor.machine.cpus)
 
     async def read(self) -> VmReading:
         objects = []

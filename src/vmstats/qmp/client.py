@@ -71,6 +71,20 @@ def no_query_stats(version: Any, address: str) -> ClientError:
     return ClientError(f"QEMU {found} at {address} has no query-stats: it needs QEMU 7.1 or newer")
 
 
+def stats_arguments(filter: StatsFilter) -> dict[str, Any]:
+    """``query-stats`` arguments for a checked filter (what a client sends, and what the
+    host daemon forwards to a QEMU)."""
+    arguments: dict[str, Any] = {"target": filter.target.value}
+    if filter.providers is not None:
+        arguments["providers"] = [
+            {"provider": r.provider.value, **({} if r.names is None else {"names": list(r.names)})}
+            for r in filter.providers
+        ]
+    if filter.vcpus is not None:
+        arguments["vcpus"] = list(filter.vcpus)
+    return arguments
+
+
 class _QMPClient(QMPClient):
     """qemu.qmp's client, logging messages lazily.
 
@@ -161,24 +175,9 @@ class StatsClient:
         except QMPError as exc:
             raise ClientError(f"{command}: connection failed: {exc}") from exc
 
-    @staticmethod
-    def stats_arguments(filter: StatsFilter) -> dict[str, Any]:
-        arguments: dict[str, Any] = {"target": filter.target.value}
-        if filter.providers is not None:
-            arguments["providers"] = [
-                {
-                    "provider": r.provider.value,
-                    **({"names": list(r.names)} if r.names is not None else {}),
-                }
-                for r in filter.providers
-            ]
-        if filter.vcpus is not None:
-            arguments["vcpus"] = list(filter.vcpus)
-        return arguments
-
     async def query_stats(self, filter: StatsFilter) -> list[StatsResult]:
         """``query-stats``, results in QEMU's (wire) order."""
-        return results_from_wire(await self._execute("query-stats", self.stats_arguments(filter)))
+        return results_from_wire(await self._execute("query-stats", stats_arguments(filter)))
 
     async def query_stats_schemas(self, provider: StatsProvider | None = None) -> list[StatsSchema]:
         arguments = {"provider": provider.value} if provider is not None else None

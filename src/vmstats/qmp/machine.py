@@ -66,6 +66,13 @@ class Machine:
         return list(self.cpus)
 
 
+def name_from_wire(reply: Any) -> str | None:
+    """QEMU's ``-name`` from a ``query-name`` return value (decoded JSON); None when it
+    has none (``{}``) or the reply is no name."""
+    name = reply.get("name") if isinstance(reply, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
 def cpus_from_wire(reply: Any) -> list[CpuInfoFast]:
     """A ``query-cpus-fast`` return value (decoded JSON) as :class:`CpuInfoFast` values;
     ValueError when it is not one."""

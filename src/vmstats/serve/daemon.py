@@ -49,7 +49,14 @@ from vmstats.kvm.attach import (
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
 from vmstats.kvm.vmm import VmmProcess
 from vmstats.qmp.client import qemu_version
-from vmstats.qmp.machine import CpuInfoFast, Machine, cpus_from_wire, pc_props, pc_vcpu_path
+from vmstats.qmp.machine import (
+    CpuInfoFast,
+    Machine,
+    cpus_from_wire,
+    name_from_wire,
+    pc_props,
+    pc_vcpu_path,
+)
 from vmstats.qmp.raw import RawSession
 from vmstats.qmp.server import QMPServer, RateLimitedLog, ServerLimits
 from vmstats.serve.discover import cmdline, qemu_name, vm_name
@@ -97,14 +104,13 @@ async def probe(path: Path, timeout: float) -> QmpSource:
         if pid is None:
             raise ClientError(f"{path}: cannot tell which process serves it")
         await qmp.stats_commands()
-        named = await qmp.value("query-name")
-        name = named.get("name") if isinstance(named, dict) else None
+        name = name_from_wire(await qmp.value("query-name"))
         version = qemu_version(await qmp.value("query-version")) or ""
         try:
             cpus = cpus_from_wire(await qmp.value("query-cpus-fast"))
         except ValueError as exc:
             raise ClientError(f"malformed reply from {path}: {exc}") from None
-    return QmpSource(path, pid, name if isinstance(name, str) else None, cpus, version)
+    return QmpSource(path, pid, name, cpus, version)
 
 
 def qmp_socket_paths(patterns: Iterable[str]) -> list[Path]:

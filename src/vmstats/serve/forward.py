@@ -24,6 +24,7 @@ from typing import Any
 
 from vmstats.errors import ClientError, RemoteError, StatsError
 from vmstats.qapi.json import RawJSON
+from vmstats.qmp.client import stats_arguments
 from vmstats.qmp.machine import Machine
 from vmstats.qmp.monitor import Monitor
 from vmstats.qmp.raw import RawSession
@@ -55,19 +56,6 @@ class QemuSocket:
                 raise
             except ClientError as exc:
                 raise StatsError(f"the VM's QEMU monitor did not serve {command}: {exc}") from exc
-
-
-def filter_arguments(filter: StatsFilter) -> dict[str, Any]:
-    """``query-stats`` arguments for a checked filter (what is forwarded)."""
-    arguments: dict[str, Any] = {"target": filter.target.value}
-    if filter.providers is not None:
-        arguments["providers"] = [
-            {"provider": r.provider.value, **({} if r.names is None else {"names": list(r.names)})}
-            for r in filter.providers
-        ]
-    if filter.vcpus is not None:
-        arguments["vcpus"] = list(filter.vcpus)
-    return arguments
 
 
 class HostMonitor(Monitor):
@@ -105,7 +93,7 @@ class HostMonitor(Monitor):
         qemu = self._forwards(filter.target.value)
         if qemu is None:
             return self._local["query-stats"](filter)
-        return qemu.execute("query-stats", filter_arguments(filter))
+        return qemu.execute("query-stats", stats_arguments(filter))
 
     def query_stats_schemas(self, provider: StatsProvider | None = None) -> Any:
         if self.qemu is None or self.local >= {StatsTarget.VM, StatsTarget.VCPU}:
