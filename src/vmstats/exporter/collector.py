@@ -124,7 +124,7 @@ def families(scrape: Scrape, table: MetricTable) -> Iterator[Metric]:
         metrics = table.of(reading.schemas)
         for item in reading.objects:
             provider, target, path = item.provider, item.target, item.qom_path
-            labels = [reading.name] if not path else [reading.name, _vcpu(reading, path)]
+            labels = [reading.name] if not path else [reading.name, vcpu_label(reading, path)]
             names = ["vm"] if not path else ["vm", "vcpu"]
             values = {name: natural(value) for name, value in reversed(item.stats)}
             for name, value in values.items():
@@ -142,7 +142,8 @@ def natural(value: StatsValue) -> StatsValue:
     return value[::-1] if isinstance(value, list) else value
 
 
-def _vcpu(reading: VmReading, path: str) -> str:
+def vcpu_label(reading: VmReading, path: str) -> str:
+    """A vCPU's ``vcpu`` label: its number, or its QOM path if the VM did not say."""
     number = reading.vcpus.get(path)
     return str(number) if number is not None else path
 

@@ -23,7 +23,13 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from vmstats.exporter.collector import MetricTable, Scrape, metric_of, vmstats_families
+from vmstats.exporter.collector import (
+    MetricTable,
+    Scrape,
+    metric_of,
+    vcpu_label,
+    vmstats_families,
+)
 from vmstats.exporter.mapping import Kind
 from vmstats.exporter.mapping import Metric as StatMetric
 from vmstats.exporter.reading import ObjectStats, VmReading
@@ -124,9 +130,7 @@ class Exposition:
                vm: str) -> list[tuple[StatMetric, str]]:  # fmt: skip
         """One object's text per family: made again only if its stats or labels changed."""
         if item.qom_path:
-            number_ = reading.vcpus.get(item.qom_path)
-            vcpu = label_value(str(number_) if number_ is not None else item.qom_path)
-            labels = f'vcpu="{vcpu}",vm="{vm}"'
+            labels = f'vcpu="{label_value(vcpu_label(reading, item.qom_path))}",vm="{vm}"'
         else:
             labels = f'vm="{vm}"'
         cached = self._objects.get(key)
