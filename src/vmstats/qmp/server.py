@@ -36,6 +36,7 @@ import socket
 import stat
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from vmstats.errors import SocketInUse
 from vmstats.qapi.errors import INTERNAL_ERROR
 from vmstats.qmp.jsonstream import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_TOKENS
 from vmstats.qmp.monitor import Monitor
-from vmstats.qmp.session import QMPSession, Reply, error_line
+from vmstats.qmp.session import QMPSession, error_line
 
 log = logging.getLogger(__name__)
 
@@ -436,12 +437,12 @@ class _Connection(asyncio.Protocol):
                 return
         # Not writable: resume_writing() schedules the rest.
 
-    def _await_reply(self, reply: Reply) -> None:
+    def _await_reply(self, reply: Coroutine[Any, Any, bytes]) -> None:
         """Send a reply made asynchronously (a forwarded command), then go on."""
 
         async def send() -> None:
             try:
-                line = await reply if not isinstance(reply, bytes) else reply
+                line = await reply
             except Exception:  # the session turns failures into error replies: a bug
                 log.exception("an asynchronous reply failed")
                 line = error_line(INTERNAL_ERROR)
