@@ -89,7 +89,8 @@ def floor_server() -> Iterator[Path]:
         floor = Path(__file__).with_name("floor.py")
         proc = subprocess.Popen([sys.executable, str(floor), str(sock)], stdout=subprocess.PIPE,
                                 text=True)  # fmt: skip
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
         try:
             yield sock
         finally:

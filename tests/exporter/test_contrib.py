@@ -64,15 +64,21 @@ def test_promtool_accepts_contrib(args: list[str], monkeypatch: pytest.MonkeyPat
 
 def test_the_dashboard_is_well_formed() -> None:
     ids = [p["id"] for p in DASHBOARD["panels"]]
-    assert len(ids) == len(set(ids)) and DASHBOARD["uid"] and DASHBOARD["title"]
+    assert len(ids) == len(set(ids))
+    assert DASHBOARD["uid"]
+    assert DASHBOARD["title"]
     variables = {v["name"] for v in DASHBOARD["templating"]["list"]}
     assert {"datasource", "vm"} <= variables
     for panel in DASHBOARD["panels"]:
         grid = panel["gridPos"]
-        assert grid["x"] + grid["w"] <= 24 and grid["w"] > 0 and grid["h"] > 0, panel["title"]
-        assert panel["type"] in {"timeseries", "stat", "heatmap"} and panel["targets"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        assert grid["w"] > 0, panel["title"]
+        assert grid["h"] > 0, panel["title"]
+        assert panel["type"] in {"timeseries", "stat", "heatmap"}
+        assert panel["targets"]
         for target in panel["targets"]:
-            assert target["expr"].strip() and target["refId"]
+            assert target["expr"].strip()
+            assert target["refId"]
 
 
 @pytest.mark.kvm
@@ -89,7 +95,8 @@ def test_rules_and_dashboard_use_only_metrics_we_export() -> None:
         else:
             exported.add(metric.name)
     used = {m for expr in dashboard_exprs() + rule_exprs() for m in METRIC.findall(expr)}
-    assert used and used <= exported, used - exported
+    assert used
+    assert used <= exported, used - exported
 
 
 @pytest.mark.prometheus

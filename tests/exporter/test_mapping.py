@@ -50,7 +50,8 @@ def test_every_kernel_stat_gets_one_metric_of_its_own(kernel_schemas: list[Stats
     by_target = {s.target.value: s.stats for s in kernel_schemas}
     for (_, target, _), metric in table.items():
         stat = metric.stat
-        assert NAME.match(metric.name) and metric.name.startswith(f"kvm_{target}_")
+        assert NAME.match(metric.name)
+        assert metric.name.startswith(f"kvm_{target}_")
         assert not metric.name.endswith("_total")  # prometheus_client adds it to counters
         expected = {StatsType.CUMULATIVE: Kind.COUNTER, StatsType.INSTANT: Kind.GAUGE,
                     StatsType.PEAK: Kind.GAUGE, StatsType.LINEAR_HISTOGRAM: Kind.HISTOGRAM,

@@ -86,11 +86,11 @@ def test_the_demo_vm_through_the_exporter(silent_socket: Path) -> None:
             assert time.monotonic() - started < 3  # the stuck VMM costs its timeout, once
             assert kind.startswith("text/plain")
             checked = promtool("check", "metrics", stdin=text.encode())
-            assert checked.returncode == 0 and not checked.stdout + checked.stderr, checked
+            assert checked.returncode == 0, checked
+            assert not checked.stdout + checked.stderr, checked
             openmetrics, kind = scrape(port, "application/openmetrics-text; version=1.0.0")
-            assert kind.startswith("application/openmetrics-text") and openmetrics.endswith(
-                "# EOF\n"
-            )
+            assert kind.startswith("application/openmetrics-text")
+            assert openmetrics.endswith("# EOF\n")
             assert sample_value(text, 'vmstats_up{vm="stuck"}') == 0
             # counters equal a direct read of the still VM's fds (read before and after
             # the scrape: equal when the VM did not move in between)
@@ -110,7 +110,8 @@ def test_the_demo_vm_through_the_exporter(silent_socket: Path) -> None:
                 assert before == after, "the still VM never stood still"
                 scraped = [sample_value(ours, f'kvm_vcpu_exits_total{{vcpu="{i}",vm="still"}}')
                            for i in range(len(before))]  # fmt: skip
-                assert scraped == before and all(before)
+                assert scraped == before
+                assert all(before)
             finally:
                 attached.close()
             with Prometheus([f"127.0.0.1:{port}"], interval=1) as prometheus:
@@ -155,8 +156,10 @@ def test_qemu_10_through_serve_metrics(tmp_path: Path) -> None:
             assert wait_for(lambda: _up(port) and 'vm="web10"' in scrape(port)[0])
             text, _ = scrape(port)
             checked = promtool("check", "metrics", stdin=text.encode())
-            assert checked.returncode == 0 and not checked.stdout + checked.stderr, checked
-            assert 'source="fds (vcpu) + QMP (vm)"' in text and 'qemu_version="10.0.' in text
+            assert checked.returncode == 0, checked
+            assert not checked.stdout + checked.stderr, checked
+            assert 'source="fds (vcpu) + QMP (vm)"' in text
+            assert 'qemu_version="10.0.' in text
             with Prometheus([f"127.0.0.1:{port}"], interval=1) as prometheus:
                 assert wait_for(lambda: prometheus.query('kvm_vm_pages_4k{vm="web10"}'))
                 quantile = (

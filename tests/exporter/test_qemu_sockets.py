@@ -69,7 +69,8 @@ def test_the_exporter_reads_a_qemu_socket_as_qemu_answers(version: str) -> None:
         finally:
             exporter.terminate()
             _, errors = exporter.communicate(timeout=10)
-        assert exporter.returncode == 0 and "Traceback" not in errors, errors
+        assert exporter.returncode == 0, errors
+        assert "Traceback" not in errors, errors
     assert f'qemu_version="{version}' in text
     assert after[0] > 0  # SeaBIOS ran on vCPU 0
     for low, seen, high in zip(before, scraped_exits(text, 3), after, strict=True):

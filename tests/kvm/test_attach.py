@@ -35,11 +35,13 @@ def anon_links() -> list[str]:
 def test_the_demo_vms_fds_are_copied_and_read_the_same() -> None:
     with DemoProcess(vcpus=2, rate=0.001) as demo:  # one round, then still: values stay
         provider = demo.provider
-        assert provider is not None and provider.vm is not None
+        assert provider is not None
+        assert provider.vm is not None
         before = anon_links()
         attached = attach(demo.pid)
         try:
-            assert attached.vm is not None and sorted(attached.vcpus) == [0, 1]
+            assert attached.vm is not None
+            assert sorted(attached.vcpus) == [0, 1]
             assert attached.vm.read() == provider.vm.read()
             for index, file in attached.vcpus.items():
                 assert file.read() == provider.vcpus[index].file.read()

@@ -128,7 +128,8 @@ def test_schema_lists_every_kernel_stat_with_its_type_and_unit(demo_vm: DemoVM) 
             assert entry.get("base") == (
                 None if not desc["exponent"] else 2 if desc["flags"] & 0x100 else 10
             )
-    assert "exits" in schemas["vcpu"] and "pages_4k" in schemas["vm"]
+    assert "exits" in schemas["vcpu"]
+    assert "pages_4k" in schemas["vm"]
 
 
 def test_values_equal_an_independent_raw_read(demo_vm: DemoVM) -> None:
@@ -179,7 +180,8 @@ def test_queries_never_kick_a_running_vcpu() -> None:
             query(d, {"target": "vcpu"})
         after = vcpu_values(d)
         assert demo.alive()
-    assert demo.proc is not None and demo.proc.returncode == 0
+    assert demo.proc is not None
+    assert demo.proc.returncode == 0
     for path in before:
         assert delta(after[path], before[path], "halt_exits") > 0, "the guest was running"
         assert delta(after[path], before[path], "signal_exits") == 0
@@ -193,7 +195,8 @@ def test_stats_fds_are_read_only_and_not_inherited(demo_vm: DemoVM) -> None:
         assert not os.get_inheritable(file.fd)
     # The kernel names the creating thread: this one made the VM and every vCPU.
     creator = threading.get_native_id()
-    assert demo_vm.provider.vm is not None and demo_vm.provider.vm.id == f"kvm-{creator}"
+    assert demo_vm.provider.vm is not None
+    assert demo_vm.provider.vm.id == f"kvm-{creator}"
     assert [v.file.id for v in demo_vm.provider.vcpus] == [
         f"kvm-{creator}/vcpu-{i}" for i in range(demo_vm.vcpu_count)
     ]
@@ -230,4 +233,5 @@ def test_demo_process_reports_a_bad_configuration() -> None:
     demo = DemoProcess(vcpus=0)
     with pytest.raises(OSError, match="a VM needs at least one vCPU"):
         demo.start()
-    assert demo.proc is not None and demo.proc.wait(10) == 1
+    assert demo.proc is not None
+    assert demo.proc.wait(10) == 1

@@ -23,8 +23,9 @@ from typing import Any
 
 from vmstats.qmp import utf8
 
-# QEMU's lexer table and constants are data, shared with the fast streamer; what this
-# module keeps apart is how the bytes are driven through them: one at a time.
+# QEMU's lexer table and token types are data, shared with the fast streamer; what this
+# module keeps apart is how the bytes are driven through them (one at a time) and the
+# streamer's limits, QEMU's numbers written here again so that the oracle shares none.
 from vmstats.qmp.jsonstream import (
     _TABLE,
     IN_RECOVERY,
@@ -43,12 +44,14 @@ from vmstats.qmp.jsonstream import (
     JSON_RSQUARE,
     JSON_STRING,
     LOOKAHEAD,
-    MAX_NESTING,
-    MAX_TOKEN_COUNT,
-    MAX_TOKEN_SIZE,
     _ParseError,
     _string_slow,
 )
+
+#: qobject/json-streamer.c: MAX_TOKEN_SIZE, MAX_TOKEN_COUNT, MAX_NESTING.
+MAX_TOKEN_SIZE = 64 << 20
+MAX_TOKEN_COUNT = 2 << 20
+MAX_NESTING = 1 << 10
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import time
@@ -33,7 +34,8 @@ from vmstats.testing.hostile import (
     kill,
     lower_fd_limit,
     never_read,
-    percentile,
+    read_until_closed,
+    requests_until_closed,
     round_trips,
     rss_bytes,
     sockets,
@@ -44,7 +46,6 @@ from vmstats.testing.qemu import RawQMP
 pytestmark = [pytest.mark.kvm, requires_kvm]
 
 RSS_LIMIT = 200 << 20
-P99_LIMIT = 0.5
 
 
 def served(path: Path) -> bool:
@@ -55,25 +56,13 @@ def served(path: Path) -> bool:
         return False
 
 
-def read_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return data
-
-
 def test_half_sent_messages_hold_little_memory() -> None:
     with DemoServer() as demo:
         baseline_fds = fd_count(demo.pid)
         with sockets(half_sent_messages(demo.path, 10)):
             rss = rss_bytes(demo.pid)
-            latencies = round_trips(demo.path, 100)
+            assert len(round_trips(demo.path, 100)) == 100  # each within the client's timeout
         assert rss < RSS_LIMIT, f"RSS {rss >> 20} MiB"
-        assert percentile(latencies, 0.99) < P99_LIMIT
         assert wait_for(lambda: fd_count(demo.pid) == baseline_fds)
         assert demo.stop() == 0
         assert not has_traceback(demo.stderr())
@@ -85,13 +74,14 @@ def test_clients_that_never_read_are_paused_then_dropped(request_bytes: bytes) -
         baseline_fds = fd_count(demo.pid)
         with sockets(never_read(demo.path, request_bytes, 10)) as hogs:
             rss = rss_bytes(demo.pid)
-            latencies = round_trips(demo.path, 100)
+            assert len(round_trips(demo.path, 100)) == 100
             assert rss < RSS_LIMIT, f"RSS {rss >> 20} MiB"
-            assert percentile(latencies, 0.99) < P99_LIMIT
             # After the write timeout the server has let go of every hog: fds and memory.
             assert wait_for(lambda: fd_count(demo.pid) == baseline_fds, timeout=15)
             for hog in hogs:  # each got some replies, then the connection was dropped
-                assert read_all(hog).startswith(b'{"QMP"')
+                data, closed = read_until_closed(hog)
+                assert closed
+                assert data.startswith(b'{"QMP"')
         assert demo.stop() == 0
         assert not has_traceback(demo.stderr())
 
@@ -99,15 +89,16 @@ def test_clients_that_never_read_are_paused_then_dropped(request_bytes: bytes) -
 @pytest.mark.parametrize("chunk", [b"1," * 32768, b"[" * 65536, b'"' + b"x" * 65534 + b'"'])
 def test_a_flooding_client_does_not_delay_others(chunk: bytes) -> None:
     with DemoServer() as demo:
+        baseline_fds = fd_count(demo.pid)
         with Flooder(demo.path, chunk) as flood:
-            time.sleep(0.3)
-            connects = connect_latencies(demo.path, 30)
-            queries = round_trips(demo.path, 100)
-            assert flood.received > 0  # the flood was being answered meanwhile
-            assert percentile(connects, 0.99) < P99_LIMIT
-            assert percentile(queries, 0.99) < P99_LIMIT
+            assert wait_for(lambda: flood.received > 0)  # the flood is being answered
+            # others connect and are answered meanwhile, each within the client's
+            # timeout (how fast: benchmarks/soak.py measures it)
+            assert len(connect_latencies(demo.path, 30)) == 30
+            assert len(round_trips(demo.path, 100)) == 100
             assert rss_bytes(demo.pid) < RSS_LIMIT
-        time.sleep(0.2)  # the flooder hangs up in the middle of replies
+        # the flooder hung up in the middle of replies: the server lets it go, quietly
+        assert wait_for(lambda: fd_count(demo.pid) == baseline_fds)
         assert demo.stop() == 0
         assert demo.stderr() == ""  # not even asyncio's "socket.send() raised exception"
 
@@ -134,12 +125,13 @@ def test_fd_exhaustion_neither_spins_nor_floods_the_log() -> None:
                 held.append(connect(demo.path, timeout=2))
             except OSError:
                 break
-        time.sleep(2)
+        time.sleep(2)  # a window in which a spinning accept loop would burn CPU
         with sockets(held):
             greetings = [read_line(s) for s in held]
             accepted = [g for g in greetings if g.startswith(b'{"QMP"')]
             refused = [g for g in greetings if b"too many QMP connections" in g]
-            assert accepted and refused, (len(accepted), len(refused))
+            assert accepted, (len(accepted), len(refused))
+            assert refused, (len(accepted), len(refused))
             assert len(accepted) + len(refused) == len(held)
             assert cpu_seconds(demo.pid) - before < 1.0  # no spinning accept loop
         assert wait_for(lambda: served(demo.path))  # served again once they are gone
@@ -173,20 +165,37 @@ def test_connection_cap_refuses_with_an_error_and_recovers() -> None:
 
 
 def test_slow_and_idle_clients_are_closed_busy_ones_kept() -> None:
-    with DemoServer(extra=["--message-timeout", "1", "--idle-timeout", "2"]) as demo:
+    with DemoServer(extra=["--message-timeout", "1", "--idle-timeout", "2"],
+                    verbose=True) as demo:  # fmt: skip
         half = connect(demo.path)
         half.sendall(NEGOTIATE + b'{"execute":')
         idle = connect(demo.path)
         busy = RawQMP(demo.path)
         busy.negotiate()
-        started = time.monotonic()
-        while time.monotonic() - started < 3.5:
+        open_ = {half: b"", idle: b""}
+        received: dict[socket.socket, bytes] = {}
+        deadline = time.monotonic() + 30
+        while open_ and time.monotonic() < deadline:  # the busy one asks on meanwhile
             assert busy.request(QUERY_VCPU).startswith(b'{"return"')
-            time.sleep(0.5)
-        assert read_all(half, 1).count(b"\n") == 2  # greeting and one reply, then EOF
-        assert read_all(idle, 1).count(b"\n") == 1  # the greeting, then EOF
+            readable, _, _ = select.select(list(open_), [], [], 0.25)
+            for sock in readable:
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    chunk = b""
+                if chunk:
+                    open_[sock] += chunk
+                else:
+                    received[sock] = open_.pop(sock)
+        assert not open_, "the server kept a half-sent or an idle client past its timeout"
+        assert received[half].count(b"\n") == 2  # greeting and one reply, then EOF
+        assert received[idle].count(b"\n") == 1  # the greeting, then EOF
+        assert busy.request(QUERY_VCPU).startswith(b'{"return"')  # the busy one is kept
         busy.close()
-        assert not has_traceback(demo.stderr())
+        log = demo.stderr()
+        assert "a message left half-sent for 1.0 s" in log
+        assert "idle for 2.0 s" in log
+        assert not has_traceback(log)
 
 
 def test_a_burst_of_connects_is_queued_not_refused() -> None:
@@ -233,26 +242,21 @@ def test_a_vm_that_dies_gives_errors_then_eof_and_one_message() -> None:
         client.negotiate()
         request = b'{"execute":"query-stats","arguments":{"target":"vcpu","providers":[{"provider":"kvm","names":["exits"]}]}}'
         assert client.request(request).startswith(b'{"return"')
-        killed = time.monotonic()
         kill(demo.vm_pid)
-        replies = []
-        try:
-            for _ in range(2000):
-                replies.append((client.request(request), time.monotonic() - killed))
-        except (ConnectionError, OSError):
-            pass
+        replies, closed = requests_until_closed(client, request, 2000)
         client.close()
-        successes = [t for r, t in replies if r.startswith(b'{"return"')]
-        errors = [r for r, _ in replies if not r.startswith(b'{"return"')]
+        assert closed
         # Values are served only until the kernel has torn the VM down (its pidfd says
-        # so; 2-3 ms measured here), never for long as if the VM were healthy...
-        assert all(t < 0.1 for t in successes), successes
-        # ...then an error saying so (if a request came before the server closed its
-        # clients: the window is short), then the connection is closed.
-        assert all(b"the VM is gone" in r for r in errors)
+        # so; 2-3 ms measured here), never on as if the VM were healthy: some values,
+        # then errors saying so (if a request came before the server closed its
+        # clients: the window is short), then the close.
+        served = [r.startswith(b'{"return"') for r in replies]
+        assert served == sorted(served, reverse=True), "a value after an error"
+        assert all(b"the VM is gone" in r for r in replies[served.count(True) :])
         assert demo.stop() == 1
         stderr = demo.stderr()
-        assert stderr.count("\n") == 1 and "exited (killed by SIGKILL)" in stderr, stderr
+        assert stderr.count("\n") == 1, stderr
+        assert "exited (killed by SIGKILL)" in stderr, stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -54,7 +54,8 @@ def test_stats_reply_round_trips_through_the_model(capture: str, type_name: str)
     schema = stats_schema()
     model = visit(schema, type_name, reply["return"])
     expected_class = StatsResult if type_name == "[StatsResult]" else StatsSchema
-    assert model and all(isinstance(item, expected_class) for item in model)
+    assert model
+    assert all(isinstance(item, expected_class) for item in model)
     response: dict[str, object] = {"return": OutputEncoder(schema).encode(type_name, model)}
     if "id" in reply:
         response["id"] = reply["id"]
@@ -69,7 +70,8 @@ def test_vcpu_capture_has_qemus_shapes() -> None:
     values = dict(first.stats)
     assert first.qom_path == "/machine/unattached/device[4]"
     assert values["guest_mode"] is False
-    assert isinstance(values["halt_wait_hist"], list) and len(values["halt_wait_hist"]) == 32
+    assert isinstance(values["halt_wait_hist"], list)
+    assert len(values["halt_wait_hist"]) == 32
     assert [r.qom_path for r in results][-1] == "/machine/unattached/device[0]"
 
 

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmstats.qapi.output import OutputEncoder
+from vmstats.stats.model import StatsValue
 from vmstats.stats.schema import stats_schema
 from vmstats.stats.wire import BOOLEAN, LIST, SCALAR, EncodedStats, StatsTemplate
 
@@ -15,30 +16,42 @@ NAMES = st.text(min_size=1, max_size=12) | st.sampled_from(["exits", "a%d", "%s%
 
 
 @st.composite
-def layouts(draw: st.DrawFn) -> tuple[list[tuple[str, int, int, int]], list[int]]:
-    """Entries (name, shape, start, stop) over a value tuple, and the values."""
+def layouts(draw: st.DrawFn) -> tuple[list[tuple[str, int, int, int]], list[int],
+                                      list[tuple[str, StatsValue]]]:  # fmt: skip
+    """Stats as QAPI has them, and the same laid out as a template reads them: entries
+    (name, shape, start, stop) over a value tuple (a boolean any non-zero word, buckets
+    stored lowest first as the kernel has them, sent highest first as QEMU writes them)."""
     names = draw(st.lists(NAMES, max_size=8, unique=True))
+    stats: list[tuple[str, StatsValue]] = []
     entries: list[tuple[str, int, int, int]] = []
     values: list[int] = []
     for name in names:
         shape = draw(st.sampled_from([SCALAR, BOOLEAN, LIST]))
-        size = draw(st.integers(2, 6)) if shape == LIST else 1
         start = len(values)
-        values += draw(st.lists(U64 if shape != BOOLEAN else st.integers(0, 3),
-                                min_size=size, max_size=size))  # fmt: skip
-        entries.append((name, shape, start, start + size))
-    return entries, values
+        value: StatsValue
+        if shape == SCALAR:
+            value = word = draw(U64)
+            values.append(word)
+        elif shape == BOOLEAN:
+            value = draw(st.booleans())
+            values.append(draw(st.integers(1, 3)) if value else 0)
+        else:
+            value = buckets = draw(st.lists(U64, min_size=2, max_size=6))
+            values += reversed(buckets)
+        stats.append((name, value))
+        entries.append((name, shape, start, len(values)))
+    return entries, values, stats
 
 
 @given(layouts())
 def test_template_renders_what_the_generic_encoder_writes(
-    layout: tuple[list[tuple[str, int, int, int]], list[int]],
+    layout: tuple[list[tuple[str, int, int, int]], list[int], list[tuple[str, StatsValue]]],
 ) -> None:
-    entries, values = layout
+    entries, values, stats = layout
     template = StatsTemplate(entries)
-    generic = GENERIC.encode_text("[Stats]", template.decode(values))
+    generic = GENERIC.encode_text("[Stats]", stats)
     assert template.render(values) == generic
     encoded = EncodedStats(template, values)
     assert encoded.__qmp_json__() == generic
     assert GENERIC.encode_text("[Stats]", encoded) == generic  # spliced as it is
-    assert list(encoded) == template.decode(values)
+    assert list(encoded) == template.decode(values) == stats

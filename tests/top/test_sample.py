@@ -51,7 +51,8 @@ def test_counters_rate_over_the_interval_total_since_the_baseline() -> None:
     got = rows(sample(0, (0, 0)), sample(10, (100, 50)), sample(12, (300, 90)))
     exits = got["exits"]
     assert (exits.rate, exits.total) == (120.0, 390)  # (200 + 40) / 2 s; 300 + 90 since 0
-    assert exits.rate_text() == "120/s" and exits.total_text() == "390"
+    assert exits.rate_text() == "120/s"
+    assert exits.total_text() == "390"
 
 
 @pytest.mark.parametrize(("name", "text"), [("pages", "11"), ("peak", "3"), ("busy", "1/2")])
@@ -62,31 +63,36 @@ def test_levels(name: str, text: str) -> None:
 
 def test_a_counter_that_went_back_counts_from_zero() -> None:
     got = rows(sample(0, (1000, 0)), sample(1, (1000, 0)), sample(2, (5, 0)))
-    assert got["exits"].total == 5 and got["exits"].rate == 5.0
+    assert got["exits"].total == 5
+    assert got["exits"].rate == 5.0
 
 
 def test_histograms_give_interval_buckets_rate_and_percentiles() -> None:
     before = sample(0, (0, 0), hist=([0, 1, 0], [0, 0, 0]))
     after = sample(2, (0, 0), hist=([0, 5, 0], [0, 2, 2]))
     row = rows(before, before, after)["wait_hist"]
-    assert row.buckets == (0, 6, 2) and row.rate == 4.0 and row.total == 8
-    assert row.percentiles is not None and row.percentiles[0] == pytest.approx(
-        1e-9 * 1 + 1e-9 * 4 / 6
-    )
+    assert row.buckets == (0, 6, 2)
+    assert row.rate == 4.0
+    assert row.total == 8
+    assert row.percentiles is not None
+    assert row.percentiles[0] == pytest.approx(1e-9 * 1 + 1e-9 * 4 / 6)
     assert row.value_text().startswith("p50 1.67 ns p90 2 ns")
 
 
 def test_vcpus_choose_objects() -> None:
     got = rows(sample(0, (0, 0)), sample(1, (0, 0)), sample(2, (10, 20)), {vcpu_path(1)})
-    assert got["exits"].rate == 20.0 and got["busy"].value_text() == "0/1"
+    assert got["exits"].rate == 20.0
+    assert got["busy"].value_text() == "0/1"
 
 
 def test_totals_across_vms() -> None:
     one = vm_rows("a", SCHEMAS, sample(0, (0, 0)), sample(1, (0, 0)), sample(2, (10, 0)))
     two = vm_rows("b", SCHEMAS, sample(0, (0, 0)), sample(1, (0, 0)), sample(2, (5, 5)))
     total = {r.name: r for r in total_rows([one, two])}
-    assert total["exits"].rate == 20.0 and total["busy"].value_text() == "2/4"
-    assert total["peak"].value == 3 and total["exits"].vm == "total"
+    assert total["exits"].rate == 20.0
+    assert total["busy"].value_text() == "2/4"
+    assert total["peak"].value == 3
+    assert total["exits"].vm == "total"
 
 
 @pytest.mark.parametrize(("counts", "q", "expected"), [
@@ -99,7 +105,8 @@ def test_quantile(counts: list[int], q: float, expected: float | None) -> None:
 
 def test_filter_is_anchored_and_sorting() -> None:
     keep = StatFilter("halt")
-    assert keep("halt_exits") and not keep("exits_halt")
+    assert keep("halt_exits")
+    assert not keep("exits_halt")
     got = vm_rows("v", SCHEMAS, sample(0, (0, 0)), sample(1, (0, 0)), sample(2, (1, 9)))
     assert [r.name for r in sort_rows(got, "name")][:2] == ["busy", "exits"]
     assert sort_rows(got, "rate")[0].name == "exits"
@@ -152,7 +159,9 @@ class Life:
             new = sample(self.taken, (self.exits, 5), (self.busy, False), (self.hist, [0, 1, 0]))
             self.previous, self.current = self.current or new, new
             self.base = self.base or new
-        assert self.base and self.previous and self.current
+        assert self.base
+        assert self.previous
+        assert self.current
         return self.base, self.previous, self.current
 
 

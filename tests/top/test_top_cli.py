@@ -83,13 +83,15 @@ def test_once_json_and_skip_zero(demo: DemoServer) -> None:
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)
     stats = record["vms"]["qmp"]
-    assert stats["vcpu.halt_exits"]["rate"] > 0 and stats["vcpu.halt_exits"]["total"] > 0
+    assert stats["vcpu.halt_exits"]["rate"] > 0
+    assert stats["vcpu.halt_exits"]["total"] > 0
     assert "vm.pages_1g" not in stats  # zero: skipped
     for entry in stats.values():  # every stat left has something that is not zero
         assert any(entry.get(k) not in (None, 0) for k in ("rate", "total", "value", "true_count"))
     full = json.loads(vmstats("top", str(demo.path), "--json", "-1", "-s", "0.3").stdout)
     hist = full["vms"]["qmp"]["vcpu.halt_wait_hist"]
-    assert hist["type"] == "log2-histogram" and len(hist["buckets"]) == 32
+    assert hist["type"] == "log2-histogram"
+    assert len(hist["buckets"]) == 32
 
 
 def test_vcpus_by_number(demo: DemoServer) -> None:
@@ -119,13 +121,16 @@ def test_fields_help_lists_the_stats(demo: DemoServer) -> None:
 ])  # fmt: skip
 def test_usage_errors(args: list[str], message: str) -> None:
     out = vmstats(*args)
-    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_unreachable_source_is_one_clear_line(tmp_path: Path) -> None:
     out = vmstats("top", str(tmp_path / "none.sock"), "-1", "-s", "0.2")
     assert out.returncode == 1
-    assert out.stderr.count("\n") == 1 and "cannot connect to QMP" in out.stderr
+    assert out.stderr.count("\n") == 1
+    assert "cannot connect to QMP" in out.stderr
 
 
 def halt_exits(sample: Sample) -> int:
@@ -147,7 +152,8 @@ def test_record_then_replay_gives_the_same_samples(demo: DemoServer, tmp_path: P
     assert len(refreshes) >= 5
     samples = [r.samples["qmp"] for r in refreshes]
     exits = [halt_exits(s) for s in samples]
-    assert exits == sorted(exits) and exits[-1] > exits[0]  # counters moved
+    assert exits == sorted(exits)
+    assert exits[-1] > exits[0]
     replayed = vmstats("top", "--replay", str(path), "--json", "-f", "halt_exits")
     lines = [json.loads(line) for line in replayed.stdout.splitlines()]
     assert [line["vms"]["qmp"]["vcpu.halt_exits"]["total"] for line in lines] == [
@@ -185,7 +191,8 @@ def test_not_a_recording(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl"
     path.write_text('{"hello": 1}\n')
     out = vmstats("top", "--replay", str(path), "-c")
-    assert out.returncode == 1 and "is not a vmstats recording" in out.stderr
+    assert out.returncode == 1
+    assert "is not a vmstats recording" in out.stderr
 
 
 def test_a_directory_of_sockets_and_a_vm_that_dies_and_returns(tmp_path: Path) -> None:
@@ -268,8 +275,10 @@ def test_log_to_file_is_reopened_on_sighup(demo: DemoServer, tmp_path: Path) -> 
     rotated = (tmp_path / "top.csv.1").read_text().splitlines()
     fresh = log.read_text().splitlines()
     header = ",".join(["time", "vm", *expected_columns(demo.path, "exits")])
-    assert rotated[0] == header and fresh[0] == header  # a header once per file
-    assert header not in rotated[1:] and header not in fresh[1:]
+    assert rotated[0] == header
+    assert fresh[0] == header
+    assert header not in rotated[1:]
+    assert header not in fresh[1:]
 
 
 def test_ctrl_c_on_a_silent_server_exits_130(tmp_path: Path) -> None:
@@ -285,14 +294,16 @@ def test_ctrl_c_on_a_silent_server_exits_130(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=10)
     listener.close()
-    assert proc.returncode == 130 and "Traceback" not in stderr
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr
 
 
 def test_recording_an_unreachable_source_says_so(tmp_path: Path) -> None:
     out = vmstats("record", str(tmp_path / "none.sock"), "-o", str(tmp_path / "r.jsonl"),
                   "-s", "0.2", "--duration", "0.5")  # fmt: skip
     assert out.returncode == 1
-    assert "cannot connect to QMP" in out.stderr and "no sample could be taken" in out.stderr
+    assert "cannot connect to QMP" in out.stderr
+    assert "no sample could be taken" in out.stderr
     assert out.stderr.count("cannot connect") == 1  # once, not once per refresh
 
 

@@ -85,7 +85,7 @@ class _Vcpu:
     def thread_main(self, rounds: int | None, interval: float, stop: threading.Event) -> None:
         try:
             self.run_rounds(rounds, interval, stop)
-        except Exception as exc:  # reported, never lost: the VM shows it and stops
+        except Exception as exc:  # noqa: BLE001 -- reported, never lost: the VM shows it and stops
             self.counters.error = str(exc)
             log.error("vCPU %d stopped: %s", self.index, exc)
 

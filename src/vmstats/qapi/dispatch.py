@@ -173,14 +173,14 @@ class Dispatcher:
             if inspect.isawaitable(result):
                 return self._respond_later(request, name, result, wire)
             return _response(request, {"return": self._encode(name, result, wire)})
-        except Exception as exc:  # every failure is an error reply; a bug is logged there
+        except Exception as exc:  # noqa: BLE001 -- every failure is an error reply; a bug is logged there
             return _response(request, {"error": qmp_error(exc)})
 
     async def _respond_later(self, request: Any, name: str, pending: Any, wire: bool
                              ) -> dict[str, Any]:  # fmt: skip
         try:
             return _response(request, {"return": self._encode(name, await pending, wire)})
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- as in respond(): an error reply, never a crash
             return _response(request, {"error": qmp_error(exc)})
 
 

@@ -159,7 +159,7 @@ class StatsClient:
         connection (an EOFError when the server went first), which is no news."""
         try:
             await asyncio.wait_for(self._qmp.disconnect(), self.timeout)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- closing never fails (see above)
             log.debug("QMP disconnect from %s: %r", self.address, exc)
 
     async def _execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:

@@ -56,6 +56,40 @@ def wait_for(condition: Callable[[], object], timeout: float = 15.0) -> bool:
     return False
 
 
+def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> tuple[bytes, bool]:
+    """Everything the peer sends until it closes, and whether it closed within ``timeout``
+    (EOF or a reset).  A test that expects a close asserts the flag: a read that merely
+    timed out must not pass for one."""
+    deadline = time.monotonic() + timeout
+    pieces: list[bytes] = []
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                return b"".join(pieces), True
+            pieces.append(chunk)
+    except ConnectionResetError:
+        return b"".join(pieces), True
+    except TimeoutError:
+        pass
+    return b"".join(pieces), False
+
+
+def requests_until_closed(client: RawQMP, request: bytes, limit: int = 100
+                          ) -> tuple[list[bytes], bool]:  # fmt: skip
+    """Send ``request`` again and again until the server closes the connection: the
+    replies, and whether it closed within ``limit`` requests.  Each reply is awaited
+    within the client's timeout, whose expiry is an error here, never a close."""
+    replies = []
+    try:
+        for _ in range(limit):
+            replies.append(client.request(request))
+    except ConnectionError:
+        return replies, True
+    return replies, False
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     if not values:
         return float("nan")
@@ -66,7 +100,8 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 class DemoServer:
     """``vmstats demo --headless --qmp SOCK`` in a subprocess, stderr kept in a file.
 
-    ``preexec`` runs in the child before exec (to lower its fd limit, for example).
+    ``preexec`` runs in the child before exec (to lower its fd limit, for example);
+    ``verbose`` logs at INFO (why each client was dropped).
     """
 
     def __init__(
@@ -75,11 +110,13 @@ class DemoServer:
         extra: Sequence[str] = (),
         preexec: Callable[[], None] | None = None,
         rate: float = 50.0,
+        verbose: bool = False,
     ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="vmstats-hostile-")
         self.path = Path(self._tmp.name) / "qmp.sock"
         self.stderr_path = Path(self._tmp.name) / "stderr"
-        self.args = [sys.executable, "-m", "vmstats", "demo", "--headless", "--vcpus",
+        self.args = [sys.executable, "-m", "vmstats", *(["-v"] if verbose else []),
+                     "demo", "--headless", "--vcpus",
                      str(vcpus), "--rate", str(rate), "--qmp", str(self.path), *extra]  # fmt: skip
         self.preexec = preexec
         self.proc: subprocess.Popen[str] | None = None
