@@ -17,10 +17,13 @@ is logged with its traceback and a client sees only "internal error", never its 
     │   ├── BinaryStatsError  a KVM stats file that cannot be read or is malformed
     │   └── VmGone            the VM's process has exited: its stats are frozen, not served
     ├── KvmUnavailable        no usable /dev/kvm on this host (the text says why)
+    ├── AttachError           another process's stats fds could not be listed or copied
+    ├── RecordingError        a file that is not a vmstats recording, or cannot be read
     ├── GuestError            the demo guest stopped in a way it should not
     ├── SocketInUse           a server's socket path is taken by a live server (or no socket)
     └── ClientError           talking to a QMP server failed: unreachable, silent, refused
-                              the request, or answered something malformed
+        │                     the request, or answered something malformed
+        └── UsageError        the request names what the server does not serve (exit 2)
 """
 
 from __future__ import annotations
@@ -73,6 +76,14 @@ class KvmUnavailable(VmstatsError):
     """KVM cannot be used here; the message says why and what to check."""
 
 
+class AttachError(VmstatsError):
+    """A VMM's stats fds could not be listed or copied; the text says why."""
+
+
+class RecordingError(VmstatsError):
+    """A file that is not a vmstats recording, or cannot be read at all."""
+
+
 class GuestError(VmstatsError):
     """The demo guest stopped in a way the demo does not expect (shutdown, entry failure)."""
 
@@ -84,6 +95,10 @@ class SocketInUse(VmstatsError):
 class ClientError(VmstatsError):
     """Something a user can act on: unreachable socket, silent server, old QEMU, an error
     reply, a malformed reply."""
+
+
+class UsageError(ClientError):
+    """The request names something the server does not serve (exit status 2)."""
 
 
 class RemoteError(QapiError, ClientError):

@@ -12,7 +12,8 @@ import pytest
 
 from tests.kvm.conftest import requires_kvm
 from vmstats.demo.process import DemoProcess
-from vmstats.kvm.attach import AttachError, attach, processes_with_stats_fds, stats_fd_links
+from vmstats.errors import AttachError
+from vmstats.kvm.attach import attach, processes_with_stats_fds, stats_fd_links
 from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
 
 QEMU10_REASON = qemu10_unavailable_reason()

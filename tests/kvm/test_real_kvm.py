@@ -18,6 +18,7 @@ import pytest
 from tests.kvm.conftest import ON_PVM, PROGRAM, requires_kvm, requires_pvm
 from vmstats.demo import DemoVM, qemu_vcpu_path
 from vmstats.demo.process import DemoProcess
+from vmstats.errors import GuestError
 from vmstats.qapi.dispatch import Dispatcher
 from vmstats.stats import StatsRegistry
 from vmstats.stats.commands import stats_dispatcher
@@ -231,7 +232,7 @@ def test_demo_process_hands_over_many_stats_fds() -> None:
 
 def test_demo_process_reports_a_bad_configuration() -> None:
     demo = DemoProcess(vcpus=0)
-    with pytest.raises(OSError, match="a VM needs at least one vCPU"):
+    with pytest.raises(GuestError, match="a VM needs at least one vCPU"):
         demo.start()
     assert demo.proc is not None
     assert demo.proc.wait(10) == 1

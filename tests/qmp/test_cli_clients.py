@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,12 +149,16 @@ class FakePeer:
     the text ``answers`` give for it (``query-stats`` by target), else ``{}``: a QEMU
     that is old, or that sends what no QEMU sends."""
 
-    def __init__(self, path: Path, answers: dict[str, str], version: str = "7.2.0") -> None:
+    def __init__(self, path: Path, answers: dict[str, str], version: str = "7.2.0",
+                 terse: bool = False) -> None:  # fmt: skip
         self.path = path
         self.answers = answers
+        self.terse = terse
         major, minor, micro = version.split(".")
         self.greeting = (f'{{"QMP": {{"version": {{"qemu": {{"micro": {micro}, "minor": {minor}, '
                          f'"major": {major}}}, "package": ""}}, "capabilities": ["oob"]}}}}\r\n')  # fmt: skip
+        if terse:  # valid QMP that QEMU does not write: no spaces, "\n" line ends
+            self.greeting = json.dumps(json.loads(self.greeting), separators=(",", ":")) + "\n"
         self._ready = threading.Event()
 
     def _answer(self, request: dict[str, Any]) -> str:
@@ -162,6 +166,9 @@ class FakePeer:
         target = (request.get("arguments") or {}).get("target")
         text = self.answers.get(f"{command} {target}", self.answers.get(command, "{}"))
         tail = f', "id": {json.dumps(request["id"])}' if "id" in request else ""
+        if self.terse:  # an event first, then the reply, members in another order
+            event = '{"timestamp":{"seconds":1,"microseconds":2},"event":"RESUME"}\n'
+            return f'{event}{{ "return" :{text}{tail} }}\n'
         return f'{{"return": {text}{tail}}}\r\n'
 
     async def _serve(self) -> None:
@@ -264,3 +271,35 @@ def test_demo_serves_qmp_on_loopback_tcp() -> None:
     proc.terminate()
     assert proc.wait(10) == 0
     assert out.stdout.startswith("provider: kvm\n    halt_exits (cumulative): "), out.stderr
+
+
+def test_any_valid_qmp_reply_is_taken_not_only_qemus_bytes(tmp_path: Path) -> None:
+    """Another server's spacing and line ends, and events between replies: the stats are
+    read, and ``--json`` prints the value as that server wrote it."""
+    stats = '[{"provider":"kvm","stats":[{"name":"exits","value":42}]}]'
+    schemas = ('[{"provider":"kvm","target":"vm","stats":[{"name":"exits",'
+               '"type":"cumulative"}]}]')  # fmt: skip
+    answers = {"query-commands": '[{"name":"query-stats"},{"name":"query-stats-schemas"}]',
+               "query-stats-schemas": schemas, "query-stats vm": stats}  # fmt: skip
+    with FakePeer(tmp_path / "terse.sock", answers, terse=True) as peer:
+        out = vmstats("query", str(peer.path), "--target", "vm")
+        assert out.returncode == 0, out.stderr
+        assert "exits" in out.stdout
+        assert "42" in out.stdout
+        raw = vmstats("query", str(peer.path), "--target", "vm", "--json")
+        assert (raw.returncode, raw.stdout) == (0, stats + "\n")
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: p.write_text("x"), "a file, not a socket"),
+    (lambda p: p.mkdir(), "a directory, not a socket"),
+    (lambda p: None, "No such file or directory"),
+])  # fmt: skip
+def test_a_path_that_is_no_socket_is_named_as_such(
+    tmp_path: Path, make: Callable[[Path], object], message: str
+) -> None:
+    path = tmp_path / "not-a.sock"
+    make(path)
+    out = vmstats("query", str(path), "--target", "vm")
+    assert out.returncode == 1
+    assert out.stderr == f"vmstats: cannot connect to QMP at {path}: {message}\n"

@@ -17,7 +17,7 @@ from qemu.qmp import ExecuteError, QMPClient
 
 from tests.qmp.conftest import ServerThread
 from vmstats.errors import ClientError, RemoteError, SocketInUse
-from vmstats.qmp.raw import RawSession, execute_raw
+from vmstats.qmp.client import QmpClient, execute_once
 from vmstats.qmp.server import ServerLimits
 from vmstats.testing.hostile import read_until_closed, wait_for
 from vmstats.testing.qemu import RawQMP
@@ -160,16 +160,16 @@ def test_tcp_listener_is_loopback_by_default(tmp_path: Path) -> None:
 
 
 def test_raw_execute_returns_the_bytes_the_server_wrote(qmp_server: ServerThread) -> None:
-    value = asyncio.run(execute_raw(str(qmp_server.path), "query-stats", {"target": "vm"}))
+    value = asyncio.run(execute_once(str(qmp_server.path), "query-stats", {"target": "vm"}))
     client = RawQMP(qmp_server.path)
     client.negotiate()
     line = client.request(b'{"execute": "query-stats", "arguments": {"target": "vm"}}')
     client.close()
     assert line == b'{"return": ' + value + b"}\r\n"
     with pytest.raises(ClientError, match="GenericError: Parameter 'target' does not accept"):
-        asyncio.run(execute_raw(str(qmp_server.path), "query-stats", {"target": "nope"}))
+        asyncio.run(execute_once(str(qmp_server.path), "query-stats", {"target": "nope"}))
     with pytest.raises(ClientError, match="cannot connect"):
-        asyncio.run(execute_raw(str(qmp_server.path) + ".none", "query-stats"))
+        asyncio.run(execute_once(str(qmp_server.path) + ".none", "query-stats"))
 
 
 def test_raw_requests_sent_together_are_answered_in_order_and_stay_in_step(
@@ -179,7 +179,7 @@ def test_raw_requests_sent_together_are_answered_in_order_and_stay_in_step(
     only after every reply is read, so the next command gets its own reply."""
 
     async def main() -> None:
-        async with RawSession(str(qmp_server.path)) as qmp:
+        async with QmpClient(str(qmp_server.path)) as qmp:
             alone = [await qmp.execute("query-stats", {"target": t}) for t in ("vm", "vcpu")]
             together = await qmp.execute_all(
                 [("query-stats", {"target": t}) for t in ("vm", "vcpu")]

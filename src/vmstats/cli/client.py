@@ -12,18 +12,12 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from vmstats.cli.options import positive_float
 from vmstats.cli.render import index_schemas, results_text, schemas_text
-from vmstats.errors import ClientError
-from vmstats.qmp.client import DEFAULT_TIMEOUT, StatsClient, make_filter, stats_arguments
-from vmstats.qmp.raw import execute_raw
+from vmstats.errors import ClientError, UsageError
+from vmstats.qmp.client import DEFAULT_TIMEOUT, QmpClient, make_filter, stats_arguments
 from vmstats.stats.model import StatsProvider, StatsSchema, StatsTarget
-
-
-class UsageError(ClientError):
-    """The request names something the server does not serve (exit status 2)."""
 
 
 def split_list(text: str | None) -> list[str] | None:
@@ -88,7 +82,7 @@ def check_request(schemas: list[StatsSchema], target: str, provider: str | None,
             )
 
 
-async def _vcpu_paths(client: StatsClient, vcpus: list[str] | None) -> list[str] | None:
+async def _vcpu_paths(client: QmpClient, vcpus: list[str] | None) -> list[str] | None:
     if vcpus is None or all(v.startswith("/") for v in vcpus):
         return vcpus
     paths = await client.query_cpus()
@@ -103,28 +97,34 @@ async def _vcpu_paths(client: StatsClient, vcpus: list[str] | None) -> list[str]
     return out
 
 
-async def _query(client: StatsClient, args: argparse.Namespace) -> RawRequest | None:
+async def _query(client: QmpClient, args: argparse.Namespace) -> None:
     schemas = await client.query_stats_schemas()
     names = split_list(args.names)
     check_request(schemas, args.target, args.provider, names)
     vcpus = await _vcpu_paths(client, split_list(args.vcpus))
     filter = make_filter(args.target, args.provider, names, vcpus)
-    if args.json:  # once this connection is closed: QEMU serves one client at a time
-        return ("query-stats", stats_arguments(filter))
+    if args.json:
+        _write_raw(await client.execute("query-stats", stats_arguments(filter)))
+        return
     results = await client.query_stats(filter)
     sys.stdout.write(results_text(filter.target, results, index_schemas(schemas)))
-    return None
 
 
-async def _schemas(client: StatsClient, args: argparse.Namespace) -> RawRequest | None:
+async def _schemas(client: QmpClient, args: argparse.Namespace) -> None:
     if args.provider is not None:
         check_request(await client.query_stats_schemas(), "vm", args.provider, None)
-    arguments = {"provider": args.provider} if args.provider else None
     if args.json:
-        return ("query-stats-schemas", arguments)
+        arguments = {"provider": args.provider} if args.provider else None
+        _write_raw(await client.execute("query-stats-schemas", arguments))
+        return
     provider = StatsProvider(args.provider) if args.provider else None
     sys.stdout.write(schemas_text(await client.query_stats_schemas(provider)))
-    return None
+
+
+def _write_raw(value: bytes) -> None:
+    """A return value as the server wrote it (``--json``)."""
+    sys.stdout.buffer.write(value + b"\n")
+    sys.stdout.flush()
 
 
 #: The first words of HMP's answers to a bad request (QEMU prints them and succeeds).
@@ -132,28 +132,22 @@ HMP_ERRORS = ("invalid stats target", "invalid stats provider", "unknown command
               "Try \"help", "failed to find schema")  # fmt: skip
 
 
-async def _info(client: StatsClient, args: argparse.Namespace) -> RawRequest | None:
+async def _info(client: QmpClient, args: argparse.Namespace) -> None:
     words = [w for w in ("info stats", args.target, args.names, args.provider) if w]
     text = (await client.hmp(" ".join(words))).replace("\r\n", "\n")
     sys.stdout.write(text)
     if text.startswith(HMP_ERRORS):
         raise ClientError(f"HMP refused 'info stats {' '.join(words[1:])}'")
-    return None
 
 
-#: A command whose reply is to be printed as the server wrote it: (name, arguments).
-RawRequest = tuple[str, dict[str, Any] | None]
-Command = Callable[[StatsClient, argparse.Namespace], Awaitable[RawRequest | None]]
+Command = Callable[[QmpClient, argparse.Namespace], Awaitable[None]]
 
 
 def _run(args: argparse.Namespace, command: Command) -> int:
     async def main() -> None:
-        async with StatsClient(args.socket, args.timeout) as client:
-            raw = await command(client, args)
-        if raw is not None:
-            value = await execute_raw(args.socket, raw[0], raw[1], args.timeout)
-            sys.stdout.buffer.write(value + b"\n")
-            sys.stdout.flush()
+        async with QmpClient(args.socket, args.timeout) as client:
+            await client.stats_commands()  # a clear error for a QEMU without query-stats
+            await command(client, args)
 
     try:
         asyncio.run(main())

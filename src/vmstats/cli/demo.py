@@ -25,7 +25,7 @@ from vmstats.cli.options import (
 )
 from vmstats.demo.guest import GuestProgram
 from vmstats.demo.process import DemoProcess
-from vmstats.errors import KvmUnavailable, SocketInUse
+from vmstats.errors import GuestError, KvmUnavailable, SocketInUse
 from vmstats.kvm.attach import creator_thread
 from vmstats.kvm.provider import KvmStatsProvider
 from vmstats.qmp.machine import Machine
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    except OSError as exc:
+    except (OSError, GuestError) as exc:
         demo.stop()
         print(f"vmstats demo: cannot start the demo VM: {exc}", file=sys.stderr)
         return 1

@@ -48,8 +48,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="vmstats: %(levelname)s: %(message)s",
     )
-    if not args.verbose:  # qemu.qmp logs each failure it raises; we say it once, better
-        logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from types import TracebackType
 
 from vmstats.demo.guest import GuestProgram
-from vmstats.errors import KvmUnavailable
+from vmstats.errors import GuestError, KvmUnavailable
 from vmstats.kvm.binstats import StatsFile
 from vmstats.kvm.ioctl import kvm_unavailable_reason
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
@@ -77,14 +77,14 @@ class DemoProcess:
         message, fds, _, _ = socket.recv_fds(sock, 1 << 16, _FDS_PER_MESSAGE)
         if not message:
             code = self.proc.wait(10) if self.proc else None
-            raise OSError(f"the demo VM process exited ({code}) before it was ready")
+            raise GuestError(f"the demo VM process exited ({code}) before it was ready")
         header = json.loads(message)
         if "error" in header:
-            raise OSError(header["error"])
+            raise GuestError(header["error"])
         while len(fds) < header["fds"]:
             _, more, _, _ = socket.recv_fds(sock, 16, _FDS_PER_MESSAGE)
             if not more:
-                raise OSError("the demo VM process stopped while sending its stats fds")
+                raise GuestError("the demo VM process stopped while sending its stats fds")
             fds += more
         files = [StatsFile(fd, owned=True) for fd in fds]
         vcpus = [VcpuStatsFile(path, f) for path, f in zip(header["paths"], files[1:], strict=True)]

@@ -2,7 +2,7 @@
 vCPU is which, and what to say about it in ``vmstats_vm_info``.
 
 Everything is asked with QMP commands through ``ask`` (a command and its arguments to the
-return value's bytes): a :class:`RawSession` to a socket in exporter mode, the served VM's
+return value's bytes): a :class:`QmpClient` to a socket in exporter mode, the served VM's
 own monitor in the daemon.  So the exported values are the very values QMP gives, through
 one code path.  Schemas and vCPU lists change rarely: their replies are decoded again only
 when their bytes change.
@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vmstats.errors import ClientError
-from vmstats.qmp.client import address_name, qemu_version
+from vmstats.qmp.client import QmpClient, address_name, qemu_version
 from vmstats.qmp.machine import CpuInfoFast, cpus_from_wire, name_from_wire
 from vmstats.qmp.monitor import Monitor
-from vmstats.qmp.raw import RawSession
 from vmstats.qmp.server import RateLimitedLog
 from vmstats.stats.decode import schemas_from_wire, wire_results
 from vmstats.stats.model import StatsFilter, StatsSchema, StatsTarget, StatsValue
@@ -113,7 +112,7 @@ def _version(reply: Any) -> str:
     return "" if str(reply.get("package", "")).startswith("vmstats") else version
 
 
-#: What a scrape asks a VM's socket, in one write (:meth:`RawSession.execute_all`).
+#: What a scrape asks a VM's socket, in one write (:meth:`QmpClient.execute_all`).
 _READ_VM: list[tuple[str, dict[str, Any] | None]] = [
     ("query-stats-schemas", None),
     ("query-cpus-fast", None),
@@ -167,7 +166,7 @@ class SocketReader:
         self._cache = ReadCache()
 
     async def read(self) -> VmReading:
-        async with RawSession(self.address, self.timeout) as qmp:
+        async with QmpClient(self.address, self.timeout) as qmp:
             info = {"pid": str(qmp.peer_pid or ""), "source": "QMP"}
             return await read_vm(self.name, qmp.execute_all, self._cache, info)
 

@@ -24,7 +24,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmstats.errors import VmstatsError
+from vmstats.errors import AttachError
 from vmstats.kvm.binstats import StatsFile
 
 SYS_PIDFD_GETFD = 438  # x86-64
@@ -37,10 +37,6 @@ _VCPU_ID = re.compile(r"^kvm-(\d+)/vcpu-(\d+)$")
 _CREATOR = re.compile(r"^kvm-(\d+)")
 _CPU_THREAD = re.compile(r"^CPU (\d+)/KVM$")
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-class AttachError(VmstatsError):
-    """A VMM's stats fds could not be listed or copied; the text says why."""
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,40 @@
-"""A stats client for any QMP socket, real QEMU or vmstats, built on ``qemu.qmp``.
+"""The QMP client: every vmstats tool that talks to a QMP socket (a QEMU's or ours) uses it.
 
-Replies are decoded into the stats model with the same visitor that checks our server's
-input, so a malformed reply is an error that says what is wrong, not a KeyError later.
+The client commands, ``top``, the exporter, the host daemon's probe and its forwarding to a
+QEMU all need the same things: connect with a deadline, negotiate, send commands (several
+in one write when a refresh needs several), and have each return value as the bytes the
+server wrote.  Bytes, because ``vmstats query --json`` prints "the reply as QMP sent it",
+the daemon passes a QEMU's replies on unchanged, and the stats are decoded straight from
+them (:mod:`vmstats.stats.decode`); ``json.loads`` of a 256-vCPU reply costs ten times
+what the server spends on it.
+
+Any valid QMP reply is taken.  QEMU writes ``{"return": VALUE}\\r\\n`` for a request
+without ``id``; that form is cut without decoding.  Anything else (other spacing, other
+line ends, members in another order) is parsed as a JSON object whose members are kept
+as raw bytes (msgspec, in C), so the value is still exactly what was sent.
+
+Every step (connect, greeting, each reply) is bounded by a timeout: a QEMU monitor serves
+one client at a time and leaves the others waiting in silence, which the error says.
+qemu.qmp, the stock client, is used in the tests to prove that it works against our
+server; it is not used here, since it returns no bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import json
 import os
+import socket
+import stat
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from qemu.qmp import ConnectError, ExecuteError, Message, QMPClient, QMPError
+import msgspec
 
-from vmstats.errors import ClientError
+from vmstats.errors import ClientError, RemoteError
 from vmstats.qmp.machine import cpu_paths
 from vmstats.stats.decode import results_from_wire, schemas_from_wire
 from vmstats.stats.model import (
@@ -28,6 +46,19 @@ from vmstats.stats.model import (
     StatsTarget,
 )
 from vmstats.stats.order import natural_qom_paths
+
+#: Seconds to wait for a connection, a greeting or a reply.
+DEFAULT_TIMEOUT = 5.0
+
+_RETURN = b'{"return": '
+_END = b"}\r\n"
+_LINE_LIMIT = 64 << 20  # QEMU's own limit of a message
+_UCRED = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
+_MESSAGE = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_JSON = msgspec.json.Decoder()
+
+#: A command and its arguments (None: none sent).
+Request = tuple[str, dict[str, Any] | None]
 
 
 def parse_address(text: str) -> str | tuple[str, int]:
@@ -43,15 +74,22 @@ def address_name(address: str) -> str:
     return Path(address).stem if "/" in address else address
 
 
-log = logging.getLogger(__name__)
-
-
 def connect_address(address: str) -> str | tuple[str, int]:
-    """:func:`parse_address`, refusing a port no socket can have (:class:`ClientError`)."""
+    """:func:`parse_address`, refusing what no QMP server can be at (:class:`ClientError`):
+    a port out of range, a path that is not a socket."""
     target = parse_address(address)
-    if isinstance(target, tuple) and not 0 < target[1] < 65536:
-        raise ClientError(f"cannot connect to QMP at {address}: port {target[1]} "
-                          "is not between 1 and 65535")  # fmt: skip
+    if isinstance(target, tuple):
+        if not 0 < target[1] < 65536:
+            raise ClientError(f"cannot connect to QMP at {address}: port {target[1]} "
+                              "is not between 1 and 65535")  # fmt: skip
+        return target
+    try:
+        mode = os.stat(target).st_mode
+    except OSError as exc:
+        raise ClientError(f"cannot connect to QMP at {address}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a file"
+        raise ClientError(f"cannot connect to QMP at {address}: {kind}, not a socket")
     return target
 
 
@@ -85,116 +123,6 @@ def stats_arguments(filter: StatsFilter) -> dict[str, Any]:
     return arguments
 
 
-class _QMPClient(QMPClient):
-    """qemu.qmp's client, logging messages lazily.
-
-    Its message hooks (documented as meant for subclasses) format every message with
-    ``str()`` before calling ``logger.debug``, even with debug logging off: an indented
-    pure-Python JSON dump of each reply, more than half of a ``top`` refresh's time.
-    """
-
-    def _cb_outbound(self, msg: Message) -> Message:
-        self.logger.debug("--> %s", msg)
-        return msg
-
-    def _cb_inbound(self, msg: Message) -> Message:
-        self.logger.debug("<-- %s", msg)
-        return msg
-
-
-#: Seconds to wait for a connection, a greeting or a reply.
-DEFAULT_TIMEOUT = 5.0
-
-
-class StatsClient:
-    """``async with StatsClient(address) as c: await c.query_stats(...)``.
-
-    Every step (connect, greeting and negotiation, each reply) is bounded by ``timeout``:
-    a QEMU whose monitor already has a client accepts the connection but sends no
-    greeting until that client leaves, and that is said in the error.
-    """
-
-    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.address = address
-        self.timeout = timeout
-        self._qmp = _QMPClient("vmstats")
-        self.version: dict[str, Any] = {}
-        self.commands: set[str] = set()
-
-    async def __aenter__(self) -> StatsClient:
-        await self.connect()
-        return self
-
-    async def connect(self) -> None:
-        """Connect, negotiate, and check that the server has ``query-stats``."""
-        address = connect_address(self.address)
-        try:
-            await asyncio.wait_for(self._qmp.connect(address), self.timeout)
-        except ConnectError as exc:
-            cause = exc.exc if getattr(exc, "exc", None) else exc
-            raise ClientError(f"cannot connect to QMP at {self.address}: {cause}") from exc
-        except TimeoutError:
-            await self.close()
-            raise ClientError(
-                f"no QMP greeting from {self.address} within {self.timeout:g} s: is another "
-                "client connected? (QEMU's monitor serves one client at a time)"
-            ) from None
-        greeting = self._qmp.greeting
-        self.version = dict(greeting.QMP.version) if greeting is not None else {}
-        self.commands = {c["name"] for c in await self._execute("query-commands")}
-        commands = self.commands
-        if "query-stats" not in commands:
-            raise no_query_stats(self.version, self.address)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Disconnect.  Never fails: qemu.qmp re-raises here whatever ended the
-        connection (an EOFError when the server went first), which is no news."""
-        try:
-            await asyncio.wait_for(self._qmp.disconnect(), self.timeout)
-        except Exception as exc:  # noqa: BLE001 -- closing never fails (see above)
-            log.debug("QMP disconnect from %s: %r", self.address, exc)
-
-    async def _execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        try:
-            return await asyncio.wait_for(self._qmp.execute(command, arguments), self.timeout)
-        except TimeoutError:
-            raise ClientError(
-                f"{command}: no reply from {self.address} within {self.timeout:g} s"
-            ) from None
-        except ExecuteError as exc:
-            info = exc.error.error
-            raise ClientError(f"{command}: {info.class_}: {info.desc}") from exc
-        except QMPError as exc:
-            raise ClientError(f"{command}: connection failed: {exc}") from exc
-
-    async def query_stats(self, filter: StatsFilter) -> list[StatsResult]:
-        """``query-stats``, results in QEMU's (wire) order."""
-        return results_from_wire(await self._execute("query-stats", stats_arguments(filter)))
-
-    async def query_stats_schemas(self, provider: StatsProvider | None = None) -> list[StatsSchema]:
-        arguments = {"provider": provider.value} if provider is not None else None
-        return schemas_from_wire(await self._execute("query-stats-schemas", arguments))
-
-    async def query_cpus(self) -> list[str]:
-        """QOM paths of the vCPUs by CPU index: ``query-cpus-fast`` where the server has
-        it (QEMU: paths are not contiguous), else the order of the vCPU stats."""
-        if "query-cpus-fast" in self.commands:
-            return cpu_paths(await self._execute("query-cpus-fast"), self.address)
-        return natural_qom_paths(await self.query_stats(StatsFilter(StatsTarget.VCPU)))
-
-    async def hmp(self, command_line: str) -> str:
-        reply = await self._execute("human-monitor-command", {"command-line": command_line})
-        return str(reply)
-
-
 def make_filter(
     target: str,
     provider: str | None = None,
@@ -206,3 +134,223 @@ def make_filter(
     if provider is not None or names is not None:
         providers = [StatsRequest(StatsProvider(provider or "kvm"), names)]
     return StatsFilter(StatsTarget(target), providers, vcpus)
+
+
+def busy(address: str, timeout: float) -> ClientError:
+    """The error for a server that accepted us and then said nothing: what a QEMU monitor
+    does while another client holds it."""
+    return ClientError(f"no answer from {address} within {timeout:g} s: is another client "
+                       "connected? (QEMU's monitor serves one client at a time)")  # fmt: skip
+
+
+class QmpClient:
+    """One negotiated QMP connection: ``async with QmpClient(address) as qmp: await
+    qmp.execute(...)``.  Errors are :class:`ClientError`; an error reply is
+    :class:`RemoteError` with the server's class and text."""
+
+    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self.version: dict[str, Any] = {}  # the greeting's
+        self._commands: set[str] | None = None
+
+    async def __aenter__(self) -> QmpClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def connect(self) -> None:
+        """Connect, read the greeting and negotiate; closed again if any step fails."""
+        target = connect_address(self.address)
+        try:
+            if isinstance(target, tuple):
+                opening = asyncio.open_connection(*target, limit=_LINE_LIMIT)
+            else:
+                opening = asyncio.open_unix_connection(target, limit=_LINE_LIMIT)
+            self._reader, self._writer = await asyncio.wait_for(opening, self.timeout)
+        except TimeoutError:
+            raise ClientError(f"cannot connect to QMP at {self.address}: "
+                              f"no connection within {self.timeout:g} s") from None  # fmt: skip
+        except OSError as exc:
+            raise ClientError(f"cannot connect to QMP at {self.address}: "
+                              f"{exc.strerror or exc}") from None  # fmt: skip
+        try:
+            self.version = self._greeting(await self._line())
+            await self.execute("qmp_capabilities")
+        except BaseException:
+            self.close()
+            raise
+
+    def _greeting(self, line: bytes) -> dict[str, Any]:
+        """The version a greeting gives; an error line (a server over its connection cap)
+        or anything else is a :class:`ClientError` saying so."""
+        try:
+            message = _JSON.decode(line)
+        except msgspec.DecodeError:
+            message = None
+        if isinstance(message, dict) and isinstance(message.get("error"), dict):
+            raise ClientError(f"{self.address} refused the connection: "
+                              f"{message['error'].get('desc')}")  # fmt: skip
+        try:
+            return dict(message["QMP"]["version"])
+        except (KeyError, TypeError, ValueError):
+            raise ClientError(f"{self.address} is not a QMP server: it said "
+                              f"{line[:80]!r}") from None  # fmt: skip
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    @property
+    def peer_pid(self) -> int | None:
+        """The pid of the process serving a unix socket (``SO_PEERCRED``), else None."""
+        sock = self._writer.get_extra_info("socket") if self._writer else None
+        if sock is None or sock.family != socket.AF_UNIX:
+            return None
+        pid, _, _ = _UCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        )
+        return int(pid) or None
+
+    # -- commands, as bytes -----------------------------------------------------------
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> bytes:
+        """``command``'s return value as the bytes the server wrote."""
+        (reply,) = await self.execute_all([(command, arguments)])
+        return reply
+
+    async def execute_all(self, requests: Sequence[Request]) -> list[bytes]:
+        """The return values of several commands, as the server wrote them.
+
+        The requests go out in one write and the replies are read in order (QMP answers
+        a connection's requests one after the other): a refresh asks each VM several
+        things, and a wake-up of the server costs more than its work.  Every reply is
+        read before an error is raised, so the connection stays in step."""
+        if self._writer is None:
+            raise ClientError(f"not connected to {self.address}")
+        self._writer.write(b"".join(map(_request, requests)))
+        replies: list[bytes] = []
+        failure: ClientError | None = None
+        for command, _ in requests:
+            try:
+                replies.append(await self._reply(command))
+            except RemoteError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return replies
+
+    async def value(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """``command``'s return value, decoded."""
+        return decode(await self.execute(command, arguments), command)
+
+    async def _reply(self, command: str) -> bytes:
+        """The return value of the next reply (events skipped), for ``command``."""
+        while True:
+            line = await self._line()
+            if line.startswith(_RETURN) and line.endswith(_END):  # QEMU's own form
+                return line[len(_RETURN) : -len(_END)]
+            try:
+                members = _MESSAGE.decode(line)
+            except msgspec.DecodeError:
+                raise ClientError(f"{command}: malformed reply from {self.address}") from None
+            if "return" in members:
+                return bytes(members["return"])
+            if "error" in members:
+                error = decode(bytes(members["error"]), command)
+                if isinstance(error, dict):
+                    raise RemoteError(str(error.get("class")), str(error.get("desc")), command)
+            if "event" not in members:
+                raise ClientError(f"{command}: malformed reply from {self.address}")
+
+    async def _line(self) -> bytes:
+        if self._reader is None:
+            raise ClientError(f"not connected to {self.address}")
+        try:
+            line = await asyncio.wait_for(self._reader.readline(), self.timeout)
+        except TimeoutError:
+            raise busy(self.address, self.timeout) from None
+        except (OSError, ValueError) as exc:
+            raise ClientError(f"QMP connection to {self.address} failed: {exc}") from exc
+        if not line:
+            raise ClientError(f"QMP connection to {self.address} closed")
+        return line
+
+    # -- stats, decoded ---------------------------------------------------------------
+
+    async def commands(self) -> set[str]:
+        """The server's commands (asked once per connection)."""
+        if self._commands is None:
+            try:
+                self._commands = {str(c["name"]) for c in await self.value("query-commands")}
+            except (TypeError, KeyError):
+                raise ClientError(f"malformed query-commands reply from {self.address}") from None
+        return self._commands
+
+    async def stats_commands(self) -> set[str]:
+        """:meth:`commands`; :class:`ClientError` if ``query-stats`` is not among them
+        (QEMU before 7.1)."""
+        commands = await self.commands()
+        if "query-stats" not in commands:
+            raise no_query_stats(self.version, self.address)
+        return commands
+
+    async def query_stats(self, filter: StatsFilter) -> list[StatsResult]:
+        """``query-stats``, results in QEMU's (wire) order."""
+        return results_from_wire(await self.execute("query-stats", stats_arguments(filter)))
+
+    async def query_stats_schemas(self, provider: StatsProvider | None = None) -> list[StatsSchema]:
+        arguments = {"provider": provider.value} if provider is not None else None
+        return schemas_from_wire(await self.value("query-stats-schemas", arguments))
+
+    async def query_cpus(self) -> list[str]:
+        """QOM paths of the vCPUs by CPU index: ``query-cpus-fast`` where the server has
+        it (QEMU: paths are not contiguous), else the order of the vCPU stats."""
+        if "query-cpus-fast" in await self.commands():
+            return cpu_paths(await self.value("query-cpus-fast"), self.address)
+        return natural_qom_paths(await self.query_stats(StatsFilter(StatsTarget.VCPU)))
+
+    async def hmp(self, command_line: str) -> str:
+        """An HMP command's output (``human-monitor-command``)."""
+        reply = await self.value("human-monitor-command", {"command-line": command_line})
+        if not isinstance(reply, str):
+            raise ClientError(f"human-monitor-command: malformed reply from {self.address}")
+        return reply
+
+
+def decode(raw: bytes, command: str) -> Any:
+    """A return value's bytes as JSON; :class:`ClientError` naming ``command`` if they are
+    not JSON."""
+    try:
+        return _JSON.decode(raw)
+    except msgspec.DecodeError:
+        raise ClientError(f"{command}: malformed reply") from None
+
+
+def _request(request: Request) -> bytes:
+    command, arguments = request
+    message: dict[str, Any] = {"execute": command}
+    if arguments is not None:
+        message["arguments"] = arguments
+    return json.dumps(message).encode()
+
+
+async def execute_once(
+    address: str,
+    command: str,
+    arguments: dict[str, Any] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> bytes:
+    """One command on a connection of its own: its return value as the server wrote it."""
+    async with QmpClient(address, timeout) as qmp:
+        return await qmp.execute(command, arguments)

@@ -75,9 +75,9 @@ def name_from_wire(reply: Any) -> str | None:
 
 def cpus_from_wire(reply: Any) -> list[CpuInfoFast]:
     """A ``query-cpus-fast`` return value (decoded JSON) as :class:`CpuInfoFast` values;
-    ValueError when it is not one."""
+    :class:`ClientError` when it is not one."""
     if not isinstance(reply, list):
-        raise ValueError("query-cpus-fast did not return a list")
+        raise ClientError("malformed reply: query-cpus-fast did not return a list")
     out = []
     for entry in reply:
         try:
@@ -87,14 +87,15 @@ def cpus_from_wire(reply: Any) -> list[CpuInfoFast]:
                                    dict(props) if isinstance(props, dict) else None,
                                    str(entry.get("target", "x86_64"))))  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"malformed query-cpus-fast entry: {exc}") from None
+            raise ClientError(f"malformed reply: a query-cpus-fast entry is broken ({exc})"
+                              ) from None  # fmt: skip
     return sorted(out, key=lambda cpu: cpu.cpu_index)
 
 
 def cpu_paths(reply: Any, address: str) -> list[str]:
     """The QOM paths of a ``query-cpus-fast`` reply by CPU index (QEMU's are not
-    contiguous); :class:`ClientError` when it is no such reply."""
+    contiguous); :class:`ClientError`, naming ``address``, when it is no such reply."""
     try:
         return [cpu.qom_path for cpu in cpus_from_wire(reply)]
-    except ValueError as exc:
-        raise ClientError(f"malformed reply from {address}: {exc}") from None
+    except ClientError as exc:
+        raise ClientError(f"{exc} (from {address})") from None

@@ -35,11 +35,10 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmstats.errors import ClientError, SocketInUse, VmstatsError
+from vmstats.errors import AttachError, ClientError, SocketInUse, VmstatsError
 from vmstats.exporter.reading import MonitorReader, Reader
 from vmstats.kvm.attach import (
     AttachedVm,
-    AttachError,
     attach,
     creator_thread,
     owns,
@@ -48,7 +47,7 @@ from vmstats.kvm.attach import (
 )
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
 from vmstats.kvm.vmm import VmmProcess
-from vmstats.qmp.client import qemu_version
+from vmstats.qmp.client import QmpClient, qemu_version
 from vmstats.qmp.machine import (
     CpuInfoFast,
     Machine,
@@ -57,7 +56,6 @@ from vmstats.qmp.machine import (
     pc_props,
     pc_vcpu_path,
 )
-from vmstats.qmp.raw import RawSession
 from vmstats.qmp.server import QMPServer, RateLimitedLog, ServerLimits
 from vmstats.serve.discover import cmdline, qemu_name, vm_name
 from vmstats.serve.forward import DEFAULT_QMP_TIMEOUT, HostMonitor, QemuSocket
@@ -99,17 +97,14 @@ class QmpSource:
 async def probe(path: Path, timeout: float) -> QmpSource:
     """Ask a QEMU socket who serves it (``SO_PEERCRED``), its name and its vCPUs; one
     connection, closed at once.  :class:`ClientError` if it cannot tell."""
-    async with RawSession(str(path), timeout) as qmp:
+    async with QmpClient(str(path), timeout) as qmp:
         pid = qmp.peer_pid
         if pid is None:
             raise ClientError(f"{path}: cannot tell which process serves it")
         await qmp.stats_commands()
         name = name_from_wire(await qmp.value("query-name"))
         version = qemu_version(await qmp.value("query-version")) or ""
-        try:
-            cpus = cpus_from_wire(await qmp.value("query-cpus-fast"))
-        except ValueError as exc:
-            raise ClientError(f"malformed reply from {path}: {exc}") from None
+        cpus = cpus_from_wire(await qmp.value("query-cpus-fast"))
     return QmpSource(path, pid, name, cpus, version)
 
 

@@ -24,10 +24,9 @@ from typing import Any
 
 from vmstats.errors import ClientError, RemoteError, StatsError
 from vmstats.qapi.json import RawJSON
-from vmstats.qmp.client import stats_arguments
+from vmstats.qmp.client import QmpClient, stats_arguments
 from vmstats.qmp.machine import Machine
 from vmstats.qmp.monitor import Monitor
-from vmstats.qmp.raw import RawSession
 from vmstats.stats.model import StatsFilter, StatsProvider, StatsTarget
 from vmstats.stats.registry import StatsRegistry
 
@@ -50,7 +49,7 @@ class QemuSocket:
         unreachable or silent QEMU as :class:`StatsError` (a GenericError for our client)."""
         async with self._turn:
             try:
-                async with RawSession(str(self.path), self.timeout) as qmp:
+                async with QmpClient(str(self.path), self.timeout) as qmp:
                     return RawJSON((await qmp.execute(command, arguments)).decode())
             except RemoteError:
                 raise

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from vmstats.errors import VmstatsError
+from vmstats.errors import RecordingError
 from vmstats.qapi.output import OutputEncoder
 from vmstats.stats.decode import schemas_from_wire
 from vmstats.stats.model import StatsSchema
@@ -36,10 +36,6 @@ from vmstats.top.watch import Watch
 FORMAT = "vmstats-recording"
 VERSION = 1
 _ENCODER = OutputEncoder(stats_schema((8, 0)))
-
-
-class RecordingError(VmstatsError):
-    """A file that is not a vmstats recording, or cannot be read at all."""
 
 
 def _open(path: Path, mode: str) -> IO[str]:

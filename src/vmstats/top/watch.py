@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from vmstats.errors import ClientError, VmstatsError
-from vmstats.qmp.client import DEFAULT_TIMEOUT, address_name
+from vmstats.qmp.client import DEFAULT_TIMEOUT, QmpClient, address_name
 from vmstats.qmp.machine import cpu_paths, name_from_wire
-from vmstats.qmp.raw import RawSession
 from vmstats.stats.decode import results_from_wire, schemas_from_wire
 from vmstats.stats.model import StatsSchema, StatsTarget
 from vmstats.stats.order import natural_qom_paths
@@ -75,7 +74,7 @@ class QmpSource:
     """A VM behind a QMP socket.  The connection is kept between refreshes and made
     again after a failure; every step is bounded by ``timeout``.
 
-    Replies are read as bytes (:class:`RawSession`) and the stats decoded straight from
+    Replies are read as bytes (:class:`QmpClient`) and the stats decoded straight from
     them (:func:`sample_from_wire`): a refresh of 8 VMs of 16 vCPUs spent most of its
     reading time in qemu.qmp's message handling, and ``top`` runs all day.
     """
@@ -85,12 +84,12 @@ class QmpSource:
         self.name = address_name(address)
         self.own_name: str | None = None
         self.timeout = timeout
-        self._session: RawSession | None = None
+        self._session: QmpClient | None = None
         self._commands: set[str] = set()
 
-    async def _connected(self) -> RawSession:
+    async def _connected(self) -> QmpClient:
         if self._session is None:
-            session = RawSession(self.address, self.timeout)
+            session = QmpClient(self.address, self.timeout)
             await session.__aenter__()
             try:
                 commands = await session.stats_commands()
@@ -102,7 +101,7 @@ class QmpSource:
             self._session, self._commands = session, commands
         return self._session
 
-    async def _call(self, work: Callable[[RawSession], Awaitable[T]]) -> T:
+    async def _call(self, work: Callable[[QmpClient], Awaitable[T]]) -> T:
         """``work`` on the connection; a failure closes it (the next call reconnects)."""
         session = await self._connected()
         try:
@@ -112,13 +111,13 @@ class QmpSource:
             raise
 
     async def schemas(self) -> list[StatsSchema]:
-        async def read(session: RawSession) -> list[StatsSchema]:
+        async def read(session: QmpClient) -> list[StatsSchema]:
             return schemas_from_wire(await session.value("query-stats-schemas"))
 
         return await self._call(read)
 
     async def sample(self) -> Sample:
-        async def read(session: RawSession) -> Sample:
+        async def read(session: QmpClient) -> Sample:
             targets = [t.value for t in TARGETS]
             replies = await session.execute_all([("query-stats", {"target": t}) for t in targets])
             return sample_from_wire(time.time(), dict(zip(targets, replies, strict=True)))
@@ -126,7 +125,7 @@ class QmpSource:
         return await self._call(read)
 
     async def cpus(self) -> list[str]:
-        async def read(session: RawSession) -> list[str]:
+        async def read(session: QmpClient) -> list[str]:
             if "query-cpus-fast" in self._commands:
                 return cpu_paths(await session.value("query-cpus-fast"), self.address)
             reply = await session.value("query-stats", {"target": "vcpu"})
