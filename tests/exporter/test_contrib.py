@@ -13,8 +13,7 @@ import pytest
 
 from tests.kvm.conftest import KVM_REASON
 from vmstats.demo.vm import DemoVM
-from vmstats.exporter.collector import MetricTable
-from vmstats.exporter.mapping import Kind
+from vmstats.exporter.mapping import Kind, MetricTable
 from vmstats.testing.prometheus import Prometheus, prometheus_unavailable_reason, promtool
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "prometheus"

@@ -12,14 +12,18 @@ from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from tests.exporter.reference_collector import families
 from tests.exporter.test_mapping import ns
 from tests.kvm.conftest import KVM_REASON, PROGRAM
 from vmstats.demo.vm import DemoVM
-from vmstats.exporter.collector import MetricTable, Scrape, families
 from vmstats.exporter.exposition import Exposition, _Listed
-from vmstats.exporter.reading import MonitorReader, ObjectStats, VmReading
+from vmstats.exporter.mapping import MetricTable
+from vmstats.exporter.scrape import Scrape
 from vmstats.qmp.machine import Machine
 from vmstats.qmp.monitor import Monitor
+from vmstats.reader.reading import VmReading
+from vmstats.reader.sample import Sample
+from vmstats.serve.reader import MonitorReader
 from vmstats.stats.model import (
     StatsProvider,
     StatsSchema,
@@ -33,7 +37,7 @@ from vmstats.stats.registry import StatsRegistry
 
 
 def reference(scrape: Scrape, openmetrics: bool) -> bytes:
-    """What prometheus_client writes for the families of :mod:`collector`."""
+    """What prometheus_client writes for the reference collector's families."""
     registry = _Listed(list(families(scrape, MetricTable())))
     if openmetrics:
         return generate_openmetrics(registry)  # type: ignore[no-any-return,no-untyped-call]
@@ -82,8 +86,8 @@ SCHEMA = [
 
 def reading(name: str, stats: list[tuple[str, StatsValue]], paths: list[str]) -> VmReading:
     schemas = [StatsSchema(StatsProvider.KVM, StatsTarget.VCPU, SCHEMA)]
-    objects = [ObjectStats("kvm", "vcpu", path, stats) for path in paths]
-    return VmReading(name, schemas, objects, {"/machine/unattached/device[0]": 0},
+    sample = Sample(0.0, {("kvm", "vcpu", path): dict(stats) for path in paths})
+    return VmReading(name, schemas, sample, {"/machine/unattached/device[0]": 0},
                      {"pid": "42", "qemu_version": "7.2.0", "source": 'odd "source"'})  # fmt: skip
 
 

@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from vmstats.exporter.http import MetricsEndpoint
-from vmstats.exporter.reading import VmReading
-from vmstats.qmp.server import ServerLimits
+from vmstats.limits import ServerLimits
+from vmstats.reader.reading import VmReading
+from vmstats.reader.sample import Sample
 from vmstats.testing.hostile import read_until_closed, wait_for
 
 
@@ -33,7 +34,7 @@ class SlowVm:
     async def read(self) -> VmReading:
         self.reads += 1
         await asyncio.sleep(self.delay)
-        return VmReading("slow", [], [], {}, {"source": "test"})
+        return VmReading("slow", [], Sample(0.0, {}), {}, {"source": "test"})
 
 
 @pytest.fixture

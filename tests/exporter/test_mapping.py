@@ -11,11 +11,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from tests.exporter.reference_collector import families
 from tests.kvm.conftest import KVM_REASON
 from vmstats.demo.vm import DemoVM
-from vmstats.exporter.collector import MetricTable, Scrape, families
-from vmstats.exporter.mapping import Kind, metric_for, upper_bounds
-from vmstats.exporter.reading import ObjectStats, VmReading
+from vmstats.exporter.mapping import Kind, MetricTable, metric_for, upper_bounds
+from vmstats.exporter.scrape import Scrape
+from vmstats.reader.reading import VmReading
+from vmstats.reader.sample import Sample
 from vmstats.stats.model import (
     StatsProvider,
     StatsSchema,
@@ -95,9 +97,9 @@ def test_bucket_bounds_are_the_highest_integer_each_bucket_holds() -> None:
 
 def _exposition(schema: list[StatsSchemaValue], values: dict[str, StatsValue]) -> str:
     schemas = [StatsSchema(StatsProvider.KVM, StatsTarget.VCPU, schema)]
-    wire = [(n, v[::-1] if isinstance(v, list) else v) for n, v in reversed(values.items())]
-    objects = [ObjectStats("kvm", "vcpu", "/machine/unattached/device[2]", wire)]
-    reading = VmReading("web1", schemas, objects, {"/machine/unattached/device[2]": 1}, {})
+    path = "/machine/unattached/device[2]"
+    reading = VmReading("web1", schemas, Sample(0.0, {("kvm", "vcpu", path): values}),
+                        {path: 1})  # fmt: skip
     scrape = Scrape([reading], {"db2": "no answer in time"}, 0.01)
 
     class Once:

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.stats.provider import FakeProvider, vcpu_path
+from vmstats.limits import ServerLimits
 from vmstats.qmp.machine import Machine
 from vmstats.qmp.monitor import Monitor
-from vmstats.qmp.server import QMPServer, ServerLimits
+from vmstats.qmp.server import QMPServer
 from vmstats.stats import StatsRegistry
 
 

@@ -240,7 +240,9 @@ def test_a_malformed_query_stats_reply_is_named_not_a_crash(tmp_path: Path, repl
         assert where in out.stderr
         out = vmstats("top", str(peer.path), "--once")
         assert (out.returncode, out.stdout) == (1, ""), out.stderr
-        assert out.stderr.startswith("vmstats top: odd: malformed query-stats reply: ")
+        assert out.stderr.startswith(
+            "vmstats top: odd: malformed query-stats reply for target vcpu: "
+        )
         assert where in out.stderr
         assert "Traceback" not in out.stderr
 

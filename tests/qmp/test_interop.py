@@ -17,8 +17,8 @@ from qemu.qmp import ExecuteError, QMPClient
 
 from tests.qmp.conftest import ServerThread
 from vmstats.errors import ClientError, RemoteError, SocketInUse
+from vmstats.limits import ServerLimits
 from vmstats.qmp.client import QmpClient, execute_once
-from vmstats.qmp.server import ServerLimits
 from vmstats.testing.hostile import read_until_closed, wait_for
 from vmstats.testing.qemu import RawQMP
 

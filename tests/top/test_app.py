@@ -11,11 +11,12 @@ from collections.abc import Iterator
 import pytest
 
 from tests.kvm.conftest import requires_kvm
+from vmstats.reader.reading import QmpReader
 from vmstats.testing.hostile import DemoServer
 from vmstats.top.app import TextScreen, TopApp
 from vmstats.top.drive import LiveDriver
 from vmstats.top.table import StatsTable
-from vmstats.top.watch import QmpSource, Watch
+from vmstats.top.watch import Watch
 
 pytestmark = [pytest.mark.kvm, requires_kvm]
 
@@ -47,13 +48,12 @@ def run(app: TopApp, script: object) -> None:
     async def main() -> None:
         async with app.run_test(size=(80, 24)) as pilot:
             await script(pilot)  # type: ignore[operator]
-        await app.driver.watch.close()
 
     asyncio.run(main())
 
 
 def test_rates_move_and_keys_do_what_they_say(busy: DemoServer) -> None:
-    app = TopApp(LiveDriver(Watch([QmpSource(str(busy.path))]), 0.3), "test")
+    app = TopApp(LiveDriver(Watch([QmpReader(str(busy.path))]), 0.3), "test")
 
     async def script(pilot: object) -> None:
         await pilot.pause(1.0)  # type: ignore[attr-defined]
@@ -93,7 +93,7 @@ def test_rates_move_and_keys_do_what_they_say(busy: DemoServer) -> None:
 
 
 def test_the_drill_down_shows_what_query_shows(still: DemoServer) -> None:
-    app = TopApp(LiveDriver(Watch([QmpSource(str(still.path))]), 0.3), "test")
+    app = TopApp(LiveDriver(Watch([QmpReader(str(still.path))]), 0.3), "test")
 
     async def script(pilot: object) -> None:
         await pilot.pause(0.8)  # type: ignore[attr-defined]
@@ -114,7 +114,7 @@ def test_the_drill_down_shows_what_query_shows(still: DemoServer) -> None:
 
 
 def test_histogram_buckets_open_on_enter(busy: DemoServer) -> None:
-    app = TopApp(LiveDriver(Watch([QmpSource(str(busy.path))]), 0.3), "test")
+    app = TopApp(LiveDriver(Watch([QmpReader(str(busy.path))]), 0.3), "test")
 
     async def script(pilot: object) -> None:
         await pilot.pause(0.8)  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.stats.provider import FakeProvider, vcpu_path
+from vmstats.reader.sample import Sample, Schemas, take_sample
 from vmstats.stats import StatsRegistry, StatsSchemaValue, StatsType, StatsUnit
 from vmstats.top.batch import JsonWriter, Output
 from vmstats.top.frame import (
@@ -22,7 +23,6 @@ from vmstats.top.frame import (
     total_rows,
     vm_rows,
 )
-from vmstats.top.sample import Sample, Schemas, take_sample
 
 EXITS = StatsSchemaValue("exits", StatsType.CUMULATIVE)
 PAGES = StatsSchemaValue("pages", StatsType.INSTANT)

@@ -17,11 +17,11 @@ import pytest
 
 from tests.kvm.conftest import requires_kvm
 from tests.qmp.test_cli_clients import STATS_COMMANDS, FakePeer
+from vmstats.reader.sample import Sample
 from vmstats.testing.hostile import DemoServer, kill
 from vmstats.testing.qemu import QemuVM, qemu_unavailable_reason
 from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
 from vmstats.top.record import read_recording
-from vmstats.top.sample import Sample
 
 QEMU_REASON = qemu_unavailable_reason()
 QEMU10_REASON = qemu10_unavailable_reason()
@@ -53,9 +53,8 @@ def demo() -> Iterator[DemoServer]:
         yield server
 
 
-pytestmark = [pytest.mark.kvm, requires_kvm]
-
-
+@pytest.mark.kvm
+@requires_kvm
 def test_csv_header_comes_from_the_kernel_and_rates_move(demo: DemoServer) -> None:
     out = vmstats("top", str(demo.path), "-l", "-c", "-s", "0.3", "--once")
     assert out.returncode == 0, out.stderr
@@ -66,6 +65,8 @@ def test_csv_header_comes_from_the_kernel_and_rates_move(demo: DemoServer) -> No
     assert float(values["vcpu.halt_exits"]) > 0  # the demo halts 200 times/s per vCPU
 
 
+@pytest.mark.kvm
+@requires_kvm
 def test_log_repeats_its_banner_and_filters_anchor(demo: DemoServer) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "vmstats", "top", str(demo.path), "-l",
                              "-s", "0.1", "-f", "halt_"], stdout=subprocess.PIPE, text=True)  # fmt: skip
@@ -78,6 +79,8 @@ def test_log_repeats_its_banner_and_filters_anchor(demo: DemoServer) -> None:
     assert lines[0].split()[2:] == expected_columns(demo.path, "halt_")
 
 
+@pytest.mark.kvm
+@requires_kvm
 def test_once_json_and_skip_zero(demo: DemoServer) -> None:
     out = vmstats("top", str(demo.path), "--json", "-1", "-s", "0.3", "-z")
     assert out.returncode == 0, out.stderr
@@ -94,6 +97,8 @@ def test_once_json_and_skip_zero(demo: DemoServer) -> None:
     assert len(hist["buckets"]) == 32
 
 
+@pytest.mark.kvm
+@requires_kvm
 def test_vcpus_by_number(demo: DemoServer) -> None:
     both = json.loads(vmstats("top", str(demo.path), "--json", "-1", "-s", "0.3",
                               "-f", "blocking").stdout)  # fmt: skip
@@ -103,6 +108,8 @@ def test_vcpus_by_number(demo: DemoServer) -> None:
     assert one["vms"]["qmp"]["vcpu.blocking"]["objects"] == 1
 
 
+@pytest.mark.kvm
+@requires_kvm
 def test_fields_help_lists_the_stats(demo: DemoServer) -> None:
     out = vmstats("top", str(demo.path), "-f", "help")
     assert out.returncode == 0
@@ -142,6 +149,8 @@ def halt_exits(sample: Sample) -> int:
     return total
 
 
+@pytest.mark.kvm
+@requires_kvm
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
 def test_record_then_replay_gives_the_same_samples(demo: DemoServer, tmp_path: Path,
                                                    suffix: str) -> None:  # fmt: skip
@@ -166,6 +175,8 @@ def test_record_then_replay_gives_the_same_samples(demo: DemoServer, tmp_path: P
     assert len(lines) == len(refreshes)  # a header, and one line per refresh after the first
 
 
+@pytest.mark.kvm
+@requires_kvm
 def test_a_recording_cut_anywhere_in_its_last_line_still_replays(demo: DemoServer,
                                                                  tmp_path: Path) -> None:  # fmt: skip
     path = tmp_path / "rec.jsonl"
@@ -195,6 +206,8 @@ def test_not_a_recording(tmp_path: Path) -> None:
     assert "is not a vmstats recording" in out.stderr
 
 
+@pytest.mark.kvm
+@requires_kvm
 def test_a_directory_of_sockets_and_a_vm_that_dies_and_returns(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -251,6 +264,8 @@ def test_batch_against_real_qemu(make_vm: Callable[..., QemuVM]) -> None:
         assert one["vms"]["web1"]["vcpu.blocking"]["objects"] == 1  # vCPU 1 alone
 
 
+@pytest.mark.kvm
+@requires_kvm
 def test_log_to_file_is_reopened_on_sighup(demo: DemoServer, tmp_path: Path) -> None:
     log = tmp_path / "top.csv"
     proc = subprocess.Popen([sys.executable, "-m", "vmstats", "top", str(demo.path), "-L",
@@ -290,9 +305,11 @@ def test_ctrl_c_on_a_silent_server_exits_130(tmp_path: Path) -> None:
     listener.listen(1)  # accepts, never greets: a QEMU busy with another client
     proc = subprocess.Popen([sys.executable, "-m", "vmstats", "query", str(path), "--target",
                              "vm", "--timeout", "30"], stderr=subprocess.PIPE, text=True)  # fmt: skip
-    time.sleep(1.5)
+    listener.settimeout(30)
+    connection, _ = listener.accept()  # the client is waiting for its greeting now
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=10)
+    connection.close()
     listener.close()
     assert proc.returncode == 130
     assert "Traceback" not in stderr
@@ -320,3 +337,52 @@ def test_vms_are_shown_by_their_own_names_told_apart(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     blocks = [line for line in out.stdout.splitlines() if not line.startswith(" ")]
     assert blocks == ["web:", "web':", "c:"]
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(QEMU_REASON is not None, reason=f"no QEMU: {QEMU_REASON}")
+def test_top_releases_a_qemu_7_monitor_between_refreshes() -> None:
+    """QEMU 7.2's monitor serves one client at a time: a ``top`` that runs all day must
+    leave it free between refreshes, for a second ``top``, a query, or an operator."""
+    with QemuVM(vcpus=1, extra_args=["-name", "guest=web1"]) as vm:
+        first = subprocess.Popen([sys.executable, "-m", "vmstats", "top", str(vm.qmp_path),
+                                  "-l", "-c", "-s", "0.5"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert first.stdout is not None
+            assert first.stdout.readline().startswith("time,vm,")  # it has read the VM
+            assert ",web1," in first.stdout.readline()
+            second = vmstats("top", str(vm.qmp_path), "--json", "-1", "-s", "0.3")
+            assert second.returncode == 0, second.stderr
+            assert "web1" in json.loads(second.stdout)["vms"]
+            query = vmstats("query", str(vm.qmp_path), "--target", "vm")
+            assert query.returncode == 0, query.stderr
+            assert ",web1," in first.stdout.readline()  # and the first one reads on
+        finally:
+            first.send_signal(signal.SIGINT)
+            _, errors = first.communicate(timeout=10)
+        assert first.returncode == 0, errors
+        assert errors == ""
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(QEMU_REASON is not None, reason=f"no QEMU: {QEMU_REASON}")
+def test_a_held_qemu_7_monitor_is_one_clear_message_every_time() -> None:
+    """Another client holds the monitor: each try says so in the same words (QEMU 7.2
+    makes later connections fail with EINVAL once one has given up)."""
+    import socket as socketlib
+
+    with QemuVM(vcpus=1) as vm:
+        held = socketlib.socket(socketlib.AF_UNIX)
+        held.connect(str(vm.qmp_path))
+        held.settimeout(30)
+        assert held.recv(4096).startswith(b'{"QMP"')
+        try:
+            for _ in range(3):
+                out = vmstats("top", str(vm.qmp_path), "-1", "--timeout", "1", "-s", "0.2")
+                assert out.returncode == 1
+                assert "is another client connected?" in out.stderr, out.stderr
+                assert "Errno" not in out.stderr
+        finally:
+            held.close()
+        assert vmstats("query", str(vm.qmp_path), "--target", "vm").returncode == 0

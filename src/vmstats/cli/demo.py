@@ -141,13 +141,14 @@ async def _show(
         print(f"vmstats demo: ready: {args.vcpus} vCPUs, VM process {demo.pid}{where}", flush=True)
         await _wait(events, timeout=1e9)
         return
+    from vmstats.reader.reading import RegistryReader
     from vmstats.top.app import TopApp
     from vmstats.top.drive import LiveDriver
-    from vmstats.top.watch import RegistrySource, Watch
+    from vmstats.top.watch import Watch
 
     assert demo.provider is not None
     cpus = [v.qom_path for v in demo.provider.vcpus]
-    watch = Watch([RegistrySource(f"demo-{demo.pid}", registry, cpus)])
+    watch = Watch([RegistryReader(f"demo-{demo.pid}", registry, cpus)])
     title = f"vmstats demo: {args.vcpus} vCPUs, VM process {demo.pid}{where} (q or Ctrl-C quits)"
     app = TopApp(LiveDriver(watch, args.interval), title)
     viewer = asyncio.ensure_future(app.run_async())

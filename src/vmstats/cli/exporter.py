@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vmstats.cli.options import add_server_limits, positive_float, server_limits, tcp_address
 from vmstats.exporter.http import DEFAULT_SCRAPE_TIMEOUT, MetricsEndpoint
-from vmstats.exporter.reading import SocketReaders
+from vmstats.exporter.sources import SocketReaders
 from vmstats.qmp.client import parse_address
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from vmstats.qmp.server import ServerLimits
+from vmstats.limits import ServerLimits
 
 
 def positive_float(text: str) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from vmstats.stats.model import StatsResult, StatsSchema, StatsSchemaValue, StatsTarget
-from vmstats.stats.order import natural_results, natural_schema_values
+from vmstats.stats.order import natural_results, natural_schema_values, natural_schemas
 from vmstats.stats.units import bucket_ranges, human
 
 SchemaIndex = dict[tuple[str, str, str], StatsSchemaValue]
@@ -61,7 +61,7 @@ def results_text(target: StatsTarget, results: Sequence[StatsResult], schemas: S
 def schemas_text(schemas: Sequence[StatsSchema]) -> str:
     """``query-stats-schemas`` for people: one block per provider and target."""
     blocks = []
-    for schema in reversed(schemas):
+    for schema in natural_schemas(schemas):
         rows = [
             (
                 v.name,

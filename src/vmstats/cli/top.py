@@ -20,11 +20,12 @@ from pathlib import Path
 from vmstats.cli.options import non_negative_float, positive_float
 from vmstats.errors import VmstatsError
 from vmstats.qmp.client import DEFAULT_TIMEOUT
+from vmstats.reader.reading import QmpReader, Reader
 from vmstats.top.batch import JsonWriter, OnceWriter, Output, TableWriter, Writer
 from vmstats.top.drive import Driver, LiveDriver, ReplayDriver
 from vmstats.top.frame import StatFilter
 from vmstats.top.record import Recorder, read_recording
-from vmstats.top.watch import QmpSource, Source, Watch
+from vmstats.top.watch import Watch
 
 
 def vcpu_numbers(text: str) -> list[int]:
@@ -119,14 +120,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _watch(args: argparse.Namespace) -> Watch:
-    sources: list[Source] = []
+    readers: list[Reader] = []
     directories = []
     for text in args.sources:
         if Path(text).is_dir():
             directories.append(Path(text))
         else:
-            sources.append(QmpSource(text, args.timeout))
-    return Watch(sources, directories, args.timeout)
+            readers.append(QmpReader(text, args.timeout))
+    return Watch(readers, directories, args.timeout)
 
 
 def _check(args: argparse.Namespace) -> str | None:
@@ -163,19 +164,16 @@ async def _top(args: argparse.Namespace) -> int:
     else:
         watch = _watch(args)
         driver = LiveDriver(watch, args.interval)
-    try:
-        if args.fields == "help":
-            return await _list_stats(driver)
-        if batch:
-            return await _batch(args, driver)
-        from vmstats.top.app import TopApp
+    if args.fields == "help":
+        return await _list_stats(driver)
+    if batch:
+        return await _batch(args, driver)
+    from vmstats.top.app import TopApp
 
-        title = "vmstats top: " + (str(args.replay) if args.replay else ", ".join(args.sources))
-        app = TopApp(driver, title, args.fields, args.vcpus)
-        result = await app.run_async()
-        return result or 0
-    finally:
-        await watch.close()
+    title = "vmstats top: " + (str(args.replay) if args.replay else ", ".join(args.sources))
+    app = TopApp(driver, title, args.fields, args.vcpus)
+    result = await app.run_async()
+    return result or 0
 
 
 async def _list_stats(driver: Driver) -> int:
@@ -268,7 +266,6 @@ async def _record(args: argparse.Namespace) -> int:
                 await asyncio.wait_for(stop.wait(), remaining)
     finally:
         recorder.close()
-        await watch.close()
     if not samples:
         print(
             f"vmstats record: no sample could be taken; {args.output} holds none", file=sys.stderr

@@ -12,7 +12,7 @@ by prometheus_client itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import cast
@@ -23,16 +23,11 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from vmstats.exporter.collector import (
-    MetricTable,
-    Scrape,
-    metric_of,
-    vcpu_label,
-    vmstats_families,
-)
-from vmstats.exporter.mapping import Kind
+from vmstats.exporter.mapping import Kind, MetricTable, metric_of
 from vmstats.exporter.mapping import Metric as StatMetric
-from vmstats.exporter.reading import ObjectStats, VmReading
+from vmstats.exporter.scrape import Scrape, vcpu_label, vmstats_families
+from vmstats.reader.reading import VmReading
+from vmstats.reader.sample import ObjectKey
 from vmstats.stats.model import StatsValue
 
 _go = cast(Callable[[float], str], floatToGoString)
@@ -72,7 +67,7 @@ class _Rendered:
     and per stat what lets a changed object remake only its changed stats (on a busy
     vCPU a few counters move; its histograms, most of its lines, seldom do)."""
 
-    stats: Sequence[tuple[str, StatsValue]]
+    stats: Mapping[str, StatsValue]
     labels: str
     lines: list[tuple[StatMetric, str]]
     parts: dict[str, _Stat]
@@ -101,17 +96,17 @@ class Exposition:
 
     def __init__(self) -> None:
         self.table = MetricTable()
-        self._objects: dict[tuple[str, str, str], _Rendered] = {}
+        self._objects: dict[tuple[str, ObjectKey], _Rendered] = {}
 
     def render(self, scrape: Scrape, openmetrics: bool = False) -> bytes:
         families: dict[str, tuple[StatMetric, list[str]]] = {}
-        seen: set[tuple[str, str, str]] = set()
+        seen: set[tuple[str, ObjectKey]] = set()
         for reading in scrape.readings:
             vm = label_value(reading.name)
-            for item in reading.objects:
-                key = (reading.name, item.target, item.qom_path)
+            for item, stats in reading.sample.values.items():
+                key = (reading.name, item)
                 seen.add(key)
-                for metric, text in self._lines(key, reading, item, vm):
+                for metric, text in self._lines(key, reading, stats, vm):
                     found = families.get(metric.name)
                     if found is None:
                         families[metric.name] = (metric, [text])
@@ -126,34 +121,35 @@ class Exposition:
             return "".join(out).encode() + _om_latest(tail)
         return "".join(out).encode() + text_latest(tail)
 
-    def _lines(self, key: tuple[str, str, str], reading: VmReading, item: ObjectStats,
-               vm: str) -> list[tuple[StatMetric, str]]:  # fmt: skip
+    def _lines(self, key: tuple[str, ObjectKey], reading: VmReading,
+               stats: Mapping[str, StatsValue], vm: str
+               ) -> list[tuple[StatMetric, str]]:  # fmt: skip
         """One object's text per family: made again only if its stats or labels changed."""
-        if item.qom_path:
-            labels = f'vcpu="{label_value(vcpu_label(reading, item.qom_path))}",vm="{vm}"'
+        provider, target, qom_path = key[1]
+        if qom_path:
+            labels = f'vcpu="{label_value(vcpu_label(reading, qom_path))}",vm="{vm}"'
         else:
             labels = f'vm="{vm}"'
         cached = self._objects.get(key)
         parts: dict[str, _Stat] = {}
         if cached is not None and cached.labels == labels:
-            if cached.stats is item.stats or cached.stats == item.stats:
+            if cached.stats is stats or cached.stats == stats:
                 return cached.lines
             parts = cached.parts
         metrics = self.table.of(reading.schemas)
-        values = dict(item.stats)
         lines = []
-        for name, value in reversed(item.stats):  # provider order
-            metric = metric_of(metrics, item.provider, item.target, name, value)
+        for name, value in stats.items():  # provider order, buckets lowest first
+            metric = metric_of(metrics, provider, target, name, value)
             size = len(value) if isinstance(value, list) else -1
             part = parts.get(name)
             if part is None or part.metric is not metric or part.size != size:
                 part = parts[name] = _Stat(metric, size, self._starts(metric, labels, size))
-            total = values.get(metric.sum_of.name) if metric.sum_of is not None else None
+            total = stats.get(metric.sum_of.name) if metric.sum_of is not None else None
             made_of = (value, total) if size >= 0 else value
             if part.value != made_of or not part.text:
                 part.value, part.text = made_of, self._text(metric, part.starts, value, total)
             lines.append((metric, part.text))
-        self._objects[key] = _Rendered(item.stats, labels, lines, parts)
+        self._objects[key] = _Rendered(stats, labels, lines, parts)
         return lines
 
     def _starts(self, metric: StatMetric, labels: str, buckets: int) -> list[str]:
@@ -171,7 +167,7 @@ class Exposition:
               total: StatsValue | None) -> str:  # fmt: skip
         if not isinstance(value, list):
             return f"{starts[0]}{number(value, metric)}\n"
-        counts = list(accumulate(reversed(value)))  # lowest bucket first, cumulative
+        counts = list(accumulate(value))  # cumulative, from the lowest bucket
         count = counts[-1] if counts else 0
         if count < 1_000_000:  # the largest count: all are small whole numbers
             parts = [f"{start}{n}.0\n" for start, n in zip(starts, counts, strict=False)]

@@ -33,45 +33,15 @@ from urllib.parse import urlsplit
 
 from prometheus_client.exposition import choose_encoder
 
-from vmstats.errors import VmstatsError
-from vmstats.exporter.collector import Scrape
 from vmstats.exporter.exposition import Exposition
-from vmstats.exporter.reading import Reader, VmReading
-from vmstats.qmp.server import RateLimitedLog, ServerLimits, fd_budget, listen_backlog
+from vmstats.exporter.scrape import Scrape, scrape
+from vmstats.limits import RateLimitedLog, ServerLimits, fd_budget, listen_backlog
+from vmstats.reader.reading import Reader
 
 log = logging.getLogger(__name__)
 
 #: Seconds a VM may take to be read in one scrape (Prometheus' own scrape timeout is 10 s).
 DEFAULT_SCRAPE_TIMEOUT = 2.0
-
-
-async def scrape(readers: Iterable[Reader], timeout: float) -> Scrape:
-    """Read every VM at once, each within ``timeout``."""
-    started = time.perf_counter()
-    readers = list(readers)
-
-    async def one(reader: Reader) -> VmReading:
-        return await asyncio.wait_for(reader.read(), timeout)
-
-    results = await asyncio.gather(*map(one, readers), return_exceptions=True)
-    readings, down = [], {}
-    taken: set[str] = set()
-    for reader, result in zip(readers, results, strict=True):
-        name = result.name if isinstance(result, VmReading) else reader.name
-        unique, n = name, 1
-        while unique in taken:  # the vm label must tell VMs apart
-            n += 1
-            unique = f"{name}-{n}"
-        taken.add(unique)
-        if isinstance(result, VmReading):
-            result.name = unique
-            readings.append(result)
-        elif isinstance(result, VmstatsError | TimeoutError | OSError):
-            down[unique] = str(result) or "no answer in time"
-            log.debug("scrape: %s is down: %s", unique, down[unique])
-        else:
-            raise result
-    return Scrape(readings, down, time.perf_counter() - started)
 
 
 class MetricsEndpoint:

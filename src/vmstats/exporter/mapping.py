@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from vmstats.stats.model import StatsSchemaValue, StatsType, StatsUnit
+from vmstats.stats.model import StatsSchema, StatsSchemaValue, StatsType, StatsUnit, StatsValue
 from vmstats.stats.units import scale
 
 #: Metric name suffixes of each unit's base unit (Prometheus names carry base units).
@@ -112,3 +112,51 @@ def metric_for(prefix: str, stat: StatsSchemaValue, siblings: Sequence[StatsSche
         return Metric(name.removesuffix("_total"), Kind.COUNTER, described, factor, stat,
                       unit=unit or "")  # fmt: skip
     return Metric(name, Kind.GAUGE, described, factor, stat, unit=unit or "")
+
+
+#: (provider, target, stat name) -> its metric
+Table = dict[tuple[str, str, str], Metric]
+
+
+class MetricTable:
+    """The metric of every stat of a schema list, made once per list (schemas change only
+    with the kernel's descriptors)."""
+
+    def __init__(self) -> None:
+        self._tables: dict[int, tuple[list[StatsSchema], Table]] = {}
+
+    def of(self, schemas: list[StatsSchema]) -> Table:
+        seen = self._tables.get(id(schemas))
+        if seen is not None and seen[0] is schemas:
+            return seen[1]
+        table: Table = {}
+        taken: set[str] = set()
+        for schema in schemas:
+            prefix = f"{schema.provider.value}_{schema.target.value}"
+            for stat in schema.stats:
+                key = (schema.provider.value, schema.target.value, stat.name)
+                metric = metric_for(prefix, stat, schema.stats)
+                if metric.name in taken:  # never merge two stats: the full name tells them apart
+                    metric = metric_for(prefix, stat, schema.stats, full_name=True)
+                taken.add(metric.name)
+                table[key] = metric
+        if len(self._tables) > 256:
+            self._tables.clear()
+        self._tables[id(schemas)] = (schemas, table)
+        return table
+
+
+def metric_of(table: Table, provider: str, target: str, name: str,
+              value: StatsValue) -> Metric:  # fmt: skip
+    """The metric of a stat; for one the schemas do not describe, or whose value is not of
+    its schema's shape (a server's mistake), a metric by the value's shape."""
+    metric = table.get((provider, target, name))
+    if metric is None or (metric.kind is Kind.HISTOGRAM) != isinstance(value, list):
+        return unknown_metric(provider, target, name, value)
+    return metric
+
+
+def unknown_metric(provider: str, target: str, name: str, value: StatsValue) -> Metric:
+    """A stat the schemas do not describe (it should not happen): a gauge, never dropped."""
+    kind = StatsType.LOG2_HISTOGRAM if isinstance(value, list) else StatsType.INSTANT
+    return metric_for(f"{provider}_{target}", StatsSchemaValue(name, kind))

@@ -22,6 +22,7 @@ server; it is not used here, since it returns no bytes.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import socket
@@ -146,11 +147,16 @@ def busy(address: str, timeout: float) -> ClientError:
 class QmpClient:
     """One negotiated QMP connection: ``async with QmpClient(address) as qmp: await
     qmp.execute(...)``.  Errors are :class:`ClientError`; an error reply is
-    :class:`RemoteError` with the server's class and text."""
+    :class:`RemoteError` with the server's class and text.
 
-    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    ``negotiate=False`` leaves ``qmp_capabilities`` to the caller, who may send it in one
+    write with its commands (a reader that connects for every read saves a round trip)."""
+
+    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT,
+                 negotiate: bool = True) -> None:  # fmt: skip
         self.address = address
         self.timeout = timeout
+        self.negotiate = negotiate
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self.version: dict[str, Any] = {}  # the greeting's
@@ -181,11 +187,14 @@ class QmpClient:
             raise ClientError(f"cannot connect to QMP at {self.address}: "
                               f"no connection within {self.timeout:g} s") from None  # fmt: skip
         except OSError as exc:
+            if exc.errno == errno.EAGAIN:  # a listener's backlog full: a held QEMU monitor
+                raise busy(self.address, self.timeout) from None
             raise ClientError(f"cannot connect to QMP at {self.address}: "
                               f"{exc.strerror or exc}") from None  # fmt: skip
         try:
             self.version = self._greeting(await self._line())
-            await self.execute("qmp_capabilities")
+            if self.negotiate:
+                await self.execute("qmp_capabilities")
         except BaseException:
             self.close()
             raise
@@ -230,25 +239,31 @@ class QmpClient:
         return reply
 
     async def execute_all(self, requests: Sequence[Request]) -> list[bytes]:
-        """The return values of several commands, as the server wrote them.
+        """The return values of several commands, as the server wrote them; the first
+        error reply is raised once every reply is read (:meth:`execute_each`)."""
+        outcomes = await self.execute_each(requests)
+        for outcome in outcomes:
+            if isinstance(outcome, RemoteError):
+                raise outcome
+        return outcomes  # type: ignore[return-value]
+
+    async def execute_each(self, requests: Sequence[Request]) -> list[bytes | RemoteError]:
+        """Each command's return value as the server wrote it, or the error it answered.
 
         The requests go out in one write and the replies are read in order (QMP answers
         a connection's requests one after the other): a refresh asks each VM several
         things, and a wake-up of the server costs more than its work.  Every reply is
-        read before an error is raised, so the connection stays in step."""
+        read, so the connection stays in step."""
         if self._writer is None:
             raise ClientError(f"not connected to {self.address}")
         self._writer.write(b"".join(map(_request, requests)))
-        replies: list[bytes] = []
-        failure: ClientError | None = None
+        outcomes: list[bytes | RemoteError] = []
         for command, _ in requests:
             try:
-                replies.append(await self._reply(command))
+                outcomes.append(await self._reply(command))
             except RemoteError as exc:
-                failure = failure or exc
-        if failure is not None:
-            raise failure
-        return replies
+                outcomes.append(exc)
+        return outcomes
 
     async def value(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         """``command``'s return value, decoded."""
@@ -280,7 +295,11 @@ class QmpClient:
             line = await asyncio.wait_for(self._reader.readline(), self.timeout)
         except TimeoutError:
             raise busy(self.address, self.timeout) from None
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # QEMU 7.x's monitor, held, after a try timed out
+                raise busy(self.address, self.timeout) from None
+            raise ClientError(f"QMP connection to {self.address} failed: {exc}") from exc
+        except ValueError as exc:  # a line over the limit
             raise ClientError(f"QMP connection to {self.address} failed: {exc}") from exc
         if not line:
             raise ClientError(f"QMP connection to {self.address} closed")

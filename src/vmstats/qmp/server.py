@@ -31,19 +31,17 @@ import contextlib
 import errno
 import logging
 import os
-import resource
 import socket
 import stat
 import time
-from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vmstats.errors import SocketInUse
+from vmstats.limits import RateLimitedLog, ServerLimits, fd_budget, listen_backlog
 from vmstats.qapi.errors import INTERNAL_ERROR
-from vmstats.qmp.jsonstream import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_TOKENS
 from vmstats.qmp.monitor import Monitor
 from vmstats.qmp.session import QMPSession, error_line
 
@@ -54,67 +52,9 @@ WRITE_HIGH = 64 * 1024
 WRITE_LOW = 16 * 1024
 #: Seconds of work one connection may do per turn of the event loop.
 TURN = 0.002
-#: Fds kept free beside the connections (listeners, the reject path, files, the VM's fds).
-FD_RESERVE = 32
 ACCEPT_BATCH = 64
 ACCEPT_RETRY = 1.0
 SWEEP = 1.0
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """What one server allows its clients.  Timeouts are seconds; 0 disables one."""
-
-    max_connections: int = 128
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    write_timeout: float = 30.0
-    message_timeout: float = 30.0
-    idle_timeout: float = 600.0
-
-
-class RateLimitedLog:
-    """Log a recurring condition at most once per ``interval`` per key, with a count of
-    the occurrences left out: a flood of failures must not become a flood of log lines."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
-        self._logger = logger
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
-
-    def warning(self, key: str, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            self._suppressed[key] += 1
-            return
-        self._last[key] = now
-        more = self._suppressed.pop(key, 0)
-        if more:
-            message += " (%d more since the last report)"
-            args = (*args, more)
-        self._logger.warning(message, *args)
-
-
-def listen_backlog() -> int:
-    """The system's maximum listen backlog (``net.core.somaxconn``)."""
-    try:
-        return max(int(Path("/proc/sys/net/core/somaxconn").read_text()), socket.SOMAXCONN)
-    except (OSError, ValueError):
-        return socket.SOMAXCONN
-
-
-def fd_budget(reserve: int = FD_RESERVE) -> int:
-    """How many more fds this process can open, keeping ``reserve`` free."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return 1 << 20
-    try:
-        open_now = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        open_now = 64
-    return max(1, soft - open_now - reserve)
 
 
 def claim_socket_path(path: Path, timeout: float = 1.0) -> None:

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmstats.errors import AttachError, ClientError, SocketInUse, VmstatsError
-from vmstats.exporter.reading import MonitorReader, Reader
 from vmstats.kvm.attach import (
     AttachedVm,
     attach,
@@ -47,6 +46,7 @@ from vmstats.kvm.attach import (
 )
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
 from vmstats.kvm.vmm import VmmProcess
+from vmstats.limits import RateLimitedLog, ServerLimits
 from vmstats.qmp.client import QmpClient, qemu_version
 from vmstats.qmp.machine import (
     CpuInfoFast,
@@ -56,9 +56,11 @@ from vmstats.qmp.machine import (
     pc_props,
     pc_vcpu_path,
 )
-from vmstats.qmp.server import QMPServer, RateLimitedLog, ServerLimits
+from vmstats.qmp.server import QMPServer
+from vmstats.reader.reading import Reader
 from vmstats.serve.discover import cmdline, qemu_name, vm_name
 from vmstats.serve.forward import DEFAULT_QMP_TIMEOUT, HostMonitor, QemuSocket
+from vmstats.serve.reader import MonitorReader
 from vmstats.stats.model import StatsTarget
 from vmstats.stats.registry import StatsRegistry
 
@@ -84,7 +86,7 @@ def describe(name: str, pid: int, vcpus: int, local: Collection[StatsTarget],
 
 
 @dataclass
-class QmpSource:
+class ProbedQemu:
     """What a QEMU's socket said about its VM when probed."""
 
     path: Path
@@ -94,7 +96,7 @@ class QmpSource:
     version: str = ""  # QEMU's, major.minor.micro
 
 
-async def probe(path: Path, timeout: float) -> QmpSource:
+async def probe(path: Path, timeout: float) -> ProbedQemu:
     """Ask a QEMU socket who serves it (``SO_PEERCRED``), its name and its vCPUs; one
     connection, closed at once.  :class:`ClientError` if it cannot tell."""
     async with QmpClient(str(path), timeout) as qmp:
@@ -105,7 +107,7 @@ async def probe(path: Path, timeout: float) -> QmpSource:
         name = name_from_wire(await qmp.value("query-name"))
         version = qemu_version(await qmp.value("query-version")) or ""
         cpus = cpus_from_wire(await qmp.value("query-cpus-fast"))
-    return QmpSource(path, pid, name, cpus, version)
+    return ProbedQemu(path, pid, name, cpus, version)
 
 
 def qmp_socket_paths(patterns: Iterable[str]) -> list[Path]:
@@ -191,7 +193,7 @@ class ServedVm:
         if self.vcpus:
             self.monitor.local.add(StatsTarget.VCPU)
 
-    def use_socket(self, source: QmpSource, timeout: float) -> None:
+    def use_socket(self, source: ProbedQemu, timeout: float) -> None:
         """The VM's QEMU socket: VM-level stats, QEMU's name and QOM paths from it."""
         self.qmp = source.path
         self.qemu_version = source.version
@@ -271,7 +273,7 @@ class Daemon:
     def _not_served(self, pid: int, why: str) -> None:
         self._log.warning(f"pid:{pid}", "not served: %s", why)
 
-    async def _new_sources(self) -> list[QmpSource]:
+    async def _new_sources(self) -> list[ProbedQemu]:
         """QEMU sockets not probed yet (or replaced since), probed; the ones that fail are
         tried again at the next scan."""
         found = []
@@ -313,7 +315,7 @@ class Daemon:
                     vm.use_socket(await probe(vm.qmp, self.qmp_timeout), self.qmp_timeout)
 
     async def _try_serve(self, pid: int, attached: AttachedVm | None,
-                         source: QmpSource | None) -> None:  # fmt: skip
+                         source: ProbedQemu | None) -> None:  # fmt: skip
         try:
             await self._serve(pid, attached, source)
         except (VmstatsError, OSError) as exc:
@@ -322,7 +324,7 @@ class Daemon:
             log.warning("cannot serve the VM of process %d: %s", pid, exc)
 
     async def _serve(self, pid: int, attached: AttachedVm | None,
-                     source: QmpSource | None) -> None:  # fmt: skip
+                     source: ProbedQemu | None) -> None:  # fmt: skip
         taken = [vm.name for vm in self.served.values()]
         name = vm_name(pid, taken, source.name if source is not None else None)
         provider = KvmStatsProvider(attached.vm if attached else None, [], VmmProcess(pid))

@@ -29,13 +29,16 @@ from vmstats.stats.model import (
 
 #: QAPI's ``uint64`` (msgspec checks the lower bound; Python ints have no upper one).
 Uint64 = Annotated[int, msgspec.Meta(ge=0)]
+#: A histogram's buckets: at least one (a kernel histogram has a size; without a bucket
+#: there is no range to show or to export).
+Buckets = Annotated[list[Uint64], msgspec.Meta(min_length=1)]
 
 
 class WireStat(msgspec.Struct, gc=False):
     """QAPI's ``Stats``: a name and a ``StatsValue`` (scalar, boolean or buckets)."""
 
     name: str
-    value: Uint64 | bool | list[Uint64]
+    value: Uint64 | bool | Buckets
 
 
 class WireResult(msgspec.Struct, gc=False, rename={"qom_path": "qom-path"}):

@@ -54,6 +54,10 @@ class StatsTarget(StrEnum):
     CRYPTODEV = "cryptodev"
 
 
+#: The targets every VM has, which a tool reads to see a whole VM (``cryptodev`` is about
+#: QEMU's crypto backends, not the VM's execution).
+VM_TARGETS = (StatsTarget.VM, StatsTarget.VCPU)
+
 #: ``StatsValue`` alternate: ``scalar`` (uint64), ``boolean`` or ``list`` (histogram buckets).
 StatsValue = int | bool | list[int]
 

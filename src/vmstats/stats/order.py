@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vmstats.stats.model import Stats, StatsResult, StatsSchema, StatsSchemaValue
+from vmstats.stats.model import Stats, StatsResult, StatsSchema, StatsSchemaValue, StatsValue
 
 
 def natural_stats(result: StatsResult) -> list[Stats]:
@@ -32,6 +32,25 @@ def natural_qom_paths(results: Sequence[StatsResult]) -> list[str]:
     return list(dict.fromkeys(r.qom_path or "" for r in reversed(results)))
 
 
+def natural_schemas(schemas: Sequence[StatsSchema]) -> list[StatsSchema]:
+    """Schemas in the order their providers and targets were added (QEMU prepends)."""
+    return list(reversed(schemas))
+
+
 def natural_schema_values(schema: StatsSchema) -> list[StatsSchemaValue]:
     """The entries of one schema in provider order (the order of :func:`natural_stats`)."""
     return list(reversed(schema.stats))
+
+
+def natural_values(names: Sequence[str], values: Sequence[StatsValue]) -> dict[str, StatsValue]:
+    """One object's stats, given in wire order as names and values side by side, by name
+    in provider order with histogram buckets ascending.  The hot path of every reader
+    (thousands of values per refresh): the buckets are found by type, in C."""
+    found = list(values[::-1])
+    kinds = list(map(type, found))
+    start = 0
+    for _ in range(kinds.count(list)):
+        start = kinds.index(list, start)
+        found[start] = found[start][::-1]  # type: ignore[index]
+        start += 1
+    return dict(zip(names[::-1], found, strict=True))

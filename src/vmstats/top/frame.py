@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from operator import is_, itemgetter
 from typing import TypeVar
 
+from vmstats.reader.sample import Sample, Schemas
 from vmstats.stats.model import StatsSchemaValue, StatsType, StatsUnit, StatsValue
 from vmstats.stats.units import bucket_edges, bucket_ranges, human, human_in_unit, human_rate
-from vmstats.top.sample import Sample, Schemas
 
 QUANTILES = (0.5, 0.9, 0.99)
 

@@ -27,10 +27,10 @@ from typing import IO, Any
 
 from vmstats.errors import RecordingError
 from vmstats.qapi.output import OutputEncoder
+from vmstats.reader.sample import Sample
 from vmstats.stats.decode import schemas_from_wire
 from vmstats.stats.model import StatsSchema
 from vmstats.stats.schema import stats_schema
-from vmstats.top.sample import Sample
 from vmstats.top.watch import Watch
 
 FORMAT = "vmstats-recording"

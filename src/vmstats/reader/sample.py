@@ -1,11 +1,13 @@
-"""Snapshots of every stat of one VM, and how they are taken, stored and read back.
+"""Snapshots of every stat of one VM: what every tool reads and shows.
 
-A :class:`Sample` is what one refresh reads: every object's stats (VM-level and each
-vCPU) in natural order (vCPU 0 first, histogram buckets lowest first), with the time it
-was taken.  Schemas are apart (:class:`Schemas`): they change only when the kernel's
-descriptors do.  Samples come from a registry in this process (the demo), a QMP socket
-(:mod:`.source`) or a recording (:mod:`.record`); all three build them from QMP's own
-wire shapes, so one decoder serves.
+A :class:`Sample` is what one read of a VM gives: every object's stats (VM-level and each
+vCPU) in natural order (vCPU 0 first, stats in provider order, histogram buckets lowest
+first), with the time it was taken.  ``top`` keeps three of them per VM (baseline,
+previous, current), the exporter writes the latest, a recording stores them.  Schemas are
+apart (:class:`Schemas`): they change only when the kernel's descriptors do.  A sample is
+made from ``query-stats`` replies (:func:`sample_from_wire`), from a registry in this
+process (:func:`take_sample`) or read back from a recording; the order is turned natural
+in one place, :func:`vmstats.stats.order.natural_values`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from vmstats.stats.decode import wire_results
 from vmstats.stats.model import (
+    VM_TARGETS,
     StatsFilter,
     StatsResult,
     StatsSchema,
@@ -26,12 +29,11 @@ from vmstats.stats.model import (
     StatsTarget,
     StatsValue,
 )
-from vmstats.stats.order import natural_results
+from vmstats.stats.order import natural_schema_values, natural_schemas, natural_values
 from vmstats.stats.registry import StatsRegistry
 
 ObjectKey = tuple[str, str, str]  # (provider, target, qom-path or "")
 SchemaKey = tuple[str, str, str]  # (provider, target, stat name)
-TARGETS = (StatsTarget.VM, StatsTarget.VCPU)
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,8 @@ class Schemas:
     @classmethod
     def of(cls, schemas: Iterable[StatsSchema]) -> Schemas:
         entries: dict[SchemaKey, StatsSchemaValue] = {}
-        for schema in reversed(list(schemas)):  # QEMU prepends: undo it
-            for value in reversed(schema.stats):
+        for schema in natural_schemas(list(schemas)):
+            for value in natural_schema_values(schema):
                 entries[(schema.provider.value, schema.target.value, value.name)] = value
         return cls(entries)
 
@@ -82,9 +84,10 @@ def sample_of(taken: float, results: Mapping[StatsTarget, Sequence[StatsResult]]
     """A sample from ``query-stats`` results per target, in QEMU's (wire) order."""
     values: dict[ObjectKey, dict[str, StatsValue]] = {}
     for target, found in results.items():
-        for result in natural_results(found):
+        for result in reversed(found):
             key = (result.provider.value, target.value, result.qom_path or "")
-            values.setdefault(key, {}).update(result.stats)
+            names, stats = _columns(result.stats)
+            values.setdefault(key, {}).update(natural_values(names, stats))
     return Sample(taken, values)
 
 
@@ -92,27 +95,25 @@ _NAME = attrgetter("name")
 _VALUE = attrgetter("value")
 
 
+def _columns(stats: Iterable[tuple[str, StatsValue]]) -> tuple[list[str], list[StatsValue]]:
+    pairs = list(stats)
+    return [name for name, _ in pairs], [value for _, value in pairs]
+
+
 def sample_from_wire(taken: float, replies: Mapping[str, bytes | Any]) -> Sample:
     """A sample from ``query-stats`` replies per target, as QMP sent them (bytes; decoded
-    JSON is taken too): the same as :func:`sample_of` over decoded results, in one pass
-    (a refresh of many VMs decodes thousands of values, checked as it goes by
-    :func:`wire_results`).  :class:`ClientError` if a reply is malformed."""
+    JSON is taken too), checked as they are decoded (:func:`wire_results`): a refresh of
+    many VMs decodes thousands of values.  :class:`ClientError` if a reply is malformed."""
     values: dict[ObjectKey, dict[str, StatsValue]] = {}
     for target, reply in replies.items():
         for result in reversed(wire_results(reply, target)):
-            stats = result.stats[::-1]
-            found = list(map(_VALUE, stats))
-            kinds = list(map(type, found))
-            start = 0
-            for _ in range(kinds.count(list)):  # histograms: buckets lowest first
-                start = kinds.index(list, start)
-                found[start] = found[start][::-1]
-                start += 1
+            stats = result.stats
             key = (result.provider, target, result.qom_path or "")
-            values.setdefault(key, {}).update(zip(map(_NAME, stats), found, strict=True))
+            found = natural_values(list(map(_NAME, stats)), list(map(_VALUE, stats)))
+            values.setdefault(key, {}).update(found)
     return Sample(taken, values)
 
 
 def take_sample(registry: StatsRegistry) -> Sample:
     """Read every stat of every provider of ``registry`` (in this process)."""
-    return sample_of(time.time(), {t: registry.query_stats(StatsFilter(t)) for t in TARGETS})
+    return sample_of(time.time(), {t: registry.query_stats(StatsFilter(t)) for t in VM_TARGETS})

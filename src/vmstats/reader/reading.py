@@ -1,0 +1,192 @@
+"""One read of one VM, and the readers that make it: the one way every tool reads a VM.
+
+A :class:`VmReading` is everything a tool shows or exports of a VM at one moment: its
+name, its schemas, every stat (a :class:`Sample`), which vCPU is which, and what to say
+about where it came from.  ``top`` (its view, batch modes and recordings), the exporter
+and the daemon's ``/metrics`` all take readings from a :class:`Reader`:
+
+- :class:`QmpReader`: a VM behind a QMP socket, a QEMU's or one of ours;
+- :class:`RegistryReader`: a VM whose stats are in this process (the demo);
+- ``vmstats.serve.reader.MonitorReader``: a VM the host daemon serves.
+
+A new source of stats (libvirt, say) plugs in as one more :class:`Reader`.
+
+**Connection policy.** A QEMU monitor serves one client at a time: a tool that kept it
+would lock every other tool out (a second ``top``, the exporter, an operator's
+``qmp-shell``).  So :class:`QmpReader` connects for each read and closes at once, and
+keeps nothing but decoded replies between reads.  A read is two round trips: the
+greeting, then one write of ``qmp_capabilities`` and every command, whose replies come
+back in order.  Schemas and vCPU lists change rarely: they are decoded again only when
+their bytes change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from vmstats.errors import ClientError, RemoteError
+from vmstats.qmp.client import (
+    DEFAULT_TIMEOUT,
+    QmpClient,
+    Request,
+    address_name,
+    decode,
+    no_query_stats,
+    qemu_version,
+)
+from vmstats.qmp.machine import cpus_from_wire, name_from_wire
+from vmstats.reader.sample import Sample, sample_from_wire, take_sample
+from vmstats.stats.decode import schemas_from_wire
+from vmstats.stats.model import VM_TARGETS, StatsSchema
+from vmstats.stats.registry import StatsRegistry
+
+
+@dataclass
+class VmReading:
+    """One VM at one moment.  ``vcpus`` maps each vCPU's QOM path to its number (QEMU's
+    CPU index); ``info`` says where the stats came from (``source``, ``pid``,
+    ``qemu_version``).  ``schemas`` is the same list object while the VM's schemas stay
+    the same, so a consumer can keep what it derived from them."""
+
+    name: str
+    schemas: list[StatsSchema]
+    sample: Sample
+    vcpus: dict[str, int]
+    info: dict[str, str] = field(default_factory=dict)
+
+    def cpus(self) -> list[str]:
+        """The vCPUs' QOM paths by number."""
+        return sorted(self.vcpus, key=self.vcpus.__getitem__)
+
+
+class Reader(Protocol):
+    """One VM.  ``read`` raises :class:`vmstats.errors.VmstatsError` (or ``OSError``)
+    when the VM cannot be read now; ``name`` is what to call it until a reading names it."""
+
+    name: str
+
+    async def read(self) -> VmReading: ...
+
+
+def vcpu_numbers(paths: Sequence[str]) -> dict[str, int]:
+    """vCPU numbers for QOM paths given in number order."""
+    return {path: number for number, path in enumerate(paths)}
+
+
+#: What a read asks a QMP socket, in one write after the greeting.
+_NEGOTIATE: Request = ("qmp_capabilities", None)
+_READ_VM: list[Request] = [
+    ("query-stats-schemas", None),
+    ("query-cpus-fast", None),
+    ("query-name", None),
+    *(("query-stats", {"target": target.value}) for target in VM_TARGETS),
+]
+
+
+class QmpReader:
+    """A VM behind a QMP socket (unix path or ``HOST:PORT``): one connection per read,
+    closed at once (the module's connection policy)."""
+
+    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.address = address
+        self.name = address_name(address)
+        self.timeout = timeout
+        self._schemas: tuple[bytes, list[StatsSchema]] = (b"", [])
+        self._vcpus: tuple[bytes, dict[str, int]] = (b"", {})
+
+    async def read(self) -> VmReading:
+        async with QmpClient(self.address, self.timeout, negotiate=False) as qmp:
+            outcomes = await qmp.execute_each([_NEGOTIATE, *_READ_VM])
+            taken = time.time()
+            pid, greeting = qmp.peer_pid, qmp.version
+        negotiated, schemas, cpus, name, *targets = outcomes
+        for command, outcome in zip([_NEGOTIATE, *_READ_VM], outcomes, strict=True):
+            if isinstance(outcome, RemoteError) and command[0] in ("query-stats-schemas",
+                                                                   "query-stats"):  # fmt: skip
+                if outcome.error_class == "CommandNotFound":
+                    raise no_query_stats(greeting, self.address)
+                raise outcome
+        if isinstance(negotiated, RemoteError):
+            raise negotiated
+        assert isinstance(schemas, bytes)
+        sample = sample_from_wire(taken, {t.value: r for t, r in zip(VM_TARGETS, targets,
+                                                                    strict=True)})  # fmt: skip
+        if schemas != self._schemas[0]:
+            self._schemas = (schemas, schemas_from_wire(decode(schemas, "query-stats-schemas")))
+        own_name = None
+        if isinstance(name, bytes):
+            own_name = name_from_wire(_object(name, "query-name"))
+        info = {"source": "QMP", "pid": str(pid or ""), "qemu_version": _version(greeting)}
+        return VmReading(own_name or self.name, self._schemas[1], sample,
+                         self._vcpu_numbers(cpus, sample), info)  # fmt: skip
+
+    def _vcpu_numbers(self, reply: bytes | RemoteError, sample: Sample) -> dict[str, int]:
+        """From ``query-cpus-fast`` (QEMU's QOM paths are not contiguous), else from the
+        order of the vCPU stats (a server without it)."""
+        if isinstance(reply, RemoteError):
+            return vcpu_numbers([key[2] for key in sample.objects("vcpu")])
+        if reply != self._vcpus[0]:
+            cpus = cpus_from_wire(decode(reply, "query-cpus-fast"))
+            self._vcpus = (reply, {cpu.qom_path: cpu.cpu_index for cpu in cpus})
+        return self._vcpus[1]
+
+
+def _object(raw: bytes, command: str) -> dict[str, Any]:
+    value = decode(raw, command)
+    if not isinstance(value, dict):
+        raise ClientError(f"malformed reply: {command} did not return an object")
+    return value
+
+
+def _version(greeting: dict[str, Any]) -> str:
+    """QEMU's version from a greeting; "" for vmstats' own sockets, whose version is the
+    API they speak, not the VM's QEMU."""
+    if str(greeting.get("package", "")).startswith("vmstats"):
+        return ""
+    return qemu_version(greeting) or ""
+
+
+class RegistryReader:
+    """A VM whose stats are in this process (the demo): read without JSON."""
+
+    def __init__(self, name: str, registry: StatsRegistry, cpus: Sequence[str],
+                 info: Callable[[], dict[str, str]] = dict) -> None:  # fmt: skip
+        self.name = name
+        self.registry = registry
+        self._vcpus = vcpu_numbers(cpus)
+        self._info = info
+        self._schemas: list[StatsSchema] = []
+
+    async def read(self) -> VmReading:
+        fresh = self.registry.query_stats_schemas()
+        if fresh != self._schemas:
+            self._schemas = fresh
+        return VmReading(self.name, self._schemas, take_sample(self.registry), self._vcpus,
+                         self._info())  # fmt: skip
+
+
+def socket_addresses(sources: Sequence[str]) -> list[str]:
+    """The sockets that SOURCE arguments name now: sockets and ``HOST:PORT`` as given, and
+    the ``*.qmp`` sockets a directory holds (the daemon's run directory), once each."""
+    out: list[str] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            out += sorted(str(p) for p in path.glob("*.qmp"))
+        else:
+            out.append(source)
+    return list(dict.fromkeys(out))
+
+
+__all__ = [
+    "QmpReader",
+    "Reader",
+    "RegistryReader",
+    "VmReading",
+    "socket_addresses",
+    "vcpu_numbers",
+]

@@ -1,0 +1,87 @@
+"""A VM the host daemon serves, read for ``serve --metrics`` as any reader reads a VM.
+
+The served VM's monitor holds everything: the registry of its copied stats fds, the
+machine (name, vCPUs) and which targets it forwards to a QEMU's socket.  What is local is
+read without JSON; what the monitor forwards is asked through the monitor, as a client of
+its socket would ask, so the exported values are the values QMP gives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from vmstats.errors import ClientError
+from vmstats.qmp.client import decode
+from vmstats.qmp.machine import cpus_from_wire
+from vmstats.qmp.monitor import Monitor
+from vmstats.reader.reading import VmReading
+from vmstats.reader.sample import Sample, sample_from_wire, sample_of
+from vmstats.stats.decode import schemas_from_wire
+from vmstats.stats.model import VM_TARGETS, StatsFilter, StatsSchema
+
+
+class MonitorReader:
+    """A served VM, read from its monitor's own state; ``info`` labels it."""
+
+    def __init__(self, name: str, monitor: Monitor, info: Callable[[], dict[str, str]]) -> None:
+        self.name = name
+        self.monitor = monitor
+        self._dispatcher = monitor.dispatcher(lambda **_: None, negotiated=True)
+        self._info = info
+        self._schemas: tuple[bytes, list[StatsSchema]] = (b"", [])
+        self._vcpus: tuple[bytes, dict[str, int]] = (b"", {})
+
+    async def ask(self, command: str, arguments: dict[str, Any] | None) -> bytes:
+        """``command`` through the monitor: its return value as QMP would send it."""
+        request: dict[str, Any] = {"execute": command}
+        if arguments is not None:
+            request["arguments"] = arguments
+        response = self._dispatcher.respond(request, wire=True)
+        if not isinstance(response, dict):
+            response = await response
+        if "error" in response:
+            raise ClientError(f"{command}: {response['error']['desc']}")
+        return str(response["return"]).encode()
+
+    async def _sample(self) -> Sample:
+        """Local targets from the registry, forwarded ones over QMP: one sample."""
+        forwarded = {t.value: await self.ask("query-stats", {"target": t.value})
+                     for t in VM_TARGETS if self.monitor.forwards(t.value)}  # fmt: skip
+        local = {t: self.monitor.registry.query_stats(StatsFilter(t))
+                 for t in VM_TARGETS if not self.monitor.forwards(t.value)}  # fmt: skip
+        taken = time.time()
+        sample = sample_of(taken, local)
+        if forwarded:
+            values = dict(sample.values)
+            values.update(sample_from_wire(taken, forwarded).values)
+            sample = Sample(taken, values)
+        return sample
+
+    async def _schema_list(self) -> list[StatsSchema]:
+        """The schemas; the same list while they stay the same."""
+        if any(self.monitor.forwards(t.value) for t in VM_TARGETS):
+            raw = await self.ask("query-stats-schemas", None)
+            if raw != self._schemas[0]:
+                self._schemas = (raw, schemas_from_wire(decode(raw, "query-stats-schemas")))
+        else:
+            fresh = self.monitor.registry.query_stats_schemas()
+            if fresh != self._schemas[1]:
+                self._schemas = (b"", fresh)
+        return self._schemas[1]
+
+    async def _vcpu_numbers(self) -> dict[str, int]:
+        if self.monitor.forwards("vcpu"):  # QEMU knows its vCPUs
+            raw = await self.ask("query-cpus-fast", None)
+            if raw != self._vcpus[0]:
+                cpus = cpus_from_wire(decode(raw, "query-cpus-fast"))
+                self._vcpus = (raw, {cpu.qom_path: cpu.cpu_index for cpu in cpus})
+            return self._vcpus[1]
+        return {cpu.qom_path: cpu.cpu_index for cpu in self.monitor.machine.cpus}
+
+    async def read(self) -> VmReading:
+        sample = await self._sample()
+        schemas, vcpus = await self._schema_list(), await self._vcpu_numbers()
+        return VmReading(self.monitor.machine.name or self.name, schemas, sample, vcpus,
+                         {"qemu_version": "", **self._info()})  # fmt: skip
