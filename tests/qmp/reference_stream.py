@@ -26,8 +26,7 @@ from vmstats.qmp import utf8
 # QEMU's lexer table and token types are data, shared with the fast streamer; what this
 # module keeps apart is how the bytes are driven through them (one at a time) and the
 # streamer's limits, QEMU's numbers written here again so that the oracle shares none.
-from vmstats.qmp.jsonstream import (
-    _TABLE,
+from vmstats.qmp.jsonstream.lexer import (
     IN_RECOVERY,
     IN_START,
     JSON_COLON,
@@ -44,9 +43,9 @@ from vmstats.qmp.jsonstream import (
     JSON_RSQUARE,
     JSON_STRING,
     LOOKAHEAD,
-    _ParseError,
-    _string_slow,
+    TABLE,
 )
+from vmstats.qmp.jsonstream.parser import ParseError, string_slow
 
 #: qobject/json-streamer.c: MAX_TOKEN_SIZE, MAX_TOKEN_COUNT, MAX_NESTING.
 MAX_TOKEN_SIZE = 64 << 20
@@ -91,7 +90,7 @@ class JSONStreamParser:
     # -- lexer ----------------------------------------------------------------------
 
     def feed(self, data: bytes) -> list[Message]:
-        table = _TABLE
+        table = TABLE
         token = self._token
         for ch in data:
             consumed = False
@@ -124,7 +123,7 @@ class JSONStreamParser:
     def flush(self) -> list[Message]:
         """End of input: finish a pending token (QEMU does this when a client goes away)."""
         while self._state != IN_START:
-            nxt = _TABLE[self._state][0] & ~LOOKAHEAD
+            nxt = TABLE[self._state][0] & ~LOOKAHEAD
             if nxt >= JSON_MIN:
                 self._process(bytes(self._token), nxt)
                 nxt = IN_START
@@ -321,7 +320,7 @@ class _Parser:
 
     def _string(self, raw: bytes) -> str | None:
         try:  # QEMU's parse_string, shared: it is checked against QEMU directly
-            return _string_slow(raw)
-        except _ParseError as exc:
+            return string_slow(raw)
+        except ParseError as exc:
             self._fail(exc.args[0])
             return None

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from tests.qmp.reference_stream import JSONStreamParser as ReferenceParser
 from tests.qmp.reference_stream import Message as ReferenceMessage
-from vmstats.qmp.jsonstream import SLICE, JSONStreamParser, Message
+from vmstats.qmp.jsonstream import JSONStreamParser, Message
+from vmstats.qmp.jsonstream.streamer import SLICE
 
 PARSE_ERROR = "JSON parse error, "
 
