@@ -237,6 +237,7 @@ class Daemon:
         self.served: dict[int, ServedVm] = {}
         self._sockets: dict[Path, tuple[int, int]] = {}  # QEMU socket -> (inode, pid)
         self._log = RateLimitedLog(log, interval=300.0)
+        self._removals: set[asyncio.Task[None]] = set()  # kept until done (asyncio holds weakly)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.run_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -354,12 +355,18 @@ class Daemon:
         self.served[pid] = vm
         assert provider.vmm is not None
         loop = asyncio.get_running_loop()
-        loop.add_reader(provider.vmm.pidfd, lambda: loop.create_task(self._remove(pid)))
+        loop.add_reader(provider.vmm.pidfd, lambda: self._start_removal(pid))
         log.info("serving %s (process %d, %s) at %s", name, pid, vm.describe()["source"], socket)
 
     def readers(self) -> list[Reader]:
         """The VMs a Prometheus scrape reads (``vmstats serve --metrics``)."""
         return [vm.metrics_reader() for vm in self.served.values()]
+
+    def _start_removal(self, pid: int) -> None:
+        """The VMM's pidfd is readable (it exited): remove it, in a task kept until done."""
+        task = asyncio.get_running_loop().create_task(self._remove(pid))
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
 
     async def _remove(self, pid: int) -> None:
         """The VMM exited: close its fds at once, its clients, its socket."""
