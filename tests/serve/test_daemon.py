@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import vmstats
 from tests.kvm.conftest import requires_kvm
 from vmstats.serve.discover import vm_name
 from vmstats.testing.hostile import (
@@ -290,34 +291,48 @@ def as_nobody() -> None:
     os.setuid(65534)
 
 
-def nobody_env() -> dict[str, str] | None:
-    """How uid 65534 runs this vmstats: the system's Python with our sources and the
-    venv's packages (the venv's interpreter may live in root's home); None if it cannot."""
-    import sysconfig
+@pytest.fixture(scope="module")
+def nobody_env() -> Iterator[dict[str, str]]:
+    """How uid 65534 runs this vmstats: the system's Python with a world-readable copy of
+    our sources and of the packages ``vmstats serve`` imports.  Copied, because the clone
+    (and the venv's interpreter) may be where that user cannot look: under ``/root``, or
+    in a private temporary directory."""
+    import importlib
 
-    src = Path(__file__).resolve().parents[2] / "src"
-    packages = sysconfig.get_paths()["purelib"]
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("no system python3 for uid 65534")
     version = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info[:2])"],
                              capture_output=True, text=True).stdout.strip()  # fmt: skip
     if version != str(sys.version_info[:2]):
-        return None
-    return {**os.environ, "PYTHONPATH": f"{src}:{packages}"}
-
-
-NOBODY_ENV = nobody_env() if Path("/usr/bin/python3").exists() else None
+        pytest.skip(f"the system python3 is {version}, not this Python: it cannot load msgspec")
+    lib = Path(tempfile.mkdtemp(prefix="vmstats-nobody-lib-"))
+    try:
+        shutil.copytree(Path(vmstats.__file__).parent, lib / "vmstats")
+        for name in ("msgspec", "prometheus_client", "typing_extensions"):
+            found = Path(importlib.import_module(name).__file__ or "")
+            if found.name == "__init__.py":
+                shutil.copytree(found.parent, lib / found.parent.name)
+            else:
+                shutil.copy(found, lib / found.name)
+        for path in [lib, *lib.rglob("*")]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        yield {**os.environ, "PYTHONPATH": str(lib)}
+    finally:
+        shutil.rmtree(lib, ignore_errors=True)
 
 
 @pytest.mark.qemu
 @pytest.mark.skipif(QEMU_REASON is not None, reason=f"no QEMU 7.2: {QEMU_REASON}")
-@pytest.mark.skipif(NOBODY_ENV is None, reason="no system Python of this version for uid 65534")
-def test_as_non_root_it_refuses_fd_discovery_and_serves_qmp_sockets() -> None:
+def test_as_non_root_it_refuses_fd_discovery_and_serves_qmp_sockets(
+    nobody_env: dict[str, str],
+) -> None:
     parent = Path(tempfile.mkdtemp(prefix="vmstats-nobody-"))
     os.chmod(parent, 0o777)
     run_dir = parent / "run"
     command = ["/usr/bin/python3", "-m", "vmstats", "serve", "--run-dir", str(run_dir),
                "--scan-interval", "0.3"]  # fmt: skip
     try:
-        refused = subprocess.run(command, capture_output=True, text=True, env=NOBODY_ENV,
+        refused = subprocess.run(command, capture_output=True, text=True, env=nobody_env,
                                  preexec_fn=as_nobody, timeout=60)  # fmt: skip
         assert refused.returncode == 1
         assert "needs root" in refused.stderr
@@ -327,7 +342,7 @@ def test_as_non_root_it_refuses_fd_discovery_and_serves_qmp_sockets() -> None:
             os.chmod(vm.qmp_path, 0o666)  # this user's own QEMU, as it were
             log = parent / "serve.log"
             with log.open("w") as stderr:
-                proc = subprocess.Popen([*command, "--qmp", str(vm.qmp_path)], env=NOBODY_ENV,
+                proc = subprocess.Popen([*command, "--qmp", str(vm.qmp_path)], env=nobody_env,
                                         stderr=stderr, preexec_fn=as_nobody)  # fmt: skip
             try:
                 assert wait_for(lambda: (run_dir / "mine.qmp").exists())
@@ -388,25 +403,21 @@ def test_config_file_and_sighup(tmp_path: Path) -> None:
     config = tmp_path / "vmstats.toml"
     run_dir = tmp_path / "run"
     config.write_text(f'run-dir = "{run_dir}"\nscan-interval = 0.3\nidle-timeout = 60\n')
-    proc = subprocess.Popen([sys.executable, "-m", "vmstats", "serve", "--config", str(config)],
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "vmstats", "serve", "--config",
+                                 str(config)], stderr=stderr)  # fmt: skip
     try:
         assert wait_for(lambda: (run_dir / "vms.json").exists())  # the run-dir came from it
         config.write_text("scan-interval = [")  # broken: kept running with what it had
         proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        assert wait_for(lambda: "keeping the settings in use" in log.read_text())
         config.write_text("scan-interval = 0.5\n")
-        time.sleep(0.3)
         proc.send_signal(signal.SIGHUP)
-        time.sleep(0.3)
+        assert wait_for(lambda: f"{config} reread" in log.read_text())
         assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=20)
     finally:
-        stop_process(proc)
-    assert proc.returncode == 0
-    assert "keeping the settings in use" in stderr
-    assert f"{config} reread" in stderr
+        assert stop_process(proc) == 0
     bad = tmp_path / "bad.toml"
     bad.write_text("colour = 'blue'\n")
     out = subprocess.run([sys.executable, "-m", "vmstats", "serve", "--config", str(bad),
