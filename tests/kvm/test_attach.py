@@ -7,13 +7,14 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
 from tests.kvm.conftest import requires_kvm
 from vmstats.demo.process import DemoProcess
 from vmstats.errors import AttachError
-from vmstats.kvm.attach import attach, processes_with_stats_fds, stats_fd_links
+from vmstats.kvm.attach import AttachedVm, attach, processes_with_stats_fds, stats_fd_links
 from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
 
 QEMU10_REASON = qemu10_unavailable_reason()
@@ -63,14 +64,24 @@ def test_a_process_that_is_gone_is_a_clear_error() -> None:
     assert stats_fd_links(os.getpid()) == []  # this process holds none of its own
 
 
+def attach_when(pid: int, ready: Callable[[AttachedVm], bool], timeout: float = 30) -> AttachedVm:
+    """``attach(pid)`` once what it finds is ``ready`` (a VMM opens its fds as it starts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        attached = attach(pid)
+        if ready(attached) or time.monotonic() > deadline:
+            return attached
+        attached.close()
+        time.sleep(0.05)
+
+
 @pytest.mark.kvm
 @pytest.mark.qemu
 @pytest.mark.skipif(QEMU10_REASON is not None, reason=f"no QEMU 10.0: {QEMU10_REASON}")
 def test_qemu_10_vcpu_fds_by_cpu_index_and_no_kick() -> None:
     with qemu10_vm(3) as vm:
         assert vm.proc is not None
-        time.sleep(1)
-        attached = attach(vm.proc.pid)
+        attached = attach_when(vm.proc.pid, lambda found: len(found.vcpus) == 3)
         try:
             assert attached.vm is None  # QEMU opens its VM stats fd per query only
             assert sorted(attached.vcpus) == [0, 1, 2]
