@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from vmstats.cli.options import add_server_limits, positive_float, server_limits, tcp_address
+from vmstats.cli.options import default as option_default
 from vmstats.exporter.http import DEFAULT_SCRAPE_TIMEOUT, MetricsEndpoint
 from vmstats.exporter.sources import SocketReaders
 from vmstats.qmp.client import parse_address
@@ -26,7 +27,7 @@ def add_metrics_options(parser: argparse.ArgumentParser, option: str, default: o
     parser.add_argument(
         option,
         type=tcp_address,
-        default=default,
+        default=option_default(parser, default),
         metavar="[HOST:]PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to "
         "127.0.0.1: give 0.0.0.0 or an address to be reached from elsewhere)"
@@ -35,7 +36,7 @@ def add_metrics_options(parser: argparse.ArgumentParser, option: str, default: o
     parser.add_argument(
         "--scrape-timeout",
         type=positive_float,
-        default=DEFAULT_SCRAPE_TIMEOUT,
+        default=option_default(parser, DEFAULT_SCRAPE_TIMEOUT),
         metavar="S",
         help="seconds a VM may take to be read in one scrape; past it the VM is "
         f"vmstats_up 0 and the others are exported (default {DEFAULT_SCRAPE_TIMEOUT:g})",

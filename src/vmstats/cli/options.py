@@ -70,8 +70,14 @@ def socket_path(text: str) -> Path:
     return path
 
 
+def default(parser: argparse.ArgumentParser, value: object) -> object:
+    """``value``, unless ``parser`` leaves options it was not given unset (its
+    ``argument_default`` is ``SUPPRESS``: the daemon, whose config file fills them)."""
+    return argparse.SUPPRESS if parser.argument_default == argparse.SUPPRESS else value
+
+
 def add_server_limits(parser: argparse.ArgumentParser) -> None:
-    """Options for :class:`vmstats.qmp.server.ServerLimits`, for every command that serves."""
+    """Options for :class:`vmstats.limits.ServerLimits`, for every command that serves."""
     defaults = ServerLimits()
     group = parser.add_argument_group(
         "limits per client, of each QMP socket and of /metrics (0 disables a timeout)"
@@ -80,7 +86,7 @@ def add_server_limits(parser: argparse.ArgumentParser) -> None:
         "--max-connections",
         type=bounded_int(1, 1 << 20),
         metavar="N",
-        default=defaults.max_connections,
+        default=default(parser, defaults.max_connections),
         help=f"clients at once (default {defaults.max_connections}; "
         "always kept below the fd limit)",
     )
@@ -88,19 +94,19 @@ def add_server_limits(parser: argparse.ArgumentParser) -> None:
         "--idle-timeout",
         type=non_negative_float,
         metavar="S",
-        default=defaults.idle_timeout,
+        default=default(parser, defaults.idle_timeout),
         help=f"close a client silent this long (default {defaults.idle_timeout:g})",
     )
     group.add_argument(
         "--message-timeout",
         type=non_negative_float,
         metavar="S",
-        default=defaults.message_timeout,
+        default=default(parser, defaults.message_timeout),
         help="close a client whose message stays half-sent this long "
         f"(default {defaults.message_timeout:g})",
     )
     group.add_argument("--write-timeout", type=non_negative_float, metavar="S",
-                       default=defaults.write_timeout,
+                       default=default(parser, defaults.write_timeout),
                        help="drop a client that does not read its replies this long "
                             f"(default {defaults.write_timeout:g})")  # fmt: skip
 

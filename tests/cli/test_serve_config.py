@@ -1,0 +1,74 @@
+"""The daemon's settings: defaults, then the file, then the command line; SIGHUP changes
+only what a running daemon can change; a file's mistakes are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vmstats.cli.main import build_parser
+from vmstats.cli.serve_config import ServeConfig, given_settings, read_config
+from vmstats.errors import UsageError
+
+
+def settings(tmp_path: Path, text: str, *argv: str) -> tuple[ServeConfig, dict[str, object]]:
+    path = tmp_path / "vmstats.toml"
+    path.write_text(text)
+    given = given_settings(build_parser().parse_args(["serve", *argv]))
+    return ServeConfig.of(read_config(path), given), given
+
+
+def test_the_command_line_wins_over_the_file_which_wins_over_the_defaults(tmp_path: Path) -> None:
+    config, _ = settings(tmp_path, 'scan-interval = 2\nqmp = ["/run/a.sock"]\nidle-timeout = 9\n',
+                         "--scan-interval", "5", "--write-timeout", "7")  # fmt: skip
+    assert config.scan_interval == 5.0  # given, though equal to the default
+    assert config.qmp == ("/run/a.sock",)
+    assert config.limits.idle_timeout == 9.0
+    assert config.limits.write_timeout == 7.0
+    assert config.run_dir == ServeConfig().run_dir
+
+
+def test_sighup_changes_what_a_running_daemon_can_and_keeps_the_rest(tmp_path: Path) -> None:
+    config, given = settings(tmp_path, 'run-dir = "/run/a"\nscan-interval = 2\n',
+                             "--idle-timeout", "3")  # fmt: skip
+    fresh = read_config(_write(tmp_path, 'run-dir = "/run/b"\nqmp-timeout = 4\nidle-timeout = 8\n'))
+    reloaded = config.reloaded(fresh, given)
+    assert reloaded.run_dir == Path("/run/a")  # needs a restart
+    assert reloaded.qmp_timeout == 4.0
+    assert reloaded.scan_interval == ServeConfig().scan_interval  # left out: its default
+    assert reloaded.idle_timeout == 3.0  # the command line still wins
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("colour = 'blue'", "unknown settings colour"),
+    ("scan-interval = 'soon'", "scan-interval: not a number: 'soon'"),
+    ("scan-interval = -1", "scan-interval: must be a finite number above 0"),
+    ("scan-interval = true", "scan-interval: must be a number"),
+    ("qmp = '/run/qemu.sock'", "qmp: must be a list of strings"),
+    ("qmp-timeout = [1]", "qmp-timeout: must be a number"),
+    ("run-dir = 5.5", ""),  # a path may look like a number
+    ("group = ['a']", "group: must be a string"),
+    ("metrics = '127.0.0.1:99999'", "metrics: port must be between 0 and 65535"),
+    ("max-connections = 0", "max-connections: must be between 1 and"),
+    ("scan-interval = [", "cannot read"),
+])  # fmt: skip
+def test_a_bad_file_is_named(tmp_path: Path, text: str, message: str) -> None:
+    path = _write(tmp_path, text + "\n")
+    if not message:
+        assert read_config(path) == {"run_dir": Path("5.5")}
+        return
+    with pytest.raises(UsageError, match=message):
+        read_config(path)
+
+
+def test_a_group_that_does_not_exist_says_how_to_make_it() -> None:
+    with pytest.raises(UsageError, match=r"no group named 'vmstats-nobody-has-this'.*groupadd"):
+        ServeConfig(group="vmstats-nobody-has-this").group_id()
+    assert ServeConfig(group="4242").group_id() == 4242
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "fresh.toml"
+    path.write_text(text)
+    return path
