@@ -23,18 +23,21 @@ from vmstats.testing.hostile import read_until_closed, wait_for
 
 
 class SlowVm:
-    """A VM whose every read takes ``delay`` seconds; counts its reads."""
+    """A VM whose every read takes ``delay`` seconds; counts its reads.  With ``vcpus``
+    its page is large (a scalar stat per vCPU)."""
 
     name = "slow"
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, vcpus: int = 0) -> None:
         self.delay = delay
         self.reads = 0
+        values = {("kvm", "vcpu", f"/machine/cpu[{i}]"): {"exits": i} for i in range(vcpus)}
+        self.sample = Sample(0.0, values)
 
     async def read(self) -> VmReading:
         self.reads += 1
         await asyncio.sleep(self.delay)
-        return VmReading("slow", [], Sample(0.0, {}), {}, {"source": "test"})
+        return VmReading("slow", [], self.sample, {}, {"source": "test"})
 
 
 @pytest.fixture
@@ -42,14 +45,17 @@ def endpoint(request: pytest.FixtureRequest) -> Iterator[tuple[MetricsEndpoint, 
     """An endpoint on a free port, its loop in a thread; ``limits`` from the test's mark."""
     mark = request.node.get_closest_marker("limits")
     limits = ServerLimits(**(mark.kwargs if mark else {}))
-    vm = SlowVm(float(mark.args[0]) if mark and mark.args else 0.0)
+    vm = SlowVm(
+        float(mark.args[0]) if mark and mark.args else 0.0,
+        int(mark.args[1]) if mark and len(mark.args) > 1 else 0,
+    )
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    metrics = MetricsEndpoint(lambda: [vm], loop, 5.0, lambda: limits)
-    port = metrics.start("127.0.0.1", 0)
+    metrics = MetricsEndpoint(lambda: [vm], 5.0, lambda: limits)
+    port = asyncio.run_coroutine_threadsafe(metrics.start("127.0.0.1", 0), loop).result(10)
     yield metrics, vm, port
-    metrics.close()
+    asyncio.run_coroutine_threadsafe(metrics.close(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
 
@@ -152,3 +158,58 @@ def test_requests_during_a_scrape_share_it(endpoint: tuple[MetricsEndpoint, Slow
     before = vm.reads
     get(port)
     assert vm.reads == before + 1
+
+
+def exchange(port: int, request: bytes) -> tuple[bytes, bool]:
+    """Send raw bytes; what came back, and whether the server closed after it."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request)
+        return read_until_closed(sock, 30)
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"GARBAGE\r\n\r\n", b"400"),
+    (b"GET /metrics HTTP/1.1\r\n\r\n", b"400"),  # HTTP/1.1 without Host
+    (b"GET /metrics HTTP/1.1\r\nHost: a\r\nX-Big: " + b"x" * 20000, b"431"),  # never ends
+    (b"POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+     b"405"),
+    (b"GET /nothing HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", b"404"),
+])  # fmt: skip
+def test_requests_it_cannot_serve_get_their_status_and_nothing_else(
+    endpoint: tuple[MetricsEndpoint, SlowVm, int], request_bytes: bytes, status: bytes
+) -> None:
+    _, vm, port = endpoint
+    reply, closed = exchange(port, request_bytes)
+    assert reply.startswith(b"HTTP/1.1 " + status + b" ")
+    assert closed
+    assert vm.reads == 0  # no VM was read for it
+    assert scrapes(port)  # and the endpoint serves on
+
+
+def test_head_gives_the_headers_of_a_scrape(endpoint: tuple[MetricsEndpoint, SlowVm, int]) -> None:
+    _, _, port = endpoint
+    reply, closed = exchange(
+        port, b"HEAD /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    )
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"content-length: " in head.lower()
+    assert body == b""
+    assert closed
+
+
+@pytest.mark.limits(0.0, 100_000, write_timeout=1.0)
+def test_a_client_that_never_reads_its_reply_is_dropped(
+    endpoint: tuple[MetricsEndpoint, SlowVm, int],
+) -> None:
+    """A page far over the kernel's buffers (7 MB; loopback TCP buffers up to 4 MB of
+    it), asked for and never read: the connection is dropped after ``write_timeout``,
+    and another client is served meanwhile."""
+    metrics, _, port = endpoint
+    hog = socket.socket()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hog.connect(("127.0.0.1", port))
+    hog.sendall(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert scrapes(port)  # served while the hog's reply waits
+    assert wait_for(lambda: metrics.connections == 0, timeout=30)  # never read: dropped
+    hog.close()

@@ -289,6 +289,16 @@ def as_nobody() -> None:
     os.setuid(65534)
 
 
+def _imported_by_serve() -> list[str]:
+    """The packages besides vmstats and the standard library that ``vmstats serve`` loads."""
+    script = ("import sys, vmstats.cli.main, vmstats.cli.serve, vmstats.serve.daemon\n"
+              "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} - "
+              "set(sys.stdlib_module_names) - {'vmstats', '__main__', '_distutils_hack'})))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    return out.split()
+
+
 @pytest.fixture(scope="module")
 def nobody_env() -> Iterator[dict[str, str]]:
     """How uid 65534 runs this vmstats: the system's Python with a world-readable copy of
@@ -306,7 +316,7 @@ def nobody_env() -> Iterator[dict[str, str]]:
     lib = Path(tempfile.mkdtemp(prefix="vmstats-nobody-lib-"))
     try:
         shutil.copytree(Path(vmstats.__file__).parent, lib / "vmstats")
-        for name in ("msgspec", "prometheus_client", "typing_extensions"):
+        for name in _imported_by_serve():
             found = Path(importlib.import_module(name).__file__ or "")
             if found.name == "__init__.py":
                 shutil.copytree(found.parent, lib / found.parent.name)

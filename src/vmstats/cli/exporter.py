@@ -61,14 +61,14 @@ async def serve_metrics(endpoint: MetricsEndpoint, address: tuple[str, int],
                         stop: asyncio.Event) -> int:  # fmt: skip
     """Serve until ``stop``; 1 with a message if the address cannot be taken."""
     try:
-        port = endpoint.start(*address)
+        port = await endpoint.start(*address)
     except OSError as exc:
         print(f"vmstats: cannot listen on {address[0]}:{address[1]}: {exc.strerror}",
               file=sys.stderr)  # fmt: skip
         return 1
     log.warning("Prometheus metrics at http://%s:%d/metrics", address[0], port)
     await stop.wait()
-    await asyncio.get_running_loop().run_in_executor(None, endpoint.close)
+    await endpoint.close()
     return 0
 
 
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, stop.set)
         readers = SocketReaders(list(args.sources), args.scrape_timeout)
         limits = server_limits(args)
-        endpoint = MetricsEndpoint(readers, loop, args.scrape_timeout, lambda: limits)
+        endpoint = MetricsEndpoint(readers, args.scrape_timeout, lambda: limits)
         return await serve_metrics(endpoint, args.listen, stop)
 
     return asyncio.run(main())

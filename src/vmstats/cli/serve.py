@@ -143,8 +143,7 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
     loop.add_signal_handler(signal.SIGHUP, reload)
     metrics = None
     if config.metrics is not None:
-        endpoint = MetricsEndpoint(daemon.readers, loop, config.scrape_timeout,
-                                   lambda: daemon.limits)  # fmt: skip
+        endpoint = MetricsEndpoint(daemon.readers, config.scrape_timeout, lambda: daemon.limits)
         metrics = asyncio.create_task(serve_metrics(endpoint, config.metrics, stop))
         await asyncio.sleep(0)
         if metrics.done() and metrics.result():

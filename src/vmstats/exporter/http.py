@@ -1,36 +1,31 @@
-"""The ``/metrics`` endpoint: content negotiation as prometheus_client does it (classic text
-or OpenMetrics, gzip when asked), every request one scrape of the VMs.
+"""The ``/metrics`` endpoint: HTTP/1.1 on the event loop that reads the VMs, with content
+negotiation as prometheus_client does it (classic text or OpenMetrics, gzip when asked).
 
-The HTTP side runs in threads of its own (the standard library's threading server); the
-VMs are read in the asyncio loop that owns them (the daemon's, or the exporter's): a
-scrape is handed to that loop and awaited with a deadline.  Each VM gets ``timeout``
-seconds; one that does not answer is ``vmstats_up 0`` and the others are exported as
-usual.  The text is written by :mod:`.exposition`.
+HTTP is spoken by h11 (sans-I/O, as our QMP session is): bytes in, events out, and this
+module only moves bytes and applies the limits.  One concurrency model for the whole
+daemon: the QMP sockets, the VMs' reads and ``/metrics`` share one loop, and a scrape
+reads every VM at once (:func:`vmstats.exporter.scrape.scrape`).
 
 The daemon runs privileged and any local user can connect, so the endpoint is bounded as
-its QMP sockets are (:class:`ServerLimits`): so many connections at once (more are
-closed at once), a request's line and headers must arrive within ``message_timeout`` of
-its first byte (a client sending a byte now and then holds nothing for long), a kept-alive
-connection may stay silent ``idle_timeout``, a reply must be taken within
-``write_timeout``.  Requests that come while a scrape runs share it: clients scraping in a
-loop cost one scrape at a time, not one each.
+its QMP sockets are (:class:`ServerLimits`, asked for each new connection: the daemon
+rereads them on SIGHUP): so many connections at once (more are closed at once), a
+request's line and headers within ``message_timeout`` of its first byte and within h11's
+16 KiB (a client sending a byte now and then holds nothing for long), a kept-alive
+connection silent at most ``idle_timeout``, a reply taken within ``write_timeout``.
+Requests that come while a scrape runs share it: clients scraping in a loop cost one
+scrape at a time, not one each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import gzip
-import io
 import logging
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+import h11
 from prometheus_client.exposition import choose_encoder
 
 from vmstats.exporter.exposition import Exposition
@@ -42,189 +37,241 @@ log = logging.getLogger(__name__)
 
 #: Seconds a VM may take to be read in one scrape (Prometheus' own scrape timeout is 10 s).
 DEFAULT_SCRAPE_TIMEOUT = 2.0
+#: A reply's bytes buffered for a client before it must read (then ``write_timeout`` runs).
+WRITE_HIGH = 256 * 1024
+#: Bodies at least this large are compressed in a thread (zlib lets the loop run meanwhile).
+GZIP_IN_THREAD = 64 * 1024
 
 
 class MetricsEndpoint:
-    """``http://HOST:PORT/metrics`` for the VMs ``readers`` gives, read in ``loop``."""
+    """``http://HOST:PORT/metrics`` for the VMs ``readers`` gives, on the running loop."""
 
-    def __init__(self, readers: Callable[[], Iterable[Reader]], loop: asyncio.AbstractEventLoop,
+    def __init__(self, readers: Callable[[], Iterable[Reader]],
                  timeout: float = DEFAULT_SCRAPE_TIMEOUT,
                  limits: Callable[[], ServerLimits] = ServerLimits) -> None:  # fmt: skip
         """``limits`` gives the limits in force (asked per connection: the daemon's are
         reread on SIGHUP); by default :class:`ServerLimits`' defaults."""
         self.readers = readers
-        self.loop = loop
         self.timeout = timeout
         self.limits = limits
         self.exposition = Exposition()
-        self._writing = threading.Lock()  # the exposition's cache is one scrape's at a time
-        self._sharing = threading.RLock()
-        self._running: concurrent.futures.Future[Scrape] | None = None
-        self._server: _Server | None = None
+        self._running: asyncio.Future[Scrape] | None = None
+        self._server: asyncio.Server | None = None
+        self._connections: set[_HttpConnection] = set()
+        self._fds = fd_budget()  # connections are kept below the fd limit too
+        self.refusals = RateLimitedLog(log)
 
-    def page(self, openmetrics: bool) -> bytes:
-        """One scrape's text (called from an HTTP thread): the scrape running now if there
-        is one, else a new one."""
+    async def page(self, openmetrics: bool) -> bytes:
+        """One scrape's text: the scrape running now if there is one, else a new one."""
+        running = self._running
+        if running is None:
+            running = self._running = asyncio.ensure_future(scrape(self.readers(), self.timeout))
+            running.add_done_callback(self._finished)
+        found = await asyncio.shield(running)  # a client gone does not cancel the others'
+        return self.exposition.render(found, openmetrics)
 
-        async def run() -> Scrape:
-            return await scrape(self.readers(), self.timeout)
+    def _finished(self, future: asyncio.Future[Scrape]) -> None:
+        if self._running is future:  # the next request scrapes afresh
+            self._running = None
 
-        with self._sharing:
-            running = self._running
-            if running is None:
-                running = asyncio.run_coroutine_threadsafe(run(), self.loop)
-                self._running = running
-                running.add_done_callback(self._finished)
-        found = running.result(self.timeout + 5)
-        with self._writing:
-            return self.exposition.render(found, openmetrics)
-
-    def _finished(self, future: concurrent.futures.Future[Scrape]) -> None:
-        with self._sharing:
-            if self._running is future:  # the next request scrapes afresh
-                self._running = None
-
-    def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int) -> int:
         """Listen; returns the port (useful with 0).  OSError if the address is taken."""
-        endpoint = self
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _HttpConnection(self), host, port, backlog=listen_backlog(), reuse_address=True
+        )
+        return int(self._server.sockets[0].getsockname()[1])
 
-        class Handler(_Handler):
-            metrics = endpoint
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._connections)
 
-        self._server = _Server((host, port), Handler, self.limits)
-        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
-        return int(self._server.server_address[1])
+    def admit(self, connection: _HttpConnection) -> bool:
+        """Count a new connection in, unless the endpoint is full (then it is closed)."""
+        most = min(self.limits().max_connections, self._fds)
+        if len(self._connections) >= most:
+            self.refusals.warning("full", "metrics: %d HTTP connections at once; closing "
+                                  "new ones", most)  # fmt: skip
+            return False
+        self._connections.add(connection)
+        return True
 
-    def close(self) -> None:
+    def release(self, connection: _HttpConnection) -> None:
+        self._connections.discard(connection)
+
+    async def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
+            for connection in list(self._connections):
+                connection.abort()
+            await self._server.wait_closed()
             self._server = None
 
 
-class _Server(ThreadingHTTPServer):
-    """A thread per connection, at most ``limits().max_connections`` of them (the limits
-    are asked each time: the daemon rereads them on SIGHUP)."""
+class _HttpConnection(asyncio.Protocol):
+    """One client: h11 parses, this applies the limits and answers one request at a time
+    (reading pauses while a reply is made)."""
 
-    daemon_threads = True
-    request_queue_size = listen_backlog()
+    def __init__(self, endpoint: MetricsEndpoint) -> None:
+        self.endpoint = endpoint
+        self.limits = endpoint.limits()
+        self.http = h11.Connection(h11.SERVER)
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None  # idle, message or write deadline
+        self._request: h11.Request | None = None
+        self._started = False  # a byte of the next request has come: its deadline runs
+        self._answering: asyncio.Task[None] | None = None
 
-    def __init__(self, address: tuple[str, int], handler: type[_Handler],
-                 limits: Callable[[], ServerLimits]) -> None:  # fmt: skip
-        self._limits = limits
-        self._fds = fd_budget()  # connections are kept below the fd limit too
-        self._active = 0
-        self._counting = threading.Lock()
-        self._refusals = RateLimitedLog(log)
-        super().__init__(address, handler)
+    # -- transport events ---------------------------------------------------------------
 
-    @property
-    def limits(self) -> ServerLimits:
-        return self._limits()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        most = min(self.limits.max_connections, self._fds)
-        with self._counting:
-            full = self._active >= most
-            self._active += not full
-        if full:
-            self._refusals.warning("full", "metrics: %d HTTP connections at once; closing "
-                                   "new ones", most)  # fmt: skip
-            self.shutdown_request(request)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if not self.endpoint.admit(self):
+            transport.abort()
+            self.transport = None
             return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._release()
-            raise
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
+        self._deadline(self.limits.idle_timeout, "idle")
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._release()
+    def data_received(self, data: bytes) -> None:
+        if not self._started:
+            self._started = True
+            self._deadline(self.limits.message_timeout, "a request not complete in time")
+        self.http.receive_data(data)
+        self._next()
 
-    def _release(self) -> None:
-        with self._counting:
-            self._active -= 1
+    def eof_received(self) -> bool:
+        self.http.receive_data(b"")
+        self._next()
+        return self._answering is not None  # half-closed after its request: answer it
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A connection that failed (reset, timed out while written to): the client's
-        problem, logged for debugging, not a traceback on stderr."""
-        log.debug("metrics: connection from %s failed", client_address, exc_info=True)
+    def pause_writing(self) -> None:  # the client does not take its reply
+        self._deadline(self.limits.write_timeout, "a reply not read in time")
 
+    def resume_writing(self) -> None:
+        self._cancel_timer()
 
-class _RequestReader(io.RawIOBase):
-    """The connection's bytes, read within the handler's deadlines: waiting for a
-    request's first byte up to ``idle_timeout``, then the rest of its line and headers
-    within ``message_timeout`` of that byte."""
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.endpoint.release(self)
+        self._cancel_timer()
+        if self._answering is not None:
+            self._answering.cancel()
+        self.transport = None
 
-    def __init__(self, connection: socket.socket, limits: ServerLimits) -> None:
-        super().__init__()
-        self.connection = connection
-        self.limits = limits
-        self.deadline: float | None = None  # None: between requests
+    # -- requests -------------------------------------------------------------------------
 
-    def readable(self) -> bool:
-        return True
+    def _next(self) -> None:
+        """Take h11's events until it needs more bytes or a request is complete."""
+        while self.transport is not None and self._answering is None:
+            try:
+                event = self.http.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._refuse(exc.error_status_hint, str(exc))
+                return
+            if event is h11.NEED_DATA:
+                return
+            if isinstance(event, h11.Request):
+                self._request = event
+            elif isinstance(event, h11.EndOfMessage) and self._request is not None:
+                self._cancel_timer()
+                self.transport.pause_reading()
+                self._answering = asyncio.ensure_future(self._answer(self._request))
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                self.close()
+                return
 
-    def readinto(self, buffer: Any) -> int:
-        if self.deadline is None:
-            timeout: float | None = self.limits.idle_timeout or None
+    async def _answer(self, request: h11.Request) -> None:
+        headers = dict(request.headers)
+        status, content_type, body = await self._page(request, headers)
+        if b"gzip" in headers.get(b"accept-encoding", b""):
+            if len(body) >= GZIP_IN_THREAD:
+                body = await asyncio.to_thread(gzip.compress, body, compresslevel=1)
+            else:
+                body = gzip.compress(body, compresslevel=1)
+            encoding = [("Content-Encoding", "gzip")]
         else:
-            timeout = self.deadline - time.monotonic()
-            if timeout <= 0:
-                raise TimeoutError("request not complete in time")
-        self.connection.settimeout(timeout)
-        count = self.connection.recv_into(buffer)
-        if self.deadline is None and self.limits.message_timeout:
-            self.deadline = time.monotonic() + self.limits.message_timeout
-        return count
+            encoding = []
+        self._send(h11.Response(status_code=status, headers=[
+            ("Content-Type", content_type), ("Content-Length", str(len(body))),
+            ("Server", "vmstats"), *encoding]))  # fmt: skip
+        if request.method != b"HEAD":
+            self._send(h11.Data(data=body))
+        self._send(h11.EndOfMessage())
+        self._answering = self._request = None
+        self._done()
 
-
-class _Handler(BaseHTTPRequestHandler):
-    metrics: MetricsEndpoint
-    server: _Server
-    server_version = "vmstats"
-    protocol_version = "HTTP/1.1"  # keep-alive, as Prometheus scrapes
-
-    def setup(self) -> None:
-        super().setup()
-        self.rfile.close()  # the plain socket file: read through the deadlines instead
-        self._reader = _RequestReader(self.connection, self.server.limits)
-        self.rfile = io.BufferedReader(self._reader)
-
-    def handle_one_request(self) -> None:
-        self._reader.deadline = None  # waiting for the next request
-        self._reader.limits = self.server.limits
-        super().handle_one_request()
-
-    def do_GET(self) -> None:
-        path = urlsplit(self.path).path
-        if path not in ("/metrics", "/"):
-            self._reply(404, "text/plain; charset=utf-8", b"not found: try /metrics\n")
-            return
-        _, content_type = choose_encoder(self.headers.get("Accept") or "")
+    async def _page(self, request: h11.Request, headers: dict[bytes, bytes]
+                    ) -> tuple[int, str, bytes]:  # fmt: skip
+        if request.method not in (b"GET", b"HEAD"):
+            return 405, "text/plain; charset=utf-8", b"only GET (and HEAD) here\n"
+        if urlsplit(request.target.decode("ascii", "replace")).path not in ("/metrics", "/"):
+            return 404, "text/plain; charset=utf-8", b"not found: try /metrics\n"
+        _, content_type = choose_encoder(headers.get(b"accept", b"").decode("latin-1"))
         try:
-            body = self.metrics.page(content_type.startswith("application/openmetrics-text"))
+            body = await self.endpoint.page(content_type.startswith("application/openmetrics"))
         except Exception as exc:  # a scrape that failed as a whole: say so, keep serving
             log.exception("scrape failed")
-            self._reply(500, "text/plain; charset=utf-8", f"scrape failed: {exc}\n".encode())
+            return 500, "text/plain; charset=utf-8", f"scrape failed: {exc}\n".encode()
+        return 200, content_type, body
+
+    def _done(self) -> None:
+        """A reply is written: wait for the next request (keep-alive), or close."""
+        if self.transport is None:
             return
-        self._reply(200, content_type, body)
+        if self.http.our_state is h11.MUST_CLOSE or self.http.their_state is not h11.DONE:
+            self.close()
+            return
+        self.http.start_next_cycle()
+        self._started = False
+        if not self.transport.get_write_buffer_size():
+            self._deadline(self.limits.idle_timeout, "idle")
+        self.transport.resume_reading()
+        self._next()
 
-    def _reply(self, status: int, content_type: str, body: bytes) -> None:
-        encoding = None
-        if "gzip" in (self.headers.get("Accept-Encoding") or ""):
-            body, encoding = gzip.compress(body, compresslevel=1), "gzip"
-        self.connection.settimeout(self.server.limits.write_timeout or None)
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if encoding:
-            self.send_header("Content-Encoding", encoding)
-        self.end_headers()
-        self.wfile.write(body)
+    def _refuse(self, status: int, why: str) -> None:
+        """A request h11 cannot take (malformed, headers over 16 KiB): its status, then
+        the connection is closed."""
+        log.debug("metrics: refused a request: %s", why)
+        if self.http.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            body = f"{why}\n".encode()
+            self._send(h11.Response(status_code=status, headers=[
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))), ("Connection", "close")]))  # fmt: skip
+            self._send(h11.Data(data=body))
+            self._send(h11.EndOfMessage())
+        self.close()
 
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("metrics: " + format, *args)
+    def _send(self, event: Any) -> None:
+        data = self.http.send(event)
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    # -- deadlines and closing ------------------------------------------------------------
+
+    def _deadline(self, seconds: float, why: str) -> None:
+        """Close the connection in ``seconds`` (0: never), unless something cancels it."""
+        self._cancel_timer()
+        if seconds:
+            self._timer = asyncio.get_running_loop().call_later(seconds, self._expired, why)
+
+    def _expired(self, why: str) -> None:
+        self._timer = None
+        log.debug("metrics: connection closed: %s", why)
+        self.abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close(self) -> None:
+        """Close once what is written is sent (within ``write_timeout``)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+            self._deadline(self.limits.write_timeout or 1.0, "a reply not read in time")
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
