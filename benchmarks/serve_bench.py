@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vmstats.serve.daemon import vmms
+from vmstats.serve.discover import vmms
 from vmstats.testing.hostile import DemoServer
 from vmstats.testing.qemu import RawQMP, stop_process
 from vmstats.testing.qemu10 import qemu10_vm

@@ -480,3 +480,36 @@ def test_two_vms_in_one_process_are_named_not_mixed_up(tmp_path: Path) -> None:
     finally:
         two.kill()
         two.wait()
+
+
+def test_a_second_daemon_on_the_same_run_dir_refuses_and_leaves_the_first_alone(
+    daemon: Daemon,
+) -> None:
+    first, run_dir = daemon
+    assert wait_for(lambda: (run_dir / "vms.json").exists())
+    second = subprocess.run([sys.executable, "-m", "vmstats", "serve", "--run-dir", str(run_dir),
+                             "--scan-interval", "0.3"], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert second.returncode == 1
+    assert second.stderr == (f"vmstats serve: {run_dir} is in use by another vmstats serve "
+                             f"(process {first.pid}): give this one another --run-dir\n")  # fmt: skip
+    assert (run_dir / "vms.json").exists()  # the first one's, untouched
+    assert first.poll() is None
+
+
+@pytest.mark.parametrize("command", [["serve", "--metrics"], ["exporter", "/", "--listen"]])
+def test_a_metrics_address_in_use_is_one_line_and_exit_1(tmp_path: Path,
+                                                         command: list[str]) -> None:  # fmt: skip
+    import socket as socketlib
+
+    with socketlib.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "vmstats", *command, f"127.0.0.1:{port}",
+                              *(["--run-dir", str(tmp_path / "run")] if command[0] == "serve"
+                                else [])], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.endswith(f"cannot listen on 127.0.0.1:{port}: Address already in use\n")
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "run" / "vms.json").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -57,19 +58,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=run)
 
 
-async def serve_metrics(endpoint: MetricsEndpoint, address: tuple[str, int],
-                        stop: asyncio.Event) -> int:  # fmt: skip
-    """Serve until ``stop``; 1 with a message if the address cannot be taken."""
+async def open_metrics(endpoint: MetricsEndpoint, address: tuple[str, int]) -> bool:
+    """Listen at ``address``; False, said on stderr, if it cannot be taken."""
     try:
         port = await endpoint.start(*address)
     except OSError as exc:
-        print(f"vmstats: cannot listen on {address[0]}:{address[1]}: {exc.strerror}",
-              file=sys.stderr)  # fmt: skip
-        return 1
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"vmstats: cannot listen on {address[0]}:{address[1]}: {reason}", file=sys.stderr)
+        return False
     log.warning("Prometheus metrics at http://%s:%d/metrics", address[0], port)
-    await stop.wait()
-    await endpoint.close()
-    return 0
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         readers = SocketReaders(list(args.sources), args.scrape_timeout)
         limits = server_limits(args)
         endpoint = MetricsEndpoint(readers, args.scrape_timeout, lambda: limits)
-        return await serve_metrics(endpoint, args.listen, stop)
+        if not await open_metrics(endpoint, args.listen):
+            return 1
+        await stop.wait()
+        await endpoint.close()
+        return 0
 
     return asyncio.run(main())

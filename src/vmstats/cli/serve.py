@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from vmstats.cli.exporter import add_metrics_options, serve_metrics
+from vmstats.cli.exporter import add_metrics_options, open_metrics
 from vmstats.cli.options import add_server_limits, positive_float
 from vmstats.cli.serve_config import (
     DEFAULT_RUN_DIR,
@@ -19,7 +19,7 @@ from vmstats.cli.serve_config import (
     given_settings,
     read_config,
 )
-from vmstats.errors import UsageError
+from vmstats.errors import SocketInUse, UsageError
 from vmstats.exporter.http import MetricsEndpoint
 from vmstats.serve.daemon import Daemon
 
@@ -141,23 +141,25 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
         log.warning("SIGHUP: %s reread", path)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
-    metrics = None
+    try:
+        daemon.rundir.claim()  # before anything listens: a second daemon stops here
+    except (SocketInUse, OSError) as exc:
+        print(f"vmstats serve: {exc}", file=sys.stderr)
+        return 1
+    endpoint = None
     if config.metrics is not None:
         endpoint = MetricsEndpoint(daemon.readers, config.scrape_timeout, lambda: daemon.limits)
-        metrics = asyncio.create_task(serve_metrics(endpoint, config.metrics, stop))
-        await asyncio.sleep(0)
-        if metrics.done() and metrics.result():
-            return metrics.result()  # the address is taken: said already
+        if not await open_metrics(endpoint, config.metrics):
+            daemon.rundir.release()
+            return 1
     try:
         await daemon.run(stop)
     except OSError as exc:
         print(f"vmstats serve: {exc}", file=sys.stderr)
-        stop.set()
         return 1
     finally:
-        if metrics is not None:
-            stop.set()
-            await metrics
+        if endpoint is not None:
+            await endpoint.close()
     return 0
 
 

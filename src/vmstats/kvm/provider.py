@@ -19,7 +19,7 @@ Oddities (unknown flags, types, units, bases) are logged once per layout read.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from vmstats.kvm.binstats import (
@@ -180,6 +180,13 @@ class KvmStatsProvider:
         # vCPUs of a fleet are idle, and a block that did not change is the same result.
         # Results are immutable once made, so sharing them between queries is safe.
         self._memos: dict[StatsFile, dict[StatsTemplate, tuple[bytes, EncodedResult]]] = {}
+
+    def set_vcpus(self, vcpus: Iterable[VcpuStatsFile]) -> None:
+        """Serve these vCPUs from now on (hot-plugged ones added, QOM paths learnt), in
+        vCPU index order; what was kept for files no longer served is let go."""
+        self.vcpus = list(vcpus)
+        kept = {v.file for v in self.vcpus} | ({self.vm} if self.vm is not None else set())
+        self._memos = {f: memo for f, memo in self._memos.items() if f in kept}
 
     def plan(self, layout: StatsLayout) -> _Plan:
         """The plan for ``layout`` (layouts hash by identity: one per distinct file shape)."""

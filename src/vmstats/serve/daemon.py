@@ -27,184 +27,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
-import json
 import logging
 import os
-import stat
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 
 from vmstats.errors import AttachError, ClientError, SocketInUse, VmstatsError
 from vmstats.kvm.attach import (
     AttachedVm,
     attach,
-    creator_thread,
-    owns,
-    processes_with_stats_fds,
     stats_fds_by_process,
 )
-from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
+from vmstats.kvm.provider import KvmStatsProvider
 from vmstats.kvm.vmm import VmmProcess
 from vmstats.limits import RateLimitedLog, ServerLimits
-from vmstats.qmp.client import QmpClient, qemu_version
 from vmstats.qmp.machine import (
-    CpuInfoFast,
     Machine,
-    cpus_from_wire,
-    name_from_wire,
-    pc_props,
-    pc_vcpu_path,
 )
 from vmstats.qmp.server import QMPServer
 from vmstats.reader.reading import Reader
-from vmstats.serve.discover import cmdline, qemu_name, vm_name
-from vmstats.serve.forward import DEFAULT_QMP_TIMEOUT, HostMonitor, QemuSocket
-from vmstats.serve.reader import MonitorReader
+from vmstats.serve.discover import (
+    ProbedQemu,
+    cmdline,
+    probe,
+    qemu_name,
+    qmp_socket_paths,
+    vm_name,
+    vmms,
+)
+from vmstats.serve.forward import DEFAULT_QMP_TIMEOUT, HostMonitor
+from vmstats.serve.rundir import RunDir
+from vmstats.serve.served import ServedVm
 from vmstats.stats.model import StatsTarget
 from vmstats.stats.registry import StatsRegistry
 
 log = logging.getLogger(__name__)
-
-
-def describe(name: str, pid: int, vcpus: int, local: Collection[StatsTarget],
-             qmp: Path | None, socket: Path) -> dict[str, object]:  # fmt: skip
-    """A served VM as ``vms.json``, ``vmstats list`` and ``serve --once`` show it."""
-    if not local:
-        source = "QMP (forwarded)"
-    elif StatsTarget.VM in local:
-        source = "fds (vm, vcpu)"
-    elif qmp is not None:
-        source = "fds (vcpu) + QMP (vm)"
-    else:
-        source = "fds (vcpu only: no QMP socket for VM-level stats)"
-    row: dict[str, object] = {"name": name, "pid": pid, "vcpus": vcpus, "source": source,
-                              "socket": str(socket)}  # fmt: skip
-    if qmp is not None:
-        row["qmp"] = str(qmp)
-    return row
-
-
-@dataclass
-class ProbedQemu:
-    """What a QEMU's socket said about its VM when probed."""
-
-    path: Path
-    pid: int
-    name: str | None
-    cpus: list[CpuInfoFast]
-    version: str = ""  # QEMU's, major.minor.micro
-
-
-async def probe(path: Path, timeout: float) -> ProbedQemu:
-    """Ask a QEMU socket who serves it (``SO_PEERCRED``), its name and its vCPUs; one
-    connection, closed at once.  :class:`ClientError` if it cannot tell."""
-    async with QmpClient(str(path), timeout) as qmp:
-        pid = qmp.peer_pid
-        if pid is None:
-            raise ClientError(f"{path}: cannot tell which process serves it")
-        await qmp.stats_commands()
-        name = name_from_wire(await qmp.value("query-name"))
-        version = qemu_version(await qmp.value("query-version")) or ""
-        cpus = cpus_from_wire(await qmp.value("query-cpus-fast"))
-    return ProbedQemu(path, pid, name, cpus, version)
-
-
-def qmp_socket_paths(patterns: Iterable[str]) -> list[Path]:
-    """The unix sockets the ``patterns`` (paths or globs) name now."""
-    out: set[Path] = set()
-    for pattern in patterns:
-        for match in glob.glob(pattern) or ([pattern] if not glob.has_magic(pattern) else []):
-            with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(os.stat(match).st_mode):
-                    out.add(Path(match))
-    return sorted(out)
-
-
-def vmms(
-    skip: Collection[int] = (),
-    report: Callable[[int, str], None] | None = None,
-    found: Collection[int] | None = None,
-) -> list[tuple[int, AttachedVm]]:
-    """Every VMM on the host we can look into (but ``skip``), with copies of its stats fds.
-    A VMM that cannot be taken is ``report``-ed (logged by default).  ``found``: the VMMs'
-    pids when the caller has listed them already."""
-    out = []
-    for pid in processes_with_stats_fds(vmms_only=True) if found is None else found:
-        if pid in skip:
-            continue
-        try:
-            attached = attach(pid)
-        except AttachError as exc:
-            if report is None:
-                log.info("process %d: %s", pid, exc)
-            else:
-                report(pid, str(exc))
-            continue
-        if not owns(pid, attached):  # holds copies of someone else's fds
-            attached.close()
-            continue
-        out.append((pid, attached))
-    return out
-
-
-@dataclass
-class ServedVm:
-    """One VM being served."""
-
-    name: str
-    pid: int
-    provider: KvmStatsProvider
-    monitor: HostMonitor
-    server: QMPServer
-    socket: Path
-    vcpus: dict[int, VcpuStatsFile] = field(default_factory=dict)  # CPU index -> file
-    vcpu_ids: set[int] = field(default_factory=set)  # KVM vcpu_ids held
-    qmp: Path | None = None
-    qemu_version: str = ""  # known from its socket
-    reader: MonitorReader | None = None  # for the Prometheus endpoint, made on first use
-
-    def metrics_reader(self) -> MonitorReader:
-        """What a scrape reads this VM with: its own monitor, as its clients see it."""
-        if self.reader is None:
-            self.reader = MonitorReader(self.name, self.monitor, self.metrics_info)
-        return self.reader
-
-    def metrics_info(self) -> dict[str, str]:
-        return {"pid": str(self.pid), "source": str(self.describe()["source"]),
-                "qemu_version": self.qemu_version}  # fmt: skip
-
-    def describe(self) -> dict[str, object]:
-        vcpus = len(self.vcpus) or len(self.monitor.machine.cpus)
-        return describe(self.name, self.pid, vcpus, self.monitor.local, self.qmp, self.socket)
-
-    def add_vcpus(self, attached: AttachedVm) -> None:
-        """Serve vCPUs (at start, or plugged since): their files, paths and threads."""
-        known = {cpu.cpu_index: cpu for cpu in self.monitor.machine.cpus}
-        for index, file in attached.vcpus.items():
-            path = known[index].qom_path if index in known else pc_vcpu_path(index)
-            self.vcpus[index] = VcpuStatsFile(path, file)
-            if index not in known:
-                known[index] = CpuInfoFast(index, path, creator_thread(file), pc_props(index))
-        self.vcpu_ids |= attached.vcpu_ids
-        self.vcpus = dict(sorted(self.vcpus.items()))
-        self.provider.vcpus = list(self.vcpus.values())
-        self.monitor.machine.cpus = [known[i] for i in sorted(known)]
-        if self.vcpus:
-            self.monitor.local.add(StatsTarget.VCPU)
-
-    def use_socket(self, source: ProbedQemu, timeout: float) -> None:
-        """The VM's QEMU socket: VM-level stats, QEMU's name and QOM paths from it."""
-        self.qmp = source.path
-        self.qemu_version = source.version
-        self.monitor.qemu = QemuSocket(source.path, timeout)
-        self.monitor.machine.name = source.name
-        if source.cpus:
-            self.monitor.machine.cpus = source.cpus
-            paths = {cpu.cpu_index: cpu.qom_path for cpu in source.cpus}
-            self.vcpus = {i: VcpuStatsFile(paths.get(i, v.qom_path), v.file)
-                          for i, v in self.vcpus.items()}  # fmt: skip
-            self.provider.vcpus = list(self.vcpus.values())
 
 
 class Daemon:
@@ -238,12 +95,12 @@ class Daemon:
         self._sockets: dict[Path, tuple[int, int]] = {}  # QEMU socket -> (inode, pid)
         self._log = RateLimitedLog(log, interval=300.0)
         self._removals: set[asyncio.Task[None]] = set()  # kept until done (asyncio holds weakly)
+        self.rundir = RunDir(run_dir, group)
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.run_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-        os.chmod(self.run_dir, 0o750)  # the group may enter, nobody else
-        if self.group is not None:
-            os.chown(self.run_dir, -1, self.group)
+        """Serve until ``stop``; :class:`SocketInUse` if another daemon holds the run
+        directory."""
+        self.rundir.claim()
         try:
             while not stop.is_set():
                 await self.scan()
@@ -383,18 +240,10 @@ class Daemon:
         log.info("%s (process %d) exited: no longer served", vm.name, pid)
 
     def _write_state(self) -> None:
-        if self.dry_run:
-            return
-        state = [vm.describe() for vm in self.served.values()]
-        path = self.run_dir / "vms.json"
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(state, indent=1) + "\n")
-        os.chmod(temporary, 0o644)
-        temporary.replace(path)
+        if not self.dry_run:
+            self.rundir.write_state([vm.describe() for vm in self.served.values()])
 
     async def close(self) -> None:
         for pid in list(self.served):
             await self._remove(pid)
-        if not self.dry_run:
-            with contextlib.suppress(FileNotFoundError):
-                (self.run_dir / "vms.json").unlink()
+        self.rundir.release()

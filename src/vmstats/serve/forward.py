@@ -25,7 +25,7 @@ from typing import Any
 from vmstats.errors import ClientError, RemoteError, StatsError
 from vmstats.qapi.json import RawJSON
 from vmstats.qmp.client import QmpClient, stats_arguments
-from vmstats.qmp.machine import Machine
+from vmstats.qmp.machine import CpuInfoFast, Machine
 from vmstats.qmp.monitor import Monitor
 from vmstats.stats.model import StatsFilter, StatsProvider, StatsTarget
 from vmstats.stats.registry import StatsRegistry
@@ -74,6 +74,19 @@ class HostMonitor(Monitor):
             "query-cpus-fast": self.query_cpus_fast_forwarded,
             "human-monitor-command": self.human_monitor_command_forwarded,
         })  # fmt: skip
+
+    def serve_vcpus(self, cpus: list[CpuInfoFast]) -> None:
+        """vCPU stats are served here from now on (their fds are held), for these vCPUs."""
+        self.machine.cpus = cpus
+        self.local.add(StatsTarget.VCPU)
+
+    def use_qemu(self, qemu: QemuSocket, name: str | None, cpus: list[CpuInfoFast]) -> None:
+        """The VM's QEMU socket answers what is not served here; its name, and its vCPUs
+        where it lists them, are the VM's."""
+        self.qemu = qemu
+        self.machine.name = name
+        if cpus:
+            self.machine.cpus = cpus
 
     def forwards(self, target: str) -> bool:
         return self._forwards(target) is not None

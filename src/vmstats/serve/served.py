@@ -1,0 +1,92 @@
+"""One VM being served: its copied stats fds (the provider), its monitor and QMP server,
+its socket, and how it is described in ``vms.json``, ``vmstats list`` and ``--once``.
+The daemon (:mod:`.daemon`) makes and removes them."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmstats.kvm.attach import AttachedVm, creator_thread
+from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
+from vmstats.qmp.machine import CpuInfoFast, pc_props, pc_vcpu_path
+from vmstats.qmp.server import QMPServer
+from vmstats.serve.discover import ProbedQemu
+from vmstats.serve.forward import HostMonitor, QemuSocket
+from vmstats.serve.reader import MonitorReader
+from vmstats.stats.model import StatsTarget
+
+
+def describe(name: str, pid: int, vcpus: int, local: Collection[StatsTarget],
+             qmp: Path | None, socket: Path) -> dict[str, object]:  # fmt: skip
+    """A served VM as ``vms.json``, ``vmstats list`` and ``serve --once`` show it."""
+    if not local:
+        source = "QMP (forwarded)"
+    elif StatsTarget.VM in local:
+        source = "fds (vm, vcpu)"
+    elif qmp is not None:
+        source = "fds (vcpu) + QMP (vm)"
+    else:
+        source = "fds (vcpu only: no QMP socket for VM-level stats)"
+    row: dict[str, object] = {"name": name, "pid": pid, "vcpus": vcpus, "source": source,
+                              "socket": str(socket)}  # fmt: skip
+    if qmp is not None:
+        row["qmp"] = str(qmp)
+    return row
+
+
+@dataclass
+class ServedVm:
+    """One VM being served."""
+
+    name: str
+    pid: int
+    provider: KvmStatsProvider
+    monitor: HostMonitor
+    server: QMPServer
+    socket: Path
+    vcpus: dict[int, VcpuStatsFile] = field(default_factory=dict)  # CPU index -> file
+    vcpu_ids: set[int] = field(default_factory=set)  # KVM vcpu_ids held
+    qmp: Path | None = None
+    qemu_version: str = ""  # known from its socket
+    reader: MonitorReader | None = None  # for the Prometheus endpoint, made on first use
+
+    def metrics_reader(self) -> MonitorReader:
+        """What a scrape reads this VM with: its own monitor, as its clients see it."""
+        if self.reader is None:
+            self.reader = MonitorReader(self.name, self.monitor, self.metrics_info)
+        return self.reader
+
+    def metrics_info(self) -> dict[str, str]:
+        return {"pid": str(self.pid), "source": str(self.describe()["source"]),
+                "qemu_version": self.qemu_version}  # fmt: skip
+
+    def describe(self) -> dict[str, object]:
+        vcpus = len(self.vcpus) or len(self.monitor.machine.cpus)
+        return describe(self.name, self.pid, vcpus, self.monitor.local, self.qmp, self.socket)
+
+    def add_vcpus(self, attached: AttachedVm) -> None:
+        """Serve vCPUs (at start, or plugged since): their files, paths and threads."""
+        known = {cpu.cpu_index: cpu for cpu in self.monitor.machine.cpus}
+        for index, file in attached.vcpus.items():
+            path = known[index].qom_path if index in known else pc_vcpu_path(index)
+            self.vcpus[index] = VcpuStatsFile(path, file)
+            if index not in known:
+                known[index] = CpuInfoFast(index, path, creator_thread(file), pc_props(index))
+        self.vcpu_ids |= attached.vcpu_ids
+        self.vcpus = dict(sorted(self.vcpus.items()))
+        self.provider.set_vcpus(self.vcpus.values())
+        if self.vcpus:
+            self.monitor.serve_vcpus([known[i] for i in sorted(known)])
+
+    def use_socket(self, source: ProbedQemu, timeout: float) -> None:
+        """The VM's QEMU socket: VM-level stats, QEMU's name and QOM paths from it."""
+        self.qmp = source.path
+        self.qemu_version = source.version
+        self.monitor.use_qemu(QemuSocket(source.path, timeout), source.name, source.cpus)
+        if source.cpus:
+            paths = {cpu.cpu_index: cpu.qom_path for cpu in source.cpus}
+            self.vcpus = {i: VcpuStatsFile(paths.get(i, v.qom_path), v.file)
+                          for i, v in self.vcpus.items()}  # fmt: skip
+            self.provider.set_vcpus(self.vcpus.values())
