@@ -36,6 +36,7 @@ import stat
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -233,7 +234,7 @@ class QMPServer:
             conn.close()
             self.log.warning("adopt", "QMP connection failed at set-up: %s", exc)
         finally:
-            if not protocol.connected:
+            if protocol.transport is None:  # connection_made never came
                 self._starting -= 1
 
     def _sweep(self) -> None:
@@ -272,8 +273,33 @@ class QMPServer:
             connection.abort()
 
 
+class Phase(Enum):
+    """Where a connection is in its life.  Transitions, and what makes them::
+
+        OPEN      -> DRAINING  the client sent EOF: what it sent is answered, then close
+        OPEN      -> CLOSING   close(): timeouts, server shutdown, the VM gone
+        DRAINING  -> CLOSING   the last reply is written
+        any       -> CLOSED    the transport is gone (the peer left, or abort())
+
+    Only OPEN and DRAINING produce replies; CLOSING only flushes what is written (and is
+    aborted if the client does not take it within ``write_timeout``).
+    """
+
+    OPEN = "open"
+    DRAINING = "draining"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
 class _Connection(asyncio.Protocol):
-    """One client: a session, and the flow control between its socket and its replies."""
+    """One client: a session, and the flow control between its socket and its replies.
+
+    Beside its :class:`Phase`, a connection has two flow-control flags that mirror its
+    transport: ``_reading`` (False while input is paused: work is left over, or replies
+    wait to be written) and ``_writable`` (False while the client does not take its
+    replies); and at most one piece of work in flight: a scheduled pump turn or a reply
+    made elsewhere (``_pump_handle``, ``_pending``).
+    """
 
     def __init__(self, server: QMPServer) -> None:
         self.server = server
@@ -282,11 +308,9 @@ class _Connection(asyncio.Protocol):
             server.monitor, max_message_size=limits.max_message_size, max_tokens=limits.max_tokens
         )
         self.transport: asyncio.Transport | None = None
-        self.connected = False
+        self.phase = Phase.OPEN
         self._reading = True
         self._writable = True
-        self._eof = False
-        self._closing = False
         self._pump_handle: asyncio.Handle | None = None
         self._pending: asyncio.Task[None] | None = None  # a reply being made elsewhere
         self._write_timer: asyncio.TimerHandle | None = None
@@ -300,7 +324,6 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
-        self.connected = True
         self.server._starting -= 1
         self.server._connections.add(self)
         transport.write(self.session.greeting())
@@ -308,7 +331,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Answer at once, within one TURN (no extra turn of the loop for a request that
         fits in one read); reading pauses only while work is left over."""
-        if self._closing:
+        if self.phase is not Phase.OPEN:
             return
         self._last_input = time.monotonic()
         self.session.receive(data)
@@ -322,7 +345,8 @@ class _Connection(asyncio.Protocol):
             self._schedule()
 
     def eof_received(self) -> bool:
-        self._eof = True
+        if self.phase is Phase.OPEN:
+            self.phase = Phase.DRAINING
         self._schedule()
         return True  # keep our side open until the replies to what came are written
 
@@ -341,7 +365,7 @@ class _Connection(asyncio.Protocol):
         self._schedule()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
+        self.phase = Phase.CLOSED
         for handle in (self._pump_handle, self._write_timer, self._abort_timer, self._pending):
             if handle is not None:
                 handle.cancel()
@@ -349,15 +373,20 @@ class _Connection(asyncio.Protocol):
 
     # -- work ---------------------------------------------------------------------------
 
+    @property
+    def answering(self) -> bool:
+        """Does this connection still produce replies?"""
+        return self.phase in (Phase.OPEN, Phase.DRAINING)
+
     def _schedule(self) -> None:
-        if self._pump_handle is None and self._pending is None and not self._closing:
+        if self._pump_handle is None and self._pending is None and self.answering:
             self._pump_handle = asyncio.get_running_loop().call_soon(self._pump)
 
     def _pump(self) -> None:
         """Answer what has arrived, one reply at a time, for at most one TURN."""
         self._pump_handle = None
         transport = self.transport
-        if self._closing or transport is None or transport.is_closing():
+        if not self.answering or transport is None or transport.is_closing():
             return
         deadline = time.perf_counter() + TURN
         while self._writable:
@@ -387,7 +416,7 @@ class _Connection(asyncio.Protocol):
                 log.exception("an asynchronous reply failed")
                 line = error_line(INTERNAL_ERROR)
             self._pending = None
-            if self.transport is not None and not self._closing:
+            if self.transport is not None and self.answering:
                 self.transport.write(line)
                 self._schedule()
 
@@ -400,7 +429,7 @@ class _Connection(asyncio.Protocol):
                 self._message_since = time.monotonic()
         else:
             self._message_since = None
-        if self._eof:
+        if self.phase is Phase.DRAINING:
             self.session.receive_eof()
             self.close()
         elif not self._reading:
@@ -428,15 +457,16 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close after the replies already written are sent (abort if they are not read)."""
-        if self._closing or self.transport is None:
+        if not self.answering or self.transport is None:
             return
-        self._closing = True
+        self.phase = Phase.CLOSING
         self.transport.close()
         timeout = self.server.limits.write_timeout or 1.0
         self._abort_timer = asyncio.get_running_loop().call_later(timeout, self.abort)
 
     def abort(self) -> None:
         """Drop the connection now, and its buffers with it."""
-        self._closing = True
+        if self.phase is not Phase.CLOSED:
+            self.phase = Phase.CLOSING
         if self.transport is not None:
             self.transport.abort()
