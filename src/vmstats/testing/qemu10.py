@@ -2,9 +2,9 @@
 
 Installing bookworm-backports' ``qemu-system-x86`` would replace 7.2, which the
 differential tests need, so its three packages are downloaded and unpacked into a cache
-folder instead (host-integration-notes §2).  The mirror is the one this machine's apt
-sources already name.  ``python -m vmstats.testing.qemu10`` fetches it (as root, with
-apt) and prints the binary's path; :func:`qemu10_binary` finds it afterwards.
+folder instead.  The mirror is the one this machine's apt sources already name.
+``python -m vmstats.testing.qemu10`` fetches it (as root, with apt) and prints the
+binary's path; :func:`qemu10_binary` finds it afterwards.
 """
 
 from __future__ import annotations
