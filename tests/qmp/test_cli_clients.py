@@ -150,10 +150,13 @@ class FakePeer:
     that is old, or that sends what no QEMU sends."""
 
     def __init__(self, path: Path, answers: dict[str, str], version: str = "7.2.0",
-                 terse: bool = False) -> None:  # fmt: skip
+                 terse: bool = False, missing: frozenset[str] | set[str] = frozenset()
+                 ) -> None:  # fmt: skip
+        """``missing``: commands answered with QEMU's CommandNotFound."""
         self.path = path
         self.answers = answers
         self.terse = terse
+        self.missing = missing
         major, minor, micro = version.split(".")
         self.greeting = (f'{{"QMP": {{"version": {{"qemu": {{"micro": {micro}, "minor": {minor}, '
                          f'"major": {major}}}, "package": ""}}, "capabilities": ["oob"]}}}}\r\n')  # fmt: skip
@@ -163,6 +166,9 @@ class FakePeer:
 
     def _answer(self, request: dict[str, Any]) -> str:
         command = str(request.get("execute"))
+        if command in self.missing:
+            return ('{"error": {"class": "CommandNotFound", "desc": "The command '
+                    f'{command} has not been found"}}}}\r\n')  # fmt: skip
         target = (request.get("arguments") or {}).get("target")
         text = self.answers.get(f"{command} {target}", self.answers.get(command, "{}"))
         tail = f', "id": {json.dumps(request["id"])}' if "id" in request else ""

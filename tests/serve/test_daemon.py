@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -513,3 +514,28 @@ def test_a_metrics_address_in_use_is_one_line_and_exit_1(tmp_path: Path,
     assert out.stderr.endswith(f"cannot listen on 127.0.0.1:{port}: Address already in use\n")
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "run" / "vms.json").exists()
+
+
+def test_the_log_says_what_is_served_and_why_it_stops_being(tmp_path: Path) -> None:
+    """At the default level (a service's log is INFO): start-up, each VM served, a VM that
+    exits, and at shutdown VMs that still run, each in its own words."""
+    run_dir, log = tmp_path / "run", tmp_path / "serve.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "vmstats", "serve", "--run-dir",
+                                 str(run_dir), "--scan-interval", "0.3"], stderr=stderr)  # fmt: skip
+    try:
+        with DemoServer(vcpus=1, rate=0.001) as first, DemoServer(vcpus=1, rate=0.001) as second:
+            assert wait_for(socket_of(run_dir, first.vm_pid).exists)
+            assert wait_for(socket_of(run_dir, second.vm_pid).exists)
+            kill(first.vm_pid)
+            assert wait_for(lambda: f"(process {first.vm_pid}) exited" in log.read_text())
+            assert stop_process(proc) == 0
+    finally:
+        stop_process(proc)
+    text = log.read_text()
+    assert f"vmstats: INFO: serving the VMs of this host in {run_dir}" in text
+    assert f"(process {first.vm_pid}) exited: no longer served" in text
+    assert (f"(process {second.vm_pid}) still runs, but vmstats serve stops: no longer served"
+            in text)  # fmt: skip
+    for demo in (first, second):
+        assert re.search(rf"INFO: serving \S+ \(process {demo.vm_pid}, fds", text), text

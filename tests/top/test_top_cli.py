@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import select
 import signal
 import subprocess
 import sys
@@ -386,3 +387,62 @@ def test_a_held_qemu_7_monitor_is_one_clear_message_every_time() -> None:
         finally:
             held.close()
         assert vmstats("query", str(vm.qmp_path), "--target", "vm").returncode == 0
+
+
+def peer_answers() -> dict[str, str]:
+    """A VM of two vCPUs whose stats never move: exits 5 and 7, a histogram."""
+    from tests.qmp.test_cli_clients import EXITS_SCHEMA
+
+    stats = [{"provider": "kvm", "qom-path": f"/machine/unattached/device[{i}]",
+              "stats": [{"name": "exits", "value": value}]}
+             for i, value in ((2, 7), (0, 5))]  # fmt: skip
+    cpus = [{"cpu-index": n, "qom-path": f"/machine/unattached/device[{p}]", "thread-id": 1}
+            for n, p in ((0, 0), (1, 2))]  # fmt: skip
+    return {"query-stats-schemas": EXITS_SCHEMA, "query-stats vcpu": json.dumps(stats),
+            "query-stats vm": "[]", "query-cpus-fast": json.dumps(cpus),
+            "query-name": '{"name": "web1"}'}  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "status", "message"), [
+    (["--vcpus", "99"], 2, "vmstats top: no vCPU 99: the VM has vCPUs 0 to 1\n"),
+    (["-f", "exitz"], 2, "vmstats top: no stat matches -f 'exitz' (-f help lists them)\n"),
+])  # fmt: skip
+def test_a_selection_that_selects_nothing_is_a_usage_error(tmp_path: Path, args: list[str],
+                                                           status: int, message: str) -> None:  # fmt: skip
+    with FakePeer(tmp_path / "a.qmp", peer_answers()) as peer:
+        out = vmstats("top", str(peer.path), "-1", "-s", "0.2", *args)
+    assert (out.returncode, out.stdout, out.stderr) == (status, "", message)
+
+
+def test_an_empty_directory_is_said_not_printed_as_a_blank_line(tmp_path: Path) -> None:
+    out = vmstats("top", str(tmp_path), "-1", "-s", "0.2")
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr == f"vmstats top: no VM to show: {tmp_path} hold(s) no *.qmp socket\n"
+
+
+def test_once_shows_lifetime_totals_as_query_does(tmp_path: Path) -> None:
+    """The counters did not move during the interval: the total is still their value
+    (5 + 7), as ``vmstats query`` shows it and kvm_stat's ``-1`` does."""
+    with FakePeer(tmp_path / "a.qmp", peer_answers()) as peer:
+        out = vmstats("top", str(peer.path), "-1", "-s", "0.2", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["vms"]["web1"]["vcpu.exits"]["total"] == 12
+
+
+def test_log_mode_says_once_on_stderr_when_a_vm_goes(tmp_path: Path) -> None:
+    peer = FakePeer(tmp_path / "a.qmp", peer_answers())
+    with peer:
+        proc = subprocess.Popen([sys.executable, "-m", "vmstats", "top", str(peer.path), "-l",
+                                 "-c", "-s", "0.2"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("time,vm,")
+        assert ",web1," in proc.stdout.readline()
+    assert proc.stderr is not None
+    said, _, _ = select.select([proc.stderr], [], [], 30)  # at the next refresh, not never
+    gone = proc.stderr.readline() if said else ""
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=10)
+    assert gone.startswith("vmstats top: web1: cannot connect to QMP at "), gone
+    assert "No such file or directory" in gone
+    assert rest == ""  # once, not at every refresh

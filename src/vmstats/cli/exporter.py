@@ -66,7 +66,7 @@ async def open_metrics(endpoint: MetricsEndpoint, address: tuple[str, int]) -> b
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         print(f"vmstats: cannot listen on {address[0]}:{address[1]}: {reason}", file=sys.stderr)
         return False
-    log.warning("Prometheus metrics at http://%s:%d/metrics", address[0], port)
+    log.info("Prometheus metrics at http://%s:%d/metrics", address[0], port)
     return True
 
 

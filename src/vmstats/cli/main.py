@@ -44,8 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     error, 2 for a usage error, 130 for Ctrl-C; a closed output pipe ends it quietly."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The services (serve, exporter) say what they do at INFO, for journald: each VM
+    # served and gone, where they listen.  The other commands only warn, unless -v.
+    service = getattr(args, "command", None) in ("serve", "exporter")
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if args.verbose or service else logging.WARNING,
         format="vmstats: %(levelname)s: %(message)s",
     )
     if not hasattr(args, "func"):

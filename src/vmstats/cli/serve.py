@@ -138,7 +138,7 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
         daemon.limits = settings.limits
         daemon.qmp = list(settings.qmp)
         daemon.qmp_timeout = settings.qmp_timeout
-        log.warning("SIGHUP: %s reread", path)
+        log.info("SIGHUP: %s reread", path)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     try:

@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 from vmstats.cli.options import non_negative_float, positive_float
-from vmstats.errors import VmstatsError
+from vmstats.errors import UsageError, VmstatsError
 from vmstats.qmp.client import DEFAULT_TIMEOUT
 from vmstats.reader.reading import QmpReader, Reader
 from vmstats.top.batch import JsonWriter, OnceWriter, Output, TableWriter, Writer
 from vmstats.top.drive import Driver, LiveDriver, ReplayDriver
 from vmstats.top.frame import StatFilter
 from vmstats.top.record import Recorder, read_recording
-from vmstats.top.watch import Watch
+from vmstats.top.watch import Changes, Watch
 
 
 def vcpu_numbers(text: str) -> list[int]:
@@ -150,6 +150,9 @@ def run_top(args: argparse.Namespace) -> int:
         return 2
     try:
         return asyncio.run(_top(args))
+    except UsageError as exc:
+        print(f"vmstats top: {exc}", file=sys.stderr)
+        return 2
     except VmstatsError as exc:
         print(f"vmstats top: {exc}", file=sys.stderr)
         return 1
@@ -202,9 +205,20 @@ async def _batch(args: argparse.Namespace, driver: Driver) -> int:
         loop.add_signal_handler(signum, stop.set)
     keep = args.fields if isinstance(args.fields, StatFilter) else None
     delay = await driver.step()
-    if all(s.gone for s in driver.watch.vms.values()) and driver.watch.vms:
-        reasons = "; ".join(f"{s.name}: {s.gone}" for s in driver.watch.vms.values())
-        raise VmstatsError(reasons)
+    watch = driver.watch
+    if not watch.vms:
+        if args.once:
+            raise VmstatsError(f"no VM to show: {', '.join(args.sources)} hold(s) no *.qmp "
+                               "socket")  # fmt: skip
+        print(f"vmstats top: no VM yet in {', '.join(args.sources)}; waiting for one",
+              file=sys.stderr)  # fmt: skip
+    elif all(s.gone for s in watch.vms.values()):
+        raise VmstatsError("; ".join(f"{s.name}: {s.gone}" for s in watch.vms.values()))
+    _check_selection(watch, keep, args.vcpus)
+    if args.once:
+        watch.count_from_zero()
+    changes = Changes()
+    changes(watch)  # what the first read found is not news
     while delay is not None and not stop.is_set():
         if delay > 0:
             with contextlib.suppress(TimeoutError):
@@ -214,12 +228,30 @@ async def _batch(args: argparse.Namespace, driver: Driver) -> int:
         delay = await driver.step()
         if delay is None:
             break
-        per_vm, total = driver.watch.rows(keep, args.vcpus)
-        gone = {name: state.gone for name, state in driver.watch.vms.items()}
-        writer(driver.watch.taken, per_vm, total, gone)
+        per_vm, total = watch.rows(keep, args.vcpus)
+        gone = {name: state.gone for name, state in watch.vms.items()}
+        writer(watch.taken, per_vm, total, gone)
+        if not args.once:
+            for change in changes(watch):
+                print(f"vmstats top: {change}", file=sys.stderr)
         if args.once:
             break
     return 0
+
+
+def _check_selection(watch: Watch, keep: StatFilter | None, vcpus: list[int] | None) -> None:
+    """:class:`UsageError` for ``-f`` or ``--vcpus`` that select nothing of the VMs read
+    (the output would be empty, silently)."""
+    live = [state for state in watch.vms.values() if state.gone is None and state.schemas.entries]
+    if not live:
+        return
+    if keep is not None and not any(keep(name) for state in live
+                                    for (_, _, name) in state.schemas.entries):  # fmt: skip
+        raise UsageError(f"no stat matches -f {keep.pattern!r} (-f help lists them)")
+    if vcpus and not any(i < len(state.cpus) for state in live for i in vcpus):
+        most = max(len(state.cpus) for state in live)
+        has = f"vCPUs 0 to {most - 1}" if most else "no vCPU"
+        raise UsageError(f"no vCPU {','.join(map(str, vcpus))}: the VM has {has}")
 
 
 def run_record(args: argparse.Namespace) -> int:
@@ -245,18 +277,15 @@ async def _record(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     deadline = time.monotonic() + args.duration if args.duration else None
-    said: dict[str, str | None] = {}  # what stderr last said of each VM
+    changes = Changes()
     samples = 0
     try:
         while not stop.is_set():
             await watch.refresh()
             recorder.record(watch)
-            for name, state in watch.vms.items():
-                samples += state.gone is None and state.current is not None
-                if said.get(name) != state.gone:  # a VM gone, or back: said once
-                    if state.gone is not None or name in said:
-                        print(f"vmstats record: {name}: {state.gone or 'back'}", file=sys.stderr)
-                    said[name] = state.gone
+            samples += sum(s.gone is None and s.current is not None for s in watch.vms.values())
+            for change in changes(watch):
+                print(f"vmstats record: {change}", file=sys.stderr)
             remaining = args.interval
             if deadline is not None:
                 remaining = min(remaining, deadline - time.monotonic())

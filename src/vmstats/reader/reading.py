@@ -39,7 +39,7 @@ from vmstats.qmp.client import (
     qemu_version,
 )
 from vmstats.qmp.machine import cpus_from_wire, name_from_wire
-from vmstats.reader.sample import Sample, sample_from_wire, take_sample
+from vmstats.reader.sample import Sample, SampleMemo, sample_from_wire, take_sample
 from vmstats.stats.decode import schemas_from_wire
 from vmstats.stats.model import VM_TARGETS, StatsSchema
 from vmstats.stats.registry import StatsRegistry
@@ -160,13 +160,14 @@ class RegistryReader:
         self._vcpus = vcpu_numbers(cpus)
         self._info = info
         self._schemas: list[StatsSchema] = []
+        self._memo: SampleMemo = {}
 
     async def read(self) -> VmReading:
         fresh = self.registry.query_stats_schemas()
         if fresh != self._schemas:
             self._schemas = fresh
-        return VmReading(self.name, self._schemas, take_sample(self.registry), self._vcpus,
-                         self._info())  # fmt: skip
+        sample = take_sample(self.registry, self._memo)
+        return VmReading(self.name, self._schemas, sample, self._vcpus, self._info())
 
 
 def socket_addresses(sources: Sequence[str]) -> list[str]:

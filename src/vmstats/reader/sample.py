@@ -80,14 +80,37 @@ class Schemas:
         return list(self.entries)
 
 
-def sample_of(taken: float, results: Mapping[StatsTarget, Sequence[StatsResult]]) -> Sample:
-    """A sample from ``query-stats`` results per target, in QEMU's (wire) order."""
+#: Per object, the stats object of a provider's result and the values made of it.
+SampleMemo = dict[ObjectKey, tuple[object, dict[str, StatsValue]]]
+
+
+def sample_of(taken: float, results: Mapping[StatsTarget, Sequence[StatsResult]],
+              memo: SampleMemo | None = None) -> Sample:  # fmt: skip
+    """A sample from ``query-stats`` results per target, in QEMU's (wire) order.
+
+    With ``memo`` (kept by the caller between samples), an object whose provider gave
+    the very same stats object as last time (the KVM provider does while the VM's data
+    did not change) keeps the very same values: consumers that kept what they made of
+    them (the exposition's text) see that at once, by identity."""
     values: dict[ObjectKey, dict[str, StatsValue]] = {}
+    fresh: SampleMemo = {}
     for target, found in results.items():
         for result in reversed(found):
             key = (result.provider.value, target.value, result.qom_path or "")
-            names, stats = _columns(result.stats)
-            values.setdefault(key, {}).update(natural_values(names, stats))
+            kept = memo.get(key) if memo is not None else None
+            if kept is not None and kept[0] is result.stats and key not in values:
+                natural = kept[1]
+            else:
+                names, stats = _columns(result.stats)
+                natural = natural_values(names, stats)
+            fresh[key] = (result.stats, natural)
+            if key in values:  # several results for one object: merged
+                values[key] = {**values[key], **natural}
+            else:
+                values[key] = natural
+    if memo is not None:
+        memo.clear()
+        memo.update(fresh)
     return Sample(taken, values)
 
 
@@ -114,6 +137,7 @@ def sample_from_wire(taken: float, replies: Mapping[str, bytes | Any]) -> Sample
     return Sample(taken, values)
 
 
-def take_sample(registry: StatsRegistry) -> Sample:
+def take_sample(registry: StatsRegistry, memo: SampleMemo | None = None) -> Sample:
     """Read every stat of every provider of ``registry`` (in this process)."""
-    return sample_of(time.time(), {t: registry.query_stats(StatsFilter(t)) for t in VM_TARGETS})
+    results = {t: registry.query_stats(StatsFilter(t)) for t in VM_TARGETS}
+    return sample_of(time.time(), results, memo)

@@ -101,6 +101,8 @@ class Daemon:
         """Serve until ``stop``; :class:`SocketInUse` if another daemon holds the run
         directory."""
         self.rundir.claim()
+        log.info("serving the VMs of this host in %s (a scan every %g s%s)", self.run_dir,
+                 self.scan_interval, "" if self.fds else "; QMP sockets only")  # fmt: skip
         try:
             while not stop.is_set():
                 await self.scan()
@@ -225,8 +227,9 @@ class Daemon:
         self._removals.add(task)
         task.add_done_callback(self._removals.discard)
 
-    async def _remove(self, pid: int) -> None:
-        """The VMM exited: close its fds at once, its clients, its socket."""
+    async def _remove(self, pid: int, why: str = "exited") -> None:
+        """The VMM exited (or the daemon stops): close its fds at once, its clients, its
+        socket."""
         vm = self.served.pop(pid, None)
         if vm is None:
             return
@@ -237,7 +240,7 @@ class Daemon:
         vm.provider.close()  # reads from now on fail: the VM is gone
         await closing
         self._write_state()
-        log.info("%s (process %d) exited: no longer served", vm.name, pid)
+        log.info("%s (process %d) %s: no longer served", vm.name, pid, why)
 
     def _write_state(self) -> None:
         if not self.dry_run:
@@ -245,5 +248,5 @@ class Daemon:
 
     async def close(self) -> None:
         for pid in list(self.served):
-            await self._remove(pid)
+            await self._remove(pid, "still runs, but vmstats serve stops")
         self.rundir.release()

@@ -17,7 +17,7 @@ from vmstats.qmp.client import decode
 from vmstats.qmp.machine import cpus_from_wire
 from vmstats.qmp.monitor import Monitor
 from vmstats.reader.reading import VmReading
-from vmstats.reader.sample import Sample, sample_from_wire, sample_of
+from vmstats.reader.sample import Sample, SampleMemo, sample_from_wire, sample_of
 from vmstats.stats.decode import schemas_from_wire
 from vmstats.stats.model import VM_TARGETS, StatsFilter, StatsSchema
 
@@ -32,6 +32,7 @@ class MonitorReader:
         self._info = info
         self._schemas: tuple[bytes, list[StatsSchema]] = (b"", [])
         self._vcpus: tuple[bytes, dict[str, int]] = (b"", {})
+        self._memo: SampleMemo = {}
 
     async def ask(self, command: str, arguments: dict[str, Any] | None) -> bytes:
         """``command`` through the monitor: its return value as QMP would send it."""
@@ -52,7 +53,7 @@ class MonitorReader:
         local = {t: self.monitor.registry.query_stats(StatsFilter(t))
                  for t in VM_TARGETS if not self.monitor.forwards(t.value)}  # fmt: skip
         taken = time.time()
-        sample = sample_of(taken, local)
+        sample = sample_of(taken, local, self._memo)
         if forwarded:
             values = dict(sample.values)
             values.update(sample_from_wire(taken, forwarded).values)

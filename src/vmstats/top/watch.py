@@ -170,6 +170,13 @@ class Watch:
         for state in self.vms.values():
             state.baseline = state.current
 
+    def count_from_zero(self) -> None:
+        """Totals are the counters' own values, since each VM started (what ``query``
+        shows, and kvm_stat's ``-1``): the baseline holds nothing, so it counts as 0."""
+        for state in self.vms.values():
+            if state.current is not None:
+                state.baseline = Sample(state.current.taken, {})
+
     def rows(
         self, stat_filter: StatFilter | None = None, vcpus: Sequence[int] | None = None
     ) -> tuple[dict[str, list[StatRow]], list[StatRow]]:
@@ -180,6 +187,23 @@ class Watch:
         }
         live = [rows for name, rows in per_vm.items() if self.vms[name].gone is None]
         return per_vm, total_rows(live, self._totals) if len(self.vms) > 1 else []
+
+
+class Changes:
+    """Which VMs went, or came back, since the last call: each change said once (batch
+    modes and ``record`` tell them on stderr, where a missing line would go unseen)."""
+
+    def __init__(self) -> None:
+        self._said: dict[str, str | None] = {}
+
+    def __call__(self, watch: Watch) -> list[str]:
+        out = []
+        for name, state in watch.vms.items():
+            if self._said.get(name) != state.gone:
+                if state.gone is not None or name in self._said:
+                    out.append(f"{name}: {state.gone or 'back'}")
+                self._said[name] = state.gone
+        return out
 
 
 def _reason(exc: BaseException) -> str:

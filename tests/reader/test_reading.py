@@ -1,0 +1,104 @@
+"""The one reader: a reading's natural order and its memo, and QmpReader against servers
+that lack a command, refuse one, or are too old (fake peers speaking QMP)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.qmp.test_cli_clients import EXITS_SCHEMA, FakePeer
+from tests.stats.provider import FakeProvider
+from vmstats.errors import ClientError
+from vmstats.reader.reading import QmpReader, RegistryReader, socket_addresses
+from vmstats.reader.sample import SampleMemo, take_sample
+from vmstats.stats.model import StatsProvider, StatsResult, StatsTarget
+from vmstats.stats.registry import StatsRegistry
+
+VCPU_STATS = json.dumps([
+    {"provider": "kvm", "qom-path": "/machine/unattached/device[2]",
+     "stats": [{"name": "hist", "value": [3, 2, 1]}, {"name": "exits", "value": 7}]},
+    {"provider": "kvm", "qom-path": "/machine/unattached/device[0]",
+     "stats": [{"name": "hist", "value": [0, 0, 9]}, {"name": "exits", "value": 5}]},
+])  # fmt: skip
+
+
+def test_a_server_without_cpus_fast_or_name_is_read_in_natural_order(tmp_path: Path) -> None:
+    """No query-cpus-fast, no query-name (CommandNotFound): vCPUs are numbered in the
+    order their stats come (QEMU prepends: the last one on the wire is vCPU 0), and the
+    VM is named after its socket; buckets lowest first, stats in provider order."""
+    answers = {"query-stats-schemas": EXITS_SCHEMA, "query-stats vcpu": VCPU_STATS,
+               "query-stats vm": "[]"}  # fmt: skip
+    with FakePeer(tmp_path / "old.qmp", answers, missing={"query-cpus-fast", "query-name"}):
+        reading = asyncio.run(QmpReader(str(tmp_path / "old.qmp"), timeout=5).read())
+    assert reading.name == "old"
+    assert reading.cpus() == ["/machine/unattached/device[0]", "/machine/unattached/device[2]"]
+    assert reading.sample.values[("kvm", "vcpu", "/machine/unattached/device[2]")] == {
+        "exits": 7, "hist": [1, 2, 3]}  # fmt: skip
+    assert list(reading.sample.values[("kvm", "vcpu", "/machine/unattached/device[0]")]) == [
+        "exits", "hist"]  # fmt: skip
+    assert reading.info["qemu_version"] == "7.2.0"
+
+
+def test_qemu_before_7_1_is_named_as_such(tmp_path: Path) -> None:
+    old = FakePeer(tmp_path / "q.qmp", {}, version="6.2.0",
+                   missing={"query-stats", "query-stats-schemas"})  # fmt: skip
+    reader = QmpReader(str(tmp_path / "q.qmp"), timeout=5)
+    with old, pytest.raises(ClientError, match=r"QEMU 6\.2\.0 .* has no query-stats: it needs"):
+        asyncio.run(reader.read())
+
+
+def test_schemas_and_vcpus_are_decoded_again_only_when_their_bytes_change(tmp_path: Path) -> None:
+    answers = {"query-stats-schemas": EXITS_SCHEMA, "query-stats vcpu": VCPU_STATS,
+               "query-stats vm": "[]", "query-name": '{"name": "web1"}'}  # fmt: skip
+    with FakePeer(tmp_path / "a.qmp", answers, missing={"query-cpus-fast"}):
+        reader = QmpReader(str(tmp_path / "a.qmp"), timeout=5)
+        first, second = asyncio.run(reader.read()), asyncio.run(reader.read())
+        answers["query-stats-schemas"] = "[]"
+        third = asyncio.run(reader.read())
+    assert first.name == second.name == "web1"
+    assert second.schemas is first.schemas  # kept: consumers keep what they made of them
+    assert third.schemas == []
+    assert third.schemas is not first.schemas
+
+
+def test_the_memo_keeps_unchanged_objects_the_same_objects() -> None:
+    """A provider that gives the very same stats object gets the very same values back:
+    the exposition then knows by identity that nothing moved."""
+    registry = StatsRegistry()
+    registry.add_stats_callbacks(FakeProvider(vcpus=2))
+    memo: SampleMemo = {}
+    one, two = take_sample(registry, memo), take_sample(registry, memo)
+    for key, values in one.values.items():
+        assert two.values[key] == values
+    # The fake provider makes new stats lists each call: nothing may be shared wrongly.
+    assert all(two.values[k] is not v for k, v in one.values.items())
+    stats = [("exits", 1)]
+    result = StatsResult(StatsProvider.KVM, stats, "/cpu0")
+    from vmstats.reader.sample import sample_of
+
+    a = sample_of(0.0, {StatsTarget.VCPU: [result]}, memo)
+    b = sample_of(1.0, {StatsTarget.VCPU: [StatsResult(StatsProvider.KVM, stats, "/cpu0")]}, memo)
+    c = sample_of(2.0, {StatsTarget.VCPU: [StatsResult(StatsProvider.KVM, [("exits", 2)], "/cpu0")]},
+                  memo)  # fmt: skip
+    key = ("kvm", "vcpu", "/cpu0")
+    assert b.values[key] is a.values[key]
+    assert c.values[key] == {"exits": 2}
+
+
+def test_registry_reader_reads_the_demo_shape() -> None:
+    registry = StatsRegistry()
+    registry.add_stats_callbacks(FakeProvider(vcpus=2))
+    reading = asyncio.run(RegistryReader("demo", registry, ["/a", "/b"]).read())
+    assert reading.vcpus == {"/a": 0, "/b": 1}
+    assert reading.schemas == registry.query_stats_schemas()
+
+
+def test_socket_addresses_take_directories_sockets_and_tcp(tmp_path: Path) -> None:
+    (tmp_path / "b.qmp").touch()
+    (tmp_path / "a.qmp").touch()
+    (tmp_path / "notes.txt").touch()
+    got = socket_addresses([str(tmp_path), "127.0.0.1:4444", str(tmp_path / "a.qmp")])
+    assert got == [str(tmp_path / "a.qmp"), str(tmp_path / "b.qmp"), "127.0.0.1:4444"]
