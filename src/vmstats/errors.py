@@ -28,6 +28,8 @@ is logged with its traceback and a client sees only "internal error", never its 
 
 from __future__ import annotations
 
+import os
+
 
 class VmstatsError(Exception):
     """The root: ``except VmstatsError`` catches every error vmstats means to raise."""
@@ -112,3 +114,9 @@ class RemoteError(QapiError, ClientError):
 
     def __str__(self) -> str:
         return f"{self.command}: {self.error_class}: {self.desc}" if self.command else self.desc
+
+
+def os_reason(exc: OSError) -> str:
+    """An OS error in the system's words ("Connection refused"): asyncio words its own
+    (``Connect call failed ('127.0.0.1', 1)``) around the errno it got."""
+    return os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))

@@ -141,7 +141,7 @@ def test_unreachable_socket_is_a_clear_error(tmp_path: Path) -> None:
     assert "No such file" in out.stderr
     out = vmstats("query", "127.0.0.1:1", "--target", "vm")
     assert out.returncode == 1
-    assert "cannot connect to QMP at 127.0.0.1:1" in out.stderr
+    assert out.stderr == "vmstats: cannot connect to QMP at 127.0.0.1:1: Connection refused\n"
 
 
 class FakePeer:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
 
 from vmstats.cli.options import add_server_limits, positive_float, server_limits, tcp_address
 from vmstats.cli.options import default as option_default
+from vmstats.errors import os_reason
 from vmstats.exporter.http import DEFAULT_SCRAPE_TIMEOUT, MetricsEndpoint
 from vmstats.exporter.sources import SocketReaders
 from vmstats.qmp.client import parse_address
@@ -63,8 +63,8 @@ async def open_metrics(endpoint: MetricsEndpoint, address: tuple[str, int]) -> b
     try:
         port = await endpoint.start(*address)
     except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        print(f"vmstats: cannot listen on {address[0]}:{address[1]}: {reason}", file=sys.stderr)
+        print(f"vmstats: cannot listen on {address[0]}:{address[1]}: {os_reason(exc)}",
+              file=sys.stderr)  # fmt: skip
         return False
     log.info("Prometheus metrics at http://%s:%d/metrics", address[0], port)
     return True

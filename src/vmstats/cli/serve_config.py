@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vmstats.cli.options import bounded_int, non_negative_float, positive_float, tcp_address
-from vmstats.errors import UsageError
+from vmstats.errors import UsageError, os_reason
 from vmstats.exporter.http import DEFAULT_SCRAPE_TIMEOUT
 from vmstats.limits import ServerLimits
 from vmstats.serve.forward import DEFAULT_QMP_TIMEOUT
@@ -112,7 +112,9 @@ def read_config(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as file:
             config = tomllib.load(file)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {os_reason(exc)}") from None
+    except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"cannot read {path}: {exc}") from None
     names = {key(name): name for name in SETTINGS}
     unknown = sorted(set(config) - set(names))

@@ -35,7 +35,7 @@ from typing import Any
 
 import msgspec
 
-from vmstats.errors import ClientError, RemoteError
+from vmstats.errors import ClientError, RemoteError, os_reason
 from vmstats.qmp.machine import cpu_paths
 from vmstats.stats.decode import results_from_wire, schemas_from_wire
 from vmstats.stats.model import (
@@ -190,7 +190,7 @@ class QmpClient:
             if exc.errno == errno.EAGAIN:  # a listener's backlog full: a held QEMU monitor
                 raise busy(self.address, self.timeout) from None
             raise ClientError(f"cannot connect to QMP at {self.address}: "
-                              f"{exc.strerror or exc}") from None  # fmt: skip
+                              f"{os_reason(exc)}") from None  # fmt: skip
         try:
             self.version = self._greeting(await self._line())
             if self.negotiate:
