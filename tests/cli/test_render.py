@@ -90,3 +90,12 @@ def test_long_names_are_never_cut() -> None:
     text = schemas_text([StatsSchema(StatsProvider.KVM, StatsTarget.VM,
                                      [StatsSchemaValue(name, StatsType.CUMULATIVE)])])  # fmt: skip
     assert name in text
+
+
+def test_vcpus_are_shown_by_number_and_qom_path() -> None:
+    provider = FakeProvider(vcpus=2)
+    schemas = index_schemas(list(provider.schemas()))
+    results = list(provider.stats(StatsTarget.VCPU, None, None))[::-1]
+    text = results_text(StatsTarget.VCPU, results, schemas, {vcpu_path(1): 1, vcpu_path(0): 0})
+    assert f"kvm: vCPU 0 ({vcpu_path(0)})\n" in text
+    assert f"kvm: vCPU 1 ({vcpu_path(1)})\n" in text

@@ -82,10 +82,10 @@ def check_request(schemas: list[StatsSchema], target: str, provider: str | None,
             )
 
 
-async def _vcpu_paths(client: QmpClient, vcpus: list[str] | None) -> list[str] | None:
-    if vcpus is None or all(v.startswith("/") for v in vcpus):
-        return vcpus
-    paths = await client.query_cpus()
+async def _vcpu_paths(vcpus: list[str] | None, paths: list[str]) -> list[str] | None:
+    """``--vcpus`` (numbers, or QOM paths) as QOM paths; ``paths``: the VM's by number."""
+    if vcpus is None:
+        return None
     out = []
     for item in vcpus:
         if item.startswith("/"):
@@ -101,13 +101,15 @@ async def _query(client: QmpClient, args: argparse.Namespace) -> None:
     schemas = await client.query_stats_schemas()
     names = split_list(args.names)
     check_request(schemas, args.target, args.provider, names)
-    vcpus = await _vcpu_paths(client, split_list(args.vcpus))
+    paths = await client.query_cpus() if args.target == "vcpu" or args.vcpus else []
+    vcpus = await _vcpu_paths(split_list(args.vcpus), paths)
     filter = make_filter(args.target, args.provider, names, vcpus)
     if args.json:
         _write_raw(await client.execute("query-stats", stats_arguments(filter)))
         return
     results = await client.query_stats(filter)
-    sys.stdout.write(results_text(filter.target, results, index_schemas(schemas)))
+    numbers = {path: number for number, path in enumerate(paths)}
+    sys.stdout.write(results_text(filter.target, results, index_schemas(schemas), numbers))
 
 
 async def _schemas(client: QmpClient, args: argparse.Namespace) -> None:

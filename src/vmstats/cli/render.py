@@ -6,7 +6,7 @@ pipe into ``grep`` sees full names), and 300 vCPUs print in milliseconds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from vmstats.stats.model import StatsResult, StatsSchema, StatsSchemaValue, StatsTarget
 from vmstats.stats.order import natural_results, natural_schema_values, natural_schemas
@@ -42,8 +42,10 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[
     return "\n".join(lines) + "\n"
 
 
-def results_text(target: StatsTarget, results: Sequence[StatsResult], schemas: SchemaIndex) -> str:
-    """``query-stats`` results for people: one block per object, vCPU 0 first."""
+def results_text(target: StatsTarget, results: Sequence[StatsResult], schemas: SchemaIndex,
+                 vcpus: Mapping[str, int] | None = None) -> str:  # fmt: skip
+    """``query-stats`` results for people: one block per object, vCPU 0 first, each vCPU
+    by its number (what ``--vcpus`` takes) and its QOM path (``vcpus`` maps them)."""
     if not results:
         return "no statistics matched\n"
     blocks = []
@@ -53,7 +55,11 @@ def results_text(target: StatsTarget, results: Sequence[StatsResult], schemas: S
             schema = schemas.get((result.provider.value, target.value, name))
             text = _histogram(value, schema) if isinstance(value, list) else human(value, schema)
             rows.append((name, schema.type.value if schema else "?", text))
-        title = f"{result.provider.value}: {result.qom_path or target.value}\n"
+        where = result.qom_path or target.value
+        number = (vcpus or {}).get(where)
+        title = (
+            f"{result.provider.value}: {where if number is None else f'vCPU {number} ({where})'}\n"
+        )
         blocks.append(title + table(("stat", "type", "value"), rows, right=(2,)))
     return "\n".join(blocks)
 
