@@ -102,3 +102,13 @@ def test_socket_addresses_take_directories_sockets_and_tcp(tmp_path: Path) -> No
     (tmp_path / "notes.txt").touch()
     got = socket_addresses([str(tmp_path), "127.0.0.1:4444", str(tmp_path / "a.qmp")])
     assert got == [str(tmp_path / "a.qmp"), str(tmp_path / "b.qmp"), "127.0.0.1:4444"]
+
+
+def test_one_socket_named_twice_is_one_vm(tmp_path: Path) -> None:
+    """Its path and a link to it, its directory and itself, ./ spellings: one socket, under
+    the first name it was given (the exporter labelled it web1 and web1-2)."""
+    (tmp_path / "web1.qmp").touch()
+    (tmp_path / "alias.sock").symlink_to(tmp_path / "web1.qmp")
+    got = socket_addresses([str(tmp_path / "web1.qmp"), str(tmp_path / "alias.sock"),
+                            f"{tmp_path}/./web1.qmp", str(tmp_path)])  # fmt: skip
+    assert got == [str(tmp_path / "web1.qmp")]

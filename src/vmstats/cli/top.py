@@ -20,7 +20,7 @@ from pathlib import Path
 from vmstats.cli.options import non_negative_float, positive_float
 from vmstats.errors import UsageError, VmstatsError
 from vmstats.qmp.client import DEFAULT_TIMEOUT
-from vmstats.reader.reading import QmpReader, Reader
+from vmstats.reader.reading import QmpReader, Reader, socket_addresses
 from vmstats.top.batch import JsonWriter, OnceWriter, Output, TableWriter, Writer
 from vmstats.top.drive import Driver, LiveDriver, ReplayDriver
 from vmstats.top.frame import StatFilter
@@ -120,13 +120,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _watch(args: argparse.Namespace) -> Watch:
-    readers: list[Reader] = []
-    directories = []
-    for text in args.sources:
-        if Path(text).is_dir():
-            directories.append(Path(text))
-        else:
-            readers.append(QmpReader(text, args.timeout))
+    directories = [Path(text) for text in args.sources if Path(text).is_dir()]
+    files = socket_addresses([text for text in args.sources if not Path(text).is_dir()])
+    readers: list[Reader] = [QmpReader(text, args.timeout) for text in files]
     return Watch(readers, directories, args.timeout)
 
 

@@ -22,6 +22,7 @@ their bytes change.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from vmstats.qmp.client import (
     address_name,
     decode,
     no_query_stats,
+    parse_address,
     qemu_version,
 )
 from vmstats.qmp.machine import cpus_from_wire, name_from_wire
@@ -172,15 +174,22 @@ class RegistryReader:
 
 def socket_addresses(sources: Sequence[str]) -> list[str]:
     """The sockets that SOURCE arguments name now: sockets and ``HOST:PORT`` as given, and
-    the ``*.qmp`` sockets a directory holds (the daemon's run directory), once each."""
-    out: list[str] = []
+    the ``*.qmp`` sockets a directory holds (the daemon's run directory), each once: a
+    socket named twice (by two spellings, a link, or its directory and itself) is one VM,
+    under the first name it was given."""
+    out: dict[str, str] = {}  # the socket itself -> how it was named first
     for source in sources:
         path = Path(source)
-        if path.is_dir():
-            out += sorted(str(p) for p in path.glob("*.qmp"))
-        else:
-            out.append(source)
-    return list(dict.fromkeys(out))
+        found = sorted(str(p) for p in path.glob("*.qmp")) if path.is_dir() else [source]
+        for address in found:
+            out.setdefault(socket_key(address), address)
+    return list(out.values())
+
+
+def socket_key(address: str) -> str:
+    """What tells two addresses of one socket apart from two sockets: a path's real path
+    (links and ``./`` resolved); ``HOST:PORT`` as it is."""
+    return address if isinstance(parse_address(address), tuple) else os.path.realpath(address)
 
 
 __all__ = [

@@ -170,7 +170,7 @@ class TopApp(App[int]):
         bits = [
             self.title_text,
             f"VMs: {', '.join(self.driver.watch.vms)}",
-            f"interval {self._timer_delay:g} s",
+            f"interval {self._timer_delay:.3g} s",  # a replay's gaps: 1.01, not 1.00531
             f"sort: {self.sort_by}",
         ]
         if self.stat_filter.pattern:

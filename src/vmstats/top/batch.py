@@ -46,11 +46,13 @@ def _round(value: float | None) -> float | None:
 
 
 def _text(value: float | int | None) -> str:
+    """A column's text: whole numbers as integers, others in plain decimals (``%g`` wrote
+    3.98659e+09, which log readers and spreadsheets take for another number)."""
     if value is None:
         return ""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 class Output:

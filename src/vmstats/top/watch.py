@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vmstats.errors import ClientError, VmstatsError
 from vmstats.qmp.client import DEFAULT_TIMEOUT
-from vmstats.reader.reading import QmpReader, Reader, VmReading, socket_addresses
+from vmstats.reader.reading import QmpReader, Reader, VmReading, socket_addresses, socket_key
 from vmstats.reader.sample import Sample, Schemas
 from vmstats.stats.model import StatsSchema, StatsTarget
 from vmstats.top.frame import RowMemo, StatFilter, StatRow, TotalMemo, total_rows, vm_rows
@@ -104,9 +104,9 @@ class Watch:
         whose socket vanished is shown as gone, and comes back with it)."""
         if not self.directories:
             return
-        known = {getattr(r, "address", None) for r in self.readers.values()}
+        known = {socket_key(r.address) for r in self.readers.values() if isinstance(r, QmpReader)}
         for address in socket_addresses([str(d) for d in self.directories]):
-            if address not in known:
+            if socket_key(address) not in known:
                 self._add(QmpReader(address, self.timeout))
 
     async def refresh(self) -> None:
