@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kvm.conftest import requires_kvm
 from tests.qmp.test_cli_clients import EXITS_SCHEMA, FakePeer
 from tests.stats.provider import FakeProvider
 from vmstats.errors import ClientError
@@ -16,6 +17,7 @@ from vmstats.reader.reading import QmpReader, RegistryReader, socket_addresses
 from vmstats.reader.sample import SampleMemo, take_sample
 from vmstats.stats.model import StatsProvider, StatsResult, StatsTarget
 from vmstats.stats.registry import StatsRegistry
+from vmstats.testing.hostile import DemoServer
 
 VCPU_STATS = json.dumps([
     {"provider": "kvm", "qom-path": "/machine/unattached/device[2]",
@@ -112,3 +114,14 @@ def test_one_socket_named_twice_is_one_vm(tmp_path: Path) -> None:
     got = socket_addresses([str(tmp_path / "web1.qmp"), str(tmp_path / "alias.sock"),
                             f"{tmp_path}/./web1.qmp", str(tmp_path)])  # fmt: skip
     assert got == [str(tmp_path / "web1.qmp")]
+
+
+@pytest.mark.kvm
+@requires_kvm
+def test_through_our_own_socket_the_pid_is_the_vmms() -> None:
+    """The demo's socket is served by its parent process, as the daemon's sockets are by
+    the daemon: the VM's pid is the process that runs its vCPU threads."""
+    with DemoServer(vcpus=2, rate=0.001) as demo:
+        reading = asyncio.run(QmpReader(str(demo.path), timeout=5).read())
+    assert reading.info["pid"] == str(demo.vm_pid)
+    assert demo.vm_pid != demo.pid

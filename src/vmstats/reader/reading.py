@@ -99,6 +99,7 @@ class QmpReader:
         self.timeout = timeout
         self._schemas: tuple[bytes, list[StatsSchema]] = (b"", [])
         self._vcpus: tuple[bytes, dict[str, int]] = (b"", {})
+        self._threads: list[int] = []  # the vCPUs' thread ids, as query-cpus-fast gave them
 
     async def read(self) -> VmReading:
         async with QmpClient(self.address, self.timeout, negotiate=False) as qmp:
@@ -122,9 +123,12 @@ class QmpReader:
         own_name = None
         if isinstance(name, bytes):
             own_name = name_from_wire(_object(name, "query-name"))
-        info = {"source": "QMP", "pid": str(pid or ""), "qemu_version": _version(greeting)}
-        return VmReading(own_name or self.name, self._schemas[1], sample,
-                         self._vcpu_numbers(cpus, sample), info)  # fmt: skip
+        vcpus = self._vcpu_numbers(cpus, sample)
+        version = _version(greeting)
+        if not version:  # one of our sockets: the peer is the daemon (or the demo's parent)
+            pid = vmm_of(self._threads) or pid
+        info = {"source": "QMP", "pid": str(pid or ""), "qemu_version": version}
+        return VmReading(own_name or self.name, self._schemas[1], sample, vcpus, info)
 
     def _vcpu_numbers(self, reply: bytes | RemoteError, sample: Sample) -> dict[str, int]:
         """From ``query-cpus-fast`` (QEMU's QOM paths are not contiguous), else from the
@@ -134,7 +138,22 @@ class QmpReader:
         if reply != self._vcpus[0]:
             cpus = cpus_from_wire(decode(reply, "query-cpus-fast"))
             self._vcpus = (reply, {cpu.qom_path: cpu.cpu_index for cpu in cpus})
+            self._threads = [cpu.thread_id for cpu in cpus]
         return self._vcpus[1]
+
+
+def vmm_of(threads: Sequence[int]) -> int | None:
+    """The process that runs these vCPU threads (its ``Tgid``), on this host; None if
+    none can be told (another host, a thread gone, no thread id given)."""
+    for tid in threads:
+        try:
+            status = Path(f"/proc/{int(tid)}/status").read_text()
+        except (OSError, ValueError):
+            continue
+        for line in status.splitlines():
+            if line.startswith("Tgid:"):
+                return int(line.split()[1])
+    return None
 
 
 def _object(raw: bytes, command: str) -> dict[str, Any]:
