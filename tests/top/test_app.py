@@ -127,3 +127,25 @@ def test_histogram_buckets_open_on_enter(busy: DemoServer) -> None:
         await pilot.press("escape", "q")  # type: ignore[attr-defined]
 
     run(app, script)
+
+
+def test_the_cursor_follows_its_stat_when_rows_move(busy: DemoServer) -> None:
+    """Rows re-sort at every refresh (busiest first) and on ``o``: the selected row stays
+    on the stat the user chose, not on its place (Enter then opens what was chosen)."""
+    app = TopApp(LiveDriver(Watch([QmpReader(str(busy.path))]), 0.3), "test")
+
+    async def script(pilot: object) -> None:
+        await pilot.pause(0.8)  # type: ignore[attr-defined]
+        table = app.query_one("#stats", StatsTable)
+        chosen = next(i for i, r in enumerate(app.shown) if r.name == "halt_wait_hist")
+        table.move_cursor(chosen)
+        for _ in range(2):  # by total, then by name: the rows move
+            await pilot.press("o")  # type: ignore[attr-defined]
+            assert app.shown[table.cursor_row].name == "halt_wait_hist"
+        await pilot.pause(0.7)  # type: ignore[attr-defined]  # refreshes
+        assert app.shown[table.cursor_row].name == "halt_wait_hist"
+        await pilot.press("enter")  # type: ignore[attr-defined]
+        assert isinstance(app.screen, TextScreen)
+        await pilot.press("escape", "q")  # type: ignore[attr-defined]
+
+    run(app, script)

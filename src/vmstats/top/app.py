@@ -159,11 +159,16 @@ class TopApp(App[int]):
             table = self.query_one("#stats", StatsTable)
         except NoMatches:  # a last tick while the app closes
             return
+        selected = self._key(table.cursor_row)  # the cursor follows its stat, not its place
         if self.per_vcpu:  # its own rows, one vCPU at a time
             labels, rows = self._vcpu_rows()
         else:
             labels, rows = self._stat_rows(*self.driver.watch.rows(self.stat_filter, self.vcpus))
         table.set_rows(labels, [cells for _, cells in rows])
+        if selected is not None:
+            keys = [self._key(i) for i in range(len(self.shown))]
+            if selected in keys and keys.index(selected) != table.cursor_row:
+                table.move_cursor(keys.index(selected))
         self._status()
 
     def _status(self) -> None:
@@ -322,12 +327,21 @@ class TopApp(App[int]):
         """Enter on a row (the table takes the key): a histogram's buckets."""
         self.action_histogram()
 
+    def _key(self, index: int) -> tuple[str, str, str] | None:
+        """What the row at ``index`` shows: (VM, target, stat)."""
+        if not 0 <= index < len(self.shown):
+            return None
+        row = self.shown[index]
+        return (row.vm, row.target, row.name)
+
     def action_histogram(self) -> None:
         table = self.query_one("#stats", StatsTable)
         if not 0 <= table.cursor_row < len(self.shown):
             return
         row = self.shown[table.cursor_row]
         if row.buckets is None:
+            self.notify(f"{row.name} is not a histogram: Enter shows a histogram's buckets",
+                        timeout=3)  # fmt: skip
             return
         text = Text(f"{row.vm}: {row.name}, last interval ({row.value_text()})\n")
         bars = histogram_bars(row)
