@@ -21,7 +21,7 @@ from vmstats.demo.vm import qemu_vcpu_path
 from vmstats.kvm.attach import attach
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
 from vmstats.stats.model import StatsTarget, StatsValue
-from vmstats.testing.hostile import DemoServer, wait_for
+from vmstats.testing.hostile import DemoServer, kill, wait_for
 from vmstats.testing.prometheus import (
     Prometheus,
     free_port,
@@ -178,3 +178,27 @@ def test_qemu_10_through_serve_metrics(tmp_path: Path) -> None:
                 )
         finally:
             assert stop_process(daemon) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="vmstats serve finds VMs by their fds as root")
+def test_a_vm_that_exits_under_serve_goes_stale_and_is_never_down(tmp_path: Path) -> None:
+    """What VmstatsVmDown's text says (contrib/prometheus/rules.yml): a VM that exits is no
+    longer exported, so its series go stale in a real Prometheus; vmstats_up never says 0
+    for it (0 is for a VM that cannot be read), and the alert cannot fire for an exit."""
+    from vmstats.serve.discover import vm_name
+
+    port = free_port()
+    daemon = start("serve", "--run-dir", str(tmp_path / "run"), "--scan-interval", "0.3",
+                   "--metrics", f"127.0.0.1:{port}")  # fmt: skip
+    try:
+        with DemoServer(vcpus=1, rate=0.001) as demo:
+            name = vm_name(demo.vm_pid)
+            up = f'vmstats_up{{vm="{name}"}}'
+            with Prometheus([f"127.0.0.1:{port}"], interval=1) as prometheus:
+                assert wait_for(lambda: prometheus.query(f"{up} == 1"), timeout=30)
+                kill(demo.vm_pid)
+                assert wait_for(lambda: not prometheus.query(up), timeout=30)  # stale
+                assert prometheus.query(f"max_over_time({up}[5m])")  # it was there...
+                assert not prometheus.query(f"min_over_time({up}[5m]) == 0")  # ...never 0
+    finally:
+        assert stop_process(daemon) == 0
