@@ -72,3 +72,16 @@ def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "fresh.toml"
     path.write_text(text)
     return path
+
+
+def test_serve_with_a_group_that_does_not_exist_says_how_to_make_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "vmstats", "serve", "--group", "vmstats-nx",
+                          "--run-dir", str(tmp_path / "run"), "--once"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr == ("vmstats serve: no group named 'vmstats-nx': create it (groupadd "
+                          "--system vmstats-nx, or contrib/systemd's sysusers file) or give "
+                          "another with --group\n")  # fmt: skip

@@ -446,3 +446,19 @@ def test_log_mode_says_once_on_stderr_when_a_vm_goes(tmp_path: Path) -> None:
     assert gone.startswith("vmstats top: web1: cannot connect to QMP at "), gone
     assert "No such file or directory" in gone
     assert rest == ""  # once, not at every refresh
+
+
+def test_log_lines_keep_every_digit_and_a_socket_named_twice_is_one_vm(tmp_path: Path) -> None:
+    """``-l -c`` wrote 3.98659e+09 for an instant value of 3,986,590,123; and the same
+    socket given by two spellings was two VMs."""
+    schema = json.dumps([{"provider": "kvm", "target": "vm",
+                          "stats": [{"name": "pages_4k", "type": "instant"}]}])  # fmt: skip
+    answers = {"query-stats-schemas": schema, "query-stats vcpu": "[]", "query-cpus-fast": "[]",
+               "query-stats vm": '[{"provider": "kvm", "stats": [{"name": "pages_4k", '
+                                 '"value": 3986590123}]}]', "query-name": '{"name": "big"}'}  # fmt: skip
+    with FakePeer(tmp_path / "a.qmp", answers) as peer:
+        out = vmstats("top", str(peer.path), f"{tmp_path}/./a.qmp", "-l", "-c", "-1", "-s", "0.2")
+    assert out.returncode == 0, out.stderr
+    header, *lines = out.stdout.splitlines()
+    assert header == "time,vm,vm.pages_4k"
+    assert [line.split(",")[1:] for line in lines] == [["big", "3986590123"]]
