@@ -225,6 +225,12 @@ def test_qemu_72_is_forwarded_byte_for_byte_and_its_socket_stays_free(
         # --qmp-timeout (the words come from that timeout's expiry), not never
         reply = ours_conn.request(b'{"execute":"query-stats","arguments":{"target":"vm"}}')
         assert b"is another client connected?" in reply
+        top = subprocess.run([sys.executable, "-m", "vmstats", "top", str(served), "-1", "-s",
+                              "0.2"], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert top.returncode == 1  # through the daemon: the same words, no command named
+        assert top.stderr == (f"vmstats top: old72: the VM's QEMU monitor: no answer from "
+                              f"{vm.qmp_path} within 1 s: is another client connected? "
+                              "(QEMU's monitor serves one client at a time)\n")  # fmt: skip
         held.close()
         vm_stats = b'{"execute":"query-stats","arguments":{"target":"vm"}}'
         assert ours_conn.request(vm_stats) == ask(vm.qmp_path, vm_stats)  # and back

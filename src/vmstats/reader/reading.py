@@ -112,7 +112,8 @@ class QmpReader:
                                                                    "query-stats"):  # fmt: skip
                 if outcome.error_class == "CommandNotFound":
                     raise no_query_stats(greeting, self.address)
-                raise outcome
+                # the reader's own commands, which nobody typed: the server's words alone
+                raise ClientError(outcome.desc) from None
         if isinstance(negotiated, RemoteError):
             raise negotiated
         assert isinstance(schemas, bytes)

@@ -54,7 +54,7 @@ class QemuSocket:
             except RemoteError:
                 raise
             except ClientError as exc:
-                raise StatsError(f"the VM's QEMU monitor did not serve {command}: {exc}") from exc
+                raise StatsError(f"the VM's QEMU monitor: {exc}") from exc
 
 
 class HostMonitor(Monitor):
