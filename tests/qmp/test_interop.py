@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from qemu.qmp import ExecuteError, QMPClient
@@ -18,7 +19,7 @@ from qemu.qmp import ExecuteError, QMPClient
 from tests.qmp.conftest import ServerThread
 from vmstats.errors import ClientError, RemoteError, SocketInUse
 from vmstats.limits import ServerLimits
-from vmstats.qmp.client import QmpClient, execute_once
+from vmstats.qmp.client import QmpClient
 from vmstats.testing.hostile import read_until_closed, wait_for
 from vmstats.testing.qemu import RawQMP
 
@@ -157,6 +158,12 @@ def test_tcp_listener_is_loopback_by_default(tmp_path: Path) -> None:
             if listener.sock.family == socket.AF_INET
         ]
         assert bound == [("127.0.0.1", port)]
+
+
+async def execute_once(address: str, command: str, arguments: dict[str, Any] | None = None
+                       ) -> bytes:  # fmt: skip
+    async with QmpClient(address) as qmp:
+        return await qmp.execute(command, arguments)
 
 
 def test_raw_execute_returns_the_bytes_the_server_wrote(qmp_server: ServerThread) -> None:

@@ -125,3 +125,13 @@ def test_through_our_own_socket_the_pid_is_the_vmms() -> None:
         reading = asyncio.run(QmpReader(str(demo.path), timeout=5).read())
     assert reading.info["pid"] == str(demo.vm_pid)
     assert demo.vm_pid != demo.pid
+
+
+def test_a_refused_negotiation_is_said_as_such_not_as_an_old_qemu(tmp_path: Path) -> None:
+    """A server that refuses qmp_capabilities refuses every command after it: the reader
+    says the first refusal, not that the server is too old for query-stats."""
+    refusing = FakePeer(tmp_path / "r.qmp", {}, missing={"qmp_capabilities", "query-stats",
+                                                         "query-stats-schemas"})  # fmt: skip
+    reader = QmpReader(str(tmp_path / "r.qmp"), timeout=5)
+    with refusing, pytest.raises(ClientError, match="^qmp_capabilities: CommandNotFound"):
+        asyncio.run(reader.read())

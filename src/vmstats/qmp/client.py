@@ -362,14 +362,3 @@ def _request(request: Request) -> bytes:
     if arguments is not None:
         message["arguments"] = arguments
     return json.dumps(message).encode()
-
-
-async def execute_once(
-    address: str,
-    command: str,
-    arguments: dict[str, Any] | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> bytes:
-    """One command on a connection of its own: its return value as the server wrote it."""
-    async with QmpClient(address, timeout) as qmp:
-        return await qmp.execute(command, arguments)

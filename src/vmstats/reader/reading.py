@@ -107,6 +107,8 @@ class QmpReader:
             taken = time.time()
             pid, greeting = qmp.peer_pid, qmp.version
         negotiated, schemas, cpus, name, *targets = outcomes
+        if isinstance(negotiated, RemoteError):  # then QEMU refuses every command after it
+            raise negotiated
         for command, outcome in zip([_NEGOTIATE, *_READ_VM], outcomes, strict=True):
             if isinstance(outcome, RemoteError) and command[0] in ("query-stats-schemas",
                                                                    "query-stats"):  # fmt: skip
@@ -114,8 +116,6 @@ class QmpReader:
                     raise no_query_stats(greeting, self.address)
                 # the reader's own commands, which nobody typed: the server's words alone
                 raise ClientError(outcome.desc) from None
-        if isinstance(negotiated, RemoteError):
-            raise negotiated
         assert isinstance(schemas, bytes)
         sample = sample_from_wire(taken, {t.value: r for t, r in zip(VM_TARGETS, targets,
                                                                     strict=True)})  # fmt: skip
