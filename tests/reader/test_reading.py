@@ -133,5 +133,5 @@ def test_a_refused_negotiation_is_said_as_such_not_as_an_old_qemu(tmp_path: Path
     refusing = FakePeer(tmp_path / "r.qmp", {}, missing={"qmp_capabilities", "query-stats",
                                                          "query-stats-schemas"})  # fmt: skip
     reader = QmpReader(str(tmp_path / "r.qmp"), timeout=5)
-    with refusing, pytest.raises(ClientError, match="^qmp_capabilities: CommandNotFound"):
+    with refusing, pytest.raises(ClientError, match=r"^qmp_capabilities: CommandNotFound"):
         asyncio.run(reader.read())
