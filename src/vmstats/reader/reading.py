@@ -99,7 +99,7 @@ class QmpReader:
         self.timeout = timeout
         self._schemas: tuple[bytes, list[StatsSchema]] = (b"", [])
         self._vcpus: tuple[bytes, dict[str, int]] = (b"", {})
-        self._threads: list[int] = []  # the vCPUs' thread ids, as query-cpus-fast gave them
+        self._vmm: int | None = None  # the process of the vCPU threads query-cpus-fast names
 
     async def read(self) -> VmReading:
         async with QmpClient(self.address, self.timeout, negotiate=False) as qmp:
@@ -127,7 +127,7 @@ class QmpReader:
         vcpus = self._vcpu_numbers(cpus, sample)
         version = _version(greeting)
         if not version:  # one of our sockets: the peer is the daemon (or the demo's parent)
-            pid = vmm_of(self._threads) or pid
+            pid = self._vmm or pid
         info = {"source": "QMP", "pid": str(pid or ""), "qemu_version": version}
         return VmReading(own_name or self.name, self._schemas[1], sample, vcpus, info)
 
@@ -139,7 +139,7 @@ class QmpReader:
         if reply != self._vcpus[0]:
             cpus = cpus_from_wire(decode(reply, "query-cpus-fast"))
             self._vcpus = (reply, {cpu.qom_path: cpu.cpu_index for cpu in cpus})
-            self._threads = [cpu.thread_id for cpu in cpus]
+            self._vmm = vmm_of([cpu.thread_id for cpu in cpus])  # once per vCPU list
         return self._vcpus[1]
 
 
