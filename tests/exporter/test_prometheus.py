@@ -156,12 +156,14 @@ def test_qemu_10_through_serve_metrics(tmp_path: Path) -> None:
         daemon = start("serve", "--run-dir", str(tmp_path / "run"), "--scan-interval", "0.3",
                        "--qmp", str(vm.qmp_path), "--metrics", f"127.0.0.1:{port}")  # fmt: skip
         try:
-            assert wait_for(lambda: _up(port) and 'vm="web10"' in scrape(port)[0])
+            # served by its fds first, then (the same scan, after a probe) with its socket
+            source = 'source="fds (vcpu) + QMP (vm)"'
+            assert wait_for(lambda: _up(port) and source in scrape(port)[0])
             text, _ = scrape(port)
             checked = promtool("check", "metrics", stdin=text.encode())
             assert checked.returncode == 0, checked
             assert not checked.stdout + checked.stderr, checked
-            assert 'source="fds (vcpu) + QMP (vm)"' in text
+            assert 'vm="web10"' in text
             assert 'qemu_version="10.0.' in text
             with Prometheus([f"127.0.0.1:{port}"], interval=1) as prometheus:
                 assert wait_for(lambda: prometheus.query('kvm_vm_pages_4k{vm="web10"}'))
