@@ -136,12 +136,7 @@ def _next_value(tokens: Tokens | SingleToken, stack: list[tuple[Any, list[Any]]]
 def _in_list(container: list[Any], value: Any, tokens: Tokens | SingleToken) -> bool:
     """Add an element (``parse_array``); True if the list closes after it."""
     container.append(value)
-    token = _pop(tokens)
-    if token[0] == JSON_COMMA:
-        return False
-    if token[0] != JSON_RSQUARE:
-        raise ParseError("expected separator in list")
-    return True
+    return _closes(tokens, JSON_RSQUARE, "expected separator in list")
 
 
 def _in_object(container: dict[str, Any], key: list[Any], value: Any,
@@ -159,11 +154,17 @@ def _in_object(container: dict[str, Any], key: list[Any], value: Any,
         raise ParseError("duplicate key")
     container[key[0]] = value
     key[0] = _NO_KEY
+    return _closes(tokens, JSON_RCURLY, "expected separator in dict")
+
+
+def _closes(tokens: Tokens | SingleToken, closer: int, error: str) -> bool:
+    """After a member: a comma (another follows: False) or the container's closer (True);
+    anything else is QEMU's ``error``."""
     token = _pop(tokens)
     if token[0] == JSON_COMMA:
         return False
-    if token[0] != JSON_RCURLY:
-        raise ParseError("expected separator in dict")
+    if token[0] != closer:
+        raise ParseError(error)
     return True
 
 
