@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from vmstats.errors import ClientError, RemoteError
 from vmstats.qmp.client import (
@@ -40,11 +40,13 @@ from vmstats.qmp.client import (
     parse_address,
     qemu_version,
 )
-from vmstats.qmp.machine import cpus_from_wire, name_from_wire
+from vmstats.qmp.machine import CpuInfoFast, cpus_from_wire, name_from_wire
 from vmstats.reader.sample import Sample, SampleMemo, sample_from_wire, take_sample
 from vmstats.stats.decode import schemas_from_wire
 from vmstats.stats.model import VM_TARGETS, StatsSchema
 from vmstats.stats.registry import StatsRegistry
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -79,6 +81,44 @@ def vcpu_numbers(paths: Sequence[str]) -> dict[str, int]:
     return {path: number for number, path in enumerate(paths)}
 
 
+class Decoded(Generic[T]):
+    """A reply decoded again only when its bytes change.  Schemas and vCPU lists change
+    rarely, and a consumer keeps what it made of the same object (the exporter's metric
+    table is made once per schema list)."""
+
+    def __init__(self, parse: Callable[[bytes], T], empty: T) -> None:
+        self._parse = parse
+        self._raw = b""
+        self.value = empty
+
+    def __call__(self, raw: bytes) -> T:
+        if raw != self._raw:
+            self.value, self._raw = self._parse(raw), raw
+        return self.value
+
+
+def schemas_of(raw: bytes) -> list[StatsSchema]:
+    """A ``query-stats-schemas`` return value's bytes, decoded and checked."""
+    return schemas_from_wire(decode(raw, "query-stats-schemas"))
+
+
+def cpus_of(raw: bytes) -> list[CpuInfoFast]:
+    """A ``query-cpus-fast`` return value's bytes, decoded and checked."""
+    return cpus_from_wire(decode(raw, "query-cpus-fast"))
+
+
+def cpu_numbers(cpus: Iterable[CpuInfoFast]) -> dict[str, int]:
+    """vCPU numbers (QEMU's CPU index) by QOM path."""
+    return {cpu.qom_path: cpu.cpu_index for cpu in cpus}
+
+
+def _vcpus_and_vmm(raw: bytes) -> tuple[dict[str, int], int | None]:
+    """A ``query-cpus-fast`` return value's bytes: vCPU numbers, and the process that runs
+    the vCPU threads it names."""
+    cpus = cpus_of(raw)
+    return cpu_numbers(cpus), vmm_of([cpu.thread_id for cpu in cpus])
+
+
 #: What a read asks a QMP socket, in one write after the greeting.
 _NEGOTIATE: Request = ("qmp_capabilities", None)
 _READ_VM: list[Request] = [
@@ -97,9 +137,10 @@ class QmpReader:
         self.address = address
         self.name = address_name(address)
         self.timeout = timeout
-        self._schemas: tuple[bytes, list[StatsSchema]] = (b"", [])
-        self._vcpus: tuple[bytes, dict[str, int]] = (b"", {})
-        self._vmm: int | None = None  # the process of the vCPU threads query-cpus-fast names
+        self._schemas: Decoded[list[StatsSchema]] = Decoded(schemas_of, [])
+        self._vcpus: Decoded[tuple[dict[str, int], int | None]] = Decoded(
+            _vcpus_and_vmm, ({}, None)
+        )
 
     async def read(self) -> VmReading:
         async with QmpClient(self.address, self.timeout, negotiate=False) as qmp:
@@ -119,28 +160,20 @@ class QmpReader:
         assert isinstance(schemas, bytes)
         sample = sample_from_wire(taken, {t.value: r for t, r in zip(VM_TARGETS, targets,
                                                                     strict=True)})  # fmt: skip
-        if schemas != self._schemas[0]:
-            self._schemas = (schemas, schemas_from_wire(decode(schemas, "query-stats-schemas")))
         own_name = None
         if isinstance(name, bytes):
             own_name = name_from_wire(_object(name, "query-name"))
-        vcpus = self._vcpu_numbers(cpus, sample)
+        # vCPU numbers from query-cpus-fast (QEMU's QOM paths are not contiguous), else from
+        # the order of the vCPU stats (a server without it)
+        if isinstance(cpus, RemoteError):
+            vcpus, vmm = vcpu_numbers([key[2] for key in sample.objects("vcpu")]), None
+        else:
+            vcpus, vmm = self._vcpus(cpus)
         version = _version(greeting)
         if not version:  # one of our sockets: the peer is the daemon (or the demo's parent)
-            pid = self._vmm or pid
+            pid = vmm or pid
         info = {"source": "QMP", "pid": str(pid or ""), "qemu_version": version}
-        return VmReading(own_name or self.name, self._schemas[1], sample, vcpus, info)
-
-    def _vcpu_numbers(self, reply: bytes | RemoteError, sample: Sample) -> dict[str, int]:
-        """From ``query-cpus-fast`` (QEMU's QOM paths are not contiguous), else from the
-        order of the vCPU stats (a server without it)."""
-        if isinstance(reply, RemoteError):
-            return vcpu_numbers([key[2] for key in sample.objects("vcpu")])
-        if reply != self._vcpus[0]:
-            cpus = cpus_from_wire(decode(reply, "query-cpus-fast"))
-            self._vcpus = (reply, {cpu.qom_path: cpu.cpu_index for cpu in cpus})
-            self._vmm = vmm_of([cpu.thread_id for cpu in cpus])  # once per vCPU list
-        return self._vcpus[1]
+        return VmReading(own_name or self.name, self._schemas(schemas), sample, vcpus, info)
 
 
 def vmm_of(threads: Sequence[int]) -> int | None:

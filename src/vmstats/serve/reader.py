@@ -13,12 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from vmstats.errors import ClientError
-from vmstats.qmp.client import decode
-from vmstats.qmp.machine import cpus_from_wire
 from vmstats.qmp.monitor import Monitor
-from vmstats.reader.reading import VmReading
+from vmstats.reader.reading import Decoded, VmReading, cpu_numbers, cpus_of, schemas_of
 from vmstats.reader.sample import Sample, SampleMemo, sample_from_wire, sample_of
-from vmstats.stats.decode import schemas_from_wire
 from vmstats.stats.model import VM_TARGETS, StatsFilter, StatsSchema
 
 
@@ -30,8 +27,11 @@ class MonitorReader:
         self.monitor = monitor
         self._dispatcher = monitor.dispatcher(lambda **_: None, negotiated=True)
         self._info = info
-        self._schemas: tuple[bytes, list[StatsSchema]] = (b"", [])
-        self._vcpus: tuple[bytes, dict[str, int]] = (b"", {})
+        self._forwarded_schemas: Decoded[list[StatsSchema]] = Decoded(schemas_of, [])
+        self._forwarded_vcpus: Decoded[dict[str, int]] = Decoded(
+            lambda raw: cpu_numbers(cpus_of(raw)), {}
+        )
+        self._schemas: list[StatsSchema] = []  # the registry's, while they stay the same
         self._memo: SampleMemo = {}
 
     async def ask(self, command: str, arguments: dict[str, Any] | None) -> bytes:
@@ -63,23 +63,16 @@ class MonitorReader:
     async def _schema_list(self) -> list[StatsSchema]:
         """The schemas; the same list while they stay the same."""
         if any(self.monitor.forwards(t.value) for t in VM_TARGETS):
-            raw = await self.ask("query-stats-schemas", None)
-            if raw != self._schemas[0]:
-                self._schemas = (raw, schemas_from_wire(decode(raw, "query-stats-schemas")))
-        else:
-            fresh = self.monitor.registry.query_stats_schemas()
-            if fresh != self._schemas[1]:
-                self._schemas = (b"", fresh)
-        return self._schemas[1]
+            return self._forwarded_schemas(await self.ask("query-stats-schemas", None))
+        fresh = self.monitor.registry.query_stats_schemas()
+        if fresh != self._schemas:
+            self._schemas = fresh
+        return self._schemas
 
     async def _vcpu_numbers(self) -> dict[str, int]:
         if self.monitor.forwards("vcpu"):  # QEMU knows its vCPUs
-            raw = await self.ask("query-cpus-fast", None)
-            if raw != self._vcpus[0]:
-                cpus = cpus_from_wire(decode(raw, "query-cpus-fast"))
-                self._vcpus = (raw, {cpu.qom_path: cpu.cpu_index for cpu in cpus})
-            return self._vcpus[1]
-        return {cpu.qom_path: cpu.cpu_index for cpu in self.monitor.machine.cpus}
+            return self._forwarded_vcpus(await self.ask("query-cpus-fast", None))
+        return cpu_numbers(self.monitor.machine.cpus)
 
     async def read(self) -> VmReading:
         sample = await self._sample()
