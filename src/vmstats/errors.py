@@ -15,7 +15,8 @@ is logged with its traceback and a client sees only "internal error", never its 
     ├── StatsError            a provider cannot give stats; a client sees GenericError with
     │   │                     this text, which is QEMU's where QEMU has one
     │   ├── BinaryStatsError  a KVM stats file that cannot be read or is malformed
-    │   └── VmGone            the VM's process has exited: its stats are frozen, not served
+    │   ├── VmGone            the VM's process has exited: its stats are frozen, not served
+    │   └── LibvirtError      libvirt cannot be reached, or did not give a domain's stats
     ├── KvmUnavailable        no usable /dev/kvm on this host (the text says why)
     ├── AttachError           another process's stats fds could not be listed or copied
     ├── RecordingError        a file that is not a vmstats recording, or cannot be read
@@ -72,6 +73,11 @@ class BinaryStatsError(StatsError):
 
 class VmGone(StatsError):
     """The VM's process exited.  Its stats fds still read, frozen: never serve those."""
+
+
+class LibvirtError(StatsError):
+    """libvirt (its Python binding, its daemon, or a domain) could not give what was asked;
+    the text says why."""
 
 
 class KvmUnavailable(VmstatsError):

@@ -44,9 +44,9 @@ def test_the_demo_vms_fds_are_copied_and_read_the_same() -> None:
         try:
             assert attached.vm is not None
             assert sorted(attached.vcpus) == [0, 1]
-            assert attached.vm.read() == provider.vm.read()
+            assert attached.vm.read_raw() == provider.vm.read_raw()
             for index, file in attached.vcpus.items():
-                assert file.read() == provider.vcpus[index].file.read()
+                assert file.read_raw() == provider.vcpus[index].file.read_raw()
             copied = Counter(anon_links()) - Counter(before)
             # only stats fds are ever taken: never a VM or vCPU control fd
             assert copied == Counter(["anon_inode:kvm-vm-stats", "anon_inode:kvm-vcpu-stats:0",

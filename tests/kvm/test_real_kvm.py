@@ -116,8 +116,8 @@ def test_schema_lists_every_kernel_stat_with_its_type_and_unit(demo_vm: DemoVM) 
     reply = d.dispatch({"execute": "query-stats-schemas"})["return"]
     schemas = {s["target"]: {v["name"]: v for v in s["stats"]} for s in reply}
     raw = {
-        "vm": raw_stats(demo_vm.provider.vm.fd),  # type: ignore[union-attr]
-        "vcpu": raw_stats(demo_vm.provider.vcpus[0].file.fd),
+        "vm": raw_stats(demo_vm.stats_files[0].fd),
+        "vcpu": raw_stats(demo_vm.stats_files[1].fd),
     }
     for target in ("vm", "vcpu"):
         assert list(schemas[target]) == list(raw[target])[::-1]  # reverse kernel order
@@ -189,9 +189,9 @@ def test_queries_never_kick_a_running_vcpu() -> None:
 
 
 def test_stats_fds_are_read_only_and_not_inherited(demo_vm: DemoVM) -> None:
-    files = [demo_vm.provider.vm] + [v.file for v in demo_vm.provider.vcpus]
+    files = demo_vm.stats_files
+    assert len(files) == 1 + demo_vm.vcpu_count
     for file in files:
-        assert file is not None
         assert fcntl.fcntl(file.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
         assert not os.get_inheritable(file.fd)
     # The kernel names the creating thread: this one made the VM and every vCPU.

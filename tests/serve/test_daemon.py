@@ -4,6 +4,7 @@ forgotten when they exit."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -21,6 +22,7 @@ import pytest
 
 import vmstats
 from tests.kvm.conftest import requires_kvm
+from tests.serve.conftest import Daemon
 from vmstats.serve.discover import vm_name
 from vmstats.testing.hostile import (
     DemoServer,
@@ -37,28 +39,6 @@ QEMU10_REASON = qemu10_unavailable_reason()
 QEMU_REASON = qemu_unavailable_reason()
 pytestmark = [pytest.mark.kvm, requires_kvm,
               pytest.mark.skipif(os.geteuid() != 0, reason="vmstats serve runs as root")]  # fmt: skip
-
-
-Daemon = tuple[subprocess.Popen[str], Path]
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """Starts ``vmstats serve`` with extra arguments; stops it at the end of the test."""
-    started: list[Daemon] = []
-
-    def start(*extra: str) -> Daemon:
-        run_dir = tmp_path / f"run{len(started)}"
-        proc = subprocess.Popen([sys.executable, "-m", "vmstats", "serve", "--run-dir",
-                                 str(run_dir), "--scan-interval", "0.3", *extra],
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
-        started.append((proc, run_dir))
-        return proc, run_dir
-
-    yield start
-    for proc, run_dir in started:
-        assert stop_process(proc) == 0  # SIGTERM: a clean exit...
-        assert not list(run_dir.glob("*.qmp"))  # ...that removes the sockets
 
 
 @pytest.fixture
@@ -545,3 +525,46 @@ def test_the_log_says_what_is_served_and_why_it_stops_being(tmp_path: Path) -> N
             in text)  # fmt: skip
     for demo in (first, second):
         assert re.search(rf"INFO: serving \S+ \(process {demo.vm_pid}, fds", text), text
+
+
+def stats_links(pid: int) -> list[str]:
+    """The KVM stats fds ``pid`` holds, by link name."""
+    out = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+            if target.startswith("anon_inode:kvm-") and "stats" in target:
+                out.append(target)
+    return sorted(out)
+
+
+def test_stats_fds_that_the_vmm_replaces_are_taken_again(
+    daemon: Daemon,
+) -> None:
+    """A VMM that recreates its VM (a confidential guest's reset) closes its stats fds
+    and opens new ones at the same numbers: the daemon notices that its copies are no
+    longer what the VMM holds, and serves the new VM (whose counters start again)."""
+    proc, run_dir = daemon
+    vmm = subprocess.Popen([sys.executable, "-m", "vmstats.testing.resetting_vmm", "200"],
+                           stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert vmm.stdout is not None
+        assert vmm.stdout.readline() == "ready\n"
+        served = socket_of(run_dir, vmm.pid)
+        assert wait_for(served.exists)
+        request = (b'{"execute":"query-stats","arguments":{"target":"vcpu",'
+                   b'"providers":[{"provider":"kvm","names":["exits"]}]}}')  # fmt: skip
+
+        def exits() -> int:
+            value: int = json.loads(ask(served, request))["return"][0]["stats"][0]["value"]
+            return value
+
+        assert wait_for(lambda: exits() >= 2000)
+        old = exits()
+        os.kill(vmm.pid, signal.SIGUSR1)
+        assert vmm.stdout.readline() == "reset\n"
+        assert wait_for(lambda: exits() < old)  # the new VM's count, not the old one's frozen
+        assert len(stats_links(proc.pid)) == 2  # the new VM's and vCPU's; the old ones closed
+        assert exits() < old
+    finally:
+        stop_process(vmm)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from vmstats.cli.exporter import add_metrics_options, open_metrics
-from vmstats.cli.options import add_server_limits, positive_float
+from vmstats.cli.options import add_server_limits, non_negative_float, positive_float
 from vmstats.cli.serve_config import (
     DEFAULT_RUN_DIR,
     ServeConfig,
@@ -21,6 +21,7 @@ from vmstats.cli.serve_config import (
 )
 from vmstats.errors import SocketInUse, UsageError
 from vmstats.exporter.http import MetricsEndpoint
+from vmstats.libvirt.host import DEFAULT_URI, libvirt_unavailable_reason
 from vmstats.serve.daemon import Daemon
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     serve.add_argument("--qmp-timeout", type=positive_float, metavar="S",
                        help="seconds a QEMU socket may take per step before its VM's request "
                        f"fails (default {defaults.qmp_timeout:g})")  # fmt: skip
+    serve.add_argument("--libvirt", nargs="?", const=DEFAULT_URI, metavar="URI",
+                       help="watch libvirt's domains too, on a read-only connection to URI "
+                       f"(default {DEFAULT_URI}); needs vmstats[libvirt]")  # fmt: skip
+    serve.add_argument("--libvirt-max-age", type=non_negative_float, metavar="S",
+                       help="seconds a libvirt read of a domain is shared by all its readers "
+                       f"(default {defaults.libvirt_max_age:g})")  # fmt: skip
     add_metrics_options(serve, "--metrics", None)
     serve.add_argument(
         "--config",
@@ -56,7 +63,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=None,
         metavar="FILE",
         help="TOML settings by option name (run-dir, group, scan-interval, qmp as a "
-        "list, qmp-timeout, metrics, and the limits below); reread on SIGHUP",
+        "list, qmp-timeout, libvirt, libvirt-max-age, metrics, and the limits below); "
+        "reread on SIGHUP",
     )
     serve.add_argument("--once", action="store_true", default=False,
                        help="print what would be served, and exit")  # fmt: skip
@@ -81,7 +89,8 @@ def _table(rows: list[dict[str, object]]) -> str:
 def _daemon(config: ServeConfig, group: int | None, fds: bool, dry_run: bool) -> Daemon:
     return Daemon(config.run_dir, group=group, scan_interval=config.scan_interval,
                   limits=config.limits, fds=fds, qmp=list(config.qmp),
-                  qmp_timeout=config.qmp_timeout, dry_run=dry_run)  # fmt: skip
+                  qmp_timeout=config.qmp_timeout, libvirt=config.libvirt,
+                  libvirt_max_age=config.libvirt_max_age, dry_run=dry_run)  # fmt: skip
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -92,21 +101,27 @@ def run_serve(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"vmstats serve: {exc}", file=sys.stderr)
         return 2
+    if config.libvirt is not None and (reason := libvirt_unavailable_reason()) is not None:
+        print(f"vmstats serve: --libvirt: {reason}", file=sys.stderr)
+        return 1
     fds = os.geteuid() == 0
     if not fds:
-        if not config.qmp:
+        if not config.qmp and config.libvirt is None:
             print("vmstats serve: finding VMs by their stats fds needs root (CAP_SYS_PTRACE); "
-                  "as this user only QMP sockets can be served: give them with --qmp",
-                  file=sys.stderr)  # fmt: skip
+                  "as this user only QMP sockets and libvirt's domains can be served: give "
+                  "them with --qmp or --libvirt", file=sys.stderr)  # fmt: skip
             return 1
         log.warning("not root: VMs are not looked for by their stats fds (that needs "
-                    "CAP_SYS_PTRACE); serving only the QMP sockets given")  # fmt: skip
+                    "CAP_SYS_PTRACE); serving only the QMP sockets given and libvirt's "
+                    "domains")  # fmt: skip
     if args.once:
         return asyncio.run(_once(_daemon(config, group, fds, dry_run=True)))
     return asyncio.run(_serve(args.config, given, config, _daemon(config, group, fds, False)))
 
 
 async def _once(daemon: Daemon) -> int:
+    if daemon.domains is not None:
+        await daemon.domains.start()
     await daemon.scan()
     rows = [vm.describe() for vm in daemon.served.values()]
     await daemon.close()

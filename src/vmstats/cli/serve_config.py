@@ -17,6 +17,7 @@ from typing import Any
 from vmstats.cli.options import bounded_int, non_negative_float, positive_float, tcp_address
 from vmstats.errors import UsageError, os_reason
 from vmstats.exporter.http import DEFAULT_SCRAPE_TIMEOUT
+from vmstats.libvirt.domain import DEFAULT_MAX_AGE
 from vmstats.limits import ServerLimits
 from vmstats.serve.forward import DEFAULT_QMP_TIMEOUT
 
@@ -34,6 +35,8 @@ class ServeConfig:
     scan_interval: float = 5.0
     qmp: tuple[str, ...] = ()
     qmp_timeout: float = DEFAULT_QMP_TIMEOUT
+    libvirt: str | None = None
+    libvirt_max_age: float = DEFAULT_MAX_AGE
     metrics: tuple[str, int] | None = None
     scrape_timeout: float = DEFAULT_SCRAPE_TIMEOUT
     max_connections: int = _LIMITS.max_connections
@@ -83,6 +86,8 @@ CHECKS: dict[str, Callable[[str], Any]] = {
     "scan_interval": positive_float,
     "qmp": str,
     "qmp_timeout": positive_float,
+    "libvirt": str,
+    "libvirt_max_age": non_negative_float,
     "metrics": tcp_address,
     "scrape_timeout": positive_float,
     "max_connections": bounded_int(1, 1 << 20),

@@ -157,9 +157,7 @@ def _child(fd: int, config: dict[str, object]) -> int:
         sock.send(json.dumps({"error": str(exc)}).encode())
         return 1
     with vm:
-        provider = vm.provider
-        assert provider.vm is not None
-        fds = [provider.vm.fd] + [v.file.fd for v in provider.vcpus]
+        fds = [file.fd for file in vm.stats_files]
         header = {
             "fds": len(fds),
             "paths": [qemu_vcpu_path(i) for i in range(vm.vcpu_count)],

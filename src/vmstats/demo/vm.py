@@ -113,6 +113,7 @@ class DemoVM:
         self._kvm_fd = self._vm_fd = -1
         self._memory: mmap.mmap | None = None
         self.provider: KvmStatsProvider
+        self.stats_files: list[StatsFile] = []  # the VM's, then each vCPU's: what is sent
         self._create(vcpus)
 
     # -- construction ---------------------------------------------------------------
@@ -130,12 +131,13 @@ class DemoVM:
             self._map_memory()
             mmap_size = fcntl.ioctl(self._kvm_fd, kvm.KVM_GET_VCPU_MMAP_SIZE, 0)
             vm_stats = StatsFile(kvm.get_stats_fd(self._vm_fd), owned=True)
-            vcpu_stats = []
+            self.stats_files = [vm_stats]
             for index in range(count):
                 vcpu = self._create_vcpu(index, mmap_size)
                 self._vcpus.append(vcpu)
-                stats = StatsFile(kvm.get_stats_fd(vcpu.fd), owned=True)
-                vcpu_stats.append(VcpuStatsFile(qemu_vcpu_path(index), stats))
+                self.stats_files.append(StatsFile(kvm.get_stats_fd(vcpu.fd), owned=True))
+            vcpu_stats = [VcpuStatsFile(qemu_vcpu_path(i), file)
+                          for i, file in enumerate(self.stats_files[1:])]  # fmt: skip
             self.provider = KvmStatsProvider(vm_stats, vcpu_stats)
         except BaseException:
             self._close_control_fds()

@@ -20,12 +20,12 @@ import ctypes
 import errno
 import os
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmstats.errors import AttachError
-from vmstats.kvm.binstats import StatsFile
+from vmstats.kvm.binstats import StatsFile, StatsSource
 
 SYS_PIDFD_GETFD = 438  # x86-64
 SYS_KCMP = 312
@@ -85,6 +85,13 @@ def _links(pid: int) -> tuple[list[StatsFdLink], list[int]]:
 def same_file(pid: int, fd1: int, fd2: int) -> bool:
     """Are two fds of ``pid`` the same open file (a dup)?  ``kcmp(KCMP_FILE)``."""
     return int(_libc.syscall(SYS_KCMP, pid, pid, KCMP_FILE, fd1, fd2)) == 0
+
+
+def still_held(pid: int, fd: int, copy: int) -> bool:
+    """Does ``pid`` still hold, at ``fd``, the open file ``copy`` was copied from?  A VMM
+    may close a stats fd and open another at the same number (a VM recreated on reset):
+    ``kcmp(KCMP_FILE)`` tells the two apart where names, ids and inodes cannot."""
+    return int(_libc.syscall(SYS_KCMP, pid, os.getpid(), KCMP_FILE, fd, copy)) == 0
 
 
 def vm_count(pid: int, control: list[int]) -> int:
@@ -155,6 +162,7 @@ class AttachedVm:
     vm: StatsFile | None = None
     vcpus: dict[int, StatsFile] = field(default_factory=dict)  # CPU index -> file
     vcpu_ids: set[int] = field(default_factory=set)  # KVM's vcpu_ids of those files
+    sources: dict[StatsFile, int] = field(default_factory=dict)  # copy -> the VMM's fd
 
     def close(self) -> None:
         for file in [self.vm, *self.vcpus.values()]:
@@ -162,6 +170,7 @@ class AttachedVm:
                 file.close()
         self.vm = None
         self.vcpus = {}
+        self.sources = {}
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
@@ -197,6 +206,7 @@ def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = ())
             file = StatsFile(copy_fd(pidfd, link.fd), owned=True)
             if link.vcpu_id is None:
                 vm.vm = file
+                vm.sources[file] = link.fd
                 continue
             match = _VCPU_ID.match(file.id)
             index = threads.get(int(match.group(1))) if match else None
@@ -206,6 +216,7 @@ def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = ())
                 continue
             vm.vcpus[index] = file
             vm.vcpu_ids.add(link.vcpu_id)
+            vm.sources[file] = link.fd
         vm.vcpus = dict(sorted(vm.vcpus.items()))
     except BaseException:
         vm.close()
@@ -213,14 +224,14 @@ def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = ())
     return vm
 
 
-def creator_thread(file: StatsFile) -> int:
+def creator_thread(file: StatsSource) -> int:
     """The id of the thread that created a stats fd (from its id string; 0 if unknown):
     for QEMU, the vCPU's own thread."""
     match = _CREATOR.match(file.id)
     return int(match.group(1)) if match is not None else 0
 
 
-def creators(files: list[StatsFile]) -> set[int]:
+def creators(files: Iterable[StatsSource]) -> set[int]:
     """The thread ids that created these stats fds."""
     return {tid for tid in map(creator_thread, files) if tid}
 

@@ -22,6 +22,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol
 
 from vmstats.errors import BinaryStatsError
 
@@ -257,6 +258,25 @@ class LayoutCache:
 LAYOUTS = LayoutCache()
 
 
+class StatsSource(Protocol):
+    """What the KVM provider reads: a stats fd (:class:`StatsFile`), or values of the same
+    layout that came another way (libvirt's, :mod:`vmstats.libvirt.values`)."""
+
+    layout: StatsLayout
+    id: str
+
+    @property
+    def omitted(self) -> frozenset[str]:
+        """Stats of the layout this source has no value for."""
+        ...
+
+    def read_raw(self) -> bytes: ...
+
+    def decode(self, raw: bytes) -> tuple[int, ...]: ...
+
+    def close(self) -> None: ...
+
+
 class StatsFile:
     """An open stats fd with its layout: ``read()`` is one pread and one unpack.
 
@@ -264,6 +284,9 @@ class StatsFile:
     """
 
     __slots__ = ("_offset", "_size", "_unpack", "fd", "id", "layout", "owned")
+
+    #: Stats of the layout this file has no value for: none, for a kernel stats fd.
+    omitted: frozenset[str] = frozenset()
 
     def __init__(self, fd: int, *, owned: bool = False, cache: LayoutCache = LAYOUTS) -> None:
         self.fd = fd

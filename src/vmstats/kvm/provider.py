@@ -27,8 +27,8 @@ from vmstats.kvm.binstats import (
     KvmStatsType,
     KvmStatsUnit,
     StatsDescriptor,
-    StatsFile,
     StatsLayout,
+    StatsSource,
 )
 from vmstats.kvm.vmm import VmmProcess
 from vmstats.stats.model import (
@@ -131,17 +131,21 @@ class _Plan:
         )
         self.schema = tuple(v for v in map(schema_value, wire_order) if v is not None)
         self.all = StatsTemplate(self.entries)
-        self._filtered: dict[tuple[str, ...], StatsTemplate] = {}
+        self._filtered: dict[tuple[tuple[str, ...] | None, frozenset[str]], StatsTemplate] = {}
 
-    def select(self, names: Sequence[str] | None) -> StatsTemplate:
-        """The template for the stats named in ``names`` (all for None), in wire order."""
-        if names is None:
+    def select(
+        self, names: Sequence[str] | None, omitted: frozenset[str] = frozenset()
+    ) -> StatsTemplate:
+        """The template for the stats named in ``names`` (all for None), in wire order,
+        but those the file has no value for (``omitted``)."""
+        if names is None and not omitted:
             return self.all
-        key = tuple(names)
+        key = (None if names is None else tuple(names), omitted)
         found = self._filtered.get(key)
         if found is None:
-            wanted = set(names)
-            found = StatsTemplate([e for e in self.entries if e[0] in wanted])
+            wanted = None if names is None else set(names)
+            found = StatsTemplate([e for e in self.entries if e[0] not in omitted
+                                   and (wanted is None or e[0] in wanted)])  # fmt: skip
             if len(self._filtered) < 256:
                 self._filtered[key] = found
         return found
@@ -152,7 +156,7 @@ class VcpuStatsFile:
     """A vCPU's stats fd and the QOM path it is reported under."""
 
     qom_path: str
-    file: StatsFile
+    file: StatsSource
 
 
 class KvmStatsProvider:
@@ -166,7 +170,7 @@ class KvmStatsProvider:
 
     def __init__(
         self,
-        vm: StatsFile | None,
+        vm: StatsSource | None,
         vcpus: Sequence[VcpuStatsFile],
         vmm: VmmProcess | None = None,
     ) -> None:
@@ -179,7 +183,7 @@ class KvmStatsProvider:
         # Per file and template, the last data block read and the result made of it: most
         # vCPUs of a fleet are idle, and a block that did not change is the same result.
         # Results are immutable once made, so sharing them between queries is safe.
-        self._memos: dict[StatsFile, dict[StatsTemplate, tuple[bytes, EncodedResult]]] = {}
+        self._memos: dict[StatsSource, dict[StatsTemplate, tuple[bytes, EncodedResult]]] = {}
 
     def set_vcpus(self, vcpus: Iterable[VcpuStatsFile]) -> None:
         """Serve these vCPUs from now on (hot-plugged ones added, QOM paths learnt), in
@@ -196,9 +200,9 @@ class KvmStatsProvider:
         return found
 
     def _result(
-        self, file: StatsFile, names: Sequence[str] | None, qom_path: str | None
+        self, file: StatsSource, names: Sequence[str] | None, qom_path: str | None
     ) -> StatsResult | None:
-        template = self.plan(file.layout).select(names)
+        template = self.plan(file.layout).select(names, file.omitted)
         if not template.entries:
             return None
         envelope = self._envelopes.get(qom_path)

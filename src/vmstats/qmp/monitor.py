@@ -6,6 +6,7 @@ negotiation state) lives in :class:`vmstats.qmp.session.QMPSession`.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from vmstats import __version__
@@ -22,7 +23,7 @@ from vmstats.qmp.control import (
 from vmstats.qmp.hmp import HumanMonitor
 from vmstats.qmp.machine import CpuInfoFast, Machine
 from vmstats.stats.commands import stats_handlers
-from vmstats.stats.model import StatsProvider
+from vmstats.stats.model import StatsProvider, StatsTarget
 from vmstats.stats.registry import StatsRegistry
 from vmstats.stats.schema import BINDINGS, DEFAULT_VERSION, STATS_QAPI
 
@@ -74,6 +75,11 @@ class Monitor:
     def forwards(self, target: str) -> bool:
         """Are ``target``'s stats asked of another monitor (a QEMU), not read here?"""
         return False
+
+    def fresh(self, target: StatsTarget) -> Awaitable[None] | None:
+        """None when ``target``'s stats can be read here now, else what to await first
+        (values that come from elsewhere and are read on demand)."""
+        return None
 
     def _enum_values(self, name: str) -> tuple[str, ...]:
         values: tuple[str, ...] = getattr(self.schema.lookup(name), "values", ())

@@ -17,6 +17,12 @@ exits its clients get an error, then EOF, its fds are closed at once (a held sta
 the dead VM's kernel memory) and its socket is removed.  ``RUN_DIR/vms.json`` lists what
 is served, for ``vmstats list``.
 
+With ``libvirt`` (a URI), libvirt's running domains are served too, named by their domain
+names, followed through a read-only connection: a lifecycle event makes the daemon look
+at once, not at the next scan (:mod:`vmstats.serve.domains`).  Their VM-level stats come
+from libvirt's VM group (it kicks nothing), their vCPU stats from the fds where QEMU keeps
+them, else from libvirt's vCPU group; the schemas from this kernel's own descriptors.
+
 Without a socket to ask, vCPUs are numbered by QEMU's CPU index and get the QOM paths
 QEMU's pc machine gives them (``/machine/unattached/device[0]``, ``[2]``, ``[3]``...): the
 documented scheme.
@@ -40,6 +46,8 @@ from vmstats.kvm.attach import (
 )
 from vmstats.kvm.provider import KvmStatsProvider
 from vmstats.kvm.vmm import VmmProcess
+from vmstats.libvirt.domain import DEFAULT_MAX_AGE
+from vmstats.libvirt.host import Domain
 from vmstats.limits import RateLimitedLog, ServerLimits
 from vmstats.qmp.machine import (
     Machine,
@@ -55,6 +63,7 @@ from vmstats.serve.discover import (
     vm_name,
     vmms,
 )
+from vmstats.serve.domains import Domains
 from vmstats.serve.forward import DEFAULT_QMP_TIMEOUT, HostMonitor
 from vmstats.serve.rundir import RunDir
 from vmstats.serve.served import ServedVm
@@ -81,6 +90,8 @@ class Daemon:
         fds: bool = True,
         qmp: Iterable[str] = (),
         qmp_timeout: float = DEFAULT_QMP_TIMEOUT,
+        libvirt: str | None = None,
+        libvirt_max_age: float = DEFAULT_MAX_AGE,
         dry_run: bool = False,
     ) -> None:
         self.dry_run = dry_run
@@ -96,6 +107,8 @@ class Daemon:
         self._log = RateLimitedLog(log, interval=300.0)
         self._removals: set[asyncio.Task[None]] = set()  # kept until done (asyncio holds weakly)
         self.rundir = RunDir(run_dir, group)
+        self.domains = None if libvirt is None else Domains(libvirt, qmp_timeout,
+                                                            libvirt_max_age)  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop``; :class:`SocketInUse` if another daemon holds the run
@@ -104,20 +117,39 @@ class Daemon:
         log.info("serving the VMs of this host in %s (a scan every %g s%s)", self.run_dir,
                  self.scan_interval, "" if self.fds else "; QMP sockets only")  # fmt: skip
         try:
+            if self.domains is not None:
+                await self.domains.start()
             while not stop.is_set():
                 await self.scan()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.scan_interval)
+                await self._wait(stop)
         finally:
             await self.close()
 
+    async def _wait(self, stop: asyncio.Event) -> None:
+        """Until the next scan, or ``stop``; libvirt's domains are looked at as soon as
+        libvirt says they changed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.scan_interval
+        while not stop.is_set() and (left := deadline - loop.time()) > 0:
+            if self.domains is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), left)
+                return
+            if await self.domains.changed(stop, left):
+                await self._serve_domains()
+                self._write_state()
+
     async def scan(self) -> None:
         """Serve the VMs that appeared since the last scan, and their new vCPUs."""
+        await self._serve_domains()  # first: a libvirt domain is named by libvirt
         if self.fds:
             found = stats_fds_by_process(vmms_only=True)
             for pid, attached in vmms(self.served, self._not_served, found):
                 await self._try_serve(pid, attached, None)
             for served in list(self.served.values()):
+                if served.sources and served.fds_replaced():
+                    self._reattach(served)
+                    continue
                 held = {link.vcpu_id for link in found.get(served.pid, ())}
                 if served.vcpus and held - {None} - served.vcpu_ids:
                     await self._hot_plug(served)
@@ -129,6 +161,38 @@ class Daemon:
             else:
                 await self._try_serve(source.pid, None, source)
         self._write_state()
+
+    async def _serve_domains(self) -> None:
+        """Serve libvirt's running domains not served yet; those served from their fds
+        already get their libvirt side."""
+        if self.domains is None:
+            return
+        for pid, domain in await self.domains.unserved(self.served):
+            served = self.served.get(pid)
+            try:
+                if served is not None:
+                    await self.domains.use(served, domain, fds=bool(served.vcpus))
+                    log.info("%s: a libvirt domain (UUID %s): VM-level stats from libvirt",
+                             served.name, domain.uuid)  # fmt: skip
+                    continue
+                attached = self._attach_quietly(pid)
+                await self._serve(pid, attached, None, domain)
+            except (VmstatsError, OSError) as exc:
+                self._log.warning(f"uuid:{domain.uuid}", "libvirt domain %s not served: %s",
+                                  domain.name, exc)  # fmt: skip
+
+    def _attach_quietly(self, pid: int) -> AttachedVm | None:
+        """The stats fds of ``pid`` where it keeps some and we may copy them, else None."""
+        if not self.fds:
+            return None
+        try:
+            attached = attach(pid)
+        except AttachError:
+            return None
+        if not attached.vcpus and attached.vm is None:
+            attached.close()
+            return None
+        return attached
 
     def _not_served(self, pid: int, why: str) -> None:
         self._log.warning(f"pid:{pid}", "not served: %s", why)
@@ -159,6 +223,19 @@ class Daemon:
                 found.append(source)
         return found
 
+    def _reattach(self, vm: ServedVm) -> None:
+        """The VMM replaced stats fds we hold (a VM recreated, as a confidential guest's
+        reset does): copy its current ones instead."""
+        try:
+            attached = attach(vm.pid)
+        except AttachError:
+            return  # exiting: its pidfd says so
+        os.close(attached.pidfd)
+        attached.pidfd = -1
+        vm.replace_fds(attached)
+        log.info("%s: its VMM replaced its stats fds; serving its current ones (%d vCPUs)",
+                 vm.name, len(vm.vcpus))  # fmt: skip
+
     async def _hot_plug(self, vm: ServedVm) -> None:
         """Take the vCPU stats fds a VMM holds that ``vm`` does not serve yet."""
         try:
@@ -183,10 +260,11 @@ class Daemon:
                 attached.close()
             log.warning("cannot serve the VM of process %d: %s", pid, exc)
 
-    async def _serve(self, pid: int, attached: AttachedVm | None,
-                     source: ProbedQemu | None) -> None:  # fmt: skip
+    async def _serve(self, pid: int, attached: AttachedVm | None, source: ProbedQemu | None,
+                     domain: Domain | None = None) -> None:  # fmt: skip
         taken = [vm.name for vm in self.served.values()]
-        name = vm_name(pid, taken, source.name if source is not None else None)
+        called = source.name if source is not None else None
+        name = vm_name(pid, taken, domain.name if domain is not None else called)
         provider = KvmStatsProvider(attached.vm if attached else None, [], VmmProcess(pid))
         if attached is not None:
             os.close(attached.pidfd)  # the provider watches the VMM with a pidfd of its own
@@ -202,6 +280,13 @@ class Daemon:
             vm.add_vcpus(attached)
         if source is not None:
             vm.use_socket(source, self.qmp_timeout)
+        if domain is not None:
+            assert self.domains is not None
+            try:
+                await self.domains.use(vm, domain, fds=bool(vm.vcpus))
+            except BaseException:
+                provider.close()
+                raise
         if self.dry_run:
             self.served[pid] = vm
             return
@@ -249,4 +334,6 @@ class Daemon:
     async def close(self) -> None:
         for pid in list(self.served):
             await self._remove(pid, "still runs, but vmstats serve stops")
+        if self.domains is not None:
+            await self.domains.close()
         self.rundir.release()

@@ -49,6 +49,20 @@ def qemu_name(args: list[str]) -> str | None:
     return None
 
 
+def processes_with_uuid(uuid: str) -> list[int]:
+    """The processes whose command line gives this VM UUID (QEMU's ``-uuid``, which
+    libvirt passes for every domain)."""
+    wanted = uuid.lower()
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            args = cmdline(int(entry))
+            if any(option == "-uuid" and value.lower() == wanted
+                   for option, value in itertools.pairwise(args)):  # fmt: skip
+                out.append(int(entry))
+    return out
+
+
 def vm_name(pid: int, taken: Iterable[str] = (), given: str | None = None) -> str:
     """A name for the VM of ``pid``: ``given`` (what its QEMU's ``query-name`` said), else
     QEMU's ``-name``, else ``<comm>-<pid>``; unique among ``taken`` (``-<pid>`` is added on

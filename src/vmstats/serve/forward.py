@@ -9,6 +9,9 @@ VM's QEMU (through its QMP socket) for the rest.
   stats from the socket (QEMU reads its own VM stats fd, which no other process can
   create), and the schemas from the socket, or from the fds when it does not answer.
 - Without a socket, everything is local and VM-level stats are absent.
+- Under libvirt, what the fds do not give comes from libvirt (:mod:`vmstats.libvirt`):
+  local too, but values that must be fresh first (``fresh``), which may mean waiting for
+  one libvirt read shared by every client.
 
 A QEMU socket serves one client at a time, so it is used per request (connect, ask,
 close), one request at a time, each step bounded by a timeout: other tools are never
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +31,12 @@ from vmstats.qapi.json import RawJSON
 from vmstats.qmp.client import QmpClient, stats_arguments
 from vmstats.qmp.machine import CpuInfoFast, Machine
 from vmstats.qmp.monitor import Monitor
-from vmstats.stats.model import StatsFilter, StatsProvider, StatsTarget
+from vmstats.stats.model import VM_TARGETS, StatsFilter, StatsProvider, StatsTarget
 from vmstats.stats.registry import StatsRegistry
 
 log = logging.getLogger(__name__)
+
+VM_TARGET_NAMES = frozenset(t.value for t in VM_TARGETS)
 
 #: Seconds a QEMU socket may take per step (connect, greeting, each reply).
 DEFAULT_QMP_TIMEOUT = 3.0
@@ -67,6 +73,8 @@ class HostMonitor(Monitor):
         super().__init__(registry, machine)
         self.local = local
         self.qemu = qemu
+        # Local values that come from elsewhere (libvirt) and may need a read first.
+        self.refresh: Callable[[StatsTarget], Awaitable[None] | None] | None = None
         self._local = dict(self.handlers)
         self.handlers.update({
             "query-stats": self.query_stats,
@@ -88,6 +96,9 @@ class HostMonitor(Monitor):
         if cpus:
             self.machine.cpus = cpus
 
+    def fresh(self, target: StatsTarget) -> Awaitable[None] | None:
+        return None if self.refresh is None else self.refresh(target)
+
     def forwards(self, target: str) -> bool:
         return self._forwards(target) is not None
 
@@ -104,8 +115,21 @@ class HostMonitor(Monitor):
     def query_stats(self, filter: StatsFilter) -> Any:
         qemu = self._forwards(filter.target.value)
         if qemu is None:
-            return self._local["query-stats"](filter)
+            return self._when_fresh(filter.target, self._local["query-stats"], filter)
         return qemu.execute("query-stats", stats_arguments(filter))
+
+    def _when_fresh(self, target: StatsTarget, handler: Callable[..., Any], *args: Any) -> Any:
+        """``handler(*args)`` now if ``target`` is fresh, else a coroutine that first
+        waits for it."""
+        pending = self.fresh(target)
+        if pending is None:
+            return handler(*args)
+        return self._after(pending, handler, *args)
+
+    @staticmethod
+    async def _after(pending: Awaitable[None], handler: Callable[..., Any], *args: Any) -> Any:
+        await pending
+        return handler(*args)
 
     def query_stats_schemas(self, provider: StatsProvider | None = None) -> Any:
         if self.qemu is None or self.local >= {StatsTarget.VM, StatsTarget.VCPU}:
@@ -132,6 +156,9 @@ class HostMonitor(Monitor):
         target = self.hmp.info_stats_target(command_line)
         qemu = None if target is None else self._forwards(target)
         if qemu is None:
+            if target in VM_TARGET_NAMES:
+                return self._when_fresh(StatsTarget(target), self.human_monitor_command,
+                                        command_line, cpu_index)  # fmt: skip
             return self.human_monitor_command(command_line, cpu_index)
         arguments: dict[str, Any] = {"command-line": command_line}
         if cpu_index is not None:

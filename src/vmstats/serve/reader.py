@@ -50,6 +50,10 @@ class MonitorReader:
         """Local targets from the registry, forwarded ones over QMP: one sample."""
         forwarded = {t.value: await self.ask("query-stats", {"target": t.value})
                      for t in VM_TARGETS if self.monitor.forwards(t.value)}  # fmt: skip
+        for target in VM_TARGETS:
+            pending = None if self.monitor.forwards(target.value) else self.monitor.fresh(target)
+            if pending is not None:
+                await pending
         local = {t: self.monitor.registry.query_stats(StatsFilter(t))
                  for t in VM_TARGETS if not self.monitor.forwards(t.value)}  # fmt: skip
         taken = time.time()

@@ -4,12 +4,14 @@ The daemon (:mod:`.daemon`) makes and removes them."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmstats.kvm.attach import AttachedVm, creator_thread
+from vmstats.kvm.attach import AttachedVm, cpu_index_of_threads, creator_thread, still_held
+from vmstats.kvm.binstats import StatsFile, StatsSource
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
+from vmstats.libvirt.domain import LibvirtDomain
 from vmstats.qmp.machine import CpuInfoFast, pc_props, pc_vcpu_path
 from vmstats.qmp.server import QMPServer
 from vmstats.serve.discover import ProbedQemu
@@ -19,9 +21,12 @@ from vmstats.stats.model import StatsTarget
 
 
 def describe(name: str, pid: int, vcpus: int, local: Collection[StatsTarget],
-             qmp: Path | None, socket: Path) -> dict[str, object]:  # fmt: skip
+             qmp: Path | None, socket: Path,
+             libvirt: LibvirtDomain | None = None) -> dict[str, object]:  # fmt: skip
     """A served VM as ``vms.json``, ``vmstats list`` and ``serve --once`` show it."""
-    if not local:
+    if libvirt is not None:
+        source = "libvirt (vm, vcpu)" if libvirt.reads_vcpus else "fds (vcpu) + libvirt (vm)"
+    elif not local:
         source = "QMP (forwarded)"
     elif StatsTarget.VM in local:
         source = "fds (vm, vcpu)"
@@ -33,6 +38,8 @@ def describe(name: str, pid: int, vcpus: int, local: Collection[StatsTarget],
                               "socket": str(socket)}  # fmt: skip
     if qmp is not None:
         row["qmp"] = str(qmp)
+    if libvirt is not None:
+        row["uuid"] = libvirt.domain.uuid
     return row
 
 
@@ -51,6 +58,8 @@ class ServedVm:
     qmp: Path | None = None
     qemu_version: str = ""  # known from its socket
     reader: MonitorReader | None = None  # for the Prometheus endpoint, made on first use
+    libvirt: LibvirtDomain | None = None  # a libvirt domain's stats that libvirt gives
+    sources: dict[StatsFile, int] = field(default_factory=dict)  # copy -> the VMM's fd
 
     def metrics_reader(self) -> MonitorReader:
         """What a scrape reads this VM with: its own monitor, as its clients see it."""
@@ -59,12 +68,40 @@ class ServedVm:
         return self.reader
 
     def metrics_info(self) -> dict[str, str]:
-        return {"pid": str(self.pid), "source": str(self.describe()["source"]),
+        row = self.describe()
+        info = {"pid": str(self.pid), "source": str(row["source"]),
                 "qemu_version": self.qemu_version}  # fmt: skip
+        if "uuid" in row:
+            info["uuid"] = str(row["uuid"])
+        return info
 
     def describe(self) -> dict[str, object]:
         vcpus = len(self.vcpus) or len(self.monitor.machine.cpus)
-        return describe(self.name, self.pid, vcpus, self.monitor.local, self.qmp, self.socket)
+        return describe(self.name, self.pid, vcpus, self.monitor.local, self.qmp, self.socket,
+                        self.libvirt)  # fmt: skip
+
+    def use_libvirt(self, domain: LibvirtDomain) -> None:
+        """A libvirt domain: its VM-level stats (and its vCPUs' where it keeps no fds)
+        are libvirt's, read when a client asks and shared with every other client."""
+        self.libvirt = domain
+        self.provider.vm = domain.vm
+        self.monitor.local.add(StatsTarget.VM)
+        self.monitor.refresh = self._fresh
+
+    def _fresh(self, target: StatsTarget) -> Awaitable[None] | None:
+        domain = self.libvirt
+        if domain is None or (target == StatsTarget.VCPU and not domain.reads_vcpus):
+            return None
+        return domain.fresh()
+
+    def libvirt_vcpus(self, files: Mapping[int, StatsSource]) -> None:
+        """libvirt lists these vCPUs now (at start, or after a hot-plug): served by CPU
+        index, under the QOM paths of QEMU's pc machine, with QEMU's vCPU threads."""
+        threads = {index: tid for tid, index in cpu_index_of_threads(self.pid).items()}
+        self.vcpus = {i: VcpuStatsFile(pc_vcpu_path(i), f) for i, f in sorted(files.items())}
+        self.provider.set_vcpus(self.vcpus.values())
+        self.monitor.serve_vcpus([CpuInfoFast(i, pc_vcpu_path(i), threads.get(i, 0), pc_props(i))
+                                  for i in self.vcpus])  # fmt: skip
 
     def add_vcpus(self, attached: AttachedVm) -> None:
         """Serve vCPUs (at start, or plugged since): their files, paths and threads."""
@@ -75,10 +112,29 @@ class ServedVm:
             if index not in known:
                 known[index] = CpuInfoFast(index, path, creator_thread(file), pc_props(index))
         self.vcpu_ids |= attached.vcpu_ids
+        self.sources.update(attached.sources)
         self.vcpus = dict(sorted(self.vcpus.items()))
         self.provider.set_vcpus(self.vcpus.values())
         if self.vcpus:
             self.monitor.serve_vcpus([known[i] for i in sorted(known)])
+
+    def fds_replaced(self) -> bool:
+        """Has the VMM closed a stats fd we copied, or put another at its number?"""
+        return any(not still_held(self.pid, fd, copy.fd) for copy, fd in self.sources.items())
+
+    def replace_fds(self, attached: AttachedVm) -> None:
+        """Serve fresh copies of the VMM's stats fds instead of the ones it replaced
+        (which are closed: a held stats fd pins its VM's kernel memory)."""
+        old = list(self.sources)
+        self.sources, self.vcpus, self.vcpu_ids = {}, {}, set()
+        if self.libvirt is None:
+            self.provider.vm = attached.vm
+        elif attached.vm is not None:
+            attached.sources.pop(attached.vm, None)
+            attached.vm.close()
+        self.add_vcpus(attached)
+        for file in old:
+            file.close()
 
     def use_socket(self, source: ProbedQemu, timeout: float) -> None:
         """The VM's QEMU socket: VM-level stats, QEMU's name and QOM paths from it."""

@@ -1,0 +1,165 @@
+"""A real libvirt for the tests and benchmarks: libvirtd started if it does not run, and
+domains with no disk that idle in SeaBIOS.
+
+Debian 12's libvirt (9.0) runs without systemd as ``virtlogd -d; libvirtd -d``.  It runs
+QEMU as ``libvirt-qemu`` (group kvm), so ``/dev/kvm`` must be ``root:kvm 0660`` while it
+runs; what it was is put back afterwards.  Everything here is done through ``virsh`` on
+``qemu:///system``, as an operator would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid as uuids
+from pathlib import Path
+from types import TracebackType
+
+from vmstats.libvirt.host import libvirt_unavailable_reason as binding_unavailable_reason
+
+URI = "qemu:///system"
+PID_FILE = Path("/run/libvirtd.pid")
+DOMAIN_PREFIX = "vmstats-test-"
+
+
+def virsh(*args: str, check: bool = True, timeout: float = 60) -> str:
+    done = subprocess.run(["virsh", "-q", "-c", URI, *args], capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+    if check and done.returncode != 0:
+        raise RuntimeError(f"virsh {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def libvirt_unavailable_reason() -> str | None:
+    """Why a real libvirt cannot be used here, or None."""
+    if os.geteuid() != 0:
+        return "libvirtd and vmstats serve run as root"
+    for tool in ("virsh", "libvirtd", "virtlogd"):
+        if shutil.which(tool) is None:
+            return (f"{tool} is not installed "
+                    "(apt-get install libvirt-daemon-system libvirt-clients)")  # fmt: skip
+    if not os.path.exists("/dev/kvm"):
+        return "/dev/kvm is missing"
+    try:
+        grp.getgrnam("kvm")
+    except KeyError:
+        return "there is no kvm group for libvirt's QEMU user"
+    return binding_unavailable_reason()
+
+
+def _running() -> bool:
+    return subprocess.run(["virsh", "-c", URI, "version"], capture_output=True,
+                          timeout=30).returncode == 0  # fmt: skip
+
+
+def _wait_until(condition: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+class Libvirtd:
+    """libvirtd running for a while: started if it was not, with ``/dev/kvm`` made
+    usable by its QEMU user; everything put back, and its test domains destroyed, at the
+    end."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self._kvm: os.stat_result | None = None
+
+    def __enter__(self) -> Libvirtd:
+        self._kvm = os.stat("/dev/kvm")
+        os.chown("/dev/kvm", 0, grp.getgrnam("kvm").gr_gid)
+        os.chmod("/dev/kvm", 0o660)
+        if not _running():
+            self.start()
+            self.started = True
+        return self
+
+    def start(self) -> None:
+        subprocess.run(["virtlogd", "-d"], check=False, capture_output=True)
+        subprocess.run(["libvirtd", "-d"], check=True, capture_output=True)
+        if not _wait_until(_running, 60):
+            raise RuntimeError("libvirtd did not answer within 60 s of its start")
+
+    def stop(self) -> None:
+        """Stop libvirtd (its domains keep running, as with a real restart)."""
+        pid = int(PID_FILE.read_text())
+        os.kill(pid, signal.SIGTERM)
+        if not _wait_until(lambda: not Path(f"/proc/{pid}").exists(), 60):
+            raise RuntimeError("libvirtd did not stop within 60 s")
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        with contextlib.suppress(RuntimeError, OSError, subprocess.SubprocessError):
+            for name in virsh("list", "--name").split():
+                if name.startswith(DOMAIN_PREFIX):
+                    destroy(name)
+        if self.started:
+            with contextlib.suppress(RuntimeError, OSError, ValueError):
+                self.stop()
+        if self._kvm is not None:
+            os.chown("/dev/kvm", self._kvm.st_uid, self._kvm.st_gid)
+            os.chmod("/dev/kvm", self._kvm.st_mode & 0o7777)
+
+
+def domain_xml(name: str, vcpus: int = 2, max_vcpus: int | None = None,
+               emulator: str | None = None) -> str:  # fmt: skip
+    """A KVM domain with no disk: it starts at once and idles in SeaBIOS."""
+    top = max(vcpus, max_vcpus or vcpus)
+    devices = f"<emulator>{emulator}</emulator>" if emulator else ""
+    return (f"<domain type='kvm'><name>{name}</name><uuid>{uuids.uuid4()}</uuid>"
+            "<memory unit='MiB'>128</memory>"
+            f"<vcpu placement='static' current='{vcpus}'>{top}</vcpu>"
+            "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
+            f"<devices>{devices}</devices></domain>")  # fmt: skip
+
+
+def create(name: str, vcpus: int = 2, max_vcpus: int | None = None) -> str:
+    """Start a transient test domain; its UUID."""
+    with tempfile.NamedTemporaryFile("w", suffix=".xml") as file:
+        file.write(domain_xml(name, vcpus, max_vcpus))
+        file.flush()
+        virsh("create", file.name)
+    return virsh("domuuid", name).strip()
+
+
+def destroy(name: str) -> None:
+    virsh("destroy", name, check=False)
+
+
+def qemu_pid(name: str) -> int:
+    return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
+
+
+def domstats(name: str, *groups: str) -> dict[str, str]:
+    """``virsh domstats`` of a domain as a dict (values as virsh prints them)."""
+    out = {}
+    for line in virsh("domstats", *groups, name).splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+def taints(name: str) -> list[str]:
+    """What libvirt says taints the domain: ``virsh dominfo``'s messages and its log."""
+    found = [line.strip() for line in virsh("dominfo", name).splitlines() if "taint" in line]
+    log = Path(f"/var/log/libvirt/qemu/{name}.log")
+    if log.exists():
+        found += [line.strip() for line in log.read_text(errors="replace").splitlines()
+                  if "taint" in line]  # fmt: skip
+    return found

@@ -1,0 +1,239 @@
+"""``vmstats serve --libvirt`` against a real libvirt (Debian 12: libvirt 9.0, QEMU 7.2):
+domains found through the API, named, served, followed through their lifecycle and a
+libvirtd restart, never tainted, and agreeing with ``virsh domstats``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kvm.conftest import requires_kvm
+from tests.serve.conftest import Daemon
+from vmstats.testing.hostile import wait_for
+from vmstats.testing.libvirt import (
+    DOMAIN_PREFIX,
+    Libvirtd,
+    create,
+    destroy,
+    domstats,
+    libvirt_unavailable_reason,
+    qemu_pid,
+    taints,
+    virsh,
+)
+from vmstats.testing.qemu import RawQMP
+
+LIBVIRT_REASON = libvirt_unavailable_reason()
+pytestmark = [pytest.mark.kvm, pytest.mark.qemu, requires_kvm,
+              pytest.mark.skipif(LIBVIRT_REASON is not None, reason=str(LIBVIRT_REASON))]  # fmt: skip
+
+#: Long enough that what happens within a test comes from libvirt's events, not a scan.
+NO_SCAN = ("--scan-interval", "600")
+
+
+@pytest.fixture(scope="module")
+def libvirtd() -> Iterator[Libvirtd]:
+    with Libvirtd() as daemon:
+        yield daemon
+
+
+def unique(what: str) -> str:
+    return f"{DOMAIN_PREFIX}{what}-{uuid.uuid4().hex[:8]}"
+
+
+def ask(path: Path, command: str, arguments: dict[str, object] | None = None) -> object:
+    """One command on a connection of its own; its return value (or its error, raised)."""
+    qmp = RawQMP(path, timeout=30)
+    try:
+        qmp.negotiate()
+        request: dict[str, object] = {"execute": command}
+        if arguments is not None:
+            request["arguments"] = arguments
+        reply = json.loads(qmp.request(json.dumps(request).encode()))
+    finally:
+        qmp.close()
+    if "error" in reply:
+        raise AssertionError(reply["error"])
+    return reply["return"]
+
+
+def works(path: Path, command: str, arguments: dict[str, object] | None = None) -> bool:
+    try:
+        ask(path, command, arguments)
+    except (AssertionError, OSError):
+        return False
+    return True
+
+
+def cumulative(path: Path) -> dict[str, int]:
+    """Every cumulative stat the socket serves, as libvirt's keys name them
+    (``vm.NAME.sum``, ``vcpu.N.NAME.sum``)."""
+    out = {}
+    for target in ("vm", "vcpu"):
+        cpus = {c["qom-path"]: c["cpu-index"] for c in ask(path, "query-cpus-fast")}  # type: ignore[attr-defined]
+        schema = {s["target"]: {v["name"]: v for v in s["stats"]}
+                  for s in ask(path, "query-stats-schemas")}  # type: ignore[attr-defined]  # fmt: skip
+        for result in ask(path, "query-stats", {"target": target}):  # type: ignore[attr-defined]
+            prefix = "vm" if target == "vm" else f"vcpu.{cpus[result['qom-path']]}"
+            for stat in result["stats"]:
+                if schema[target][stat["name"]]["type"] == "cumulative":
+                    out[f"{prefix}.{stat['name']}.sum"] = stat["value"]
+    return out
+
+
+def served_names(run_dir: Path) -> dict[str, dict[str, object]]:
+    state = run_dir / "vms.json"
+    return {row["name"]: row for row in json.loads(state.read_text())} if state.exists() else {}
+
+
+def test_a_domain_is_named_served_agrees_with_virsh_and_is_not_tainted(
+    libvirtd: Libvirtd, start_daemon: Callable[..., Daemon]
+) -> None:
+    name = unique("agree")
+    domain_uuid = create(name, vcpus=2)
+    _proc, run_dir = start_daemon("--libvirt", *NO_SCAN, "--libvirt-max-age", "0")
+    path = run_dir / f"{name}.qmp"
+    assert wait_for(path.exists, timeout=30)
+    row = served_names(run_dir)[name]
+    assert row["uuid"] == domain_uuid
+    assert row["pid"] == qemu_pid(name)
+    assert row["source"] == "libvirt (vm, vcpu)"  # QEMU 7.2 keeps no stats fds
+    assert ask(path, "query-name") == {"name": name}
+    assert [c["cpu-index"] for c in ask(path, "query-cpus-fast")] == [0, 1]  # type: ignore[attr-defined]
+
+    # Every cumulative stat libvirt gives, bracketed by two of our reads.
+    before = cumulative(path)
+    theirs = {k: int(v) for k, v in domstats(name, "--vm", "--vcpu").items()
+              if k.endswith(".sum")}  # fmt: skip
+    after = cumulative(path)
+    assert set(before) == set(theirs) == set(after)
+    assert len([k for k in theirs if k.startswith("vm.")]) > 5
+    assert len([k for k in theirs if k.startswith("vcpu.1.")]) > 20
+    for key, value in theirs.items():
+        assert before[key] <= value <= after[key], key
+
+    # The schema is the kernel's, histograms included; their values are absent.
+    schemas = {s["target"]: {v["name"]: v for v in s["stats"]}
+               for s in ask(path, "query-stats-schemas")}  # type: ignore[attr-defined]  # fmt: skip
+    histograms = {n for n, v in schemas["vcpu"].items() if v["type"].endswith("histogram")}
+    assert histograms
+    served = {s["name"] for r in ask(path, "query-stats", {"target": "vcpu"})  # type: ignore[attr-defined]
+              for s in r["stats"]}  # fmt: skip
+    assert not served & histograms
+    hmp = ask(path, "human-monitor-command", {"command-line": "info stats vm"})
+    assert "remote_tlb_flush_requests" in str(hmp)
+
+    listing = subprocess.run([sys.executable, "-m", "vmstats", "list", str(run_dir)],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert name in listing
+    assert taints(name) == []
+    destroy(name)
+
+
+def test_domains_that_start_and_stop_are_followed_at_once(
+    libvirtd: Libvirtd, start_daemon: Callable[..., Daemon]
+) -> None:
+    _proc, run_dir = start_daemon("--libvirt", *NO_SCAN)
+    assert wait_for(lambda: (run_dir / "vms.json").exists())
+    name = unique("later")
+    create(name, vcpus=1)
+    path = run_dir / f"{name}.qmp"
+    assert wait_for(path.exists, timeout=30)  # an event, not a scan: the scan is 600 s away
+    assert works(path, "query-stats", {"target": "vm"})
+    destroy(name)
+    assert wait_for(lambda: not path.exists(), timeout=30)
+    assert name not in served_names(run_dir)
+
+
+def test_a_libvirtd_restart_is_survived(
+    libvirtd: Libvirtd, start_daemon: Callable[..., Daemon]
+) -> None:
+    name = unique("restart")
+    create(name, vcpus=1)
+    _proc, run_dir = start_daemon("--libvirt", *NO_SCAN, "--libvirt-max-age", "0")
+    path = run_dir / f"{name}.qmp"
+    assert wait_for(path.exists, timeout=30)
+    libvirtd.stop()
+    try:
+        # The domain stays served (its QEMU runs on); VM-level stats say why they fail.
+        with pytest.raises(AssertionError, match="libvirt"):
+            ask(path, "query-stats", {"target": "vm"})
+        assert path.exists()
+    finally:
+        libvirtd.start()
+    assert wait_for(lambda: works(path, "query-stats", {"target": "vm"}), timeout=30)
+    later = unique("after-restart")
+    create(later, vcpus=1)
+    assert wait_for((run_dir / f"{later}.qmp").exists, timeout=30)  # events again
+    for domain in (name, later):
+        destroy(domain)
+
+
+def signal_exits(name: str) -> list[int]:
+    stats = domstats(name, "--vcpu")
+    return [int(stats[f"vcpu.{n}.signal_exits.sum"]) for n in range(int(stats["vcpu.current"]))]
+
+
+def test_many_readers_share_one_libvirt_read(
+    libvirtd: Libvirtd, start_daemon: Callable[..., Daemon]
+) -> None:
+    """QEMU 7.2 kicks every vCPU for each vCPU read libvirt makes: ten readers within
+    ``--libvirt-max-age`` must cost what one read costs, not ten."""
+    name = unique("kicks")
+    create(name, vcpus=2)
+    _proc, run_dir = start_daemon("--libvirt", *NO_SCAN, "--libvirt-max-age", "300")
+    path = run_dir / f"{name}.qmp"
+    assert wait_for(path.exists, timeout=30)
+    one = signal_exits(name)
+    alone = [b - a for a, b in zip(one, signal_exits(name), strict=True)]  # what a read costs
+    assert min(alone) >= 1
+    before = signal_exits(name)
+    readers = [threading.Thread(target=ask, args=(path, "query-stats", {"target": "vcpu"}))
+               for _ in range(10)]  # fmt: skip
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    after = signal_exits(name)
+    for vcpu, (a, b) in enumerate(zip(before, after, strict=True)):
+        assert b - a <= 2 * alone[vcpu], (vcpu, b - a, alone[vcpu])
+    destroy(name)
+
+
+def test_vcpus_plugged_through_libvirt_are_served(
+    libvirtd: Libvirtd, start_daemon: Callable[..., Daemon]
+) -> None:
+    name = unique("plug")
+    create(name, vcpus=1, max_vcpus=3)
+    _proc, run_dir = start_daemon("--libvirt", *NO_SCAN, "--libvirt-max-age", "0")
+    path = run_dir / f"{name}.qmp"
+    assert wait_for(path.exists, timeout=30)
+    assert len(ask(path, "query-stats", {"target": "vcpu"})) == 1  # type: ignore[arg-type]
+    virsh("setvcpus", name, "3", "--live")
+    results = ask(path, "query-stats", {"target": "vcpu"})
+    assert len(results) == 3  # type: ignore[arg-type]
+    cpus = ask(path, "query-cpus-fast")
+    assert [c["cpu-index"] for c in cpus] == [0, 1, 2]  # type: ignore[attr-defined]
+    destroy(name)
+
+
+def test_once_lists_the_domains(libvirtd: Libvirtd, tmp_path: Path) -> None:
+    name = unique("once")
+    domain_uuid = create(name, vcpus=1)
+    try:
+        done = subprocess.run([sys.executable, "-m", "vmstats", "serve", "--once", "--libvirt",
+                               "--run-dir", str(tmp_path / "run")],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        line = next(x for x in done.stdout.splitlines() if x.startswith(name))
+        assert "libvirt (vm, vcpu)" in line
+        assert domain_uuid  # the UUID is in vms.json and the exporter's info, not the table
+    finally:
+        destroy(name)
