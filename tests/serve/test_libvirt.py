@@ -195,9 +195,11 @@ def test_many_readers_share_one_libvirt_read(
     alone = [b - a for a, b in zip(one, signal_exits(name), strict=True)]  # what a read costs
     assert min(alone) >= 1
     before = signal_exits(name)
+    for _ in range(10):  # one after the other: each alone would be a read
+        ask(path, "query-stats", {"target": "vcpu"})
     readers = [threading.Thread(target=ask, args=(path, "query-stats", {"target": "vcpu"}))
                for _ in range(10)]  # fmt: skip
-    for reader in readers:
+    for reader in readers:  # and at once
         reader.start()
     for reader in readers:
         reader.join()
