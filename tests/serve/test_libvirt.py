@@ -100,7 +100,7 @@ def test_a_domain_is_named_served_agrees_with_virsh_and_is_not_tainted(
     domain_uuid = create(name, vcpus=2)
     _proc, run_dir = start_daemon("--libvirt", *NO_SCAN, "--libvirt-max-age", "0")
     path = run_dir / f"{name}.qmp"
-    assert wait_for(path.exists, timeout=30)
+    assert wait_for(lambda: name in served_names(run_dir), timeout=30)
     row = served_names(run_dir)[name]
     assert row["uuid"] == domain_uuid
     assert row["pid"] == qemu_pid(name)
