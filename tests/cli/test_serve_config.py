@@ -85,3 +85,28 @@ def test_serve_with_a_group_that_does_not_exist_says_how_to_make_it(tmp_path: Pa
     assert out.stderr == ("vmstats serve: no group named 'vmstats-nx': create it (groupadd "
                           "--system vmstats-nx, or contrib/systemd's sysusers file) or give "
                           "another with --group\n")  # fmt: skip
+
+
+def test_libvirt_in_the_file_and_on_the_command_line(tmp_path: Path) -> None:
+    config, _ = settings(tmp_path, 'libvirt = "qemu:///session"\nlibvirt-max-age = 0\n')
+    assert (config.libvirt, config.libvirt_max_age) == ("qemu:///session", 0.0)
+    config, _ = settings(tmp_path, 'libvirt = "qemu:///session"\n', "--libvirt")
+    assert config.libvirt == "qemu:///system"  # the flag alone: libvirt's system URI
+    assert ServeConfig().libvirt is None  # not watched unless asked
+
+
+def test_libvirt_without_its_python_binding_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    # The binding made unimportable, as on a machine without vmstats[libvirt].
+    code = (
+        "import sys; sys.modules['libvirt'] = None; from vmstats.cli.main import main; "
+        f"sys.exit(main(['serve', '--libvirt', '--once', '--run-dir', '{tmp_path}/run']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.startswith("vmstats serve: --libvirt: libvirt's Python binding is not "
+                                 "installed (pip install 'vmstats[libvirt]'")  # fmt: skip
+    assert out.stderr.count("\n") == 1
