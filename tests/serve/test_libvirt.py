@@ -209,6 +209,28 @@ def test_many_readers_share_one_libvirt_read(
     destroy(name)
 
 
+def test_vm_level_queries_kick_no_vcpu(
+    libvirtd: Libvirtd, start_daemon: Callable[..., Daemon]
+) -> None:
+    """libvirt's VM group is read apart from its vCPU group, which QEMU 7.2 answers by
+    kicking every vCPU: a VM-level query, even reading libvirt every time, kicks none."""
+    name = unique("vm-kicks")
+    create(name, vcpus=2)
+    _proc, run_dir = start_daemon("--libvirt", *NO_SCAN, "--libvirt-max-age", "0")
+    path = run_dir / f"{name}.qmp"
+    assert wait_for(path.exists, timeout=30)
+    one = signal_exits(name)
+    alone = [b - a for a, b in zip(one, signal_exits(name), strict=True)]
+    before = signal_exits(name)
+    for _ in range(10):
+        ask(path, "query-stats", {"target": "vm"})
+        ask(path, "human-monitor-command", {"command-line": "info stats vm"})
+    after = signal_exits(name)
+    for vcpu, (a, b) in enumerate(zip(before, after, strict=True)):  # virsh's own kicks only
+        assert b - a <= 2 * alone[vcpu], (vcpu, b - a, alone[vcpu])
+    destroy(name)
+
+
 def test_vcpus_plugged_through_libvirt_are_served(
     libvirtd: Libvirtd, start_daemon: Callable[..., Daemon]
 ) -> None:

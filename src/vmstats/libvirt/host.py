@@ -153,14 +153,14 @@ class LibvirtHost:
                                    libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)  # fmt: skip
         return [Domain(d.name(), d.UUIDString(), d) for d in handles]
 
-    async def stats(self, domain: Domain, vcpus: bool) -> dict[str, object]:
-        """One read of the domain's VM stats group (it kicks no vCPU), and of its vCPU
-        group when ``vcpus`` (libvirt's QEMU then kicks every vCPU)."""
+    async def stats(self, domain: Domain, *, vcpus: bool) -> dict[str, object]:
+        """One read of the domain's VM stats group (it kicks no vCPU), or of its vCPU
+        group when ``vcpus`` (a QEMU 7.x then kicks every vCPU)."""
         conn = self._connection()
-        # VIR_DOMAIN_STATS_VM came with libvirt 8.9; an older one gives vCPU stats only
-        groups = getattr(libvirt, "VIR_DOMAIN_STATS_VM", 0)
         if vcpus:
-            groups |= libvirt.VIR_DOMAIN_STATS_VCPU
+            groups = libvirt.VIR_DOMAIN_STATS_VCPU
+        elif (groups := getattr(libvirt, "VIR_DOMAIN_STATS_VM", 0)) == 0:
+            raise LibvirtError("this libvirt has no VM stats group (it came with 8.9)")
         found = await self._call(conn.domainListGetStats, [domain.handle], groups)
         if not found:
             raise LibvirtError(f"libvirt gave no stats for {domain.name} (is it still running?)")

@@ -89,10 +89,7 @@ class ServedVm:
         self.monitor.refresh = self._fresh
 
     def _fresh(self, target: StatsTarget) -> Awaitable[None] | None:
-        domain = self.libvirt
-        if domain is None or (target == StatsTarget.VCPU and not domain.reads_vcpus):
-            return None
-        return domain.fresh()
+        return None if self.libvirt is None else self.libvirt.fresh(target)
 
     def libvirt_vcpus(self, files: Mapping[int, StatsSource]) -> None:
         """libvirt lists these vCPUs now (at start, or after a hot-plug): served by CPU
