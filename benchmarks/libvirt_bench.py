@@ -7,7 +7,8 @@ domains (QEMU 7.2 under libvirt 9.0, no disk, idle in SeaBIOS).
 Targets (issue #18): our socket at most 0.2x ``virsh domstats``; no more vCPU kicks per
 refresh than one libvirt read, however many readers.  Method: the ways alternate call by
 call, each timed to its reply's last byte (a ``virsh`` call to its exit), medians; kicks
-are the ``signal_exits`` all vCPUs of all the domains gained (QEMU 7.2 kicks a vCPU to read its stats),
+are the ``signal_exits`` all vCPUs of all the domains gained (QEMU 7.2 kicks a vCPU to
+read its stats),
 read by one libvirt VCPU-group read before and after each way's calls, minus that read's
 own kick.
 """

@@ -116,6 +116,49 @@ class Libvirtd:
             os.chmod("/dev/kvm", self._kvm.st_mode & 0o7777)
 
 
+#: Where QEMU 10.0 is copied for libvirt's QEMU user (who cannot enter /root).
+EMULATOR_ROOT = Path("/var/lib/vmstats-testing/qemu-10")
+
+#: libvirt runs ``<emulator>`` as its QEMU user, so the tree must be readable by it; and
+#: QEMU falls back to the installed (7.2) module directory for a module 10.0 lacks, whose
+#: loading makes 10.0 abort (libvirt's capability probe, ``qom-list-types``, loads them
+#: all).  The wrapper gives 10.0 its firmware and, in a mount namespace of its own (a user
+#: namespace: no privilege needed), its own modules where 7.2's are.
+_WRAPPER = """#!/bin/sh
+R={root}
+exec unshare --map-root-user --mount --propagation private sh -c '
+  mount --bind "$0"/usr/lib/x86_64-linux-gnu/qemu /usr/lib/x86_64-linux-gnu/qemu &&
+  exec "$0"/usr/bin/qemu-system-x86_64 -L "$0"/usr/share/qemu -L "$0"/usr/share/seabios "$@"
+' "$R" "$@"
+"""
+
+
+def qemu10_emulator() -> tuple[str | None, str]:
+    """A QEMU 10.0 libvirt 9.0 can run as a domain's ``<emulator>`` (copied from the
+    unpacked tree, with a wrapper), or None and why not."""
+    from vmstats.testing.qemu10 import CACHE, qemu10_binary
+
+    if qemu10_binary() is None:
+        return None, f"QEMU 10.0 is not unpacked in {CACHE} (python -m vmstats.testing.qemu10)"
+    wrapper = EMULATOR_ROOT / "qemu-wrapper"
+    if not wrapper.exists():
+        shutil.rmtree(EMULATOR_ROOT, ignore_errors=True)
+        EMULATOR_ROOT.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        shutil.copytree(CACHE, EMULATOR_ROOT, symlinks=True)
+        for path in [EMULATOR_ROOT, *EMULATOR_ROOT.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | 0o444 | (0o111 if path.is_dir() else 0))
+        temporary = wrapper.with_suffix(".new")
+        temporary.write_text(_WRAPPER.format(root=EMULATOR_ROOT))
+        temporary.chmod(0o755)
+        temporary.rename(wrapper)
+    probe = subprocess.run(["su", "-s", "/bin/sh", "libvirt-qemu", "-c", f"{wrapper} --version"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    if probe.returncode != 0 or "version 10." not in probe.stdout:
+        return None, f"QEMU 10.0 does not run as libvirt's QEMU user: {probe.stderr.strip()}"
+    return str(wrapper), ""
+
+
 def domain_xml(name: str, vcpus: int = 2, max_vcpus: int | None = None,
                emulator: str | None = None) -> str:  # fmt: skip
     """A KVM domain with no disk: it starts at once and idles in SeaBIOS."""
@@ -125,13 +168,15 @@ def domain_xml(name: str, vcpus: int = 2, max_vcpus: int | None = None,
             "<memory unit='MiB'>128</memory>"
             f"<vcpu placement='static' current='{vcpus}'>{top}</vcpu>"
             "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
+            "<features><acpi/></features>"
             f"<devices>{devices}</devices></domain>")  # fmt: skip
 
 
-def create(name: str, vcpus: int = 2, max_vcpus: int | None = None) -> str:
+def create(name: str, vcpus: int = 2, max_vcpus: int | None = None,
+           emulator: str | None = None) -> str:  # fmt: skip
     """Start a transient test domain; its UUID."""
     with tempfile.NamedTemporaryFile("w", suffix=".xml") as file:
-        file.write(domain_xml(name, vcpus, max_vcpus))
+        file.write(domain_xml(name, vcpus, max_vcpus, emulator))
         file.flush()
         virsh("create", file.name)
     return virsh("domuuid", name).strip()
