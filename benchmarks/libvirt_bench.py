@@ -27,7 +27,14 @@ from pathlib import Path
 
 import libvirt
 
-from vmstats.testing.libvirt import DOMAIN_PREFIX, URI, Libvirtd, create, destroy
+from vmstats.testing.libvirt import (
+    DOMAIN_PREFIX,
+    URI,
+    Libvirtd,
+    create,
+    destroy,
+    qemu10_emulator,
+)
 from vmstats.testing.prometheus import free_port
 from vmstats.testing.qemu import RawQMP, stop_process
 
@@ -86,6 +93,13 @@ def run(count: int, calls: int) -> None:
     names = [f"{DOMAIN_PREFIX}bench-{i}" for i in range(count)]
     for name in names:
         create(name, vcpus=2)
+    emulator, why = qemu10_emulator()
+    newer = f"{DOMAIN_PREFIX}bench-qemu10"
+    if emulator is not None:  # one more, on QEMU 10.0: it keeps its vCPU stats fds
+        create(newer, vcpus=2, emulator=emulator)
+        names.append(newer)
+    else:
+        print(f"(no QEMU 10.0 domain: {why})")
     # Two daemons: the default (a libvirt read shared for 1 s) and one that reads libvirt
     # at every request (--libvirt-max-age 0), as a reader refreshing each second would.
     run_dirs = [Path(tempfile.mkdtemp(prefix="vmstats-libvirt-bench-")) for _ in range(2)]
@@ -110,6 +124,10 @@ def run(count: int, calls: int) -> None:
             "virsh domstats, one VM": virsh_domstats(names[0]),
             "getAllDomainStats(), every VM": in_process(conn),
         }
+        if emulator is not None:
+            ways["our socket, the QEMU 10.0 VM"] = our_socket(run_dirs[0] / f"{newer}.qmp")
+            ways["the QEMU 10.0 VM, --libvirt-max-age 0"] = our_socket(run_dirs[1] / f"{newer}.qmp")
+            ways["virsh domstats, the QEMU 10.0 VM"] = virsh_domstats(newer)
         times: dict[str, list[float]] = {w: [] for w in ways}
         for _ in range(calls):
             for way, call in ways.items():
@@ -117,7 +135,9 @@ def run(count: int, calls: int) -> None:
                 call()
                 times[way].append((time.perf_counter() - started) * 1e3)
         base = statistics.median(times["virsh domstats, one VM"])
-        print(f"\n{count} domain(s), 2 vCPUs each, {calls} calls per way, interleaved\n")
+        extra = " and 1 on QEMU 10.0" if emulator is not None else ""
+        print(f"\n{count} domain(s) on QEMU 7.2{extra}, 2 vCPUs each, {calls} calls per way, "
+              "interleaved\n")  # fmt: skip
         print("| way | median ms | vs virsh domstats | vCPU kicks per call |")
         print("|---|---:|---:|---:|")
         for way, call in ways.items():
