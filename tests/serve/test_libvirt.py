@@ -302,3 +302,39 @@ def test_once_lists_the_domains(libvirtd: Libvirtd, tmp_path: Path) -> None:
         assert domain_uuid  # the UUID is in vms.json and the exporter's info, not the table
     finally:
         destroy(name)
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("qemu:///bogus", "unexpected qemu URI path '/bogus'"),
+        ("nonsense", "no connection driver available"),
+        ("qemu+unix:///system?socket=/nonexistent", "Failed to connect socket"),
+    ],
+)
+def test_a_uri_libvirt_cannot_serve_is_one_line_and_exit_1(
+    tmp_path: Path, uri: str, says: str
+) -> None:
+    """``--once`` must answer now; the daemon waits only for a libvirtd that does not
+    answer (yet), and gives up at once on a URI libvirt rejects."""
+    once = subprocess.run([sys.executable, "-m", "vmstats", "serve", "--once", "--libvirt", uri,
+                           "--run-dir", str(tmp_path / "once")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert once.returncode == 1
+    assert once.stderr.startswith(f"vmstats serve: libvirt at {uri}: ")
+    assert says in once.stderr
+    assert once.stderr.count("\n") == 1
+
+
+def test_the_daemon_gives_up_on_a_rejected_uri_and_waits_for_an_absent_libvirtd(
+    tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    rejected = subprocess.run([sys.executable, "-m", "vmstats", "serve", "--libvirt",
+                               "qemu:///bogus", "--run-dir", str(tmp_path / "rejected")],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert rejected.returncode == 1
+    assert "vmstats serve: libvirt at qemu:///bogus: " in rejected.stderr
+    assert "Traceback" not in rejected.stderr
+    proc, run_dir = start_daemon("--libvirt", "qemu+unix:///system?socket=/nonexistent")
+    assert wait_for(lambda: (run_dir / "vms.json").exists())  # serving the rest meanwhile
+    assert proc.poll() is None

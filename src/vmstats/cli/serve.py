@@ -19,7 +19,7 @@ from vmstats.cli.serve_config import (
     given_settings,
     read_config,
 )
-from vmstats.errors import SocketInUse, UsageError
+from vmstats.errors import LibvirtError, SocketInUse, UsageError
 from vmstats.exporter.http import MetricsEndpoint
 from vmstats.libvirt.host import DEFAULT_URI, libvirt_unavailable_reason
 from vmstats.serve.daemon import Daemon
@@ -121,7 +121,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
 async def _once(daemon: Daemon) -> int:
     if daemon.domains is not None:
-        await daemon.domains.start()
+        try:
+            await daemon.domains.start(wait=False)
+        except LibvirtError as exc:
+            print(f"vmstats serve: {exc}", file=sys.stderr)
+            return 1
     await daemon.scan()
     rows = [vm.describe() for vm in daemon.served.values()]
     await daemon.close()
@@ -169,7 +173,7 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
             return 1
     try:
         await daemon.run(stop)
-    except OSError as exc:
+    except (OSError, LibvirtError) as exc:
         print(f"vmstats serve: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -79,13 +79,16 @@ class LibvirtHost:
     def connected(self) -> bool:
         return self._conn is not None
 
-    async def start(self) -> None:
-        """Connect now if libvirtd answers, else keep trying in the background (a daemon
-        may start before libvirtd); the reason is logged either way."""
+    async def start(self, *, wait: bool = True) -> None:
+        """Connect now.  If libvirtd does not answer (yet: a daemon may start before it)
+        and ``wait``, keep trying in the background, saying so; any other failure (a URI
+        libvirt rejects, no permission) raises :class:`LibvirtError`: no retry mends it."""
         _register_event_loop()
         try:
             await self._connect()
         except LibvirtError as exc:
+            if not wait or not _unreachable(exc):
+                raise
             log.warning("%s; trying again in the background", exc)
             self._start_reconnecting()
 
@@ -183,6 +186,19 @@ class LibvirtHost:
 _registered: asyncio.AbstractEventLoop | None = None
 
 
+def _unreachable(exc: LibvirtError) -> bool:
+    """Did libvirtd not answer (its socket missing or refused, or silent), as opposed to
+    refusing what was asked?"""
+    cause = exc.__cause__
+    if not isinstance(cause, libvirt.libvirtError):
+        return True  # the timeout: a silent libvirtd
+    return bool(cause.get_error_domain() == libvirt.VIR_FROM_RPC)
+
+
+def _ignore_error(context: object, error: object) -> None:
+    """libvirt's errors come back as exceptions: nothing to print here."""
+
+
 def _register_event_loop() -> None:
     """libvirt's events on this process's running loop (once: libvirt keeps one
     implementation per process)."""
@@ -190,6 +206,9 @@ def _register_event_loop() -> None:
     loop = asyncio.get_running_loop()
     if _registered is None:
         libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
+        # libvirt prints every error on stderr by default, a line per failed reconnect;
+        # its errors reach us as exceptions, and are logged (rate-limited) where it matters.
+        libvirt.registerErrorHandler(_ignore_error, None)
         _registered = loop
     elif _registered is not loop:
         raise LibvirtError("libvirt's events are bound to another event loop of this process")

@@ -35,9 +35,10 @@ class Domains:
         self._layouts: KernelLayouts | None = None
         self._log = RateLimitedLog(log, interval=300.0)
 
-    async def start(self) -> None:
+    async def start(self, *, wait: bool = True) -> None:
+        """Connect (:meth:`LibvirtHost.start`)."""
         self._wake = asyncio.Event()
-        await self.host.start()
+        await self.host.start(wait=wait)
 
     def _changed(self, why: str) -> None:
         log.debug("libvirt: %s", why)
