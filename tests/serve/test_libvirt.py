@@ -95,16 +95,23 @@ def served_names(run_dir: Path) -> dict[str, dict[str, object]]:
     return {row["name"]: row for row in json.loads(state.read_text())} if state.exists() else {}
 
 
+def served_domain(start_daemon: Callable[..., Daemon], what: str, *options: str,
+                  vcpus: int = 2, **create_args: Any) -> tuple[str, Path, Path]:  # fmt: skip
+    """A new domain and a daemon (``--libvirt``, scans 600 s apart, ``options``) that serves
+    it: its name, its socket and the run directory."""
+    name = unique(what)
+    create(name, vcpus=vcpus, **create_args)
+    _proc, run_dir = start_daemon("--libvirt", *NO_SCAN, *options)
+    assert wait_for(lambda: name in served_names(run_dir), timeout=30)
+    return name, run_dir / f"{name}.qmp", run_dir
+
+
 def test_a_domain_is_named_served_agrees_with_virsh_and_is_not_tainted(
     libvirtd: Libvirtd, start_daemon: Callable[..., Daemon]
 ) -> None:
-    name = unique("agree")
-    domain_uuid = create(name, vcpus=2)
-    _proc, run_dir = start_daemon("--libvirt", *NO_SCAN, "--libvirt-max-age", "0")
-    path = run_dir / f"{name}.qmp"
-    assert wait_for(lambda: name in served_names(run_dir), timeout=30)
+    name, path, run_dir = served_domain(start_daemon, "agree", "--libvirt-max-age", "0")
     row = served_names(run_dir)[name]
-    assert row["uuid"] == domain_uuid
+    assert row["uuid"] == virsh("domuuid", name).strip()
     assert row["pid"] == qemu_pid(name)
     assert row["source"] == "libvirt (vm, vcpu)"  # QEMU 7.2 keeps no stats fds
     assert ask(path, "query-name") == {"name": name}
@@ -157,11 +164,8 @@ def test_domains_that_start_and_stop_are_followed_at_once(
 def test_a_libvirtd_restart_is_survived(
     libvirtd: Libvirtd, start_daemon: Callable[..., Daemon]
 ) -> None:
-    name = unique("restart")
-    create(name, vcpus=1)
-    _proc, run_dir = start_daemon("--libvirt", *NO_SCAN, "--libvirt-max-age", "0")
-    path = run_dir / f"{name}.qmp"
-    assert wait_for(path.exists, timeout=30)
+    name, path, run_dir = served_domain(start_daemon, "restart", "--libvirt-max-age", "0",
+                                        vcpus=1)  # fmt: skip
     libvirtd.stop()
     try:
         # The domain stays served (its QEMU runs on); VM-level stats say why they fail.
@@ -183,31 +187,37 @@ def signal_exits(name: str) -> list[int]:
     return [int(stats[f"vcpu.{n}.signal_exits.sum"]) for n in range(int(stats["vcpu.current"]))]
 
 
-def test_many_readers_share_one_libvirt_read(
-    libvirtd: Libvirtd, start_daemon: Callable[..., Daemon]
-) -> None:
-    """QEMU 7.2 kicks every vCPU for each vCPU read libvirt makes: ten readers within
-    ``--libvirt-max-age`` must cost what one read costs, not ten."""
-    name = unique("kicks")
-    create(name, vcpus=2)
-    _proc, run_dir = start_daemon("--libvirt", *NO_SCAN, "--libvirt-max-age", "300")
-    path = run_dir / f"{name}.qmp"
-    assert wait_for(path.exists, timeout=30)
+def kicks_within_one_read(name: str, action: Callable[[], object]) -> None:
+    """Run ``action``: the domain's vCPUs must gain no more kicks than the two reads of
+    ``virsh domstats`` around it make, plus at most one read of ours."""
     one = signal_exits(name)
     alone = [b - a for a, b in zip(one, signal_exits(name), strict=True)]  # what a read costs
     assert min(alone) >= 1
     before = signal_exits(name)
-    for _ in range(10):  # one after the other: each alone would be a read
-        ask(path, "query-stats", {"target": "vcpu"})
-    readers = [threading.Thread(target=ask, args=(path, "query-stats", {"target": "vcpu"}))
-               for _ in range(10)]  # fmt: skip
-    for reader in readers:  # and at once
-        reader.start()
-    for reader in readers:
-        reader.join()
+    action()
     after = signal_exits(name)
     for vcpu, (a, b) in enumerate(zip(before, after, strict=True)):
         assert b - a <= 2 * alone[vcpu], (vcpu, b - a, alone[vcpu])
+
+
+def test_many_readers_share_one_libvirt_read(
+    libvirtd: Libvirtd, start_daemon: Callable[..., Daemon]
+) -> None:
+    """QEMU 7.2 kicks every vCPU for each vCPU read libvirt makes: twenty readers within
+    ``--libvirt-max-age`` must cost what one read costs, not twenty."""
+    name, path, _ = served_domain(start_daemon, "kicks", "--libvirt-max-age", "300")
+
+    def readers() -> None:
+        for _ in range(10):  # one after the other: each alone would be a read
+            ask(path, "query-stats", {"target": "vcpu"})
+        at_once = [threading.Thread(target=ask, args=(path, "query-stats", {"target": "vcpu"}))
+                   for _ in range(10)]  # fmt: skip
+        for reader in at_once:
+            reader.start()
+        for reader in at_once:
+            reader.join()
+
+    kicks_within_one_read(name, readers)
     destroy(name)
 
 
@@ -216,31 +226,22 @@ def test_vm_level_queries_kick_no_vcpu(
 ) -> None:
     """libvirt's VM group is read apart from its vCPU group, which QEMU 7.2 answers by
     kicking every vCPU: a VM-level query, even reading libvirt every time, kicks none."""
-    name = unique("vm-kicks")
-    create(name, vcpus=2)
-    _proc, run_dir = start_daemon("--libvirt", *NO_SCAN, "--libvirt-max-age", "0")
-    path = run_dir / f"{name}.qmp"
-    assert wait_for(path.exists, timeout=30)
-    one = signal_exits(name)
-    alone = [b - a for a, b in zip(one, signal_exits(name), strict=True)]
-    before = signal_exits(name)
-    for _ in range(10):
-        ask(path, "query-stats", {"target": "vm"})
-        ask(path, "human-monitor-command", {"command-line": "info stats vm"})
-    after = signal_exits(name)
-    for vcpu, (a, b) in enumerate(zip(before, after, strict=True)):  # virsh's own kicks only
-        assert b - a <= 2 * alone[vcpu], (vcpu, b - a, alone[vcpu])
+    name, path, _ = served_domain(start_daemon, "vm-kicks", "--libvirt-max-age", "0")
+
+    def vm_queries() -> None:
+        for _ in range(10):
+            ask(path, "query-stats", {"target": "vm"})
+            ask(path, "human-monitor-command", {"command-line": "info stats vm"})
+
+    kicks_within_one_read(name, vm_queries)
     destroy(name)
 
 
 def test_vcpus_plugged_through_libvirt_are_served(
     libvirtd: Libvirtd, start_daemon: Callable[..., Daemon]
 ) -> None:
-    name = unique("plug")
-    create(name, vcpus=1, max_vcpus=3)
-    _proc, run_dir = start_daemon("--libvirt", *NO_SCAN, "--libvirt-max-age", "0")
-    path = run_dir / f"{name}.qmp"
-    assert wait_for(path.exists, timeout=30)
+    name, path, _ = served_domain(start_daemon, "plug", "--libvirt-max-age", "0", vcpus=1,
+                                  max_vcpus=3)  # fmt: skip
     assert len(ask(path, "query-stats", {"target": "vcpu"})) == 1
     virsh("setvcpus", name, "3", "--live")
     results = ask(path, "query-stats", {"target": "vcpu"})
@@ -265,11 +266,8 @@ def test_a_qemu_10_domain_gives_vcpu_stats_from_its_fds_and_vm_stats_from_libvir
     emulator, why = qemu10_emulator()
     if emulator is None:
         pytest.skip(why)
-    name = unique("qemu10")
-    create(name, vcpus=2, emulator=emulator)
-    _proc, run_dir = start_daemon("--libvirt", *NO_SCAN, "--libvirt-max-age", "0")
-    path = run_dir / f"{name}.qmp"
-    assert wait_for(lambda: name in served_names(run_dir), timeout=30)
+    name, path, run_dir = served_domain(start_daemon, "qemu10", "--libvirt-max-age", "0",
+                                        emulator=emulator)  # fmt: skip
     assert served_names(run_dir)[name]["source"] == "fds (vcpu) + libvirt (vm)"
     # Histograms come with the fds; VM-level values agree with virsh's.
     vcpus = ask(path, "query-stats", {"target": "vcpu"})
