@@ -1,7 +1,8 @@
-"""Shared fixtures, and the count of tests that needed real KVM, QEMU or Prometheus.
+"""Shared fixtures, and the count of tests that needed real KVM, QEMU, libvirt or Prometheus.
 
 CI must show that those tests really ran; the summary line printed at the end
-(``vmstats: kvm tests ran=N skipped=M; qemu tests ...; prometheus tests ...``) says so.
+(``vmstats: kvm tests ran=N skipped=M; qemu tests ...; libvirt ...; prometheus ...``)
+says so.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 
 CAPTURES = Path(__file__).parent / "data" / "qemu-7.2-captures"
 
-MARKERS = ("kvm", "qemu", "prometheus")
+MARKERS = ("kvm", "qemu", "libvirt", "prometheus")
 _outcomes: Counter[tuple[str, str]] = Counter()
 _markers: dict[str, set[str]] = {}
 

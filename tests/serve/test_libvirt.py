@@ -33,7 +33,7 @@ from vmstats.testing.libvirt import (
 from vmstats.testing.qemu import RawQMP
 
 LIBVIRT_REASON = libvirt_unavailable_reason()
-pytestmark = [pytest.mark.kvm, pytest.mark.qemu, requires_kvm,
+pytestmark = [pytest.mark.kvm, pytest.mark.qemu, pytest.mark.libvirt, requires_kvm,
               pytest.mark.skipif(LIBVIRT_REASON is not None, reason=str(LIBVIRT_REASON))]  # fmt: skip
 
 #: Long enough that what happens within a test comes from libvirt's events, not a scan.
