@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import threading
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -30,6 +31,7 @@ from vmstats.testing.libvirt import (
     taints,
     virsh,
 )
+from vmstats.testing.prometheus import free_port
 from vmstats.testing.qemu import RawQMP
 
 LIBVIRT_REASON = libvirt_unavailable_reason()
@@ -109,7 +111,9 @@ def served_domain(start_daemon: Callable[..., Daemon], what: str, *options: str,
 def test_a_domain_is_named_served_agrees_with_virsh_and_is_not_tainted(
     libvirtd: Libvirtd, start_daemon: Callable[..., Daemon]
 ) -> None:
-    name, path, run_dir = served_domain(start_daemon, "agree", "--libvirt-max-age", "0")
+    port = free_port()
+    name, path, run_dir = served_domain(start_daemon, "agree", "--libvirt-max-age", "0",
+                                        "--metrics", f"127.0.0.1:{port}")  # fmt: skip
     row = served_names(run_dir)[name]
     assert row["uuid"] == virsh("domuuid", name).strip()
     assert row["pid"] == qemu_pid(name)
@@ -141,7 +145,16 @@ def test_a_domain_is_named_served_agrees_with_virsh_and_is_not_tainted(
 
     listing = subprocess.run([sys.executable, "-m", "vmstats", "list", str(run_dir)],
                              capture_output=True, text=True, check=True).stdout  # fmt: skip
-    assert name in listing
+    assert listing.splitlines()[0].split()[:2] == ["name", "uuid"]
+    assert f"{name}  {row['uuid']}" in listing
+    # The exporter names it, gives its UUID, and has its VM-level and vCPU stats.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
+        metrics = reply.read().decode()
+    info = next(x for x in metrics.splitlines() if x.startswith("vmstats_vm_info{")
+                and f'vm="{name}"' in x)  # fmt: skip
+    assert f'uuid="{row["uuid"]}"' in info
+    assert f'kvm_vm_remote_tlb_flush_requests_total{{vm="{name}"}}' in metrics
+    assert f'kvm_vcpu_exits_total{{vcpu="1",vm="{name}"}}' in metrics
     assert taints(name) == []
     destroy(name)
 
@@ -297,7 +310,7 @@ def test_once_lists_the_domains(libvirtd: Libvirtd, tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         line = next(x for x in done.stdout.splitlines() if x.startswith(name))
         assert "libvirt (vm, vcpu)" in line
-        assert domain_uuid  # the UUID is in vms.json and the exporter's info, not the table
+        assert domain_uuid in line
     finally:
         destroy(name)
 

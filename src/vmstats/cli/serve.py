@@ -79,6 +79,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def _table(rows: list[dict[str, object]]) -> str:
     header = ["name", "pid", "vcpus", "source", "socket"]
+    if any("uuid" in row for row in rows):  # libvirt's domains
+        header.insert(1, "uuid")
     cells = [[str(r.get(h, "")) for h in header] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
