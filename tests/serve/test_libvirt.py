@@ -300,6 +300,25 @@ def test_a_qemu_10_domain_gives_vcpu_stats_from_its_fds_and_vm_stats_from_libvir
     destroy(name)
 
 
+def test_a_vcpu_plugged_into_a_qemu_10_domain_is_served_without_a_scan(
+    libvirtd: Libvirtd, start_daemon: Callable[..., Daemon]
+) -> None:
+    """libvirt says nothing of a vCPU hot-plug (no event of any kind, measured): the
+    VMM's new thread is noticed when its vCPUs are read, and the new fd taken."""
+    emulator, why = qemu10_emulator()
+    if emulator is None:
+        pytest.skip(why)
+    name, path, _ = served_domain(start_daemon, "qemu10-plug", vcpus=1, max_vcpus=3,
+                                  emulator=emulator)  # fmt: skip
+    assert len(ask(path, "query-stats", {"target": "vcpu"})) == 1
+    virsh("setvcpus", name, "3", "--live")
+    assert wait_for(lambda: len(ask(path, "query-stats", {"target": "vcpu"})) == 3, timeout=30)
+    cpus = ask(path, "query-cpus-fast")
+    assert [c["cpu-index"] for c in cpus] == [0, 1, 2]
+    assert all(c["thread-id"] for c in cpus)
+    destroy(name)
+
+
 def test_once_lists_the_domains(libvirtd: Libvirtd, tmp_path: Path) -> None:
     name = unique("once")
     domain_uuid = create(name, vcpus=1)

@@ -153,6 +153,16 @@ def cpu_index_of_threads(pid: int) -> dict[int, int]:
     return out
 
 
+def thread_count(pid: int) -> int:
+    """How many threads ``pid`` has now (``/proc/PID/stat``; 0 if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return 0
+    # after "(comm)", which may hold spaces: state is field 3, num_threads field 20
+    return int(stat[stat.rindex(b")") + 2 :].split()[17])
+
+
 @dataclass
 class AttachedVm:
     """Copies of one VMM's stats fds, opened as stats files; ``close`` releases them."""

@@ -238,18 +238,9 @@ class Daemon:
 
     async def _hot_plug(self, vm: ServedVm) -> None:
         """Take the vCPU stats fds a VMM holds that ``vm`` does not serve yet."""
-        try:
-            attached = attach(vm.pid, skip_vm=True, skip_vcpus=vm.vcpu_ids)
-        except AttachError:
-            return  # exiting: its pidfd says so
-        os.close(attached.pidfd)
-        attached.pidfd = -1
-        if attached.vcpus:
-            vm.add_vcpus(attached)
-            log.info("%s: vCPUs %s plugged", vm.name, sorted(attached.vcpus))
-            if vm.qmp is not None:  # their QOM paths are QEMU's to tell
-                with contextlib.suppress(ClientError):
-                    vm.use_socket(await probe(vm.qmp, self.qmp_timeout), self.qmp_timeout)
+        if vm.take_plugged_vcpus() and vm.qmp is not None:  # QEMU tells their QOM paths
+            with contextlib.suppress(ClientError):
+                vm.use_socket(await probe(vm.qmp, self.qmp_timeout), self.qmp_timeout)
 
     async def _try_serve(self, pid: int, attached: AttachedVm | None,
                          source: ProbedQemu | None) -> None:  # fmt: skip
@@ -276,6 +267,7 @@ class Daemon:
         monitor = HostMonitor(registry, Machine(name=given), local=local)
         socket = self.run_dir / f"{name}.qmp"
         vm = ServedVm(name, pid, provider, monitor, QMPServer(monitor, self.limits), socket)
+        monitor.refresh = vm.fresh
         if attached is not None:
             vm.add_vcpus(attached)
         if source is not None:

@@ -4,11 +4,22 @@ The daemon (:mod:`.daemon`) makes and removes them."""
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmstats.kvm.attach import AttachedVm, cpu_index_of_threads, creator_thread, still_held
+from vmstats.errors import AttachError
+from vmstats.kvm.attach import (
+    AttachedVm,
+    attach,
+    cpu_index_of_threads,
+    creator_thread,
+    still_held,
+    thread_count,
+)
 from vmstats.kvm.binstats import StatsFile, StatsSource
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
 from vmstats.libvirt.domain import LibvirtDomain
@@ -18,6 +29,8 @@ from vmstats.serve.discover import ProbedQemu
 from vmstats.serve.forward import HostMonitor, QemuSocket
 from vmstats.serve.reader import MonitorReader
 from vmstats.stats.model import StatsTarget
+
+log = logging.getLogger(__name__)
 
 
 def describe(name: str, pid: int, vcpus: int, local: Collection[StatsTarget],
@@ -60,6 +73,8 @@ class ServedVm:
     reader: MonitorReader | None = None  # for the Prometheus endpoint, made on first use
     libvirt: LibvirtDomain | None = None  # a libvirt domain's stats that libvirt gives
     sources: dict[StatsFile, int] = field(default_factory=dict)  # copy -> the VMM's fd
+    _threads: int = 0  # the VMM's thread count when last looked at for hot-plugged vCPUs
+    _looked: float = -float("inf")
 
     def metrics_reader(self) -> MonitorReader:
         """What a scrape reads this VM with: its own monitor, as its clients see it."""
@@ -86,10 +101,40 @@ class ServedVm:
         self.libvirt = domain
         self.provider.vm = domain.vm
         self.monitor.local.add(StatsTarget.VM)
-        self.monitor.refresh = self._fresh
 
-    def _fresh(self, target: StatsTarget) -> Awaitable[None] | None:
+    def fresh(self, target: StatsTarget) -> Awaitable[None] | None:
+        """Before ``target`` is read: vCPUs plugged since are taken (nothing tells us of
+        a hot-plug, not even libvirt), and libvirt's values are read if they are old."""
+        if target == StatsTarget.VCPU and self.sources:
+            self._notice_plugged_vcpus()
         return None if self.libvirt is None else self.libvirt.fresh(target)
+
+    def _notice_plugged_vcpus(self) -> None:
+        """A hot-plugged vCPU is a new thread of the VMM: when the VMM's thread count
+        changed (one small read), look for new vCPU stats fds, at most once a second
+        (QEMU's I/O worker threads come and go too)."""
+        now = time.monotonic()
+        if now - self._looked < 1.0:
+            return
+        threads = thread_count(self.pid)
+        if threads != self._threads:
+            self._looked, self._threads = now, threads
+            self.take_plugged_vcpus()
+
+    def take_plugged_vcpus(self) -> list[int]:
+        """Serve the vCPU stats fds the VMM holds that are not served yet; their CPU
+        indexes."""
+        try:
+            attached = attach(self.pid, skip_vm=True, skip_vcpus=self.vcpu_ids)
+        except AttachError:
+            return []  # exiting: its pidfd says so
+        os.close(attached.pidfd)
+        attached.pidfd = -1
+        if not attached.vcpus:
+            return []
+        self.add_vcpus(attached)
+        log.info("%s: vCPUs %s plugged", self.name, sorted(attached.vcpus))
+        return sorted(attached.vcpus)
 
     def libvirt_vcpus(self, files: Mapping[int, StatsSource]) -> None:
         """libvirt lists these vCPUs now (at start, or after a hot-plug): served by CPU
