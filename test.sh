@@ -13,7 +13,7 @@ missing=()
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
-command -v libvirtd >/dev/null 2>&1 || missing+=(libvirt-daemon-system)
+[ -x /usr/sbin/libvirtd ] || missing+=(libvirt-daemon-system)
 command -v virsh >/dev/null 2>&1 || missing+=(libvirt-clients)
 pkg-config --exists libvirt 2>/dev/null || missing+=(libvirt-dev pkg-config)
 if [ "${#missing[@]}" -gt 0 ]; then

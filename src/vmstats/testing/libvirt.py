@@ -28,6 +28,12 @@ PID_FILE = Path("/run/libvirtd.pid")
 DOMAIN_PREFIX = "vmstats-test-"
 
 
+def tool(name: str) -> str | None:
+    """A libvirt program's path; the daemons live in /usr/sbin, which a user's PATH may
+    lack."""
+    return shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+
+
 def virsh(*args: str, check: bool = True, timeout: float = 60) -> str:
     done = subprocess.run(["virsh", "-q", "-c", URI, *args], capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip
@@ -40,9 +46,9 @@ def libvirt_unavailable_reason() -> str | None:
     """Why a real libvirt cannot be used here, or None."""
     if os.geteuid() != 0:
         return "libvirtd and vmstats serve run as root"
-    for tool in ("virsh", "libvirtd", "virtlogd"):
-        if shutil.which(tool) is None:
-            return (f"{tool} is not installed "
+    for program in ("virsh", "libvirtd", "virtlogd"):
+        if tool(program) is None:
+            return (f"{program} is not installed "
                     "(apt-get install libvirt-daemon-system libvirt-clients)")  # fmt: skip
     if not os.path.exists("/dev/kvm"):
         return "/dev/kvm is missing"
@@ -86,8 +92,8 @@ class Libvirtd:
         return self
 
     def start(self) -> None:
-        subprocess.run(["virtlogd", "-d"], check=False, capture_output=True)
-        subprocess.run(["libvirtd", "-d"], check=True, capture_output=True)
+        subprocess.run([tool("virtlogd") or "virtlogd", "-d"], check=False, capture_output=True)
+        subprocess.run([tool("libvirtd") or "libvirtd", "-d"], check=True, capture_output=True)
         if not _wait_until(_running, 60):
             raise RuntimeError("libvirtd did not answer within 60 s of its start")
 
