@@ -59,6 +59,17 @@ def libvirt_unavailable_reason() -> str | None:
     return binding_unavailable_reason()
 
 
+def _pids(comm: str) -> list[int]:
+    """The processes named ``comm``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{entry}/comm").read_text().strip() == comm:
+                    out.append(int(entry))
+    return out
+
+
 def _running() -> bool:
     return subprocess.run(["virsh", "-c", URI, "version"], capture_output=True,
                           timeout=30).returncode == 0  # fmt: skip
@@ -80,6 +91,7 @@ class Libvirtd:
 
     def __init__(self) -> None:
         self.started = False
+        self._virtlogd: int | None = None  # the pid of a virtlogd started here
         self._kvm: os.stat_result | None = None
 
     def __enter__(self) -> Libvirtd:
@@ -92,7 +104,10 @@ class Libvirtd:
         return self
 
     def start(self) -> None:
-        subprocess.run([tool("virtlogd") or "virtlogd", "-d"], check=False, capture_output=True)
+        if self._virtlogd is None and not _pids("virtlogd"):
+            subprocess.run([tool("virtlogd") or "virtlogd", "-d"], check=False,
+                           capture_output=True)  # fmt: skip
+            self._virtlogd = next(iter(_pids("virtlogd")), None)
         subprocess.run([tool("libvirtd") or "libvirtd", "-d"], check=True, capture_output=True)
         if not _wait_until(_running, 60):
             raise RuntimeError("libvirtd did not answer within 60 s of its start")
@@ -117,6 +132,11 @@ class Libvirtd:
         if self.started:
             with contextlib.suppress(RuntimeError, OSError, ValueError):
                 self.stop()
+        if self._virtlogd is not None:
+            with contextlib.suppress(OSError):
+                os.kill(self._virtlogd, signal.SIGTERM)
+        for log in Path("/var/log/libvirt/qemu").glob(f"{DOMAIN_PREFIX}*.log*"):
+            log.unlink(missing_ok=True)  # one per test domain: they would pile up
         if self._kvm is not None:
             os.chown("/dev/kvm", self._kvm.st_uid, self._kvm.st_gid)
             os.chmod("/dev/kvm", self._kvm.st_mode & 0o7777)
