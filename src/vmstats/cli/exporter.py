@@ -12,9 +12,10 @@ from pathlib import Path
 
 from vmstats.cli.options import add_server_limits, positive_float, server_limits, tcp_address
 from vmstats.cli.options import default as option_default
-from vmstats.errors import os_reason
+from vmstats.errors import UsageError, os_reason
 from vmstats.exporter.http import DEFAULT_SCRAPE_TIMEOUT, MetricsEndpoint
 from vmstats.exporter.sources import SocketReaders
+from vmstats.exporter.webconfig import read_web_config
 from vmstats.qmp.client import parse_address
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,14 @@ def add_metrics_options(parser: argparse.ArgumentParser, option: str, default: o
         help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to "
         "127.0.0.1: give 0.0.0.0 or an address to be reached from elsewhere)"
         + (f"; default {default[0]}:{default[1]}" if isinstance(default, tuple) else ""),
+    )
+    parser.add_argument(
+        "--web-config",
+        type=Path,
+        default=option_default(parser, None),
+        metavar="FILE",
+        help="TLS and basic auth for /metrics, in Prometheus exporter-toolkit's format "
+        "(tls_server_config, basic_auth_users with bcrypt hashes); reread on SIGHUP",
     )
     parser.add_argument(
         "--scrape-timeout",
@@ -66,8 +75,34 @@ async def open_metrics(endpoint: MetricsEndpoint, address: tuple[str, int]) -> b
         print(f"vmstats: cannot listen on {address[0]}:{address[1]}: {os_reason(exc)}",
               file=sys.stderr)  # fmt: skip
         return False
-    log.info("Prometheus metrics at http://%s:%d/metrics", address[0], port)
+    log.info("Prometheus metrics at %s://%s:%d/metrics%s", endpoint.scheme, address[0], port,
+             " (basic auth)" if endpoint.auth.required else "")  # fmt: skip
     return True
+
+
+def load_web_config(endpoint: MetricsEndpoint, path: Path | None, command: str) -> bool:
+    """Take the web config at ``path`` (if any) at start; False, said on stderr, if it
+    is wrong."""
+    if path is None:
+        return True
+    try:
+        endpoint.use_web_config(read_web_config(path))
+    except UsageError as exc:
+        print(f"vmstats {command}: --web-config: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def reload_web_config(endpoint: MetricsEndpoint, path: Path | None) -> None:
+    """SIGHUP: reread the web config; a wrong one is logged and the one in use kept."""
+    if path is None:
+        return
+    try:
+        endpoint.use_web_config(read_web_config(path))
+    except UsageError as exc:
+        log.error("SIGHUP: --web-config: %s; keeping the one in use", exc)
+        return
+    log.info("SIGHUP: %s reread", path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,7 +119,11 @@ def run(args: argparse.Namespace) -> int:
         readers = SocketReaders(list(args.sources), args.scrape_timeout)
         limits = server_limits(args)
         endpoint = MetricsEndpoint(readers, args.scrape_timeout, lambda: limits)
+        if not load_web_config(endpoint, args.web_config, "exporter"):
+            return 2
+        loop.add_signal_handler(signal.SIGHUP, reload_web_config, endpoint, args.web_config)
         if not await open_metrics(endpoint, args.listen):
+            await endpoint.close()
             return 1
         await stop.wait()
         await endpoint.close()

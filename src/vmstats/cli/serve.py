@@ -11,7 +11,12 @@ import signal
 import sys
 from pathlib import Path
 
-from vmstats.cli.exporter import add_metrics_options, open_metrics
+from vmstats.cli.exporter import (
+    add_metrics_options,
+    load_web_config,
+    open_metrics,
+    reload_web_config,
+)
 from vmstats.cli.options import add_server_limits, non_negative_float, positive_float
 from vmstats.cli.serve_config import (
     DEFAULT_RUN_DIR,
@@ -103,6 +108,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"vmstats serve: {exc}", file=sys.stderr)
         return 2
+    if config.web_config is not None and config.metrics is None:
+        print("vmstats serve: --web-config is for /metrics: give --metrics too", file=sys.stderr)
+        return 2
     if config.libvirt is not None and (reason := libvirt_unavailable_reason()) is not None:
         print(f"vmstats serve: --libvirt: {reason}", file=sys.stderr)
         return 1
@@ -142,6 +150,7 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     settings = config
+    endpoint: MetricsEndpoint | None = None
 
     def reload() -> None:
         """SIGHUP: reread the config; the interval, the QMP sources, the limits of new
@@ -160,6 +169,8 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
         daemon.qmp = list(settings.qmp)
         daemon.qmp_timeout = settings.qmp_timeout
         log.info("SIGHUP: %s reread", path)
+        if endpoint is not None:  # the web config's file is reread too, named anew or not
+            reload_web_config(endpoint, settings.web_config)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     try:
@@ -167,10 +178,11 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
     except (SocketInUse, OSError) as exc:
         print(f"vmstats serve: {exc}", file=sys.stderr)
         return 1
-    endpoint = None
     if config.metrics is not None:
         endpoint = MetricsEndpoint(daemon.readers, config.scrape_timeout, lambda: daemon.limits)
-        if not await open_metrics(endpoint, config.metrics):
+        if not (load_web_config(endpoint, config.web_config, "serve")
+                and await open_metrics(endpoint, config.metrics)):  # fmt: skip
+            await endpoint.close()
             daemon.rundir.release()
             return 1
     try:

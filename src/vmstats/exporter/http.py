@@ -14,6 +14,10 @@ request's line and headers within ``message_timeout`` of its first byte and with
 connection silent at most ``idle_timeout``, a reply taken within ``write_timeout``.
 Requests that come while a scrape runs share it: clients scraping in a loop cost one
 scrape at a time, not one each.
+
+With a web config (:mod:`.webconfig`, exporter-toolkit's format) it speaks TLS and asks
+for basic authentication (:mod:`.auth`): the handshake runs within ``message_timeout``
+like any request, and a plain-HTTP request to the TLS port gets a plain 400.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import ssl
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,8 +33,10 @@ from urllib.parse import urlsplit
 import h11
 from prometheus_client.exposition import choose_encoder
 
+from vmstats.exporter.auth import BasicAuth, TlsLayer, looks_like_tls
 from vmstats.exporter.exposition import Exposition
 from vmstats.exporter.scrape import Scrape, scrape
+from vmstats.exporter.webconfig import WebConfig
 from vmstats.limits import RateLimitedLog, ServerLimits, fd_budget, listen_backlog
 from vmstats.reader.reading import Reader
 
@@ -60,6 +67,17 @@ class MetricsEndpoint:
         self._connections: set[_HttpConnection] = set()
         self._fds = fd_budget()  # connections are kept below the fd limit too
         self.refusals = RateLimitedLog(log)
+        self.web = WebConfig()
+        self.auth = BasicAuth({})
+
+    def use_web_config(self, web: WebConfig) -> None:
+        """TLS and basic auth from now on (new connections take the new TLS settings)."""
+        self.auth.close()
+        self.web, self.auth = web, BasicAuth(web.users)
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.web.tls is None else "https"
 
     async def page(self, openmetrics: bool) -> bytes:
         """One scrape's text: the scrape running now if there is one, else a new one."""
@@ -101,6 +119,7 @@ class MetricsEndpoint:
         self._connections.discard(connection)
 
     async def close(self) -> None:
+        self.auth.close()
         if self._server is not None:
             self._server.close()
             for connection in list(self._connections):
@@ -122,6 +141,9 @@ class _HttpConnection(asyncio.Protocol):
         self._request: h11.Request | None = None
         self._started = False  # a byte of the next request has come: its deadline runs
         self._answering: asyncio.Task[None] | None = None
+        context = endpoint.web.tls
+        self.tls = None if context is None else TlsLayer(context)
+        self._first = True  # no byte seen yet: with TLS, the first tells HTTP from TLS
 
     # -- transport events ---------------------------------------------------------------
 
@@ -139,8 +161,34 @@ class _HttpConnection(asyncio.Protocol):
         if not self._started:
             self._started = True
             self._deadline(self.limits.message_timeout, "a request not complete in time")
+        if self.tls is not None:
+            data = self._decrypt(data)
+            if self.transport is None or not data:
+                return
         self.http.receive_data(data)
         self._next()
+
+    def _decrypt(self, data: bytes) -> bytes:
+        """The plaintext of what a TLS client sent (handshake replies sent meanwhile)."""
+        assert self.tls is not None
+        assert self.transport is not None
+        if self._first:
+            self._first = False
+            if not looks_like_tls(data):
+                self.tls = None  # plain HTTP to the TLS port: say so in plain HTTP
+                self._refuse(400, "Client sent an HTTP request to an HTTPS server.")
+                return b""
+        try:
+            plain = self.tls.receive(data)
+        except ssl.SSLError as exc:
+            log.debug("metrics: TLS failed: %s", exc)
+            self.transport.write(self.tls.outgoing())  # the alert, if any
+            self.close()
+            return b""
+        self.transport.write(self.tls.outgoing())
+        if self.tls.closed:
+            self.close()
+        return plain
 
     def eof_received(self) -> bool:
         self.http.receive_data(b"")
@@ -185,17 +233,18 @@ class _HttpConnection(asyncio.Protocol):
     async def _answer(self, request: h11.Request) -> None:
         headers = dict(request.headers)
         status, content_type, body = await self._page(request, headers)
+        extra: list[tuple[str, str]] = []
         if b"gzip" in headers.get(b"accept-encoding", b""):
             if len(body) >= GZIP_IN_THREAD:
                 body = await asyncio.to_thread(gzip.compress, body, compresslevel=1)
             else:
                 body = gzip.compress(body, compresslevel=1)
-            encoding = [("Content-Encoding", "gzip")]
-        else:
-            encoding = []
+            extra.append(("Content-Encoding", "gzip"))
+        if status == 401:
+            extra.append(("WWW-Authenticate", 'Basic realm="vmstats"'))
         self._send(h11.Response(status_code=status, headers=[
             ("Content-Type", content_type), ("Content-Length", str(len(body))),
-            ("Server", "vmstats"), *encoding]))  # fmt: skip
+            ("Server", "vmstats"), *extra]))  # fmt: skip
         if request.method != b"HEAD":
             self._send(h11.Data(data=body))
         self._send(h11.EndOfMessage())
@@ -204,6 +253,8 @@ class _HttpConnection(asyncio.Protocol):
 
     async def _page(self, request: h11.Request, headers: dict[bytes, bytes]
                     ) -> tuple[int, str, bytes]:  # fmt: skip
+        if not await self.endpoint.auth.allows(headers.get(b"authorization")):
+            return 401, "text/plain; charset=utf-8", b"Unauthorized\n"
         if request.method not in (b"GET", b"HEAD"):
             return 405, "text/plain; charset=utf-8", b"only GET (and HEAD) here\n"
         if urlsplit(request.target.decode("ascii", "replace")).path not in ("/metrics", "/"):
@@ -246,6 +297,9 @@ class _HttpConnection(asyncio.Protocol):
     def _send(self, event: Any) -> None:
         data = self.http.send(event)
         if data and self.transport is not None:
+            if self.tls is not None:
+                self.tls.send(data)
+                data = self.tls.outgoing()
             self.transport.write(data)
 
     # -- deadlines and closing ------------------------------------------------------------
