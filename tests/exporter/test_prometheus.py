@@ -13,7 +13,9 @@ import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import bcrypt
 import pytest
 
 from tests.kvm.conftest import requires_kvm
@@ -21,6 +23,7 @@ from vmstats.demo.vm import qemu_vcpu_path
 from vmstats.kvm.attach import attach
 from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
 from vmstats.stats.model import StatsTarget, StatsValue
+from vmstats.testing.certs import make_pki
 from vmstats.testing.hostile import DemoServer, kill, wait_for
 from vmstats.testing.prometheus import (
     Prometheus,
@@ -204,3 +207,68 @@ def test_a_vm_that_exits_under_serve_goes_stale_and_is_never_down(tmp_path: Path
                 assert not prometheus.query(f"min_over_time({up}[5m]) == 0")  # ...never 0
     finally:
         assert stop_process(daemon) == 0
+
+
+def test_prometheus_scrapes_over_tls_with_basic_auth_and_the_wrong_ones_fail(
+    tmp_path: Path,
+) -> None:
+    """A real Prometheus with exporter-toolkit's client side: its scrape configs'
+    ``tls_config`` and ``basic_auth``.  The right credentials scrape; no credentials, a
+    wrong password, a client certificate of another CA and plain HTTP each fail, with
+    the reason Prometheus gives, and do not disturb the good scrape."""
+    pki = make_pki(tmp_path / "pki")
+    password = "a long scrape password"
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "pki" / "web.yml"
+    web.write_text("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+                   "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n"
+                   f"basic_auth_users:\n  prometheus: '{hashed}'\n")  # fmt: skip
+    port = free_port()
+    target = {"static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+    tls = {"ca_file": str(pki.ca), "cert_file": str(pki.client[0]),
+           "key_file": str(pki.client[1])}  # fmt: skip
+    auth = {"username": "prometheus", "password": password}
+    jobs: list[dict[str, Any]] = [
+        {"job_name": "good", "scheme": "https", "tls_config": tls, "basic_auth": auth},
+        {"job_name": "anonymous", "scheme": "https", "tls_config": {"ca_file": str(pki.ca)}},
+        {"job_name": "wrong-password", "scheme": "https", "tls_config": tls,
+         "basic_auth": {"username": "prometheus", "password": "guess"}},
+        {"job_name": "other-ca", "scheme": "https", "basic_auth": auth,
+         "tls_config": {"ca_file": str(pki.ca), "cert_file": str(pki.stranger[0]),
+                        "key_file": str(pki.stranger[1])}},
+        {"job_name": "plain-http", "scheme": "http"},
+    ]  # fmt: skip
+    with DemoServer(vcpus=1, rate=0.001) as demo:
+        exporter = start("exporter", str(demo.path), "--listen", f"127.0.0.1:{port}",
+                         "--web-config", str(web))  # fmt: skip
+        try:
+            with Prometheus([], jobs=[{**job, **target} for job in jobs]) as prometheus:
+
+                def scraped() -> bool:
+                    targets = prometheus.targets()
+                    return len(targets) == len(jobs) and all(
+                        t["health"] != "unknown" for t in targets.values()
+                    )
+
+                assert wait_for(scraped, timeout=60)
+                targets = prometheus.targets()
+                # the exporter may still be starting at the first scrapes: wait for it
+                assert wait_for(
+                    lambda: prometheus.targets()["good"]["health"] == "up", timeout=60
+                ), prometheus.targets()["good"]["lastError"]
+                assert wait_for(
+                    lambda: all(
+                        t["lastError"] for job, t in prometheus.targets().items() if job != "good"
+                    )
+                )
+                targets = prometheus.targets()
+                errors = {job: t["lastError"] for job, t in targets.items() if job != "good"}
+                assert "401 Unauthorized" in errors["anonymous"]
+                assert "401 Unauthorized" in errors["wrong-password"]
+                assert "tls" in errors["other-ca"].lower() or "certificate" in errors["other-ca"]
+                assert "400 Bad Request" in errors["plain-http"]
+                assert all(targets[job]["health"] == "down" for job in errors)
+                found = prometheus.query('vmstats_up{job="good"}')
+                assert [r["value"][1] for r in found] == ["1"]
+        finally:
+            assert stop_process(exporter) == 0

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.client
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +23,9 @@ from vmstats.errors import UsageError
 from vmstats.exporter.http import MetricsEndpoint
 from vmstats.exporter.webconfig import read_web_config
 from vmstats.testing.certs import Pki, make_pki, openssl_unavailable_reason
-from vmstats.testing.hostile import read_until_closed
+from vmstats.testing.hostile import read_until_closed, wait_for
+from vmstats.testing.prometheus import free_port
+from vmstats.testing.qemu import stop_process
 
 pytestmark = pytest.mark.skipif(openssl_unavailable_reason() is not None,
                                 reason=str(openssl_unavailable_reason()))  # fmt: skip
@@ -144,3 +149,54 @@ def test_garbage_instead_of_a_handshake_is_closed(secured: int, pki: Pki) -> Non
         _, closed = read_until_closed(sock)
     assert closed
     assert status(secured, client(pki))[0] == 200
+
+
+def test_sighup_rereads_the_web_config_and_keeps_it_when_the_new_one_is_wrong(
+    pki: Pki, tmp_path: Path
+) -> None:
+    other = b"another password"
+    path = web_config(pki, TLS + f"basic_auth_users:\n  prom: '{HASH}'\n")
+    port = free_port()
+    log = tmp_path / "log"
+    with log.open("w") as stderr:
+        exporter = subprocess.Popen([sys.executable, "-m", "vmstats", "exporter", str(tmp_path),
+                                     "--listen", f"127.0.0.1:{port}", "--web-config", str(path)],
+                                    stderr=stderr)  # fmt: skip
+    try:
+
+        def code(password: bytes, user: str = "prom") -> int:
+            try:
+                return status(port, client(pki), password, user)[0]
+            except OSError:
+                return 0
+
+        assert wait_for(lambda: code(PASSWORD) == 200)
+        hashed = bcrypt.hashpw(other, bcrypt.gensalt(rounds=4)).decode()
+        path.write_text(TLS + f"basic_auth_users:\n  alice: '{hashed}'\n")
+        exporter.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: code(other, "alice") == 200)
+        assert code(PASSWORD) == 401  # the old user is gone
+        path.write_text(TLS + "basic_auth_users:\n  alice: plain-text\n")
+        exporter.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "keeping the one in use" in log.read_text())
+        assert code(other, "alice") == 200
+    finally:
+        assert stop_process(exporter) == 0
+    assert "basic_auth_users.alice: not a bcrypt hash" in log.read_text()
+
+
+def test_a_wrong_web_config_stops_the_command_with_one_line(pki: Pki, tmp_path: Path) -> None:
+    path = web_config(pki, "basic_auth_users:\n  prom: plain-text\n")
+    for command in (["exporter", str(tmp_path), "--listen", f"127.0.0.1:{free_port()}"],
+                    ["serve", "--run-dir", str(tmp_path / "run"), "--metrics",
+                     f"127.0.0.1:{free_port()}", "--qmp", str(tmp_path / "none.qmp")]):  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "vmstats", *command, "--web-config",
+                               str(path)], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode in (1, 2), done.stderr
+        assert "--web-config: " in done.stderr
+        assert "basic_auth_users.prom: not a bcrypt hash" in done.stderr
+        assert "Traceback" not in done.stderr
+    alone = subprocess.run([sys.executable, "-m", "vmstats", "serve", "--once", "--web-config",
+                            str(path)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert alone.returncode == 2
+    assert alone.stderr == "vmstats serve: --web-config is for /metrics: give --metrics too\n"

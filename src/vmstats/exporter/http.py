@@ -27,6 +27,7 @@ import gzip
 import logging
 import ssl
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -242,7 +243,7 @@ class _HttpConnection(asyncio.Protocol):
             extra.append(("Content-Encoding", "gzip"))
         if status == 401:
             extra.append(("WWW-Authenticate", 'Basic realm="vmstats"'))
-        self._send(h11.Response(status_code=status, headers=[
+        self._send(h11.Response(status_code=status, reason=HTTPStatus(status).phrase, headers=[
             ("Content-Type", content_type), ("Content-Length", str(len(body))),
             ("Server", "vmstats"), *extra]))  # fmt: skip
         if request.method != b"HEAD":
@@ -287,7 +288,7 @@ class _HttpConnection(asyncio.Protocol):
         log.debug("metrics: refused a request: %s", why)
         if self.http.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             body = f"{why}\n".encode()
-            self._send(h11.Response(status_code=status, headers=[
+            self._send(h11.Response(status_code=status, reason=HTTPStatus(status).phrase, headers=[
                 ("Content-Type", "text/plain; charset=utf-8"),
                 ("Content-Length", str(len(body))), ("Connection", "close")]))  # fmt: skip
             self._send(h11.Data(data=body))

@@ -20,8 +20,8 @@ def _openssl(*args: str | Path) -> None:
 
 def _ca(folder: Path, name: str) -> tuple[Path, Path]:
     cert, key = folder / f"{name}.crt", folder / f"{name}.key"
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-days", "2", "-subj", f"/CN={name}", "-keyout", key, "-out", cert)  # fmt: skip
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-days", "2", "-subj", f"/CN={name}", "-keyout", key, "-out", cert)  # fmt: skip
     return cert, key
 
 

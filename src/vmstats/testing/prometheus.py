@@ -35,18 +35,20 @@ def free_port() -> int:
 
 
 class Prometheus:
-    """Prometheus scraping ``targets`` (``host:port``) every ``interval`` seconds."""
+    """Prometheus scraping ``targets`` (``host:port``) every ``interval`` seconds; or, with
+    ``jobs``, those scrape configs (dicts as in prometheus.yml: TLS, basic auth...)."""
 
-    def __init__(self, targets: list[str], interval: float = 1.0) -> None:
+    def __init__(self, targets: list[str], interval: float = 1.0,
+                 jobs: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
         self._tmp = tempfile.TemporaryDirectory(prefix="vmstats-prometheus-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = Path(self._tmp.name) / "prometheus.yml"
-        config.write_text(
-            f"global:\n  scrape_interval: {interval}s\n  scrape_timeout: {interval}s\n"
-            "scrape_configs:\n  - job_name: vmstats\n    static_configs:\n"
-            f"      - targets: {json.dumps(targets)}\n"
-        )
+        if jobs is None:
+            jobs = [{"job_name": "vmstats", "static_configs": [{"targets": targets}]}]
+        config.write_text(json.dumps({  # JSON is YAML
+            "global": {"scrape_interval": f"{interval:g}s", "scrape_timeout": f"{interval:g}s"},
+            "scrape_configs": jobs}))  # fmt: skip
         self.args = [PROMETHEUS, f"--config.file={config}",
                      f"--storage.tsdb.path={self._tmp.name}/data",
                      f"--web.listen-address=127.0.0.1:{self.port}"]  # fmt: skip
@@ -74,6 +76,12 @@ class Prometheus:
         if self.proc is not None:
             stop_process(self.proc, timeout=20)
         self._tmp.cleanup()
+
+    def targets(self) -> dict[str, dict[str, Any]]:
+        """The active targets by job: their health and last error."""
+        with urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=10) as reply:
+            body = json.load(reply)
+        return {t["labels"]["job"]: t for t in body["data"]["activeTargets"]}
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """An instant PromQL query's result vector."""
