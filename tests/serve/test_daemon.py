@@ -279,8 +279,10 @@ def as_nobody() -> None:
 def _imported_by_serve() -> list[str]:
     """The packages besides vmstats and the standard library that ``vmstats serve`` loads."""
     script = ("import sys, vmstats.cli.main, vmstats.cli.serve, vmstats.serve.daemon\n"
-              "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} - "
-              "set(sys.stdlib_module_names) - {'vmstats', '__main__', '_distutils_hack'})))")  # fmt: skip
+              "tops = {m.split('.')[0] for m in sys.modules}\n"
+              "files = {m for m in tops if getattr(sys.modules.get(m), '__file__', None)}\n"
+              "print(' '.join(sorted(files - set(sys.stdlib_module_names) - "
+              "{'vmstats', '__main__', '_distutils_hack'})))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True).stdout  # fmt: skip
     return out.split()
