@@ -23,6 +23,7 @@ import pytest
 import vmstats
 from tests.kvm.conftest import requires_kvm
 from tests.serve.conftest import Daemon
+from vmstats import caps
 from vmstats.serve.discover import vm_name
 from vmstats.testing.hostile import (
     DemoServer,
@@ -332,7 +333,7 @@ def test_as_non_root_it_refuses_fd_discovery_and_serves_qmp_sockets(
         refused = subprocess.run(command, capture_output=True, text=True, env=nobody_env,
                                  preexec_fn=as_nobody, timeout=60)  # fmt: skip
         assert refused.returncode == 1
-        assert "needs root" in refused.stderr
+        assert "needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (root has them)" in refused.stderr
         assert "Traceback" not in refused.stderr
         with QemuVM(1, paused=True, extra_args=["-name", "mine"]) as vm:
             os.chmod(vm.qmp_path.parent, 0o755)
@@ -347,7 +348,67 @@ def test_as_non_root_it_refuses_fd_discovery_and_serves_qmp_sockets(
                 assert ask(run_dir / "mine.qmp", request) == ask(vm.qmp_path, request)
             finally:
                 assert stop_process(proc) == 0
-            assert "needs CAP_SYS_PTRACE" in log.read_text()
+            assert "no CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH: VMs are not" in log.read_text()
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("qmp", "kept"),
+    [(False, ["CAP_CHOWN", "CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]),
+     (True, ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"])],
+)  # fmt: skip
+def test_once_listening_the_daemon_keeps_only_the_capabilities_its_work_needs(
+    start_daemon: Callable[..., Daemon], tmp_path: Path, qmp: bool, kept: list[str]
+) -> None:
+    """Root's other capabilities serve only the start (the run directory, a low port):
+    dropped for good once the daemon listens; CAP_DAC_OVERRIDE only while QMP sockets
+    are given (connecting to one needs write access to it)."""
+    proc, run_dir = start_daemon(*(("--qmp", str(tmp_path / "*.sock")) if qmp else ()))
+    assert wait_for((run_dir / "vms.json").exists)
+    assert wait_for(lambda: caps.names(caps.sets(proc.pid)["CapPrm"]) == kept)
+    held = caps.sets(proc.pid)
+    assert caps.names(held["CapEff"]) == kept
+    assert held["CapInh"] == held.get("CapAmb", 0) == 0
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(QEMU10_REASON is not None, reason=f"no QEMU 10.0: {QEMU10_REASON}")
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="no setpriv (util-linux)")
+def test_with_two_capabilities_as_nobody_it_serves_qemu_10_by_its_fds(
+    nobody_env: dict[str, str],
+) -> None:
+    """Fd discovery needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, not root: uid 65534
+    with those two (ambient, as a systemd unit gives them) finds a root QEMU 10.0 and
+    serves its vCPUs."""
+    parent = Path(tempfile.mkdtemp(prefix="vmstats-ptrace-"))
+    os.chmod(parent, 0o777)
+    run_dir = parent / "run"
+    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+               "--inh-caps=-all,+sys_ptrace,+dac_read_search",
+               "--ambient-caps=+sys_ptrace,+dac_read_search",
+               "--bounding-set=-all,+sys_ptrace,+dac_read_search", "/usr/bin/python3", "-m", "vmstats", "serve",
+               "--run-dir", str(run_dir), "--scan-interval", "0.3"]  # fmt: skip
+    log = parent / "serve.log"
+    try:
+        with qemu10_vm(2, extra_args=["-name", "guest=ptrace10"]) as vm:
+            with log.open("w") as stderr:
+                proc = subprocess.Popen(command, env=nobody_env, stderr=stderr)
+            try:
+                served = run_dir / "ptrace10.qmp"
+                assert wait_for(served.exists), log.read_text()
+                request = b'{"execute":"query-stats","arguments":{"target":"vcpu"}}'
+                reply = json.loads(ask(served, request))["return"]
+                assert len(reply) == 2
+                held = caps.names(caps.sets(proc.pid)["CapEff"])
+                assert held == ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]
+                assert os.stat(served).st_uid == 65534
+                assert vm.proc is not None
+                rows = json.loads((run_dir / "vms.json").read_text())
+                assert vm.proc.pid in {row["pid"] for row in rows}
+            finally:
+                assert stop_process(proc) == 0
+        assert "Traceback" not in log.read_text()
     finally:
         shutil.rmtree(parent, ignore_errors=True)
 

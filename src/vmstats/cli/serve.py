@@ -6,11 +6,11 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
 
+from vmstats import caps
 from vmstats.cli.exporter import (
     add_metrics_options,
     load_web_config,
@@ -24,12 +24,16 @@ from vmstats.cli.serve_config import (
     given_settings,
     read_config,
 )
-from vmstats.errors import LibvirtError, SocketInUse, UsageError
+from vmstats.errors import LibvirtError, SocketInUse, UsageError, os_reason
 from vmstats.exporter.http import MetricsEndpoint
 from vmstats.libvirt.host import DEFAULT_URI, libvirt_unavailable_reason
 from vmstats.serve.daemon import Daemon
 
 log = logging.getLogger(__name__)
+
+#: What finding VMs by their stats fds takes: listing another user's /proc/PID/fd (a file
+#: permission check), reading its links and copying the fds (ptrace rights).
+FD_DISCOVERY = (caps.CAP_SYS_PTRACE, caps.CAP_DAC_READ_SEARCH)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -114,15 +118,16 @@ def run_serve(args: argparse.Namespace) -> int:
     if config.libvirt is not None and (reason := libvirt_unavailable_reason()) is not None:
         print(f"vmstats serve: --libvirt: {reason}", file=sys.stderr)
         return 1
-    fds = os.geteuid() == 0
+    fds = caps.has(*FD_DISCOVERY)
     if not fds:
         if not config.qmp and config.libvirt is None:
-            print("vmstats serve: finding VMs by their stats fds needs root (CAP_SYS_PTRACE); "
-                  "as this user only QMP sockets and libvirt's domains can be served: give "
-                  "them with --qmp or --libvirt", file=sys.stderr)  # fmt: skip
+            print("vmstats serve: finding VMs by their stats fds needs CAP_SYS_PTRACE and "
+                  "CAP_DAC_READ_SEARCH (root has them); without them only QMP sockets and "
+                  "libvirt's domains can be served: give them with --qmp or --libvirt",
+                  file=sys.stderr)  # fmt: skip
             return 1
-        log.warning("not root: VMs are not looked for by their stats fds (that needs "
-                    "CAP_SYS_PTRACE); serving only the QMP sockets given and libvirt's "
+        log.warning("no CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH: VMs are not looked for by "
+                    "their stats fds; serving only the QMP sockets given and libvirt's "
                     "domains")  # fmt: skip
     if args.once:
         return asyncio.run(_once(_daemon(config, group, fds, dry_run=True)))
@@ -185,6 +190,7 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
             await endpoint.close()
             daemon.rundir.release()
             return 1
+    _drop_privileges(bool(config.qmp))
     try:
         await daemon.run(stop)
     except (OSError, LibvirtError) as exc:
@@ -194,6 +200,24 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
         if endpoint is not None:
             await endpoint.close()
     return 0
+
+
+def _drop_privileges(qmp: bool) -> None:
+    """Listening, with the run directory claimed: keep only the capabilities the work
+    needs (:data:`FD_DISCOVERY`, CAP_CHOWN to give sockets their group, and
+    CAP_DAC_OVERRIDE while QMP sockets are given: connecting to one needs write access to
+    it), for good."""
+    held = caps.sets()["CapPrm"]
+    keep = {*FD_DISCOVERY, caps.CAP_CHOWN} | ({caps.CAP_DAC_OVERRIDE} if qmp else set())
+    dropped = held & ~sum(1 << c for c in keep)
+    if not dropped:
+        return
+    try:
+        caps.keep_only(keep)
+    except OSError as exc:
+        log.warning("could not drop capabilities: %s", os_reason(exc))
+        return
+    log.info("capabilities kept: %s", ", ".join(caps.names(caps.sets()["CapPrm"])) or "none")
 
 
 def run_list(args: argparse.Namespace) -> int:
