@@ -218,7 +218,8 @@ async def _batch(args: argparse.Namespace, driver: Driver) -> int:
     while delay is not None and not stop.is_set():
         if delay > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await stop.wait()
             if stop.is_set():
                 break
         delay = await driver.step()
@@ -288,7 +289,8 @@ async def _record(args: argparse.Namespace) -> int:
                 if remaining <= 0:
                     break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await stop.wait()
     finally:
         recorder.close()
     if not samples:

@@ -37,7 +37,8 @@ async def scrape(readers: Iterable[Reader], timeout: float) -> Scrape:
     readers = list(readers)
 
     async def one(reader: Reader) -> VmReading:
-        return await asyncio.wait_for(reader.read(), timeout)
+        async with asyncio.timeout(timeout):
+            return await reader.read()
 
     results = await asyncio.gather(*map(one, readers), return_exceptions=True)
     readings, down = [], {}

@@ -137,7 +137,8 @@ class LibvirtHost:
         """``function(*args)`` in a worker thread, within the timeout; libvirt's errors
         and a libvirtd that does not answer as :class:`LibvirtError`."""
         try:
-            return await asyncio.wait_for(asyncio.to_thread(function, *args), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.to_thread(function, *args)
         except TimeoutError:
             raise LibvirtError(f"libvirt at {self.uri} did not answer within "
                                f"{self.timeout:g} s") from None  # fmt: skip

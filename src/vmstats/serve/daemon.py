@@ -133,7 +133,8 @@ class Daemon:
         while not stop.is_set() and (left := deadline - loop.time()) > 0:
             if self.domains is None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), left)
+                    async with asyncio.timeout(left):
+                        await stop.wait()
                 return
             if await self.domains.changed(stop, left):
                 await self._serve_domains()
