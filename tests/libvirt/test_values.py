@@ -47,13 +47,16 @@ def query(provider: KvmStatsProvider, command: str, target: str | None = None) -
     return stats_dispatcher(registry).dispatch(request)["return"]
 
 
-def as_libvirt(schemas: dict[str, dict[str, str]], replies: dict[str, Any]) -> dict[str, object]:
+def as_libvirt(schemas: dict[str, dict[str, str]], replies: dict[str, Any],
+               numbers: dict[str, int]) -> dict[str, object]:  # fmt: skip
     """What libvirt's VM and vCPU groups give for these replies: ``vm.NAME.SUFFIX``,
-    ``vcpu.N.NAME.SUFFIX``, booleans as bools, no histograms; and libvirt's own keys."""
+    ``vcpu.N.NAME.SUFFIX`` (N the vCPU's number, by its QOM path in ``numbers``; a reply
+    lists vCPUs in QEMU's wire order, last first), booleans as bools, no histograms; and
+    libvirt's own keys."""
     params: dict[str, object] = {"vcpu.current": 2, "vcpu.maximum": 2}
     for target in ("vm", "vcpu"):
-        for number, result in enumerate(replies[target]):
-            prefix = "vm" if target == "vm" else f"vcpu.{number}"
+        for result in replies[target]:
+            prefix = "vm" if target == "vm" else f"vcpu.{numbers[result['qom-path']]}"
             params[f"{prefix}.state"] = 1
             params[f"{prefix}.time"] = 123_000_000
             for stat in result["stats"]:
@@ -71,7 +74,8 @@ def test_libvirts_values_are_served_as_the_fds_serve_them(
     schemas = {s["target"]: {v["name"]: v["type"] for v in s["stats"]}
                for s in query(demo.provider, "query-stats-schemas")}  # fmt: skip
     replies = {t: query(demo.provider, "query-stats", t) for t in ("vm", "vcpu")}
-    stats = domain_stats(as_libvirt(schemas, replies))
+    numbers = {v.qom_path: i for i, v in enumerate(demo.provider.vcpus)}
+    stats = domain_stats(as_libvirt(schemas, replies, numbers))
     vm = LibvirtStatsFile(layouts.vm, "libvirt-test")
     vm.update(stats.vm)
     vcpus = []
