@@ -413,6 +413,75 @@ def test_with_two_capabilities_as_nobody_it_serves_qemu_10_by_its_fds(
         shutil.rmtree(parent, ignore_errors=True)
 
 
+USER_UID = 1000  # an ordinary user's uid (login.defs' UID_MIN); no account is needed
+
+
+@contextlib.contextmanager
+def kvm_for_group() -> Iterator[int]:
+    """``/dev/kvm`` as udev makes it (``root:kvm 0660``) for a while; its gid."""
+    import grp
+
+    try:
+        gid = grp.getgrnam("kvm").gr_gid
+    except KeyError:
+        pytest.skip("no kvm group")
+    before = os.stat("/dev/kvm")
+    os.chown("/dev/kvm", 0, gid)
+    os.chmod("/dev/kvm", 0o660)
+    try:
+        yield gid
+    finally:
+        os.chown("/dev/kvm", before.st_uid, before.st_gid)
+        os.chmod("/dev/kvm", before.st_mode & 0o7777)
+
+
+def named_vmm(name: str, env: dict[str, str] | None = None,
+              preexec: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+    """A VMM that keeps its stats fds and says ``-name NAME`` on its command line."""
+    code = ("import time; from vmstats.demo.vm import DemoVM; vm = DemoVM(1, rate=1); "
+            "vm.start(); print('ready', flush=True); time.sleep(600)")  # fmt: skip
+    python = "/usr/bin/python3" if env is not None else sys.executable
+    proc = subprocess.Popen([python, "-c", code, "-name", name], stdout=subprocess.PIPE,
+                            env=env, preexec_fn=preexec)  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    return proc
+
+
+def test_a_users_vm_is_namespaced_and_cannot_take_a_system_vms_name(
+    daemon: Daemon, nobody_env: dict[str, str]
+) -> None:
+    """An ordinary user's VMM calling itself ``db1`` first does not get the name: it is
+    ``USER~db1``, and a root VMM started later is ``db1``."""
+    import pwd
+
+    try:
+        user = pwd.getpwuid(USER_UID).pw_name
+    except KeyError:
+        user = str(USER_UID)
+    _, run_dir = daemon
+    with kvm_for_group() as kvm:
+
+        def as_user() -> None:
+            os.setgroups([kvm])
+            os.setgid(USER_UID)
+            os.setuid(USER_UID)
+
+        theirs = named_vmm("db1", nobody_env, as_user)
+        try:
+            assert wait_for((run_dir / f"{user}~db1.qmp").exists)
+            ours = named_vmm("db1")
+            try:
+                assert wait_for((run_dir / "db1.qmp").exists)
+                rows = {r["name"]: r["pid"] for r in json.loads((run_dir / "vms.json").read_text())}
+                assert rows["db1"] == ours.pid
+                assert rows[f"{user}~db1"] == theirs.pid
+            finally:
+                stop_process(ours)
+        finally:
+            stop_process(theirs)
+
+
 GROUP = 4242  # a group id no account on this machine has
 
 

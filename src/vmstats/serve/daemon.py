@@ -55,6 +55,7 @@ from vmstats.qmp.machine import (
 from vmstats.qmp.server import QMPServer
 from vmstats.reader.reading import Reader
 from vmstats.serve.discover import (
+    NAME_MAX,
     ProbedQemu,
     cmdline,
     probe,
@@ -107,6 +108,8 @@ class Daemon:
         self._log = RateLimitedLog(log, interval=300.0)
         self._removals: set[asyncio.Task[None]] = set()  # kept until done (asyncio holds weakly)
         self.rundir = RunDir(run_dir, group)
+        # a socket's path is at most 107 bytes: RUN_DIR/NAME.qmp must fit
+        self.longest_name = max(16, min(NAME_MAX, 107 - len(os.fsencode(run_dir)) - 5))
         self.domains = None if libvirt is None else Domains(libvirt, qmp_timeout,
                                                             libvirt_max_age)  # fmt: skip
 
@@ -256,7 +259,8 @@ class Daemon:
                      domain: Domain | None = None) -> None:  # fmt: skip
         taken = [vm.name for vm in self.served.values()]
         called = source.name if source is not None else None
-        name = vm_name(pid, taken, domain.name if domain is not None else called)
+        name = vm_name(pid, taken, domain.name if domain is not None else called,
+                       self.longest_name)  # fmt: skip
         provider = KvmStatsProvider(attached.vm if attached else None, [], VmmProcess(pid))
         if attached is not None:
             os.close(attached.pidfd)  # the provider watches the VMM with a pidfd of its own

@@ -7,15 +7,24 @@ them and copies their stats fds.  A QEMU socket named by the configuration is as
 serves it (``SO_PEERCRED``), its name and its vCPUs (:func:`probe`).  A VM's name is
 QEMU's ``-name`` (``-name web1`` or ``-name guest=web1,...``) when it has one, else
 ``<comm>-<pid>``; names are made unique on the host and safe as file names.
+
+A name is what a VMM claims, and anyone with ``/dev/kvm`` can run one and call it ``db1``.
+So a VM whose VMM runs as an ordinary user (``UID_MIN``..``UID_MAX`` of
+``/etc/login.defs``) is served as ``USER~NAME``: ``~`` is in no other name (names are made
+of ``[A-Za-z0-9._-]``) and in no user name, so no user can take a system VM's name (root's,
+libvirt's QEMU user's) or another user's.  Names are at most :data:`NAME_MAX` bytes (a
+unix socket's path is at most 107): a longer one keeps its start and gets a hash.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import itertools
 import logging
 import os
+import pwd
 import re
 import stat
 from collections.abc import Callable, Collection, Iterable
@@ -30,6 +39,11 @@ from vmstats.qmp.machine import CpuInfoFast, cpus_from_wire, name_from_wire
 log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: The longest served name, in bytes: with ``.qmp`` and a run directory's path it must
+#: fit a unix socket's 107 bytes.
+NAME_MAX = 48
+#: Separates an ordinary user's name from what their VMM claims (in no safe name).
+OWNER_MARK = "~"
 
 
 def cmdline(pid: int) -> list[str]:
@@ -63,21 +77,68 @@ def processes_with_uuid(uuid: str) -> list[int]:
     return out
 
 
-def vm_name(pid: int, taken: Iterable[str] = (), given: str | None = None) -> str:
+def vm_name(pid: int, taken: Iterable[str] = (), given: str | None = None,
+            longest: int = NAME_MAX) -> str:  # fmt: skip
     """A name for the VM of ``pid``: ``given`` (what its QEMU's ``query-name`` said), else
-    QEMU's ``-name``, else ``<comm>-<pid>``; unique among ``taken`` (``-<pid>`` is added on
-    a clash) and safe as a file name."""
-    name = given or qemu_name(cmdline(pid))
-    if name is None:
+    QEMU's ``-name``, else ``<comm>-<pid>``; ``USER~`` before it when an ordinary user runs
+    the VMM; unique among ``taken`` (``-<pid>`` is added on a clash), safe as a file name
+    and at most ``longest`` bytes."""
+    claimed = given or qemu_name(cmdline(pid))
+    if claimed is None:
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             comm = "vm"
-        name = f"{comm}-{pid}"
-    name = _UNSAFE.sub("_", name).strip("._") or f"vm-{pid}"
-    if name in set(taken):
-        name = f"{name}-{pid}"
-    return name
+        claimed = f"{comm}-{pid}"
+    return served_name(claimed, pid, owner_of(pid), taken, longest)
+
+
+def served_name(claimed: str, pid: int, owner: str | None, taken: Iterable[str] = (),
+                longest: int = NAME_MAX) -> str:  # fmt: skip
+    """``claimed`` made a served name: safe characters only, ``OWNER~`` first when an
+    ordinary user's VMM claims it, short enough for a socket path, and unique."""
+    name = _UNSAFE.sub("_", claimed).strip("._") or f"vm-{pid}"
+    prefix = "" if owner is None else f"{owner}{OWNER_MARK}"
+    room = max(longest - len(prefix), 16)  # the owner is kept whole: it is the point
+    if len(name) > room:  # ASCII only by now
+        digest = hashlib.sha256(claimed.encode(errors="surrogateescape")).hexdigest()[:8]
+        name = f"{name[: room - 9]}-{digest}"
+    if prefix + name in set(taken):
+        name = f"{name[: room - len(str(pid)) - 1]}-{pid}"
+    return prefix + name
+
+
+def _login_range() -> range:
+    """Ordinary users' uids: ``UID_MIN``..``UID_MAX`` of ``/etc/login.defs`` (1000..60000
+    when it does not say)."""
+    found = {"UID_MIN": 1000, "UID_MAX": 60000}
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/login.defs").read_text(errors="replace").splitlines():
+            words = line.split()
+            if len(words) == 2 and words[0] in found and words[1].isdigit():
+                found[words[0]] = int(words[1])
+    return range(found["UID_MIN"], found["UID_MAX"] + 1)
+
+
+def owner_of(pid: int) -> str | None:
+    """The ordinary user who runs ``pid`` (effective uid), as a name safe in a served
+    name; None for system users (root, libvirt's QEMU user...) and for ourselves."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    uids = next((line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")),
+                None)  # fmt: skip
+    if not uids:
+        return None
+    uid = int(uids[1])
+    if uid == os.geteuid() or uid not in _login_range():
+        return None
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+    return _UNSAFE.sub("_", user) or str(uid)
 
 
 def vmms(
