@@ -448,18 +448,22 @@ def named_vmm(name: str, env: dict[str, str] | None = None,
     return proc
 
 
-def test_a_users_vm_is_namespaced_and_cannot_take_a_system_vms_name(
-    daemon: Daemon, nobody_env: dict[str, str]
+def test_a_users_vm_is_namespaced_theirs_and_cannot_take_a_system_vms_name(
+    start_daemon: Callable[..., Daemon], nobody_env: dict[str, str]
 ) -> None:
     """An ordinary user's VMM calling itself ``db1`` first does not get the name: it is
-    ``USER~db1``, and a root VMM started later is ``db1``."""
+    ``USER~db1``, and a root VMM started later is ``db1``.  The user's socket is theirs
+    and the group's; root's is the group's only; ``vmstats list`` shows the user theirs."""
     import pwd
 
     try:
         user = pwd.getpwuid(USER_UID).pw_name
     except KeyError:
         user = str(USER_UID)
-    _, run_dir = daemon
+    parent = Path(tempfile.mkdtemp(prefix="vmstats-owners-"))  # others may pass through
+    os.chmod(parent, 0o755)
+    run_dir = parent / "run"
+    start_daemon("--group", str(GROUP), "--run-dir", str(run_dir))
     with kvm_for_group() as kvm:
 
         def as_user() -> None:
@@ -476,6 +480,26 @@ def test_a_users_vm_is_namespaced_and_cannot_take_a_system_vms_name(
                 rows = {r["name"]: r["pid"] for r in json.loads((run_dir / "vms.json").read_text())}
                 assert rows["db1"] == ours.pid
                 assert rows[f"{user}~db1"] == theirs.pid
+                mine = run_dir / f"{user}~db1.qmp"
+                assert (mine.stat().st_uid, mine.stat().st_gid) == (USER_UID, GROUP)
+                assert stat.S_IMODE(mine.stat().st_mode) == 0o660
+                assert connect_as_nobody(mine, [], USER_UID).stdout.startswith('{"QMP"')
+                assert "Permission denied" in connect_as_nobody(run_dir / "db1.qmp", [],
+                                                                USER_UID).stdout  # fmt: skip
+                assert "Permission denied" in connect_as_nobody(mine, []).stdout  # 65534
+                assert connect_as_nobody(mine, [GROUP]).stdout.startswith('{"QMP"')
+
+                def as_user() -> None:
+                    os.setgroups([])
+                    os.setgid(USER_UID)
+                    os.setuid(USER_UID)
+
+                listing = subprocess.run(["/usr/bin/python3", "-m", "vmstats", "list",
+                                          str(run_dir)], capture_output=True, text=True,
+                                         env=nobody_env, preexec_fn=as_user, timeout=60)  # fmt: skip
+                assert listing.returncode == 0, listing.stderr
+                names = [line.split()[0] for line in listing.stdout.splitlines()[1:]]
+                assert names == [f"{user}~db1"]  # theirs only
             finally:
                 stop_process(ours)
         finally:
@@ -485,13 +509,15 @@ def test_a_users_vm_is_namespaced_and_cannot_take_a_system_vms_name(
 GROUP = 4242  # a group id no account on this machine has
 
 
-def connect_as_nobody(path: Path, groups: list[int]) -> subprocess.CompletedProcess[str]:
-    """Connect with the system's Python as uid 65534 with these supplementary groups."""
+def connect_as_nobody(path: Path, groups: list[int],
+                      uid: int = 65534) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Connect with the system's Python as ``uid`` (65534) with these supplementary
+    groups."""
 
     def drop() -> None:
         os.setgroups(groups)
-        os.setgid(65534)
-        os.setuid(65534)
+        os.setgid(uid)
+        os.setuid(uid)
 
     script = ("import socket, sys\n"
               "s = socket.socket(socket.AF_UNIX)\n"
@@ -514,7 +540,8 @@ def test_only_the_group_may_connect() -> None:
             assert wait_for(served.exists)
             assert served.stat().st_gid == GROUP
             assert run_dir.stat().st_gid == GROUP
-            assert stat.S_IMODE(run_dir.stat().st_mode) == 0o750
+            assert stat.S_IMODE(run_dir.stat().st_mode) == 0o751  # passed through, not listed
+            assert stat.S_IMODE((run_dir / "vms.json").stat().st_mode) == 0o640
             member = connect_as_nobody(served, [GROUP])
             assert member.returncode == 0, member
             assert member.stdout.startswith('{"QMP"'), member

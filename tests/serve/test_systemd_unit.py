@@ -22,7 +22,8 @@ def settings(name: str) -> list[str]:
 
 
 def test_the_unit_grants_the_capabilities_fd_discovery_needs_and_no_more() -> None:
-    needed = sorted(caps.NAMES[c] for c in FD_DISCOVERY)
+    """Fd discovery's two, and CAP_CHOWN: an ordinary user's VM socket is given to them."""
+    needed = sorted(caps.NAMES[c] for c in (*FD_DISCOVERY, caps.CAP_CHOWN))
     assert sorted(settings("AmbientCapabilities")[0].split()) == needed
     assert sorted(settings("CapabilityBoundingSet")[0].split()) == needed
     assert settings("User") == ["vmstats"]

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from vmstats.errors import LibvirtError, SocketInUse, UsageError, os_reason
 from vmstats.exporter.http import MetricsEndpoint
 from vmstats.libvirt.host import DEFAULT_URI, libvirt_unavailable_reason
 from vmstats.serve.daemon import Daemon
+from vmstats.serve.rundir import user_state
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +223,21 @@ def _drop_privileges(qmp: bool) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    """Every VM served, for the group; for anyone else, their own VMs."""
     state = args.run_dir / "vms.json"
     try:
         rows = json.loads(state.read_text())
+    except PermissionError:  # not the group's: this user's own VMs
+        mine = user_state(args.run_dir, os.getuid())
+        try:
+            rows = json.loads(mine.read_text())
+        except FileNotFoundError:
+            sys.stdout.write("no VM of yours is served (the others are for the daemon's "
+                             "group only)\n")  # fmt: skip
+            return 0
+        except (OSError, ValueError) as exc:
+            print(f"vmstats list: cannot read {mine}: {exc}", file=sys.stderr)
+            return 1
     except FileNotFoundError:
         print(f"vmstats list: no vmstats serve runs with {args.run_dir} ({state} is missing)",
               file=sys.stderr)  # fmt: skip

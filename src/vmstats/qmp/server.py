@@ -117,9 +117,14 @@ class QMPServer:
     # -- listeners ------------------------------------------------------------------
 
     async def start_unix(
-        self, path: str | os.PathLike[str], mode: int = 0o600, group: int | None = None
+        self,
+        path: str | os.PathLike[str],
+        mode: int = 0o600,
+        group: int | None = None,
+        owner: int | None = None,
     ) -> None:
-        """Listen on a unix socket at ``path`` with ``mode`` (and ``group``, a gid).
+        """Listen on a unix socket at ``path`` with ``mode`` (and ``group``, a gid, and
+        ``owner``, a uid: the socket is theirs to connect to).
 
         Raises :class:`SocketInUse` if a live server has the path, OSError if it cannot
         be created (a missing folder, no permission).
@@ -134,8 +139,8 @@ class QMPServer:
             finally:
                 os.umask(old_umask)
             os.chmod(path, mode)
-            if group is not None:
-                os.chown(path, -1, group)
+            if group is not None or owner is not None:
+                os.chown(path, -1 if owner is None else owner, -1 if group is None else group)
             st = os.lstat(path)
         except OSError:
             sock.close()

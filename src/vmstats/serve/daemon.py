@@ -38,6 +38,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from vmstats import caps
 from vmstats.errors import AttachError, ClientError, SocketInUse, VmstatsError
 from vmstats.kvm.attach import (
     AttachedVm,
@@ -58,7 +59,9 @@ from vmstats.serve.discover import (
     NAME_MAX,
     ProbedQemu,
     cmdline,
+    ordinary_user,
     probe,
+    process_uid,
     qemu_name,
     qmp_socket_paths,
     vm_name,
@@ -272,6 +275,7 @@ class Daemon:
         monitor = HostMonitor(registry, Machine(name=given), local=local)
         socket = self.run_dir / f"{name}.qmp"
         vm = ServedVm(name, pid, provider, monitor, QMPServer(monitor, self.limits), socket)
+        vm.uid = process_uid(pid)
         monitor.refresh = vm.fresh
         if attached is not None:
             vm.add_vcpus(attached)
@@ -288,7 +292,8 @@ class Daemon:
             self.served[pid] = vm
             return
         try:
-            await vm.server.start_unix(socket, mode=0o660, group=self.group)
+            await vm.server.start_unix(socket, mode=0o660, group=self.group,
+                                       owner=self._socket_owner(vm))  # fmt: skip
         except (SocketInUse, OSError):
             await vm.server.close()
             provider.close()
@@ -298,6 +303,16 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_reader(provider.vmm.pidfd, lambda: self._start_removal(pid))
         log.info("serving %s (process %d, %s) at %s", name, pid, vm.describe()["source"], socket)
+
+    def _socket_owner(self, vm: ServedVm) -> int | None:
+        """The ordinary user whose VM this is: its socket is theirs (and the group's).
+        Giving a file away takes CAP_CHOWN; without it the VM is the group's only."""
+        owner = ordinary_user(vm.uid)
+        if owner is not None and not caps.has(caps.CAP_CHOWN):
+            self._log.warning(f"owner:{owner}", "%s is served to the group only: giving "
+                              "its socket to its owner needs CAP_CHOWN", vm.name)  # fmt: skip
+            return None
+        return owner
 
     def readers(self) -> list[Reader]:
         """The VMs a Prometheus scrape reads (``vmstats serve --metrics``)."""
@@ -325,8 +340,17 @@ class Daemon:
         log.info("%s (process %d) %s: no longer served", vm.name, pid, why)
 
     def _write_state(self) -> None:
-        if not self.dry_run:
-            self.rundir.write_state([vm.describe() for vm in self.served.values()])
+        if self.dry_run:
+            return
+        rows: list[dict[str, object]] = []
+        owners: dict[int, list[dict[str, object]]] = {}
+        for vm in self.served.values():
+            row = vm.describe()
+            rows.append(row)
+            owner = self._socket_owner(vm)
+            if owner is not None:
+                owners.setdefault(owner, []).append(row)
+        self.rundir.write_state(rows, owners)
 
     async def close(self) -> None:
         for pid in list(self.served):

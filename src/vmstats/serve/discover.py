@@ -120,25 +120,38 @@ def _login_range() -> range:
     return range(found["UID_MIN"], found["UID_MAX"] + 1)
 
 
-def owner_of(pid: int) -> str | None:
-    """The ordinary user who runs ``pid`` (effective uid), as a name safe in a served
-    name; None for system users (root, libvirt's QEMU user...) and for ourselves."""
+def process_uid(pid: int) -> int | None:
+    """The effective uid ``pid`` runs as, or None if it is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
     uids = next((line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")),
                 None)  # fmt: skip
-    if not uids:
+    return int(uids[1]) if uids else None
+
+
+def ordinary_user(uid: int | None) -> int | None:
+    """``uid`` if it is an ordinary user's (not root's, not a system user's such as
+    libvirt's QEMU user, not ours), else None."""
+    if uid is None or uid == os.geteuid() or uid not in _login_range():
         return None
-    uid = int(uids[1])
-    if uid == os.geteuid() or uid not in _login_range():
-        return None
+    return uid
+
+
+def user_name(uid: int) -> str:
+    """A user's name, safe in a served name (the uid when it has no account)."""
     try:
-        user = pwd.getpwuid(uid).pw_name
+        return _UNSAFE.sub("_", pwd.getpwuid(uid).pw_name) or str(uid)
     except KeyError:
         return str(uid)
-    return _UNSAFE.sub("_", user) or str(uid)
+
+
+def owner_of(pid: int) -> str | None:
+    """The ordinary user who runs ``pid``, as a name safe in a served name; None for
+    system users (root, libvirt's QEMU user...) and for ourselves."""
+    uid = ordinary_user(process_uid(pid))
+    return None if uid is None else user_name(uid)
 
 
 def vmms(

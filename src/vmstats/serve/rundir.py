@@ -5,6 +5,11 @@ other names, warn about every VM at every scan, and on exit delete the first one
 ``vms.json``.  So the directory is locked (``flock`` on ``RUN_DIR/.lock``, which the
 kernel releases when the daemon dies, however it dies): a second daemon refuses to start,
 naming the first, and a daemon removes only files it made while holding the lock.
+
+Who may see what: the directory is ``0751`` (anyone may pass through to a socket that is
+theirs, nobody but the group may list it); ``vms.json``, every VM, is the group's
+(``0640``); each ordinary user whose VMs are served gets ``vms-UID.json`` with theirs only
+(``0600``, theirs), which ``vmstats list`` reads when ``vms.json`` is not for them.
 """
 
 from __future__ import annotations
@@ -13,10 +18,15 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vmstats.errors import SocketInUse
+
+
+def user_state(run_dir: Path, uid: int) -> Path:
+    """Where a user's own list of served VMs is."""
+    return run_dir / f"vms-{uid}.json"
 
 
 class RunDir:
@@ -26,6 +36,7 @@ class RunDir:
         self.path = path
         self.group = group
         self._lock: int | None = None
+        self._users: set[int] = set()  # whose vms-UID.json exists
 
     @property
     def state(self) -> Path:
@@ -36,8 +47,8 @@ class RunDir:
         :class:`SocketInUse` naming the daemon that holds it.  Once is enough."""
         if self._lock is not None:
             return
-        self.path.mkdir(mode=0o750, parents=True, exist_ok=True)
-        os.chmod(self.path, 0o750)
+        self.path.mkdir(mode=0o751, parents=True, exist_ok=True)
+        os.chmod(self.path, 0o751)
         if self.group is not None:
             os.chown(self.path, -1, self.group)
         fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -53,18 +64,34 @@ class RunDir:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock = fd
 
-    def write_state(self, rows: Sequence[dict[str, object]]) -> None:
-        """``vms.json`` replaced at once (readers never see half of it)."""
-        temporary = self.state.with_suffix(".tmp")
+    def write_state(self, rows: Sequence[dict[str, object]],
+                    owners: Mapping[int, Sequence[dict[str, object]]] = {}) -> None:  # fmt: skip
+        """``vms.json`` (every VM, for the group) and each user's ``vms-UID.json`` (their
+        ``owners`` rows), each replaced at once: readers never see half of one."""
+        self._replace(self.state, rows, 0o640, None, self.group)
+        for uid, theirs in owners.items():
+            self._replace(user_state(self.path, uid), theirs, 0o600, uid, None)
+        for uid in self._users - set(owners):
+            with contextlib.suppress(FileNotFoundError):
+                user_state(self.path, uid).unlink()
+        self._users = set(owners)
+
+    def _replace(self, path: Path, rows: Sequence[dict[str, object]], mode: int,
+                 uid: int | None, gid: int | None) -> None:  # fmt: skip
+        temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(list(rows), indent=1) + "\n")
-        os.chmod(temporary, 0o644)
-        temporary.replace(self.state)
+        os.chmod(temporary, mode)
+        if uid is not None or gid is not None:
+            os.chown(temporary, -1 if uid is None else uid, -1 if gid is None else gid)
+        temporary.replace(path)
 
     def release(self) -> None:
         """Remove ``vms.json`` and let the directory go; nothing if it was never ours."""
         if self._lock is None:
             return
-        with contextlib.suppress(FileNotFoundError):
-            self.state.unlink()
+        for path in [self.state, *(user_state(self.path, uid) for uid in self._users)]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._users = set()
         os.close(self._lock)
         self._lock = None

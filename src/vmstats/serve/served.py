@@ -25,7 +25,7 @@ from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
 from vmstats.libvirt.domain import LibvirtDomain
 from vmstats.qmp.machine import CpuInfoFast, pc_props, pc_vcpu_path
 from vmstats.qmp.server import QMPServer
-from vmstats.serve.discover import ProbedQemu
+from vmstats.serve.discover import ProbedQemu, user_name
 from vmstats.serve.forward import HostMonitor, QemuSocket
 from vmstats.serve.reader import MonitorReader
 from vmstats.stats.model import StatsTarget
@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 
 def describe(name: str, pid: int, vcpus: int, local: Collection[StatsTarget],
-             qmp: Path | None, socket: Path,
-             libvirt: LibvirtDomain | None = None) -> dict[str, object]:  # fmt: skip
+             qmp: Path | None, socket: Path, libvirt: LibvirtDomain | None = None,
+             uid: int | None = None) -> dict[str, object]:  # fmt: skip
     """A served VM as ``vms.json``, ``vmstats list`` and ``serve --once`` show it."""
     if libvirt is not None:
         source = "libvirt (vm, vcpu)" if libvirt.reads_vcpus else "fds (vcpu) + libvirt (vm)"
@@ -53,6 +53,9 @@ def describe(name: str, pid: int, vcpus: int, local: Collection[StatsTarget],
         row["qmp"] = str(qmp)
     if libvirt is not None:
         row["uuid"] = libvirt.domain.uuid
+    if uid is not None:
+        row["owner"] = user_name(uid)
+        row["uid"] = uid
     return row
 
 
@@ -73,6 +76,7 @@ class ServedVm:
     reader: MonitorReader | None = None  # for the Prometheus endpoint, made on first use
     libvirt: LibvirtDomain | None = None  # a libvirt domain's stats that libvirt gives
     sources: dict[StatsFile, int] = field(default_factory=dict)  # copy -> the VMM's fd
+    uid: int | None = None  # the VMM's (effective) user
     _threads: int = 0  # the VMM's thread count when last looked at for hot-plugged vCPUs
     _looked: float = -float("inf")
 
@@ -86,14 +90,15 @@ class ServedVm:
         row = self.describe()
         info = {"pid": str(self.pid), "source": str(row["source"]),
                 "qemu_version": self.qemu_version}  # fmt: skip
-        if "uuid" in row:
-            info["uuid"] = str(row["uuid"])
+        for key in ("uuid", "owner"):
+            if key in row:
+                info[key] = str(row[key])
         return info
 
     def describe(self) -> dict[str, object]:
         vcpus = len(self.vcpus) or len(self.monitor.machine.cpus)
         return describe(self.name, self.pid, vcpus, self.monitor.local, self.qmp, self.socket,
-                        self.libvirt)  # fmt: skip
+                        self.libvirt, self.uid)  # fmt: skip
 
     def use_libvirt(self, domain: LibvirtDomain) -> None:
         """A libvirt domain: its VM-level stats (and its vCPUs' where it keeps no fds)
