@@ -60,6 +60,10 @@ TLS = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
         ("tls_server_config:\n  cert_file: server.crt\n", "tls_server_config.key_file is required"),
         ("tls_server_config:\n  cert_file: missing.crt\n  key_file: server.key\n",
          "cannot load missing.crt and server.key: No such file or directory"),
+        ("tls_server_config:\n  cert_file: web.yml\n  key_file: server.key\n",
+         "cannot load web.yml and server.key: [SSL] PEM lib"),  # not a certificate
+        ("tls_server_config:\n  cert_file: ca.crt\n  key_file: server.key\n",
+         "KEY_VALUES_MISMATCH"),  # another's certificate
         (TLS + "  client_auth_type: RequireAnyClientCert\n",
          "client_auth_type 'RequireAnyClientCert' is not supported"),
         (TLS + "  client_auth_type: RequireAndVerifyClientCert\n", "needs client_ca_file"),

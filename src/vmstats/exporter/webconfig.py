@@ -124,8 +124,11 @@ def _version(path: Path, section: Mapping[str, Any], key: str, default: str) -> 
     return _VERSIONS[value]
 
 
-def _reason(exc: Exception) -> str:
-    return os_reason(exc) if isinstance(exc, OSError) and exc.strerror else str(exc)
+def _reason(exc: OSError) -> str:
+    """An OS error in the system's words; OpenSSL's in its own (its codes are no errno)."""
+    if isinstance(exc, ssl.SSLError):
+        return f"{exc.strerror or exc} (PEM files, and a key that matches the certificate?)"
+    return os_reason(exc)
 
 
 def _users(path: Path, section: object) -> dict[str, bytes]:
