@@ -214,7 +214,10 @@ def test_qemu_72_is_forwarded_byte_for_byte_and_its_socket_stays_free(
                               "(QEMU's monitor serves one client at a time)\n")  # fmt: skip
         held.close()
         vm_stats = b'{"execute":"query-stats","arguments":{"target":"vm"}}'
-        assert ours_conn.request(vm_stats) == ask(vm.qmp_path, vm_stats)  # and back
+        # and back, once QEMU has seen the other client go (on a loaded machine it may
+        # take longer than our 1 s: a CI run saw the busy error once more)
+        assert wait_for(lambda: ours_conn.request(vm_stats).startswith(b'{"return"'))
+        assert ours_conn.request(vm_stats) == ask(vm.qmp_path, vm_stats)
         listing = json.loads((run_dir / "vms.json").read_text())
         assert vm.proc is not None
         assert [(r["name"], r["source"]) for r in listing
