@@ -207,31 +207,38 @@ def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = ())
                 "belongs to (the kernel gives them the same names and ids), so it is not served"
             )
         threads = cpu_index_of_threads(pid)
+        taken: list[tuple[int, int | None, StatsFile]] = []  # vcpu_id, named index, file
         for link in links:
             if link.vcpu_id is None and (skip_vm or vm.vm is not None):
                 continue
             if link.vcpu_id is not None and (link.vcpu_id in skip_vcpus
                                              or link.vcpu_id in vm.vcpu_ids):  # fmt: skip
-                continue
+                continue  # the same vCPU twice (a dup) is taken once
             file = StatsFile(copy_fd(pidfd, link.fd), owned=True)
+            vm.sources[file] = link.fd
             if link.vcpu_id is None:
                 vm.vm = file
-                vm.sources[file] = link.fd
                 continue
             match = _VCPU_ID.match(file.id)
-            index = threads.get(int(match.group(1))) if match else None
-            index = link.vcpu_id if index is None else index
-            if index in vm.vcpus:
-                file.close()  # the same vCPU twice
-                continue
-            vm.vcpus[index] = file
+            taken.append((link.vcpu_id, threads.get(int(match.group(1))) if match else None,
+                          file))  # fmt: skip
             vm.vcpu_ids.add(link.vcpu_id)
-            vm.sources[file] = link.fd
-        vm.vcpus = dict(sorted(vm.vcpus.items()))
+        vm.vcpus = dict(sorted(_by_index(taken).items()))
     except BaseException:
         vm.close()
         raise
     return vm
+
+
+def _by_index(taken: list[tuple[int, int | None, StatsFile]]) -> dict[int, StatsFile]:
+    """The vCPU files by CPU index: the ``CPU N/KVM`` names of their creator threads when
+    every one has a name and no two share one, else KVM's vcpu_ids.  Thread names are
+    the VMM's to choose: a VMM that names two threads ``CPU 0/KVM`` must not make one of
+    its vCPUs vanish."""
+    named = [index for _, index, _ in taken]
+    if None not in named and len(set(named)) == len(named):
+        return {index: file for (_, index, file) in taken if index is not None}
+    return {vcpu_id: file for vcpu_id, _, file in taken}
 
 
 def creator_thread(file: StatsSource) -> int:

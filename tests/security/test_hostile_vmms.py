@@ -1,0 +1,96 @@
+"""VMMs that try to confuse the daemon (docs/security.md): thread names faked as
+``CPU N/KVM``, and thousands of copies of their stats fds.  Each is served as what it
+is, and the daemon holds one copy per stats file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kvm.conftest import requires_kvm
+from tests.security.conftest import Daemon
+from vmstats.testing.hostile import wait_for
+from vmstats.testing.qemu import RawQMP, stop_process
+
+pytestmark = [pytest.mark.kvm, requires_kvm,
+              pytest.mark.skipif(os.geteuid() != 0, reason="vmstats serve runs as root")]  # fmt: skip
+
+#: A VMM of two vCPUs (made on its main thread), then what the test asks of it.
+VMM = """
+import os, resource, sys, time
+from vmstats.demo.vm import DemoVM
+vm = DemoVM(2, rate=1)
+for trick in sys.argv[1:]:
+    if trick == "fake-thread-names":  # the thread that made both vCPUs says it is CPU 0
+        with open("/proc/self/comm", "w") as comm:
+            comm.write("CPU 0/KVM")
+    elif trick.startswith("dup="):  # thousands of copies of each stats fd
+        copies = int(trick[4:])
+        resource.setrlimit(resource.RLIMIT_NOFILE, (copies * 4, copies * 4))
+        held = [os.dup(f.fd) for f in vm.stats_files for _ in range(copies)]
+vm.start()
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def vmm() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*tricks: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-c", VMM, *tricks, "-name", "hostile"],
+                                stdout=subprocess.PIPE)  # fmt: skip
+        started.append(proc)
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        return proc
+
+    yield start
+    for proc in started:
+        stop_process(proc)
+
+
+def vcpus_served(run_dir: Path, name: str) -> int:
+    qmp = RawQMP(run_dir / f"{name}.qmp", timeout=10)
+    try:
+        qmp.negotiate()
+        return len(json.loads(qmp.request(b'{"execute":"query-cpus-fast"}'))["return"])
+    finally:
+        qmp.close()
+
+
+def stats_fds(pid: int) -> int:
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += "stats" in os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+    return count
+
+
+def test_thread_names_faked_as_cpu_0_do_not_hide_a_vcpu(
+    start_daemon: Callable[..., Daemon], vmm: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    _proc, run_dir = start_daemon()
+    vmm("fake-thread-names")
+    assert wait_for((run_dir / "hostile.qmp").exists)
+    assert vcpus_served(run_dir, "hostile") == 2  # both, by KVM's vcpu_ids
+
+
+def test_thousands_of_copies_of_its_stats_fds_are_taken_once(
+    start_daemon: Callable[..., Daemon], vmm: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    proc, run_dir = start_daemon()
+    hostile = vmm("dup=2000")  # 6,000 stats fds in one process
+    assert stats_fds(hostile.pid) >= 6000
+    assert wait_for((run_dir / "hostile.qmp").exists)
+    assert vcpus_served(run_dir, "hostile") == 2
+    assert stats_fds(proc.pid) == 3  # the VM's and two vCPUs', not 6,000
