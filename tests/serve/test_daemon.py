@@ -479,8 +479,13 @@ def test_a_users_vm_is_namespaced_theirs_and_cannot_take_a_system_vms_name(
             assert wait_for((run_dir / f"{user}~db1.qmp").exists)
             ours = named_vmm("db1")
             try:
-                assert wait_for((run_dir / "db1.qmp").exists)
-                rows = {r["name"]: r["pid"] for r in json.loads((run_dir / "vms.json").read_text())}
+
+                def served() -> dict[str, int]:  # vms.json is written after the socket
+                    return {r["name"]: r["pid"]
+                            for r in json.loads((run_dir / "vms.json").read_text())}  # fmt: skip
+
+                assert wait_for(lambda: {"db1", f"{user}~db1"} <= set(served()))
+                rows = served()
                 assert rows["db1"] == ours.pid
                 assert rows[f"{user}~db1"] == theirs.pid
                 mine = run_dir / f"{user}~db1.qmp"
