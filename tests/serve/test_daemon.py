@@ -406,9 +406,13 @@ def test_with_two_capabilities_as_nobody_it_serves_qemu_10_by_its_fds(
                 held = caps.names(caps.sets(proc.pid)["CapEff"])
                 assert held == ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]
                 assert os.stat(served).st_uid == 65534
-                assert vm.proc is not None
-                rows = json.loads((run_dir / "vms.json").read_text())
-                assert vm.proc.pid in {row["pid"] for row in rows}
+                pid = vm.proc.pid if vm.proc is not None else -1
+                assert wait_for(
+                    lambda: (
+                        pid
+                        in {row["pid"] for row in json.loads((run_dir / "vms.json").read_text())}
+                    )
+                )  # written after the socket: wait
             finally:
                 assert stop_process(proc) == 0
         assert "Traceback" not in log.read_text()
