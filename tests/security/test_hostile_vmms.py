@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import pytest
 
 from tests.kvm.conftest import requires_kvm
 from tests.security.conftest import Daemon
-from vmstats.testing.hostile import wait_for
+from vmstats.testing.hostile import rss_bytes, wait_for
 from vmstats.testing.qemu import RawQMP, stop_process
 
 pytestmark = [pytest.mark.kvm, requires_kvm,
@@ -94,3 +97,77 @@ def test_thousands_of_copies_of_its_stats_fds_are_taken_once(
     assert wait_for((run_dir / "hostile.qmp").exists)
     assert vcpus_served(run_dir, "hostile") == 2
     assert stats_fds(proc.pid) == 3  # the VM's and two vCPUs', not 6,000
+
+
+class HostileQmp:
+    """A unix socket at ``path`` in a ``--qmp`` glob that answers as ``behaviour`` says:
+    ``silent`` accepts and never greets, ``flood`` sends bytes without end and no newline,
+    ``nonsense`` sends a line that is not QMP."""
+
+    def __init__(self, path: Path, behaviour: str) -> None:
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(path))
+        self.listener.listen(16)
+        self.behaviour = behaviour
+        self.held: list[socket.socket] = []
+        self.sent = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.held.append(connection)
+            try:
+                if self.behaviour == "nonsense":
+                    connection.sendall(b"hello, I am not QEMU\n")
+                elif self.behaviour == "flood":
+                    chunk = b"x" * (1 << 20)
+                    while True:
+                        connection.sendall(chunk)
+                        self.sent += len(chunk)
+            except OSError:
+                continue  # the daemon gave up on us
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.held:
+            connection.close()
+
+
+def test_hostile_qmp_sockets_cost_bounded_time_and_memory_and_nobody_else_service(
+    start_daemon: Callable[..., Daemon],
+    vmm: Callable[..., subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    """Sockets in a ``--qmp`` glob that never greet, flood without a newline, or talk
+    nonsense: each probe is bounded (the timeout, QEMU's 64 MiB line), says why once, and
+    the VMs found by their fds are served throughout."""
+    folder = tmp_path / "qmp"
+    folder.mkdir()
+    hostile = [HostileQmp(folder / f"{kind}.sock", kind)
+               for kind in ("silent", "flood", "nonsense")]  # fmt: skip
+    try:
+        proc, run_dir = start_daemon("--qmp", str(folder / "*.sock"), "--qmp-timeout", "1")
+        vmm()  # a VM found by its fds
+        assert wait_for((run_dir / "hostile.qmp").exists, timeout=30)
+        flood = hostile[1]
+        assert wait_for(lambda: flood.sent >= 64 << 20, timeout=60)  # a whole line's worth
+        for _ in range(3):  # and through further scans, it keeps serving
+            assert vcpus_served(run_dir, "hostile") == 2
+        assert rss_bytes(proc.pid) < 400 << 20  # a 64 MiB line at most, not the flood
+        served = {path.name for path in run_dir.glob("*.qmp")}
+        assert served == {"hostile.qmp"}  # none of the hostile sockets became a VM
+    finally:
+        for server in hostile:
+            server.close()
+    proc.send_signal(signal.SIGTERM)
+    _, log = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    for kind in ("silent", "flood", "nonsense"):  # said once, not at every scan
+        assert log.count(f"{kind}.sock not used for now") == 1, log
+    assert "is not a QMP server" in log
+    assert "Traceback" not in log
