@@ -178,4 +178,5 @@ def test_hostile_qmp_sockets_cost_bounded_time_and_memory_and_nobody_else_servic
     for kind in ("silent", "flood", "nonsense"):  # said once, not at every scan
         assert log.count(f"{kind}.sock not used for now") == 1, log
     assert "is not a QMP server" in log
+    assert "sent a line longer than QEMU's 64 MiB limit of a message" in log
     assert "Traceback" not in log

@@ -304,8 +304,9 @@ class QmpClient:
             if exc.errno == errno.EINVAL:  # QEMU 7.x's monitor, held, after a try timed out
                 raise busy(self.address, self.timeout) from None
             raise ClientError(f"QMP connection to {self.address} failed: {exc}") from exc
-        except ValueError as exc:  # a line over the limit
-            raise ClientError(f"QMP connection to {self.address} failed: {exc}") from exc
+        except ValueError:  # a line over the limit (asyncio words it its own way)
+            raise ClientError(f"{self.address} sent a line longer than QEMU's "
+                              f"{_LINE_LIMIT >> 20} MiB limit of a message") from None  # fmt: skip
         if not line:
             raise ClientError(f"QMP connection to {self.address} closed")
         return line
