@@ -174,6 +174,12 @@ class AttachedVm:
     vcpu_ids: set[int] = field(default_factory=set)  # KVM's vcpu_ids of those files
     sources: dict[StatsFile, int] = field(default_factory=dict)  # copy -> the VMM's fd
 
+    def release_pidfd(self) -> None:
+        """Let the VMM's pidfd go (whoever keeps the files watches the VMM their way)."""
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
     def close(self) -> None:
         for file in [self.vm, *self.vcpus.values()]:
             if file is not None:
@@ -181,9 +187,7 @@ class AttachedVm:
         self.vm = None
         self.vcpus = {}
         self.sources = {}
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
+        self.release_pidfd()
 
 
 def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = ()) -> AttachedVm:

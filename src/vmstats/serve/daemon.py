@@ -64,6 +64,7 @@ from vmstats.serve.discover import (
     process_uid,
     qemu_name,
     qmp_socket_paths,
+    user_name,
     vm_name,
     vmms,
 )
@@ -237,8 +238,7 @@ class Daemon:
             attached = attach(vm.pid)
         except AttachError:
             return  # exiting: its pidfd says so
-        os.close(attached.pidfd)
-        attached.pidfd = -1
+        attached.release_pidfd()
         vm.replace_fds(attached)
         log.info("%s: its VMM replaced its stats fds; serving its current ones (%d vCPUs)",
                  vm.name, len(vm.vcpus))  # fmt: skip
@@ -266,8 +266,7 @@ class Daemon:
                        self.longest_name)  # fmt: skip
         provider = KvmStatsProvider(attached.vm if attached else None, [], VmmProcess(pid))
         if attached is not None:
-            os.close(attached.pidfd)  # the provider watches the VMM with a pidfd of its own
-            attached.pidfd = -1
+            attached.release_pidfd()  # the provider watches the VMM with a pidfd of its own
         registry = StatsRegistry()
         registry.add_stats_callbacks(provider)
         local = {StatsTarget.VM} if provider.vm is not None else set()
@@ -275,7 +274,10 @@ class Daemon:
         monitor = HostMonitor(registry, Machine(name=given), local=local)
         socket = self.run_dir / f"{name}.qmp"
         vm = ServedVm(name, pid, provider, monitor, QMPServer(monitor, self.limits), socket)
-        vm.uid = process_uid(pid)
+        vm.uid = process_uid(pid)  # who runs it, looked up once: the scans and scrapes say it
+        if vm.uid is not None:
+            vm.owner = user_name(vm.uid)
+        vm.socket_owner = self._socket_owner(vm)
         monitor.refresh = vm.fresh
         if attached is not None:
             vm.add_vcpus(attached)
@@ -293,7 +295,7 @@ class Daemon:
             return
         try:
             await vm.server.start_unix(socket, mode=0o660, group=self.group,
-                                       owner=self._socket_owner(vm))  # fmt: skip
+                                       owner=vm.socket_owner)  # fmt: skip
         except (SocketInUse, OSError):
             await vm.server.close()
             provider.close()
@@ -347,9 +349,8 @@ class Daemon:
         for vm in self.served.values():
             row = vm.describe()
             rows.append(row)
-            owner = self._socket_owner(vm)
-            if owner is not None:
-                owners.setdefault(owner, []).append(row)
+            if vm.socket_owner is not None:
+                owners.setdefault(vm.socket_owner, []).append(row)
         self.rundir.write_state(rows, owners)
 
     async def close(self) -> None:

@@ -5,7 +5,6 @@ The daemon (:mod:`.daemon`) makes and removes them."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
 from vmstats.libvirt.domain import LibvirtDomain
 from vmstats.qmp.machine import CpuInfoFast, pc_props, pc_vcpu_path
 from vmstats.qmp.server import QMPServer
-from vmstats.serve.discover import ProbedQemu, user_name
+from vmstats.serve.discover import ProbedQemu
 from vmstats.serve.forward import HostMonitor, QemuSocket
 from vmstats.serve.reader import MonitorReader
 from vmstats.stats.model import StatsTarget
@@ -35,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def describe(name: str, pid: int, vcpus: int, local: Collection[StatsTarget],
              qmp: Path | None, socket: Path, libvirt: LibvirtDomain | None = None,
-             uid: int | None = None) -> dict[str, object]:  # fmt: skip
+             uid: int | None = None, owner: str = "") -> dict[str, object]:  # fmt: skip
     """A served VM as ``vms.json``, ``vmstats list`` and ``serve --once`` show it."""
     if libvirt is not None:
         source = "libvirt (vm, vcpu)" if libvirt.reads_vcpus else "fds (vcpu) + libvirt (vm)"
@@ -54,7 +53,7 @@ def describe(name: str, pid: int, vcpus: int, local: Collection[StatsTarget],
     if libvirt is not None:
         row["uuid"] = libvirt.domain.uuid
     if uid is not None:
-        row["owner"] = user_name(uid)
+        row["owner"] = owner
         row["uid"] = uid
     return row
 
@@ -77,6 +76,8 @@ class ServedVm:
     libvirt: LibvirtDomain | None = None  # a libvirt domain's stats that libvirt gives
     sources: dict[StatsFile, int] = field(default_factory=dict)  # copy -> the VMM's fd
     uid: int | None = None  # the VMM's (effective) user
+    owner: str = ""  # that user's name
+    socket_owner: int | None = None  # the ordinary user its socket (and list) was given to
     _threads: int = 0  # the VMM's thread count when last looked at for hot-plugged vCPUs
     _looked: float = -float("inf")
 
@@ -98,7 +99,7 @@ class ServedVm:
     def describe(self) -> dict[str, object]:
         vcpus = len(self.vcpus) or len(self.monitor.machine.cpus)
         return describe(self.name, self.pid, vcpus, self.monitor.local, self.qmp, self.socket,
-                        self.libvirt, self.uid)  # fmt: skip
+                        self.libvirt, self.uid, self.owner)  # fmt: skip
 
     def use_libvirt(self, domain: LibvirtDomain) -> None:
         """A libvirt domain: its VM-level stats (and its vCPUs' where it keeps no fds)
@@ -133,8 +134,7 @@ class ServedVm:
             attached = attach(self.pid, skip_vm=True, skip_vcpus=self.vcpu_ids)
         except AttachError:
             return []  # exiting: its pidfd says so
-        os.close(attached.pidfd)
-        attached.pidfd = -1
+        attached.release_pidfd()
         if not attached.vcpus:
             return []
         self.add_vcpus(attached)
