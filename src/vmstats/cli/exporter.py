@@ -80,29 +80,33 @@ async def open_metrics(endpoint: MetricsEndpoint, address: tuple[str, int]) -> b
     return True
 
 
+def _use_web_config(endpoint: MetricsEndpoint, path: Path | None) -> UsageError | None:
+    """Read the web config at ``path`` (if any) into ``endpoint``; what is wrong with it,
+    or None (the one in use stays when it is wrong)."""
+    if path is not None:
+        try:
+            endpoint.use_web_config(read_web_config(path))
+        except UsageError as exc:
+            return exc
+    return None
+
+
 def load_web_config(endpoint: MetricsEndpoint, path: Path | None, command: str) -> bool:
     """Take the web config at ``path`` (if any) at start; False, said on stderr, if it
     is wrong."""
-    if path is None:
-        return True
-    try:
-        endpoint.use_web_config(read_web_config(path))
-    except UsageError as exc:
-        print(f"vmstats {command}: --web-config: {exc}", file=sys.stderr)
-        return False
-    return True
+    wrong = _use_web_config(endpoint, path)
+    if wrong is not None:
+        print(f"vmstats {command}: --web-config: {wrong}", file=sys.stderr)
+    return wrong is None
 
 
 def reload_web_config(endpoint: MetricsEndpoint, path: Path | None) -> None:
     """SIGHUP: reread the web config; a wrong one is logged and the one in use kept."""
-    if path is None:
-        return
-    try:
-        endpoint.use_web_config(read_web_config(path))
-    except UsageError as exc:
-        log.error("SIGHUP: --web-config: %s; keeping the one in use", exc)
-        return
-    log.info("SIGHUP: %s reread", path)
+    wrong = _use_web_config(endpoint, path)
+    if wrong is not None:
+        log.error("SIGHUP: --web-config: %s; keeping the one in use", wrong)
+    elif path is not None:
+        log.info("SIGHUP: %s reread", path)
 
 
 def run(args: argparse.Namespace) -> int:
