@@ -89,9 +89,7 @@ class LibvirtStatsFile:
             if value is not None:
                 self._values[index] = value
                 given.append(name)
-        omitted = self._all.difference(given)
-        if omitted != self.omitted:
-            self.omitted = omitted
+        self.omitted = self._all.difference(given)
         self._raw = self.layout.decoder.pack(*self._values)
 
     def read_raw(self) -> bytes:
