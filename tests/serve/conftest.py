@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import vmstats
+from tests.serve.users import imported_by_serve
 from vmstats.testing.qemu import stop_process
 
 Daemon = tuple[subprocess.Popen[str], Path]
@@ -31,3 +36,33 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     for proc, run_dir in started:
         assert stop_process(proc) == 0  # SIGTERM: a clean exit...
         assert not list(run_dir.glob("*.qmp"))  # ...that removes the sockets
+
+
+@pytest.fixture(scope="session")
+def nobody_env() -> Iterator[dict[str, str]]:
+    """How uid 65534 runs this vmstats: the system's Python with a world-readable copy of
+    our sources and of the packages ``vmstats serve`` imports.  Copied, because the clone
+    (and the venv's interpreter) may be where that user cannot look: under ``/root``, or
+    in a private temporary directory."""
+    import importlib
+
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("no system python3 for uid 65534")
+    version = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True).stdout.strip()  # fmt: skip
+    if version != str(sys.version_info[:2]):
+        pytest.skip(f"the system python3 is {version}, not this Python: it cannot load msgspec")
+    lib = Path(tempfile.mkdtemp(prefix="vmstats-nobody-lib-"))
+    try:
+        shutil.copytree(Path(vmstats.__file__).parent, lib / "vmstats")
+        for name in imported_by_serve():
+            found = Path(importlib.import_module(name).__file__ or "")
+            if found.name == "__init__.py":
+                shutil.copytree(found.parent, lib / found.parent.name)
+            else:
+                shutil.copy(found, lib / found.name)
+        for path in [lib, *lib.rglob("*")]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        yield {**os.environ, "PYTHONPATH": str(lib)}
+    finally:
+        shutil.rmtree(lib, ignore_errors=True)

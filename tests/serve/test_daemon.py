@@ -15,14 +15,14 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-import vmstats
 from tests.kvm.conftest import requires_kvm
 from tests.serve.conftest import Daemon
+from tests.serve.users import GROUP, USER_UID, connect_as_nobody, kvm_for_group, named_vmm
 from vmstats import caps
 from vmstats.serve.discover import vm_name
 from vmstats.testing.hostile import (
@@ -280,48 +280,6 @@ def as_nobody() -> None:
     os.setuid(65534)
 
 
-def _imported_by_serve() -> list[str]:
-    """The packages besides vmstats and the standard library that ``vmstats serve`` loads."""
-    script = ("import sys, vmstats.cli.main, vmstats.cli.serve, vmstats.serve.daemon\n"
-              "tops = {m.split('.')[0] for m in sys.modules}\n"
-              "files = {m for m in tops if getattr(sys.modules.get(m), '__file__', None)}\n"
-              "print(' '.join(sorted(files - set(sys.stdlib_module_names) - "
-              "{'vmstats', '__main__', '_distutils_hack'})))")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
-    return out.split()
-
-
-@pytest.fixture(scope="module")
-def nobody_env() -> Iterator[dict[str, str]]:
-    """How uid 65534 runs this vmstats: the system's Python with a world-readable copy of
-    our sources and of the packages ``vmstats serve`` imports.  Copied, because the clone
-    (and the venv's interpreter) may be where that user cannot look: under ``/root``, or
-    in a private temporary directory."""
-    import importlib
-
-    if not Path("/usr/bin/python3").exists():
-        pytest.skip("no system python3 for uid 65534")
-    version = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info[:2])"],
-                             capture_output=True, text=True).stdout.strip()  # fmt: skip
-    if version != str(sys.version_info[:2]):
-        pytest.skip(f"the system python3 is {version}, not this Python: it cannot load msgspec")
-    lib = Path(tempfile.mkdtemp(prefix="vmstats-nobody-lib-"))
-    try:
-        shutil.copytree(Path(vmstats.__file__).parent, lib / "vmstats")
-        for name in _imported_by_serve():
-            found = Path(importlib.import_module(name).__file__ or "")
-            if found.name == "__init__.py":
-                shutil.copytree(found.parent, lib / found.parent.name)
-            else:
-                shutil.copy(found, lib / found.name)
-        for path in [lib, *lib.rglob("*")]:
-            os.chmod(path, 0o755 if path.is_dir() else 0o644)
-        yield {**os.environ, "PYTHONPATH": str(lib)}
-    finally:
-        shutil.rmtree(lib, ignore_errors=True)
-
-
 @pytest.mark.qemu
 @pytest.mark.skipif(QEMU_REASON is not None, reason=f"no QEMU 7.2: {QEMU_REASON}")
 def test_as_non_root_it_refuses_fd_discovery_and_serves_qmp_sockets(
@@ -420,41 +378,6 @@ def test_with_two_capabilities_as_nobody_it_serves_qemu_10_by_its_fds(
         shutil.rmtree(parent, ignore_errors=True)
 
 
-USER_UID = 1000  # an ordinary user's uid (login.defs' UID_MIN); no account is needed
-
-
-@contextlib.contextmanager
-def kvm_for_group() -> Iterator[int]:
-    """``/dev/kvm`` as udev makes it (``root:kvm 0660``) for a while; its gid."""
-    import grp
-
-    try:
-        gid = grp.getgrnam("kvm").gr_gid
-    except KeyError:
-        pytest.skip("no kvm group")
-    before = os.stat("/dev/kvm")
-    os.chown("/dev/kvm", 0, gid)
-    os.chmod("/dev/kvm", 0o660)
-    try:
-        yield gid
-    finally:
-        os.chown("/dev/kvm", before.st_uid, before.st_gid)
-        os.chmod("/dev/kvm", before.st_mode & 0o7777)
-
-
-def named_vmm(name: str, env: dict[str, str] | None = None,
-              preexec: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
-    """A VMM that keeps its stats fds and says ``-name NAME`` on its command line."""
-    code = ("import time; from vmstats.demo.vm import DemoVM; vm = DemoVM(1, rate=1); "
-            "vm.start(); print('ready', flush=True); time.sleep(600)")  # fmt: skip
-    python = "/usr/bin/python3" if env is not None else sys.executable
-    proc = subprocess.Popen([python, "-c", code, "-name", name], stdout=subprocess.PIPE,
-                            env=env, preexec_fn=preexec)  # fmt: skip
-    assert proc.stdout is not None
-    assert proc.stdout.readline() == b"ready\n"
-    return proc
-
-
 def test_a_users_vm_is_namespaced_theirs_and_cannot_take_a_system_vms_name(
     start_daemon: Callable[..., Daemon], nobody_env: dict[str, str]
 ) -> None:
@@ -516,27 +439,6 @@ def test_a_users_vm_is_namespaced_theirs_and_cannot_take_a_system_vms_name(
                 stop_process(ours)
         finally:
             stop_process(theirs)
-
-
-GROUP = 4242  # a group id no account on this machine has
-
-
-def connect_as_nobody(path: Path, groups: list[int],
-                      uid: int = 65534) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    """Connect with the system's Python as ``uid`` (65534) with these supplementary
-    groups."""
-
-    def drop() -> None:
-        os.setgroups(groups)
-        os.setgid(uid)
-        os.setuid(uid)
-
-    script = ("import socket, sys\n"
-              "s = socket.socket(socket.AF_UNIX)\n"
-              "try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print(e.strerror); sys.exit(1)\n"
-              "print(s.recv(200).decode())\n")  # fmt: skip
-    return subprocess.run(["/usr/bin/python3", "-c", script, str(path)], capture_output=True,
-                          text=True, timeout=30, preexec_fn=drop)  # fmt: skip
 
 
 @pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="no system python3")

@@ -28,8 +28,9 @@ from vmstats.cli.serve_config import (
 from vmstats.errors import LibvirtError, SocketInUse, UsageError, os_reason
 from vmstats.exporter.http import MetricsEndpoint
 from vmstats.libvirt.host import DEFAULT_URI, libvirt_unavailable_reason
+from vmstats.serve.access import allow_rule
 from vmstats.serve.daemon import Daemon
-from vmstats.serve.rundir import user_state
+from vmstats.serve.rundir import group_state, user_state
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                        help=f"where the sockets go (default {defaults.run_dir})")  # fmt: skip
     serve.add_argument("--group", metavar="GROUP", help="group of the sockets (mode 0660); "
                        "default: the daemon's own")  # fmt: skip
+    serve.add_argument("--allow", action="append", type=allow_rule, metavar="RULE",
+                       help="GROUP:SELECTOR[,SELECTOR...]: the group may read the VMs "
+                       "selected by name=GLOB, owner=USER and domain=GLOB (a libvirt "
+                       "domain's name or UUID), beside their owners and --group "
+                       "(repeatable; docs/security.md)")  # fmt: skip
     serve.add_argument("--scan-interval", type=positive_float, metavar="S",
                        help="seconds between looks for new VMs "
                        f"(default {defaults.scan_interval:g})")  # fmt: skip
@@ -73,8 +79,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         type=Path,
         default=None,
         metavar="FILE",
-        help="TOML settings by option name (run-dir, group, scan-interval, qmp as a "
-        "list, qmp-timeout, libvirt, libvirt-max-age, metrics, and the limits below); "
+        help="TOML settings by option name (run-dir, group, allow and qmp as lists, "
+        "scan-interval, qmp-timeout, libvirt, libvirt-max-age, metrics, and the limits below); "
         "reread on SIGHUP",
     )
     serve.add_argument("--once", action="store_true", default=False,
@@ -100,8 +106,9 @@ def _table(rows: list[dict[str, object]]) -> str:
 
 
 def _daemon(config: ServeConfig, group: int | None, fds: bool, dry_run: bool) -> Daemon:
-    return Daemon(config.run_dir, group=group, scan_interval=config.scan_interval,
-                  limits=config.limits, fds=fds, qmp=list(config.qmp),
+    return Daemon(config.run_dir, group=group, allow=config.allow,
+                  scan_interval=config.scan_interval, limits=config.limits, fds=fds,
+                  qmp=list(config.qmp),
                   qmp_timeout=config.qmp_timeout, libvirt=config.libvirt,
                   libvirt_max_age=config.libvirt_max_age, dry_run=dry_run)  # fmt: skip
 
@@ -175,6 +182,7 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
         daemon.limits = settings.limits
         daemon.qmp = list(settings.qmp)
         daemon.qmp_timeout = settings.qmp_timeout
+        daemon.set_allow(settings.allow)
         log.info("SIGHUP: %s reread", path)
         if endpoint is not None:  # the web config's file is reread too, named anew or not
             reload_web_config(endpoint, settings.web_config)
@@ -223,21 +231,21 @@ def _drop_privileges(qmp: bool) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    """Every VM served, for the group; for anyone else, their own VMs."""
+    """Every VM served, for the group; for anyone else, the VMs they may read: their own
+    and those of their groups' ``allow`` rules."""
     state = args.run_dir / "vms.json"
     try:
         rows = json.loads(state.read_text())
-    except PermissionError:  # not the group's: this user's own VMs
-        mine = user_state(args.run_dir, os.getuid())
+    except PermissionError:  # not the group's
         try:
-            rows = json.loads(mine.read_text())
-        except FileNotFoundError:
-            sys.stdout.write("no VM of yours is served (the others are for the daemon's "
-                             "group only)\n")  # fmt: skip
-            return 0
+            rows = _readable_rows(args.run_dir)
         except (OSError, ValueError) as exc:
-            print(f"vmstats list: cannot read {mine}: {exc}", file=sys.stderr)
+            print(f"vmstats list: {exc}", file=sys.stderr)
             return 1
+        if not rows:
+            sys.stdout.write("no VM you may read is served (the others are for the "
+                             "daemon's group only)\n")  # fmt: skip
+            return 0
     except FileNotFoundError:
         print(f"vmstats list: no vmstats serve runs with {args.run_dir} ({state} is missing)",
               file=sys.stderr)  # fmt: skip
@@ -247,3 +255,24 @@ def run_list(args: argparse.Namespace) -> int:
         return 1
     sys.stdout.write(_table(rows) if rows else "no VM served\n")
     return 0
+
+
+def _readable_rows(run_dir: Path) -> list[dict[str, object]]:
+    """The rows of this user's list and of their groups' lists, each VM once, by name."""
+    lists = [user_state(run_dir, os.getuid())]
+    lists += [group_state(run_dir, gid) for gid in sorted({os.getgid(), *os.getgroups()})]
+    rows: dict[str, dict[str, object]] = {}
+    for path in lists:
+        try:
+            text = path.read_text()
+        except (FileNotFoundError, PermissionError):
+            continue
+        except OSError as exc:
+            raise OSError(f"cannot read {path}: {os_reason(exc)}") from None
+        try:
+            found = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"cannot read {path}: {exc}") from None
+        for row in found:
+            rows.setdefault(str(row.get("name")), row)
+    return [rows[name] for name in sorted(rows)]

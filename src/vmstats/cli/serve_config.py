@@ -7,7 +7,6 @@ rereads the file and changes only what a running daemon can change (:data:`RELOA
 from __future__ import annotations
 
 import argparse
-import grp
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -19,6 +18,7 @@ from vmstats.errors import UsageError, os_reason
 from vmstats.exporter.http import DEFAULT_SCRAPE_TIMEOUT
 from vmstats.libvirt.domain import DEFAULT_MAX_AGE
 from vmstats.limits import ServerLimits
+from vmstats.serve.access import AllowRule, allow_rule, group_id
 from vmstats.serve.forward import DEFAULT_QMP_TIMEOUT
 
 DEFAULT_RUN_DIR = Path("/run/vmstats")
@@ -32,6 +32,7 @@ class ServeConfig:
 
     run_dir: Path = DEFAULT_RUN_DIR
     group: str | None = None
+    allow: tuple[AllowRule, ...] = ()
     scan_interval: float = 5.0
     qmp: tuple[str, ...] = ()
     qmp_timeout: float = DEFAULT_QMP_TIMEOUT
@@ -56,14 +57,12 @@ class ServeConfig:
         """The sockets' group as a number; :class:`UsageError` if no such group exists."""
         if self.group is None:
             return None
-        if self.group.isdigit():
-            return int(self.group)
         try:
-            return grp.getgrnam(self.group).gr_gid
-        except KeyError:
-            raise UsageError(f"no group named {self.group!r}: create it (groupadd "
-                             f"--system {self.group}, or contrib/systemd's sysusers file) "
-                             "or give another with --group") from None  # fmt: skip
+            return group_id(self.group)
+        except ValueError as exc:
+            raise UsageError(f"{exc}: create it (groupadd --system {self.group}, or "
+                             "contrib/systemd's sysusers file) or give another with "
+                             "--group") from None  # fmt: skip
 
     @classmethod
     def of(cls, file: Mapping[str, Any], given: Mapping[str, Any]) -> ServeConfig:
@@ -78,12 +77,13 @@ class ServeConfig:
 
 
 #: What SIGHUP changes in a running daemon; the others need a restart.
-RELOADED = ("scan_interval", "qmp", "qmp_timeout", "max_connections", "idle_timeout",
+RELOADED = ("scan_interval", "qmp", "allow", "qmp_timeout", "max_connections", "idle_timeout",
             "message_timeout", "write_timeout", "web_config")  # fmt: skip
-#: Each setting's check: its command-line option's type.  ``qmp`` is a list of them.
+#: Each setting's check: its command-line option's type.  :data:`LISTS` are lists of them.
 CHECKS: dict[str, Callable[[str], Any]] = {
     "run_dir": Path,
     "group": str,
+    "allow": allow_rule,
     "scan_interval": positive_float,
     "qmp": str,
     "qmp_timeout": positive_float,
@@ -97,6 +97,8 @@ CHECKS: dict[str, Callable[[str], Any]] = {
     "message_timeout": non_negative_float,
     "write_timeout": non_negative_float,
 }
+#: The settings given as a list in the file, and as a repeated option.
+LISTS = ("qmp", "allow")
 SETTINGS = tuple(f.name for f in fields(ServeConfig))
 assert set(CHECKS) == set(SETTINGS)
 
@@ -109,8 +111,9 @@ def key(name: str) -> str:
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the command line gave (its parser leaves the others unset)."""
     given = {name: getattr(args, name) for name in SETTINGS if hasattr(args, name)}
-    if "qmp" in given:
-        given["qmp"] = tuple(given["qmp"])
+    for name in LISTS:
+        if name in given:
+            given[name] = tuple(given[name])
     return given
 
 
@@ -140,13 +143,13 @@ def read_config(path: Path) -> dict[str, Any]:
 def _checked(name: str, value: object) -> object:
     """A file's value checked as its option checks it; ValueError if wrong."""
     check = CHECKS[name]
-    if name == "qmp":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError("must be a list of strings")
-        return tuple(value)
-    if isinstance(value, bool | list | dict):
-        raise ValueError(f"must be a {'string' if check in (str, Path) else 'number'}")
     try:
+        if name in LISTS:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError("must be a list of strings")
+            return tuple(check(v) for v in value)
+        if isinstance(value, bool | list | dict):
+            raise ValueError(f"must be a {'string' if check in (str, Path) else 'number'}")
         return check(str(value))
     except argparse.ArgumentTypeError as exc:
         raise ValueError(str(exc)) from None

@@ -35,9 +35,11 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmstats import acl
 from vmstats.errors import SocketInUse
 from vmstats.limits import RateLimitedLog, ServerLimits, fd_budget, listen_backlog
 from vmstats.qmp.connection import Connection
@@ -108,6 +110,9 @@ class QMPServer:
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.log = RateLimitedLog(log)
+        #: Asked about every unix connection before it is served: None lets it in, a
+        #: reason refuses it (who may read is the daemon's business, not the protocol's).
+        self.admit: Callable[[socket.socket], str | None] | None = None
 
     @property
     def connections(self) -> int:
@@ -122,9 +127,11 @@ class QMPServer:
         mode: int = 0o600,
         group: int | None = None,
         owner: int | None = None,
+        groups: Collection[int] = (),
     ) -> None:
         """Listen on a unix socket at ``path`` with ``mode`` (and ``group``, a gid, and
-        ``owner``, a uid: the socket is theirs to connect to).
+        ``owner``, a uid: the socket is theirs to connect to; ``groups``, more gids that
+        may connect, by the socket's ACL, set while the socket is still ours).
 
         Raises :class:`SocketInUse` if a live server has the path, OSError if it cannot
         be created (a missing folder, no permission).
@@ -139,6 +146,8 @@ class QMPServer:
             finally:
                 os.umask(old_umask)
             os.chmod(path, mode)
+            if groups:
+                self._grant(path, mode, groups)
             if group is not None or owner is not None:
                 os.chown(path, -1 if owner is None else owner, -1 if group is None else group)
             st = os.lstat(path)
@@ -146,6 +155,15 @@ class QMPServer:
             sock.close()
             raise
         self._listen(_Listener(sock, path, (st.st_dev, st.st_ino)))
+
+    def _grant(self, path: Path, mode: int, groups: Collection[int]) -> None:
+        try:
+            acl.set_groups(path, mode, groups)
+        except OSError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
+            self.log.warning("acl", "%s: this file system keeps no ACLs: groups %s cannot "
+                             "connect", path, sorted(groups))  # fmt: skip
 
     async def start_tcp(self, host: str = "127.0.0.1", port: int = 4444) -> int:
         """Listen on TCP; returns the port (useful with ``port=0``)."""
@@ -197,6 +215,9 @@ class QMPServer:
             conn.setblocking(False)
             if self.connections >= self.max_connections:
                 self._reject(conn)
+            elif self.admit is not None and listener.path is not None and (
+                    refused := self.admit(conn)) is not None:  # fmt: skip
+                self._refuse(conn, refused)
             else:
                 self._adopt(conn)
 
@@ -212,6 +233,13 @@ class QMPServer:
         self.log.warning(
             "cap", "QMP connection refused: %d connections already (the limit)", self.connections
         )
+
+    def _refuse(self, conn: socket.socket, why: str) -> None:
+        """Not for this peer: one error line instead of a greeting, then the door."""
+        with contextlib.suppress(OSError):
+            conn.send(error_line(f"not allowed to read this VM: {why}"))
+        conn.close()
+        self.log.warning(f"refused:{why}", "QMP connection refused: %s", why)
 
     def _adopt(self, conn: socket.socket) -> None:
         assert self._loop is not None

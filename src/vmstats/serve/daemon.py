@@ -32,14 +32,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import glob
 import logging
 import os
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 
 from vmstats import caps
-from vmstats.errors import AttachError, ClientError, SocketInUse, VmstatsError
+from vmstats.errors import AttachError, ClientError, SocketInUse, VmstatsError, os_reason
 from vmstats.kvm.attach import (
     AttachedVm,
     attach,
@@ -55,6 +57,7 @@ from vmstats.qmp.machine import (
 )
 from vmstats.qmp.server import QMPServer
 from vmstats.reader.reading import Reader
+from vmstats.serve.access import Access, AllowRule, group_names, peer_of, regrant
 from vmstats.serve.discover import (
     NAME_MAX,
     ProbedQemu,
@@ -90,6 +93,7 @@ class Daemon:
         run_dir: Path,
         *,
         group: int | None = None,
+        allow: Iterable[AllowRule] = (),
         scan_interval: float = 5.0,
         limits: ServerLimits | None = None,
         fds: bool = True,
@@ -102,6 +106,7 @@ class Daemon:
         self.dry_run = dry_run
         self.run_dir = run_dir
         self.group = group
+        self.access = Access(os.getegid() if group is None else group, tuple(allow))
         self.scan_interval = scan_interval
         self.limits = limits or ServerLimits()
         self.fds = fds
@@ -180,6 +185,7 @@ class Daemon:
             try:
                 if served is not None:
                     await self.domains.use(served, domain, fds=bool(served.vcpus))
+                    self._grant(served)  # rules may select it by its domain now
                     log.info("%s: a libvirt domain (UUID %s): VM-level stats from libvirt",
                              served.name, domain.uuid)  # fmt: skip
                     continue
@@ -278,6 +284,7 @@ class Daemon:
         if vm.uid is not None:
             vm.owner = user_name(vm.uid)
         vm.socket_owner = self._socket_owner(vm)
+        vm.server.admit = functools.partial(self._admit, vm)
         monitor.refresh = vm.fresh
         if attached is not None:
             vm.add_vcpus(attached)
@@ -290,12 +297,13 @@ class Daemon:
             except BaseException:
                 provider.close()
                 raise
+        vm.groups = self.access.groups_for(vm.identity())
         if self.dry_run:
             self.served[pid] = vm
             return
         try:
             await vm.server.start_unix(socket, mode=0o660, group=self.group,
-                                       owner=vm.socket_owner)  # fmt: skip
+                                       owner=vm.socket_owner, groups=vm.groups)  # fmt: skip
         except (SocketInUse, OSError):
             await vm.server.close()
             provider.close()
@@ -315,6 +323,41 @@ class Daemon:
                               "its socket to its owner needs CAP_CHOWN", vm.name)  # fmt: skip
             return None
         return owner
+
+    def _admit(self, vm: ServedVm, conn: socket.socket) -> str | None:
+        """The second guard behind the socket's modes: is the peer (its credentials as
+        the kernel took them at connect) the VM's owner, root, or in one of its groups?"""
+        try:
+            peer = peer_of(conn)
+        except OSError as exc:
+            return f"its credentials cannot be read ({os_reason(exc)})"
+        if self.access.admits(peer, vm.socket_owner, vm.groups):
+            return None
+        return f"uid {peer.uid} (process {peer.pid}) is not its owner and in none of its groups"
+
+    def set_allow(self, rules: Iterable[AllowRule]) -> None:
+        """New ``allow`` rules (SIGHUP): each VM's sockets and lists follow at once."""
+        self.access = Access(self.access.admin_gid, tuple(rules))
+        for vm in self.served.values():
+            self._grant(vm)
+        self._write_state()
+
+    def _grant(self, vm: ServedVm) -> None:
+        """Let the groups the rules select ``vm`` for read it, and no others."""
+        groups = self.access.groups_for(vm.identity())
+        if groups == vm.groups:
+            return
+        if not self.dry_run:
+            try:
+                regrant(vm.socket, 0o660, groups)
+            except OSError as exc:
+                self._log.warning(f"acl:{vm.name}", "%s: its groups cannot be changed (%s); "
+                                  "its socket lets in the old ones only", vm.name,
+                                  os_reason(exc))  # fmt: skip
+                groups &= vm.groups  # the accept check never lets in more than the modes
+        vm.groups = groups
+        log.info("%s: readable by the groups %s too", vm.name,
+                 ", ".join(group_names(groups)) or "(none)")  # fmt: skip
 
     def readers(self) -> list[Reader]:
         """The VMs a Prometheus scrape reads (``vmstats serve --metrics``)."""
@@ -346,12 +389,15 @@ class Daemon:
             return
         rows: list[dict[str, object]] = []
         owners: dict[int, list[dict[str, object]]] = {}
+        groups: dict[int, list[dict[str, object]]] = {}
         for vm in self.served.values():
             row = vm.describe()
             rows.append(row)
             if vm.socket_owner is not None:
                 owners.setdefault(vm.socket_owner, []).append(row)
-        self.rundir.write_state(rows, owners)
+            for gid in vm.groups:
+                groups.setdefault(gid, []).append(row)
+        self.rundir.write_state(rows, owners, groups)
 
     async def close(self) -> None:
         for pid in list(self.served):

@@ -9,7 +9,9 @@ naming the first, and a daemon removes only files it made while holding the lock
 Who may see what: the directory is ``0751`` (anyone may pass through to a socket that is
 theirs, nobody but the group may list it); ``vms.json``, every VM, is the group's
 (``0640``); each ordinary user whose VMs are served gets ``vms-UID.json`` with theirs only
-(``0600``, theirs), which ``vmstats list`` reads when ``vms.json`` is not for them.
+(``0600``, theirs), and each group an ``allow`` rule names gets ``vms-group-GID.json`` with
+the VMs it may read (``0640``, the group's): ``vmstats list`` reads those a user may when
+``vms.json`` is not for them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ def user_state(run_dir: Path, uid: int) -> Path:
     return run_dir / f"vms-{uid}.json"
 
 
+def group_state(run_dir: Path, gid: int) -> Path:
+    """Where the list of the VMs a group may read by an ``allow`` rule is."""
+    return run_dir / f"vms-group-{gid}.json"
+
+
 class RunDir:
     """``RUN_DIR``, claimed by this daemon until :meth:`release`."""
 
@@ -36,7 +43,7 @@ class RunDir:
         self.path = path
         self.group = group
         self._lock: int | None = None
-        self._users: set[int] = set()  # whose vms-UID.json exists
+        self._lists: set[Path] = set()  # the vms-UID.json and vms-group-GID.json made
 
     @property
     def state(self) -> Path:
@@ -65,33 +72,39 @@ class RunDir:
         self._lock = fd
 
     def write_state(self, rows: Sequence[dict[str, object]],
-                    owners: Mapping[int, Sequence[dict[str, object]]] = {}) -> None:  # fmt: skip
-        """``vms.json`` (every VM, for the group) and each user's ``vms-UID.json`` (their
-        ``owners`` rows), each replaced at once: readers never see half of one."""
+                    owners: Mapping[int, Sequence[dict[str, object]]] = {},
+                    groups: Mapping[int, Sequence[dict[str, object]]] = {}) -> None:  # fmt: skip
+        """``vms.json`` (every VM, for the group), each user's ``vms-UID.json`` (their
+        ``owners`` rows) and each allowed group's ``vms-group-GID.json``, each replaced at
+        once: readers never see half of one."""
         self._replace(self.state, rows, 0o640, None, self.group)
+        lists = set()
         for uid, theirs in owners.items():
-            self._replace(user_state(self.path, uid), theirs, 0o600, uid, None)
-        for uid in self._users - set(owners):
+            lists.add(self._replace(user_state(self.path, uid), theirs, 0o600, uid, None))
+        for gid, theirs in groups.items():
+            lists.add(self._replace(group_state(self.path, gid), theirs, 0o640, None, gid))
+        for path in self._lists - lists:
             with contextlib.suppress(FileNotFoundError):
-                user_state(self.path, uid).unlink()
-        self._users = set(owners)
+                path.unlink()
+        self._lists = lists
 
     def _replace(self, path: Path, rows: Sequence[dict[str, object]], mode: int,
-                 uid: int | None, gid: int | None) -> None:  # fmt: skip
+                 uid: int | None, gid: int | None) -> Path:  # fmt: skip
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(list(rows), indent=1) + "\n")
         os.chmod(temporary, mode)
         if uid is not None or gid is not None:
             os.chown(temporary, -1 if uid is None else uid, -1 if gid is None else gid)
         temporary.replace(path)
+        return path
 
     def release(self) -> None:
         """Remove ``vms.json`` and let the directory go; nothing if it was never ours."""
         if self._lock is None:
             return
-        for path in [self.state, *(user_state(self.path, uid) for uid in self._users)]:
+        for path in [self.state, *self._lists]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        self._users = set()
+        self._lists = set()
         os.close(self._lock)
         self._lock = None

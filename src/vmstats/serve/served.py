@@ -24,6 +24,7 @@ from vmstats.kvm.provider import KvmStatsProvider, VcpuStatsFile
 from vmstats.libvirt.domain import LibvirtDomain
 from vmstats.qmp.machine import CpuInfoFast, pc_props, pc_vcpu_path
 from vmstats.qmp.server import QMPServer
+from vmstats.serve.access import VmIdentity, group_names
 from vmstats.serve.discover import ProbedQemu
 from vmstats.serve.forward import HostMonitor, QemuSocket
 from vmstats.serve.reader import MonitorReader
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 
 def describe(name: str, pid: int, vcpus: int, local: Collection[StatsTarget],
              qmp: Path | None, socket: Path, libvirt: LibvirtDomain | None = None,
-             uid: int | None = None, owner: str = "") -> dict[str, object]:  # fmt: skip
+             uid: int | None = None, owner: str = "",
+             groups: Collection[str] = ()) -> dict[str, object]:  # fmt: skip
     """A served VM as ``vms.json``, ``vmstats list`` and ``serve --once`` show it."""
     if libvirt is not None:
         source = "libvirt (vm, vcpu)" if libvirt.reads_vcpus else "fds (vcpu) + libvirt (vm)"
@@ -55,6 +57,8 @@ def describe(name: str, pid: int, vcpus: int, local: Collection[StatsTarget],
     if uid is not None:
         row["owner"] = owner
         row["uid"] = uid
+    if groups:
+        row["groups"] = list(groups)
     return row
 
 
@@ -78,6 +82,7 @@ class ServedVm:
     uid: int | None = None  # the VMM's (effective) user
     owner: str = ""  # that user's name
     socket_owner: int | None = None  # the ordinary user its socket (and list) was given to
+    groups: frozenset[int] = frozenset()  # more groups that may read it (allow rules)
     _threads: int = 0  # the VMM's thread count when last looked at for hot-plugged vCPUs
     _looked: float = -float("inf")
 
@@ -99,7 +104,14 @@ class ServedVm:
     def describe(self) -> dict[str, object]:
         vcpus = len(self.vcpus) or len(self.monitor.machine.cpus)
         return describe(self.name, self.pid, vcpus, self.monitor.local, self.qmp, self.socket,
-                        self.libvirt, self.uid, self.owner)  # fmt: skip
+                        self.libvirt, self.uid, self.owner, group_names(self.groups))  # fmt: skip
+
+    def identity(self) -> VmIdentity:
+        """What an ``allow`` rule selects it by."""
+        domain = None
+        if self.libvirt is not None:
+            domain = (self.libvirt.domain.name, self.libvirt.domain.uuid)
+        return VmIdentity(self.name, self.owner, domain)
 
     def use_libvirt(self, domain: LibvirtDomain) -> None:
         """A libvirt domain: its VM-level stats (and its vCPUs' where it keeps no fds)
