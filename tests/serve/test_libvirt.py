@@ -18,6 +18,7 @@ import pytest
 
 from tests.kvm.conftest import requires_kvm
 from tests.serve.conftest import Daemon
+from vmstats import acl
 from vmstats.testing.hostile import wait_for
 from vmstats.testing.libvirt import (
     DOMAIN_PREFIX,
@@ -113,8 +114,12 @@ def test_a_domain_is_named_served_agrees_with_virsh_and_is_not_tainted(
 ) -> None:
     port = free_port()
     name, path, run_dir = served_domain(start_daemon, "agree", "--libvirt-max-age", "0",
-                                        "--metrics", f"127.0.0.1:{port}")  # fmt: skip
+                                        "--metrics", f"127.0.0.1:{port}",
+                                        "--allow", "4243:domain=*agree*",
+                                        "--allow", "4244:domain=*other*")  # fmt: skip
     row = served_names(run_dir)[name]
+    assert row["groups"] == ["4243"]  # selected by its domain name
+    assert acl.groups_of(path) == {4243: 6}
     assert row["uuid"] == virsh("domuuid", name).strip()
     assert row["pid"] == qemu_pid(name)
     assert row["source"] == "libvirt (vm, vcpu)"  # QEMU 7.2 keeps no stats fds
