@@ -49,10 +49,10 @@ class StatsFdLink:
 
 def stats_fd_links(pid: int) -> list[StatsFdLink]:
     """The KVM stats fds process ``pid`` holds (:class:`AttachError` without access)."""
-    return _links(pid)[0]
+    return fd_links(pid)[0]
 
 
-def _links(pid: int) -> tuple[list[StatsFdLink], list[int]]:
+def fd_links(pid: int) -> tuple[list[StatsFdLink], list[int]]:
     """The stats fds of ``pid``, and its VM control fds (a VMM holds one per VM; a process
     holding copies of stats fds holds none)."""
     base = Path(f"/proc/{pid}/fd")
@@ -113,7 +113,7 @@ def stats_fds_by_process(vmms_only: bool = False) -> dict[int, list[StatsFdLink]
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            links, control = _links(int(entry))
+            links, control = fd_links(int(entry))
         except AttachError:
             continue  # gone, or not ours to look into
         if links and (control or not vmms_only):
@@ -203,7 +203,7 @@ def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = ())
         raise AttachError(f"no process {pid}: {exc.strerror}") from exc
     vm = AttachedVm(pid, pidfd)
     try:
-        links, control = _links(pid)
+        links, control = fd_links(pid)
         vms = vm_count(pid, control)
         if vms > 1:
             raise AttachError(

@@ -42,12 +42,9 @@ from pathlib import Path
 
 from vmstats import caps
 from vmstats.errors import AttachError, ClientError, SocketInUse, VmstatsError, os_reason
-from vmstats.kvm.attach import (
-    AttachedVm,
-    attach,
-    stats_fds_by_process,
-)
+from vmstats.kvm.attach import AttachedVm, attach
 from vmstats.kvm.provider import KvmStatsProvider
+from vmstats.kvm.scan import ProcessScanner, ScanResult
 from vmstats.kvm.vmm import VmmProcess
 from vmstats.libvirt.domain import DEFAULT_MAX_AGE
 from vmstats.libvirt.host import Domain
@@ -113,6 +110,7 @@ class Daemon:
         self.qmp = list(qmp)
         self.qmp_timeout = qmp_timeout
         self.served: dict[int, ServedVm] = {}
+        self.scanner = ProcessScanner()
         self._sockets: dict[Path, tuple[int, int]] = {}  # QEMU socket -> (inode, pid)
         self._log = RateLimitedLog(log, interval=300.0)
         self._removals: set[asyncio.Task[None]] = set()  # kept until done (asyncio holds weakly)
@@ -156,14 +154,16 @@ class Daemon:
         """Serve the VMs that appeared since the last scan, and their new vCPUs."""
         await self._serve_domains()  # first: a libvirt domain is named by libvirt
         if self.fds:
-            found = stats_fds_by_process(vmms_only=True)
-            for pid, attached in vmms(self.served, self._not_served, found):
+            found = self.scanner.scan()
+            self._report(found)
+            new = [pid for pid in found.vmms if pid in found.changed]  # the others were tried
+            for pid, attached in vmms(self.served, self._not_served, new):
                 await self._try_serve(pid, attached, None)
             for served in list(self.served.values()):
                 if served.sources and served.fds_replaced():
                     self._reattach(served)
                     continue
-                held = {link.vcpu_id for link in found.get(served.pid, ())}
+                held = {link.vcpu_id for link in found.vmms.get(served.pid, ())}
                 if served.vcpus and held - {None} - served.vcpu_ids:
                     await self._hot_plug(served)
         for source in await self._new_sources():
@@ -207,6 +207,17 @@ class Daemon:
             attached.close()
             return None
         return attached
+
+    def _report(self, found: ScanResult) -> None:
+        """Say (once in a while) what a scan left out."""
+        if found.deferred:
+            self._log.warning("deferred", "%d processes changed more fds than a scan reads "
+                              "(%d): they are looked into at the next scans", found.deferred,
+                              self.scanner.budget)  # fmt: skip
+        for pid, fds in found.too_big.items():
+            self._log.warning(f"too-big:{pid}", "process %d holds %d fds, more than a scan "
+                              "reads (%d): not looked into for VMs", pid, fds,
+                              self.scanner.budget)  # fmt: skip
 
     def _not_served(self, pid: int, why: str) -> None:
         self._log.warning(f"pid:{pid}", "not served: %s", why)
