@@ -38,8 +38,31 @@ for trick in sys.argv[1:]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (copies * 4, copies * 4))
         held = [os.dup(f.fd) for f in vm.stats_files for _ in range(copies)]
 vm.start()
+for trick in sys.argv[1:]:
+    if trick.startswith("fork="):  # children holding every fd, the VM's control fd too
+        for _ in range(int(trick[5:])):
+            if os.fork() == 0:
+                import ctypes
+                ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG: SIGKILL when we go
+                time.sleep(600)
+                os._exit(0)
 print("ready", flush=True)
 time.sleep(600)
+"""
+
+#: A process that fills its fd table and keeps changing it, so that every scan would
+#: read all of it again.
+FLOODER = """
+import os, resource, time
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+held = [os.open("/dev/null", os.O_RDONLY) for _ in range(hard - 100)]
+print("ready", flush=True)
+while True:
+    extra = os.open("/dev/null", os.O_RDONLY)
+    time.sleep(0.01)
+    os.close(extra)
+    time.sleep(0.01)
 """
 
 
@@ -97,6 +120,43 @@ def test_thousands_of_copies_of_its_stats_fds_are_taken_once(
     assert wait_for((run_dir / "hostile.qmp").exists)
     assert vcpus_served(run_dir, "hostile") == 2
     assert stats_fds(proc.pid) == 3  # the VM's and two vCPUs', not 6,000
+
+
+@pytest.fixture
+def flooders() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Eight processes holding all the fds they may (20,000 here) and changing them."""
+    started = [subprocess.Popen([sys.executable, "-c", FLOODER], stdout=subprocess.PIPE)
+               for _ in range(8)]  # fmt: skip
+    for proc in started:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+    yield started
+    for proc in started:
+        stop_process(proc)
+
+
+def test_floods_of_fds_and_fds_passed_to_many_processes_delay_no_vm(
+    start_daemon: Callable[..., Daemon],
+    vmm: Callable[..., subprocess.Popen[bytes]],
+    flooders: list[subprocess.Popen[bytes]],
+) -> None:
+    """Processes that fill their fd tables and keep changing them (more fds than a scan
+    reads, at every scan), and twenty children holding a VMM's fds (its control fd too):
+    the VMM is served, once, its children are not, each scan reads a bounded number of
+    fds (fewest first: the VMM's come before the floods'), and the log says so once."""
+    proc, run_dir = start_daemon()
+    parent = vmm("fork=20")
+    assert wait_for((run_dir / "hostile.qmp").exists, timeout=30)
+    assert vcpus_served(run_dir, "hostile") == 2
+    assert stats_fds(proc.pid) == 3  # the VMM's, copied once
+    served = json.loads((run_dir / "vms.json").read_text())
+    assert [row["pid"] for row in served] == [parent.pid]  # not its 20 children
+    assert rss_bytes(proc.pid) < 150 << 20
+    proc.send_signal(signal.SIGTERM)
+    _, log = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert log.count("looked into at the next scans") == 1, log
+    assert "Traceback" not in log
 
 
 class HostileQmp:
