@@ -94,19 +94,34 @@ def _address_of(buffer: mmap.mmap) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
 
 
+def _name_this_thread(name: str) -> None:
+    """The kernel's name of the calling thread (``/proc/PID/task/TID/comm``)."""
+    with open("/proc/thread-self/comm", "w") as comm:
+        comm.write(name)
+
+
 class DemoVM:
-    """The demo guest.  Use as a context manager; :attr:`provider` serves its stats."""
+    """The demo guest.  Use as a context manager; :attr:`provider` serves its stats.
+
+    ``qemu_layout``: lay the VM out as QEMU >= 8.1 does, for whoever looks at the process
+    (the host daemon, load tests): each vCPU made, and its stats fd opened, by a thread of
+    its own named ``CPU N/KVM`` that lives as long as the VM; the VM's own stats fd not kept
+    (QEMU opens it per query).  The demo's own layout makes every vCPU on one thread.
+    """
 
     def __init__(
         self,
         vcpus: int = 2,
         program: GuestProgram | None = None,
         rate: float = 50.0,
+        qemu_layout: bool = False,
     ) -> None:
         if vcpus < 1:
             raise ValueError("a VM needs at least one vCPU")
         self.program = program or GuestProgram()
         self.rate = rate
+        self.qemu_layout = qemu_layout
+        self._go = threading.Event()  # qemu_layout: the vCPU threads may run
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._vcpus: list[_Vcpu] = []
@@ -131,14 +146,22 @@ class DemoVM:
             self._map_memory()
             mmap_size = fcntl.ioctl(self._kvm_fd, kvm.KVM_GET_VCPU_MMAP_SIZE, 0)
             vm_stats = StatsFile(kvm.get_stats_fd(self._vm_fd), owned=True)
-            self.stats_files = [vm_stats]
-            for index in range(count):
-                vcpu = self._create_vcpu(index, mmap_size)
-                self._vcpus.append(vcpu)
-                self.stats_files.append(StatsFile(kvm.get_stats_fd(vcpu.fd), owned=True))
+            if self.qemu_layout:
+                vcpu_files = self._create_vcpu_threads(count, mmap_size)
+            else:
+                vcpu_files = []
+                for index in range(count):
+                    vcpu = self._create_vcpu(index, mmap_size)
+                    self._vcpus.append(vcpu)
+                    vcpu_files.append(StatsFile(kvm.get_stats_fd(vcpu.fd), owned=True))
+            self.stats_files = [vm_stats, *vcpu_files]
             vcpu_stats = [VcpuStatsFile(qemu_vcpu_path(i), file)
-                          for i, file in enumerate(self.stats_files[1:])]  # fmt: skip
+                          for i, file in enumerate(vcpu_files)]  # fmt: skip
             self.provider = KvmStatsProvider(vm_stats, vcpu_stats)
+            if self.qemu_layout:  # what the process shows: the vCPUs' stats fds only
+                self.stats_files = vcpu_files
+                vm_stats.close()
+                self.provider.vm = None
         except BaseException:
             self._close_control_fds()
             raise
@@ -150,6 +173,40 @@ class DemoVM:
         region = struct.pack("=IIQQQ", 0, 0, 0, GUEST_MEMORY_SIZE, _address_of(memory))
         fcntl.ioctl(self._vm_fd, kvm.KVM_SET_USER_MEMORY_REGION, region)
         self._memory = memory
+
+    def _create_vcpu_threads(self, count: int, mmap_size: int) -> list[StatsFile]:
+        """QEMU's layout: vCPU N made, with its stats fd, by its thread ``CPU N/KVM``, which
+        then waits to run it (:meth:`start`) or to stop."""
+        made: dict[int, tuple[_Vcpu, StatsFile] | BaseException] = {}
+        ready = threading.Barrier(count + 1)
+        interval = 1.0 / self.rate if self.rate > 0 else 0.0
+
+        def vcpu_thread(index: int) -> None:
+            try:
+                _name_this_thread(f"CPU {index}/KVM")
+                vcpu = self._create_vcpu(index, mmap_size)
+                made[index] = (vcpu, StatsFile(kvm.get_stats_fd(vcpu.fd), owned=True))
+            except BaseException as exc:  # noqa: BLE001 -- raised by the creating thread
+                made[index] = exc
+            ready.wait()
+            if isinstance(made[index], BaseException):
+                return
+            while not self._go.wait(1.0):
+                if self._stop.is_set():
+                    return
+            vcpu.thread_main(None, interval, self._stop)
+
+        for index in range(count):
+            thread = threading.Thread(target=vcpu_thread, args=(index,), daemon=True,
+                                      name=f"CPU {index}/KVM")  # fmt: skip
+            thread.start()
+            self._threads.append(thread)
+        ready.wait()
+        for index in range(count):
+            if isinstance(result := made[index], BaseException):
+                raise result
+        self._vcpus = [made[i][0] for i in range(count)]  # type: ignore[index]
+        return [made[i][1] for i in range(count)]  # type: ignore[index]
 
     def _create_vcpu(self, index: int, mmap_size: int) -> _Vcpu:
         fd = fcntl.ioctl(self._vm_fd, kvm.KVM_CREATE_VCPU, index)
@@ -181,7 +238,7 @@ class DemoVM:
 
         Deterministic: what the tests use to know the exact counts.
         """
-        if self._threads:
+        if self._threads and not self.qemu_layout:
             raise RuntimeError("the vCPU threads are running")
         for vcpu in self._vcpus:
             target = vcpu.counters.halts + rounds
@@ -189,6 +246,9 @@ class DemoVM:
 
     def start(self) -> None:
         """Start one thread per vCPU, running rounds at :attr:`rate` per second (0: flat out)."""
+        if self.qemu_layout:
+            self._go.set()
+            return
         interval = 1.0 / self.rate if self.rate > 0 else 0.0
         for vcpu in self._vcpus:
             thread = threading.Thread(

@@ -1,0 +1,98 @@
+"""A host of many VMs at a size CI affords (docs/benchmarks.md has the big runs): every
+VM of a fleet laid out as QEMU >= 8.1 lays them out is served, scraped and reaped, and a
+VMM that makes its vCPUs on one unnamed thread is served too."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.kvm.conftest import requires_kvm
+from tests.serve.conftest import Daemon
+from vmstats.testing.fleet import Fleet
+from vmstats.testing.hostile import wait_for
+from vmstats.testing.qemu import RawQMP
+
+pytestmark = [pytest.mark.kvm, requires_kvm,
+              pytest.mark.skipif(os.geteuid() != 0, reason="vmstats serve runs as root")]  # fmt: skip
+
+VMS = int(os.environ.get("VMSTATS_FLEET_VMS", "32"))
+VCPUS = 8
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def rows(run_dir: Path) -> dict[str, dict[str, object]]:
+    try:
+        return {str(r["name"]): r for r in json.loads((run_dir / "vms.json").read_text())}
+    except (OSError, ValueError):
+        return {}
+
+
+def stats_fds(pid: int) -> int:
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += "stats" in os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+    return count
+
+
+def test_a_fleet_is_served_scraped_and_reaped(start_daemon: Callable[..., Daemon]) -> None:
+    port = free_port()
+    proc, run_dir = start_daemon("--metrics", f"127.0.0.1:{port}")
+    with Fleet(VCPUS, prefix="scale") as fleet:
+        names = fleet.start(VMS)
+        assert wait_for(lambda: set(names) <= set(rows(run_dir)), timeout=60)
+        served = rows(run_dir)
+        for name, pid in fleet.pids().items():
+            assert served[name]["pid"] == pid
+            assert served[name]["vcpus"] == VCPUS
+        assert stats_fds(proc.pid) == VMS * VCPUS  # one copy of each vCPU's, no more
+        qmp = RawQMP(run_dir / f"{names[-1]}.qmp", timeout=30)
+        try:
+            qmp.negotiate()
+            reply = json.loads(qmp.request(b'{"execute":"query-stats","arguments":'
+                                           b'{"target":"vcpu"}}'))  # fmt: skip
+        finally:
+            qmp.close()
+        assert len(reply["return"]) == VCPUS
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as page:
+            text = page.read().decode()
+        for name in names:
+            assert f'vmstats_up{{vm="{name}"}} 1.0' in text
+            exits = [line for line in text.splitlines()
+                     if line.startswith("kvm_vcpu_exits_total{") and f'vm="{name}"' in line]  # fmt: skip
+            assert len(exits) == VCPUS, name
+    # the fleet stopped: every VM reaped, every copied fd closed
+    assert wait_for(lambda: not set(names) & set(rows(run_dir)), timeout=60)
+    assert not list(run_dir.glob("scale-*.qmp"))
+    assert stats_fds(proc.pid) == 0
+
+
+def test_a_vmm_making_its_vcpus_on_one_unnamed_thread_is_served(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    """No ``CPU N/KVM`` thread names: its vCPUs are numbered by their KVM vcpu_ids."""
+    _proc, run_dir = start_daemon()
+    with Fleet(4, unnamed=True, prefix="unnamed") as fleet:
+        names = fleet.start(3)
+        assert wait_for(lambda: set(names) <= set(rows(run_dir)), timeout=60)
+        qmp = RawQMP(run_dir / f"{names[0]}.qmp", timeout=30)
+        try:
+            qmp.negotiate()
+            cpus = json.loads(qmp.request(b'{"execute":"query-cpus-fast"}'))["return"]
+        finally:
+            qmp.close()
+        assert [cpu["cpu-index"] for cpu in cpus] == [0, 1, 2, 3]
