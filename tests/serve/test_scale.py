@@ -15,6 +15,7 @@ import pytest
 
 from tests.kvm.conftest import requires_kvm
 from tests.serve.conftest import Daemon
+from vmstats.kvm.attach import attach, cpu_index_of_threads, creator_thread
 from vmstats.testing.fleet import Fleet
 from vmstats.testing.hostile import wait_for
 from vmstats.testing.qemu import RawQMP
@@ -54,6 +55,10 @@ def test_a_fleet_is_served_scraped_and_reaped(start_daemon: Callable[..., Daemon
     proc, run_dir = start_daemon("--metrics", f"127.0.0.1:{port}")
     with Fleet(VCPUS, prefix="scale") as fleet:
         names = fleet.start(VMS)
+        pid = fleet.pids()[names[0]]  # laid out as QEMU: vCPU N made by its thread CPU N/KVM
+        threads = cpu_index_of_threads(pid)
+        assert sorted(threads.values()) == list(range(VCPUS))
+        assert {creator_thread(f) for f in attach(pid).vcpus.values()} == set(threads)
         assert wait_for(lambda: set(names) <= set(rows(run_dir)), timeout=60)
         served = rows(run_dir)
         for name, pid in fleet.pids().items():
