@@ -58,7 +58,11 @@ def test_a_fleet_is_served_scraped_and_reaped(start_daemon: Callable[..., Daemon
         pid = fleet.pids()[names[0]]  # laid out as QEMU: vCPU N made by its thread CPU N/KVM
         threads = cpu_index_of_threads(pid)
         assert sorted(threads.values()) == list(range(VCPUS))
-        assert {creator_thread(f) for f in attach(pid).vcpus.values()} == set(threads)
+        attached = attach(pid)
+        try:
+            assert {creator_thread(f) for f in attached.vcpus.values()} == set(threads)
+        finally:
+            attached.close()
         assert wait_for(lambda: set(names) <= set(rows(run_dir)), timeout=60)
         served = rows(run_dir)
         for name, pid in fleet.pids().items():
