@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Observe, monitor and measure KVM virtual machines (QEMU query-stats).",
     )
     parser.add_argument("--version", action="version", version=f"vmstats {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (INFO)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log what happens (INFO); -vv: what each step costs too")  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     qapi = sub.add_parser("qapi", help="print the stats QAPI declaration (qapi/stats.json)")
     qapi.set_defaults(func=_cmd_qapi)
@@ -48,7 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # served and gone, where they listen.  The other commands only warn, unless -v.
     service = getattr(args, "command", None) in ("serve", "exporter")
     logging.basicConfig(
-        level=logging.INFO if args.verbose or service else logging.WARNING,
+        level=logging.DEBUG
+        if args.verbose > 1
+        else logging.INFO
+        if args.verbose or service
+        else logging.WARNING,
         format="vmstats: %(levelname)s: %(message)s",
     )
     if not hasattr(args, "func"):

@@ -51,6 +51,7 @@ class ScanResult:
     changed: set[int] = field(default_factory=set)  # listed by this scan
     deferred: int = 0  # processes left for the next scan: the budget ran out
     too_big: dict[int, int] = field(default_factory=dict)  # pid -> fds: never looked into
+    processes: int = 0  # looked at (one stat each)
 
 
 class ProcessScanner:
@@ -78,7 +79,7 @@ class ProcessScanner:
         changed = sorted((pid for pid, sig in current.items()
                           if not self._counted or self._listed.get(pid, _NONE).signature != sig),
                          key=lambda pid: current[pid][1])  # fmt: skip
-        result = ScanResult({})
+        result = ScanResult({}, processes=len(current))
         left = self.budget
         for index, pid in enumerate(changed):
             fds = current[pid][1]

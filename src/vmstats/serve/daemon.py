@@ -37,6 +37,7 @@ import glob
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -111,6 +112,7 @@ class Daemon:
         self.qmp_timeout = qmp_timeout
         self.served: dict[int, ServedVm] = {}
         self.scanner = ProcessScanner()
+        self._written: tuple[object, ...] = ()  # what vms.json and the lists say now
         self._sockets: dict[Path, tuple[int, int]] = {}  # QEMU socket -> (inode, pid)
         self._log = RateLimitedLog(log, interval=300.0)
         self._removals: set[asyncio.Task[None]] = set()  # kept until done (asyncio holds weakly)
@@ -152,9 +154,12 @@ class Daemon:
 
     async def scan(self) -> None:
         """Serve the VMs that appeared since the last scan, and their new vCPUs."""
+        started = time.perf_counter()
         await self._serve_domains()  # first: a libvirt domain is named by libvirt
         if self.fds:
             found = self.scanner.scan()
+            log.debug("scan: %d processes looked at, %d listed", found.processes,
+                      len(found.changed))  # fmt: skip
             self._report(found)
             new = [pid for pid in found.vmms if pid in found.changed]  # the others were tried
             for pid, attached in vmms(self.served, self._not_served, new):
@@ -174,6 +179,8 @@ class Daemon:
             else:
                 await self._try_serve(source.pid, None, source)
         self._write_state()
+        log.debug("scan: %.1f ms, %d VMs served", (time.perf_counter() - started) * 1000,
+                  len(self.served))  # fmt: skip
 
     async def _serve_domains(self) -> None:
         """Serve libvirt's running domains not served yet; those served from their fds
@@ -408,7 +415,10 @@ class Daemon:
                 owners.setdefault(vm.socket_owner, []).append(row)
             for gid in vm.groups:
                 groups.setdefault(gid, []).append(row)
+        if (rows, owners, groups) == self._written:
+            return  # a scan that changed nothing rewrites nothing
         self.rundir.write_state(rows, owners, groups)
+        self._written = (rows, owners, groups)
 
     async def close(self) -> None:
         for pid in list(self.served):

@@ -4,8 +4,9 @@ lays them out, cheap enough for 256 VMs x 8 vCPUs on a 2-core machine, and churn
 Each VMM is a process of its own (``-name NAME`` on its command line, as QEMU's), holding
 its VM's control fd and one real KVM vCPU per ``CPU N/KVM`` thread, each vCPU's stats fd
 opened by its thread and kept (:class:`vmstats.demo.vm.DemoVM` with ``qemu_layout``).  Its
-vCPUs are idle (never run: their stats stand still, the host pays nothing) or tick
-(each runs one round of the demo guest's loop every ``1/rate`` seconds: values change).
+vCPUs are idle (never run: their stats stand still, the host pays nothing) until
+:meth:`Fleet.tick` runs one round of the demo guest's loop on each (every VM's values
+move), or they run one every ``1/rate`` seconds.
 ``unnamed``: every vCPU made on the main thread, as a VMM with no thread names would (and
 no VM stats fd kept, as QEMU).
 
@@ -29,7 +30,8 @@ from dataclasses import dataclass, field
 
 from vmstats.testing.qemu import stop_process
 
-#: One VMM: the VM, its vCPUs, "ready" on stdout; gone at SIGTERM or when stdin closes.
+#: One VMM: the VM, its vCPUs, "ready" on stdout; each "tick" on stdin runs one round on
+#: every vCPU ("ticked"); gone at SIGTERM or when stdin closes.
 _VMM = """
 import os, signal, sys, threading
 from vmstats.demo.guest import GuestProgram
@@ -44,7 +46,9 @@ if rate > 0:
     vm.start()
 print("ready", flush=True)
 signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-sys.stdin.read()  # until our parent goes
+for line in sys.stdin:  # until our parent goes
+    vm.run_rounds(1)
+    print("ticked", flush=True)
 os._exit(0)
 """
 
@@ -98,6 +102,18 @@ class Fleet:
             why = lines[-1] if lines else f"exit status {proc.returncode}"
         self.stop(name)
         raise RuntimeError(f"fleet VMM {name} did not start: {why}")
+
+    def tick(self) -> None:
+        """Every vCPU of every VM runs one round (exits, a halt): every VM's stats move.
+        Returns when all have."""
+        for proc in self.vms.values():
+            assert proc.stdin is not None
+            proc.stdin.write(b"tick\n")
+            proc.stdin.flush()
+        for name, proc in self.vms.items():
+            assert proc.stdout is not None
+            if proc.stdout.readline() != b"ticked\n":
+                raise RuntimeError(f"fleet VMM {name} did not run its round")
 
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self.vms.items()}

@@ -1,0 +1,223 @@
+"""How every cost of ``vmstats serve`` grows with the host: fleets of 1, 16, 64 and 256
+VMs x 8 vCPUs laid out as QEMU >= 8.1 lays them out (:mod:`vmstats.testing.fleet`), one
+run per row (docs/benchmarks.md).
+
+    python benchmarks/scale_bench.py [--sizes 1,16,64,256] [--vcpus 8] [--seconds 30]
+                                     [--churn-cycles 60] [--top]
+
+Per size: the daemon's first scan (the one that serves the fleet) and its steady scans
+(its own debug log), its RSS and fds, its CPU with no reader over ``--seconds`` (scans
+every 5 s); one unfiltered ``query-stats`` through a VM's socket (to the reply's last
+byte, median of 20); a full ``/metrics`` scrape (median of 5; time to the last byte,
+bytes, series) with values standing still, and after every vCPU of every VM ran a round
+(every value moved); with ``--top``, ``vmstats top`` watching every VM at 1 s, batch
+``--json`` and full-screen in tmux; then churn (one VM stopped and one started per
+second for ``--churn-cycles`` cycles): the daemon's CPU, its RSS and fds after against
+before, and how long each new VM took to be served.  Run as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from vmstats.testing.fleet import Fleet
+from vmstats.testing.hostile import cpu_seconds, fd_count, rss_bytes, wait_for
+from vmstats.testing.qemu import RawQMP, stop_process
+
+_SCAN = re.compile(r"scan: ([0-9.]+) ms, (\d+) VMs served")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def served(run_dir: Path) -> set[str]:
+    try:
+        return {row["name"] for row in json.loads((run_dir / "vms.json").read_text())}
+    except (OSError, ValueError):
+        return set()
+
+
+def scans(log: Path) -> list[tuple[float, int]]:
+    """Each scan's duration (ms) and VMs served, from the daemon's debug log."""
+    return [(float(m[1]), int(m[2])) for m in _SCAN.finditer(log.read_text())]
+
+
+def cpu_share(pid: int, seconds: float) -> float:
+    """The share of one core ``pid`` used over ``seconds``."""
+    before, started = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - before) / (time.monotonic() - started)
+
+
+def query_ms(path: Path, rounds: int = 20) -> float:
+    qmp = RawQMP(path, timeout=60)
+    try:
+        qmp.negotiate()
+        times = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            qmp.request(b'{"execute":"query-stats","arguments":{"target":"vcpu"}}')
+            times.append(time.perf_counter() - started)
+    finally:
+        qmp.close()
+    return statistics.median(times) * 1000
+
+
+def scrape(port: int) -> tuple[float, int, int]:
+    """One scrape: ms to the last byte, bytes, series."""
+    started = time.perf_counter()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as page:
+        body = page.read()
+    took = (time.perf_counter() - started) * 1000
+    series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    return took, len(body), series
+
+
+def scrapes(port: int, fleet: Fleet | None, rounds: int = 5) -> tuple[float, int, int]:
+    """Median of ``rounds`` scrapes; with ``fleet``, every vCPU runs a round before each."""
+    results = []
+    for _ in range(rounds):
+        if fleet is not None:
+            fleet.tick()
+        results.append(scrape(port))
+    return (statistics.median(r[0] for r in results), results[-1][1], results[-1][2])
+
+
+def top_cpu(run_dir: Path, seconds: float) -> dict[str, float]:
+    """``vmstats top`` watching every VM at 1 s: batch ``--json``, and full-screen."""
+    top = [sys.executable, "-m", "vmstats", "top", str(run_dir), "-s", "1"]
+    out: dict[str, float] = {}
+    batch = subprocess.Popen([*top, "--json"], stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(5)  # connections made, schemas read
+        out["top --json"] = cpu_share(batch.pid, seconds)
+    finally:
+        stop_process(batch)
+    if shutil.which("tmux"):
+        session = f"scale{os.getpid()}"
+        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40",
+                        " ".join(top)], check=True)  # fmt: skip
+        try:
+            time.sleep(5)
+            pane = subprocess.run(["tmux", "list-panes", "-t", session, "-F", "#{pane_pid}"],
+                                  capture_output=True, text=True).stdout.split()[0]  # fmt: skip
+            child = subprocess.run(["pgrep", "-P", pane], capture_output=True,
+                                   text=True).stdout.split()  # fmt: skip
+            out["top full-screen"] = cpu_share(int(child[0]) if child else int(pane), seconds)
+        finally:
+            subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+    return out
+
+
+def churn(fleet: Fleet, run_dir: Path, daemon: int, cycles: int) -> dict[str, float]:
+    """One VM stopped and one started a second: the daemon's CPU and growth, and how long
+    each new VM took to be served."""
+    rss, fds, cpu = rss_bytes(daemon), fd_count(daemon), cpu_seconds(daemon)
+    started = time.monotonic()
+    born: dict[str, float] = {}
+    latencies = []
+    missed = 0  # stopped before it was served (a fleet smaller than a scan interval's churn)
+    for cycle in range(cycles):
+        oldest = next(iter(fleet.vms))
+        missed += born.pop(oldest, None) is not None
+        fleet.stop(oldest)
+        (name,) = fleet.start(1)
+        born[name] = time.monotonic()
+        while time.monotonic() < started + cycle + 1 or (cycle == cycles - 1 and born):
+            for name, at in list(born.items()):  # served: its socket is there
+                if (run_dir / f"{name}.qmp").exists():
+                    latencies.append(time.monotonic() - at)
+                    del born[name]
+            if born and time.monotonic() - min(born.values()) > 60:
+                raise RuntimeError(f"{sorted(born)} not served within 60 s")
+            time.sleep(0.02)
+    elapsed = time.monotonic() - started
+    wait_for(lambda: served(run_dir) == set(fleet.vms), timeout=30)
+    return {"churn CPU %": (cpu_seconds(daemon) - cpu) / elapsed * 100,
+            "served after, median s": statistics.median(latencies),
+            "served after, max s": max(latencies),
+            "stopped before served": missed,
+            "RSS growth MB": (rss_bytes(daemon) - rss) / 2**20,
+            "fd growth": fd_count(daemon) - fds}  # fmt: skip
+
+
+def one_size(vms: int, vcpus: int, args: argparse.Namespace) -> dict[str, object]:
+    row: dict[str, object] = {"VMs": vms, "vCPUs": vms * vcpus}
+    tmp = Path(tempfile.mkdtemp(prefix="vmstats-scale-"))
+    run_dir, log = tmp / "run", tmp / "serve.log"
+    port = free_port()
+    with Fleet(vcpus, prefix=f"s{vms}") as fleet:
+        begun = time.monotonic()
+        fleet.start(vms)
+        row["fleet start s"] = round(time.monotonic() - begun, 1)
+        with log.open("w") as stderr:
+            daemon = subprocess.Popen([sys.executable, "-m", "vmstats", "-vv", "serve",
+                                       "--run-dir", str(run_dir), "--metrics", f"127.0.0.1:{port}"],
+                                      stderr=stderr)  # fmt: skip
+        try:
+            if not wait_for(lambda: set(fleet.vms) <= served(run_dir), timeout=300):
+                raise RuntimeError(f"not every VM served: see {log}")
+            first = next(ms for ms, count in scans(log) if count >= vms)
+            row["first scan ms"] = first
+            time.sleep(1)
+            row["idle CPU %"] = cpu_share(daemon.pid, args.seconds) * 100
+            steady = [ms for ms, _ in scans(log)][1:]
+            row["steady scan ms"] = statistics.median(steady) if steady else None
+            row["RSS MB"] = rss_bytes(daemon.pid) / 2**20
+            row["fds"] = fd_count(daemon.pid)
+            row["query ms"] = query_ms(run_dir / f"{next(iter(fleet.vms))}.qmp")
+            scrape(port)  # the first builds the text cache
+            still = scrapes(port, None)
+            row["scrape still ms"], row["scrape bytes"], row["series"] = still
+            row["scrape changed ms"] = scrapes(port, fleet)[0]
+            if args.top:
+                row.update({f"{k} %": v * 100 for k, v in top_cpu(run_dir, args.seconds).items()})
+            if args.churn_cycles:
+                row.update(churn(fleet, run_dir, daemon.pid, args.churn_cycles))
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(60)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1,16,64,256")
+    parser.add_argument("--vcpus", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--churn-cycles", type=int, default=60)
+    parser.add_argument("--top", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    for size in map(int, args.sizes.split(",")):
+        rows.append(one_size(size, args.vcpus, args))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    header = list(dict.fromkeys(k for row in rows for k in row))
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        cells = [f"{v:,.1f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int)
+                 else str(v) for v in (row.get(k, "") for k in header)]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
