@@ -188,7 +188,7 @@ def one_size(vms: int, vcpus: int, args: argparse.Namespace) -> dict[str, object
             row["scrape changed ms"] = scrapes(port, fleet)[0]
             if args.top:
                 row.update({f"{k} %": v * 100 for k, v in top_cpu(run_dir, args.seconds).items()})
-            if args.churn_cycles:
+            if args.churn_cycles and vms >= 16:  # smaller, a VM lives less than a scan
                 row.update(churn(fleet, run_dir, daemon.pid, args.churn_cycles))
         finally:
             daemon.send_signal(signal.SIGTERM)

@@ -26,6 +26,7 @@ from prometheus_client.utils import floatToGoString
 from vmstats.exporter.mapping import Kind, MetricTable, metric_of
 from vmstats.exporter.mapping import Metric as StatMetric
 from vmstats.exporter.scrape import Scrape, vcpu_label, vmstats_families
+from vmstats.exporter.series import SeriesPolicy, summed
 from vmstats.reader.reading import VmReading
 from vmstats.reader.sample import ObjectKey
 from vmstats.stats.model import StatsValue
@@ -94,16 +95,29 @@ class _Listed:
 class Exposition:
     """Writes scrapes; keeps each object's text between them."""
 
-    def __init__(self) -> None:
+    def __init__(self, policy: SeriesPolicy | None = None) -> None:
         self.table = MetricTable()
         self._objects: dict[tuple[str, ObjectKey], _Rendered] = {}
+        self._policy = policy or SeriesPolicy()
+
+    @property
+    def policy(self) -> SeriesPolicy:
+        """Which series are exported (``--series``)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: SeriesPolicy) -> None:
+        if policy != self._policy:
+            self._policy = policy
+            self._objects.clear()  # text made under the old policy
 
     def render(self, scrape: Scrape, openmetrics: bool = False) -> bytes:
         families: dict[str, tuple[StatMetric, list[str]]] = {}
         seen: set[tuple[str, ObjectKey]] = set()
         for reading in scrape.readings:
             vm = label_value(reading.name)
-            for item, stats in reading.sample.values.items():
+            values = self._per_vm(reading) if self._policy.per_vm else reading.sample.values
+            for item, stats in values.items():
                 key = (reading.name, item)
                 seen.add(key)
                 for metric, text in self._lines(key, reading, stats, vm):
@@ -120,6 +134,23 @@ class Exposition:
         if openmetrics:
             return "".join(out).encode() + _om_latest(tail)
         return "".join(out).encode() + text_latest(tail)
+
+    def _per_vm(self, reading: VmReading) -> dict[ObjectKey, dict[str, StatsValue]]:
+        """The reading with each target's vCPUs summed into one object of the VM."""
+        metrics = self.table.of(reading.schemas)
+        out: dict[ObjectKey, dict[str, StatsValue]] = {}
+        merged: dict[ObjectKey, dict[str, list[StatsValue]]] = {}
+        for (provider, target, qom_path), stats in reading.sample.values.items():
+            if not qom_path:
+                out[(provider, target, "")] = dict(stats)
+                continue
+            into = merged.setdefault((provider, target, ""), {})
+            for name, value in stats.items():
+                into.setdefault(name, []).append(value)
+        for key, columns in merged.items():
+            out[key] = {name: summed(metric_of(metrics, key[0], key[1], name, values[0]), values)
+                        for name, values in columns.items()}  # fmt: skip
+        return out
 
     def _lines(self, key: tuple[str, ObjectKey], reading: VmReading,
                stats: Mapping[str, StatsValue], vm: str
@@ -140,6 +171,8 @@ class Exposition:
         lines = []
         for name, value in stats.items():  # provider order, buckets lowest first
             metric = metric_of(metrics, provider, target, name, value)
+            if not self._policy.keeps(metric):
+                continue
             size = len(value) if isinstance(value, list) else -1
             part = parts.get(name)
             if part is None or part.metric is not metric or part.size != size:
