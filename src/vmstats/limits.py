@@ -6,6 +6,7 @@ runs privileged while any local user can connect.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import resource
@@ -58,6 +59,7 @@ class RateLimitedLog:
         self._logger.warning(message, *args)
 
 
+@functools.cache
 def listen_backlog() -> int:
     """The system's maximum listen backlog (``net.core.somaxconn``)."""
     try:
@@ -71,8 +73,8 @@ def fd_budget(reserve: int = FD_RESERVE) -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return 1 << 20
-    try:
-        open_now = len(os.listdir("/proc/self/fd"))
+    try:  # Linux >= 6.2 counts them in the directory's size: no listing of thousands
+        open_now = os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd"))
     except OSError:
         open_now = 64
     return max(1, soft - open_now - reserve)

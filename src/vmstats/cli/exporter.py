@@ -14,6 +14,7 @@ from vmstats.cli.options import add_server_limits, positive_float, server_limits
 from vmstats.cli.options import default as option_default
 from vmstats.errors import UsageError, os_reason
 from vmstats.exporter.http import DEFAULT_SCRAPE_TIMEOUT, MetricsEndpoint
+from vmstats.exporter.series import SeriesPolicy, read_series
 from vmstats.exporter.sources import SocketReaders
 from vmstats.exporter.webconfig import read_web_config
 from vmstats.qmp.client import parse_address
@@ -42,6 +43,14 @@ def add_metrics_options(parser: argparse.ArgumentParser, option: str, default: o
         metavar="FILE",
         help="TLS and basic auth for /metrics, in Prometheus exporter-toolkit's format "
         "(tls_server_config, basic_auth_users with bcrypt hashes); reread on SIGHUP",
+    )
+    parser.add_argument(
+        "--series",
+        type=Path,
+        default=option_default(parser, None),
+        metavar="FILE",
+        help='which series to export (TOML: vcpus = "each" or "vm", histograms, include '
+        "and exclude metric name globs; docs/metrics.md); reread on SIGHUP",
     )
     parser.add_argument(
         "--scrape-timeout",
@@ -80,33 +89,43 @@ async def open_metrics(endpoint: MetricsEndpoint, address: tuple[str, int]) -> b
     return True
 
 
-def _use_web_config(endpoint: MetricsEndpoint, path: Path | None) -> UsageError | None:
-    """Read the web config at ``path`` (if any) into ``endpoint``; what is wrong with it,
-    or None (the one in use stays when it is wrong)."""
-    if path is not None:
-        try:
-            endpoint.use_web_config(read_web_config(path))
-        except UsageError as exc:
-            return exc
+def _use_files(endpoint: MetricsEndpoint, web: Path | None,
+               series: Path | None) -> UsageError | None:  # fmt: skip
+    """Read the web config and the series file (those given) into ``endpoint``; what is
+    wrong with one, or None.  Both are taken or neither: the ones in use stay."""
+    try:
+        web_config = read_web_config(web) if web is not None else None
+    except UsageError as exc:
+        return UsageError(f"--web-config: {exc}")
+    try:
+        policy = read_series(series) if series is not None else SeriesPolicy()
+    except UsageError as exc:
+        return UsageError(f"--series: {exc}")
+    if web_config is not None:
+        endpoint.use_web_config(web_config)
+    endpoint.exposition.policy = policy
     return None
 
 
-def load_web_config(endpoint: MetricsEndpoint, path: Path | None, command: str) -> bool:
-    """Take the web config at ``path`` (if any) at start; False, said on stderr, if it
-    is wrong."""
-    wrong = _use_web_config(endpoint, path)
+def load_metrics_files(endpoint: MetricsEndpoint, web: Path | None, series: Path | None,
+                       command: str) -> bool:  # fmt: skip
+    """Take the web config and series file (those given) at start; False, said on
+    stderr, if one is wrong."""
+    wrong = _use_files(endpoint, web, series)
     if wrong is not None:
-        print(f"vmstats {command}: --web-config: {wrong}", file=sys.stderr)
+        print(f"vmstats {command}: {wrong}", file=sys.stderr)
     return wrong is None
 
 
-def reload_web_config(endpoint: MetricsEndpoint, path: Path | None) -> None:
-    """SIGHUP: reread the web config; a wrong one is logged and the one in use kept."""
-    wrong = _use_web_config(endpoint, path)
+def reload_metrics_files(endpoint: MetricsEndpoint, web: Path | None,
+                         series: Path | None) -> None:  # fmt: skip
+    """SIGHUP: reread the web config and the series file; a wrong one is logged and the
+    ones in use kept."""
+    wrong = _use_files(endpoint, web, series)
     if wrong is not None:
-        log.error("SIGHUP: --web-config: %s; keeping the one in use", wrong)
-    elif path is not None:
-        log.info("SIGHUP: %s reread", path)
+        log.error("SIGHUP: %s; keeping the one in use", wrong)
+    elif web is not None or series is not None:
+        log.info("SIGHUP: %s reread", " and ".join(str(p) for p in (web, series) if p))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,9 +142,10 @@ def run(args: argparse.Namespace) -> int:
         readers = SocketReaders(list(args.sources), args.scrape_timeout)
         limits = server_limits(args)
         endpoint = MetricsEndpoint(readers, args.scrape_timeout, lambda: limits)
-        if not load_web_config(endpoint, args.web_config, "exporter"):
+        if not load_metrics_files(endpoint, args.web_config, args.series, "exporter"):
             return 2
-        loop.add_signal_handler(signal.SIGHUP, reload_web_config, endpoint, args.web_config)
+        loop.add_signal_handler(signal.SIGHUP, reload_metrics_files, endpoint, args.web_config,
+                                args.series)  # fmt: skip
         if not await open_metrics(endpoint, args.listen):
             await endpoint.close()
             return 1

@@ -14,9 +14,9 @@ from pathlib import Path
 from vmstats import caps
 from vmstats.cli.exporter import (
     add_metrics_options,
-    load_web_config,
+    load_metrics_files,
     open_metrics,
-    reload_web_config,
+    reload_metrics_files,
 )
 from vmstats.cli.options import add_server_limits, non_negative_float, positive_float
 from vmstats.cli.serve_config import (
@@ -121,9 +121,11 @@ def run_serve(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"vmstats serve: {exc}", file=sys.stderr)
         return 2
-    if config.web_config is not None and config.metrics is None:
-        print("vmstats serve: --web-config is for /metrics: give --metrics too", file=sys.stderr)
-        return 2
+    for option, value in (("--web-config", config.web_config), ("--series", config.series)):
+        if value is not None and config.metrics is None:
+            print(f"vmstats serve: {option} is for /metrics: give --metrics too",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     if config.libvirt is not None and (reason := libvirt_unavailable_reason()) is not None:
         print(f"vmstats serve: --libvirt: {reason}", file=sys.stderr)
         return 1
@@ -185,7 +187,7 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
         daemon.set_allow(settings.allow)
         log.info("SIGHUP: %s reread", path)
         if endpoint is not None:  # the web config's file is reread too, named anew or not
-            reload_web_config(endpoint, settings.web_config)
+            reload_metrics_files(endpoint, settings.web_config, settings.series)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     try:
@@ -195,7 +197,7 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
         return 1
     if config.metrics is not None:
         endpoint = MetricsEndpoint(daemon.readers, config.scrape_timeout, lambda: daemon.limits)
-        if not (load_web_config(endpoint, config.web_config, "serve")
+        if not (load_metrics_files(endpoint, config.web_config, config.series, "serve")
                 and await open_metrics(endpoint, config.metrics)):  # fmt: skip
             await endpoint.close()
             daemon.rundir.release()

@@ -41,6 +41,7 @@ class ServeConfig:
     metrics: tuple[str, int] | None = None
     scrape_timeout: float = DEFAULT_SCRAPE_TIMEOUT
     web_config: Path | None = None
+    series: Path | None = None
     max_connections: int = _LIMITS.max_connections
     idle_timeout: float = _LIMITS.idle_timeout
     message_timeout: float = _LIMITS.message_timeout
@@ -78,7 +79,7 @@ class ServeConfig:
 
 #: What SIGHUP changes in a running daemon; the others need a restart.
 RELOADED = ("scan_interval", "qmp", "allow", "qmp_timeout", "max_connections", "idle_timeout",
-            "message_timeout", "write_timeout", "web_config")  # fmt: skip
+            "message_timeout", "write_timeout", "web_config", "series")  # fmt: skip
 #: Each setting's check: its command-line option's type.  :data:`LISTS` are lists of them.
 CHECKS: dict[str, Callable[[str], Any]] = {
     "run_dir": Path,
@@ -92,6 +93,7 @@ CHECKS: dict[str, Callable[[str], Any]] = {
     "metrics": tcp_address,
     "scrape_timeout": positive_float,
     "web_config": Path,
+    "series": Path,
     "max_connections": bounded_int(1, 1 << 20),
     "idle_timeout": non_negative_float,
     "message_timeout": non_negative_float,

@@ -5,9 +5,11 @@ the time.
 prometheus_client formats every sample of every scrape: for 64 VMs of 4 vCPUs (about
 38,000 samples) that alone is most of a second.  Here each object's lines (one VM, or one
 vCPU) are kept as text with the stats they were made from, and made again only when those
-stats changed: most vCPUs of a fleet are idle, and an idle vCPU's text is reused whole.
-A scrape then joins cached text per family.  The small ``vmstats_*`` families are written
-by prometheus_client itself.
+stats changed (then only the stats that moved, by a plan kept per object); each VM's text
+per family is kept as bytes and joined again only when one of its objects changed.  A
+scrape of a host whose VMs stand still then joins a few blocks per VM.  The ``vmstats_*``
+families are written by prometheus_client itself, ``vmstats_up`` and ``vmstats_vm_info``
+only when the VMs or what they say changed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from prometheus_client.utils import floatToGoString
 
 from vmstats.exporter.mapping import Kind, MetricTable, metric_of
 from vmstats.exporter.mapping import Metric as StatMetric
-from vmstats.exporter.scrape import Scrape, vcpu_label, vmstats_families
+from vmstats.exporter.scrape import Scrape, duration_family, vcpu_label, vm_families
 from vmstats.exporter.series import SeriesPolicy, summed
 from vmstats.reader.reading import VmReading
 from vmstats.reader.sample import ObjectKey
@@ -72,6 +74,10 @@ class _Rendered:
     labels: str
     lines: list[tuple[StatMetric, str]]
     parts: dict[str, _Stat]
+    table: object = None  # the metric table the plan was made with
+    #: per stat in the object's order, its part (None: not exported): while the names
+    #: and the table stay, a changed object is remade without a lookup per stat
+    plan: list[tuple[str, _Stat | None]] | None = None
 
 
 def number(value: float, metric: StatMetric | None = None) -> str:
@@ -98,7 +104,12 @@ class Exposition:
     def __init__(self, policy: SeriesPolicy | None = None) -> None:
         self.table = MetricTable()
         self._objects: dict[tuple[str, ObjectKey], _Rendered] = {}
+        #: each VM's blocks, and the objects' lines they were made of
+        self._vms: dict[str, tuple[list[list[tuple[StatMetric, str]]],
+                                   dict[str, tuple[StatMetric, bytes]]]] = {}  # fmt: skip
         self._policy = policy or SeriesPolicy()
+        self._bounds: dict[tuple[StatMetric, int], list[str]] = {}  # le texts
+        self._tails: dict[bool, tuple[object, bytes]] = {}  # vmstats_up and _info, by format
 
     @property
     def policy(self) -> SeriesPolicy:
@@ -110,30 +121,63 @@ class Exposition:
         if policy != self._policy:
             self._policy = policy
             self._objects.clear()  # text made under the old policy
+            self._vms.clear()
 
     def render(self, scrape: Scrape, openmetrics: bool = False) -> bytes:
-        families: dict[str, tuple[StatMetric, list[str]]] = {}
-        seen: set[tuple[str, ObjectKey]] = set()
+        families: dict[str, tuple[StatMetric, list[bytes]]] = {}
+        seen: set[str] = set()
         for reading in scrape.readings:
-            vm = label_value(reading.name)
-            values = self._per_vm(reading) if self._policy.per_vm else reading.sample.values
-            for item, stats in values.items():
-                key = (reading.name, item)
-                seen.add(key)
-                for metric, text in self._lines(key, reading, stats, vm):
-                    found = families.get(metric.name)
-                    if found is None:
-                        families[metric.name] = (metric, [text])
-                    else:
-                        found[1].append(text)
-        for gone in set(self._objects) - seen:
-            del self._objects[gone]
+            seen.add(reading.name)
+            for name, (metric, text) in self._vm_blocks(reading).items():
+                found = families.get(name)
+                if found is None:
+                    families[name] = (metric, [text])
+                else:
+                    found[1].append(text)
+        for gone in set(self._vms) - seen:
+            del self._vms[gone]
+            for key in [k for k in self._objects if k[0] == gone]:
+                del self._objects[key]
         out = [part for metric, texts in families.values()
-               for part in (header(metric, openmetrics), *texts)]  # fmt: skip
-        tail = _Listed(list(vmstats_families(scrape)))
-        if openmetrics:
-            return "".join(out).encode() + _om_latest(tail)
-        return "".join(out).encode() + text_latest(tail)
+               for part in (header(metric, openmetrics).encode(), *texts)]  # fmt: skip
+        return b"".join(out) + self._tail(scrape, openmetrics)
+
+    def _tail(self, scrape: Scrape, openmetrics: bool) -> bytes:
+        """vmstats' own families, written by prometheus_client; ``vmstats_up`` and
+        ``vmstats_vm_info`` (two lines per VM) only when the VMs or what they say changed."""
+        key = (openmetrics, tuple((r.name, tuple(r.info.items())) for r in scrape.readings),
+               tuple(scrape.down.items()))  # fmt: skip
+        cached = self._tails.get(openmetrics)
+        if cached is None or cached[0] != key:
+            text = (_om_latest if openmetrics else text_latest)(_Listed(vm_families(scrape)))
+            cached = self._tails[openmetrics] = (key, text.removesuffix(b"# EOF\n"))
+        duration = _Listed([duration_family(scrape)])
+        return cached[1] + (_om_latest if openmetrics else text_latest)(duration)
+
+    def _vm_blocks(self, reading: VmReading) -> dict[str, tuple[StatMetric, bytes]]:
+        """One VM's text per family (its objects' lines, in their order), as bytes: made
+        again only when one of its objects' text changed.  A scrape of a host whose VMs
+        stand still joins a few blocks per VM, not a line per stat per vCPU."""
+        vm = label_value(reading.name)
+        values = self._per_vm(reading) if self._policy.per_vm else reading.sample.values
+        made = [self._lines((reading.name, item), reading, stats, vm)
+                for item, stats in values.items()]  # fmt: skip
+        cached = self._vms.get(reading.name)
+        if cached is not None and len(cached[0]) == len(made) and all(
+                a is b for a, b in zip(cached[0], made, strict=True)):  # fmt: skip
+            return cached[1]
+        grouped: dict[str, tuple[StatMetric, list[str]]] = {}
+        for lines in made:
+            for metric, text in lines:
+                found = grouped.get(metric.name)
+                if found is None:
+                    grouped[metric.name] = (metric, [text])
+                else:
+                    found[1].append(text)
+        blocks = {name: (metric, "".join(texts).encode())
+                  for name, (metric, texts) in grouped.items()}  # fmt: skip
+        self._vms[reading.name] = (made, blocks)
+        return blocks
 
     def _per_vm(self, reading: VmReading) -> dict[ObjectKey, dict[str, StatsValue]]:
         """The reading with each target's vCPUs summed into one object of the VM."""
@@ -163,27 +207,71 @@ class Exposition:
             labels = f'vm="{vm}"'
         cached = self._objects.get(key)
         parts: dict[str, _Stat] = {}
+        metrics = self.table.of(reading.schemas)
         if cached is not None and cached.labels == labels:
             if cached.stats is stats or cached.stats == stats:
                 return cached.lines
+            if cached.table is metrics and cached.plan is not None:
+                lines = self._replanned(cached.plan, stats)
+                if lines is not None:
+                    cached.stats, cached.lines = stats, lines
+                    return lines
             parts = cached.parts
-        metrics = self.table.of(reading.schemas)
         lines = []
+        plan: list[tuple[str, _Stat | None]] = []
         for name, value in stats.items():  # provider order, buckets lowest first
             metric = metric_of(metrics, provider, target, name, value)
             if not self._policy.keeps(metric):
+                plan.append((name, None))
                 continue
             size = len(value) if isinstance(value, list) else -1
             part = parts.get(name)
             if part is None or part.metric is not metric or part.size != size:
                 part = parts[name] = _Stat(metric, size, self._starts(metric, labels, size))
-            total = stats.get(metric.sum_of.name) if metric.sum_of is not None else None
-            made_of = (value, total) if size >= 0 else value
-            if part.value != made_of or not part.text:
-                part.value, part.text = made_of, self._text(metric, part.starts, value, total)
+            self._remake(part, stats, value)
             lines.append((metric, part.text))
-        self._objects[key] = _Rendered(stats, labels, lines, parts)
+            plan.append((name, part))
+        self._objects[key] = _Rendered(stats, labels, lines, parts, metrics, plan)
         return lines
+
+    def _replanned(
+        self, plan: list[tuple[str, _Stat | None]], stats: Mapping[str, StatsValue]
+    ) -> list[tuple[StatMetric, str]] | None:
+        """A changed object's lines by its plan: only the stats that moved are written
+        again; None if its stats are no longer those of the plan."""
+        if len(stats) != len(plan):
+            return None
+        lines = []
+        text = self._text
+        for (name, value), (planned, part) in zip(stats.items(), plan, strict=True):
+            if part is None:
+                if name != planned:
+                    return None
+                continue
+            if name != planned or part.size != (len(value) if type(value) is list else -1):
+                return None
+            metric = part.metric  # what _remake does, inlined: this is the hot loop
+            if metric.sum_of is None:
+                if part.value != value:
+                    part.value, part.text = value, text(metric, part.starts, value, None)
+            else:
+                total = stats.get(metric.sum_of.name)
+                if part.value != (value, total):
+                    part.value = (value, total)
+                    part.text = text(metric, part.starts, value, total)
+            lines.append((metric, part.text))
+        return lines
+
+    def _remake(self, part: _Stat, stats: Mapping[str, StatsValue], value: StatsValue) -> None:
+        """A stat's text, written again if its value (or its histogram's sum) moved."""
+        metric = part.metric
+        if metric.sum_of is None:
+            if part.value != value or not part.text:
+                part.value, part.text = value, self._text(metric, part.starts, value, None)
+            return
+        total = stats.get(metric.sum_of.name)
+        if part.value != (value, total) or not part.text:
+            part.value, part.text = (value, total), self._text(metric, part.starts, value, total)
 
     def _starts(self, metric: StatMetric, labels: str, buckets: int) -> list[str]:
         """Each line's text up to its value: one for a scalar; for a histogram its buckets,
@@ -192,7 +280,10 @@ class Exposition:
             suffix = "_total" if metric.kind is Kind.COUNTER else ""
             return [f"{metric.name}{suffix}{{{labels}}} "]
         name = metric.name
-        starts = [f'{name}_bucket{{le="{_go(b)}",{labels}}} ' for b in metric.le(buckets)]
+        bounds = self._bounds.get((metric, buckets))
+        if bounds is None:  # the same for every object of every VM
+            bounds = self._bounds[(metric, buckets)] = [_go(b) for b in metric.le(buckets)]
+        starts = [f'{name}_bucket{{le="{b}",{labels}}} ' for b in bounds]
         return [*starts, f"{name}_count{{{labels}}} ", f"{name}_sum{{{labels}}} "]
 
     @staticmethod

@@ -119,16 +119,32 @@ Table = dict[tuple[str, str, str], Metric]
 
 
 class MetricTable:
-    """The metric of every stat of a schema list, made once per list (schemas change only
-    with the kernel's descriptors)."""
+    """The metric of every stat of a schema list, made once per distinct list (schemas
+    change only with the kernel's descriptors, and every VM of a host has the same: one
+    table, and the same :class:`Metric` objects, serve them all)."""
 
     def __init__(self) -> None:
         self._tables: dict[int, tuple[list[StatsSchema], Table]] = {}
+        self._by_content: dict[tuple[object, ...], Table] = {}
 
     def of(self, schemas: list[StatsSchema]) -> Table:
         seen = self._tables.get(id(schemas))
         if seen is not None and seen[0] is schemas:
             return seen[1]
+        content = tuple((s.provider, s.target, tuple(s.stats)) for s in schemas)
+        table = self._by_content.get(content)
+        if table is None:
+            table = self._build(schemas)
+            if len(self._by_content) > 64:
+                self._by_content.clear()
+            self._by_content[content] = table
+        if len(self._tables) > 4096:
+            self._tables.clear()
+        self._tables[id(schemas)] = (schemas, table)
+        return table
+
+    @staticmethod
+    def _build(schemas: list[StatsSchema]) -> Table:
         table: Table = {}
         taken: set[str] = set()
         for schema in schemas:
@@ -140,9 +156,6 @@ class MetricTable:
                     metric = metric_for(prefix, stat, schema.stats, full_name=True)
                 taken.add(metric.name)
                 table[key] = metric
-        if len(self._tables) > 256:
-            self._tables.clear()
-        self._tables[id(schemas)] = (schemas, table)
         return table
 
 

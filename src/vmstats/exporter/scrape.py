@@ -69,6 +69,11 @@ def vcpu_label(reading: VmReading, path: str) -> str:
 
 def vmstats_families(scrape: Scrape) -> Iterable[Metric]:
     """``vmstats_up``, ``vmstats_vm_info`` and ``vmstats_scrape_duration_seconds``."""
+    return [*vm_families(scrape), duration_family(scrape)]
+
+
+def vm_families(scrape: Scrape) -> list[Metric]:
+    """``vmstats_up`` and ``vmstats_vm_info``: a sample each per VM."""
     up = GaugeMetricFamily("vmstats_up", "1 if the VM could be read in this scrape, else 0",
                            labels=["vm"])  # fmt: skip
     info = InfoMetricFamily("vmstats_vm", "the VM: its VMM's pid, QEMU version and where "
@@ -78,7 +83,11 @@ def vmstats_families(scrape: Scrape) -> Iterable[Metric]:
         info.add_metric([reading.name], reading.info)
     for name in scrape.down:
         up.add_metric([name], 0)
-    duration = GaugeMetricFamily("vmstats_scrape_duration_seconds",
-                                 "seconds this scrape took to read every VM", unit="seconds",
-                                 value=scrape.duration)  # fmt: skip
-    return [up, info, duration]
+    return [up, info]
+
+
+def duration_family(scrape: Scrape) -> Metric:
+    """``vmstats_scrape_duration_seconds``."""
+    return GaugeMetricFamily("vmstats_scrape_duration_seconds",
+                             "seconds this scrape took to read every VM", unit="seconds",
+                             value=scrape.duration)  # fmt: skip

@@ -22,7 +22,6 @@ import os
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from vmstats.errors import AttachError
 from vmstats.kvm.binstats import StatsFile, StatsSource
@@ -46,6 +45,24 @@ class StatsFdLink:
     fd: int
     vcpu_id: int | None  # None: the VM's own stats
 
+    @property
+    def target(self) -> str:
+        """What ``/proc/PID/fd/FD`` says of it."""
+        return _VM_LINK if self.vcpu_id is None else f"anon_inode:kvm-vcpu-stats:{self.vcpu_id}"
+
+
+def read_proc(path: str) -> bytes:
+    """A small /proc file whole (no pathlib, no text layer: the daemon reads thousands
+    of them in a scan); OSError if it cannot."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
 
 def stats_fd_links(pid: int) -> list[StatsFdLink]:
     """The KVM stats fds process ``pid`` holds (:class:`AttachError` without access)."""
@@ -55,7 +72,7 @@ def stats_fd_links(pid: int) -> list[StatsFdLink]:
 def fd_links(pid: int) -> tuple[list[StatsFdLink], list[int]]:
     """The stats fds of ``pid``, and its VM control fds (a VMM holds one per VM; a process
     holding copies of stats fds holds none)."""
-    base = Path(f"/proc/{pid}/fd")
+    base = f"/proc/{pid}/fd/"
     try:
         names = os.listdir(base)
     except OSError as exc:
@@ -64,7 +81,7 @@ def fd_links(pid: int) -> tuple[list[StatsFdLink], list[int]]:
     control = []
     for name in names:
         try:
-            target = os.readlink(base / name)
+            target = os.readlink(base + name)
         except FileNotFoundError:
             continue  # closed meanwhile
         except OSError as exc:
@@ -145,7 +162,7 @@ def cpu_index_of_threads(pid: int) -> dict[int, int]:
         return out
     for tid in tasks:
         try:
-            comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            comm = read_proc(f"/proc/{pid}/task/{tid}/comm").decode(errors="replace").strip()
         except OSError:
             continue
         if (match := _CPU_THREAD.match(comm)) is not None:
@@ -156,7 +173,7 @@ def cpu_index_of_threads(pid: int) -> dict[int, int]:
 def thread_count(pid: int) -> int:
     """How many threads ``pid`` has now (``/proc/PID/stat``; 0 if it is gone)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        stat = read_proc(f"/proc/{pid}/stat")
     except OSError:
         return 0
     # after "(comm)", which may hold spaces: state is field 3, num_threads field 20
@@ -190,10 +207,12 @@ class AttachedVm:
         self.release_pidfd()
 
 
-def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = ()) -> AttachedVm:
+def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = (),
+           listed: tuple[list[StatsFdLink], list[int]] | None = None) -> AttachedVm:  # fmt: skip
     """Copy the stats fds of process ``pid``; vCPUs by CPU index.  ``skip_vm`` and
     ``skip_vcpus`` (KVM vcpu_ids) leave out what is held already: a later scan takes only
-    hot-plugged vCPUs.
+    hot-plugged vCPUs.  ``listed``: its stats and control fds as a scan just read them
+    (each copy is checked to be what was listed: the process may have changed since).
 
     The same vCPU held twice (a dup, or Python's ``mmap`` of a vcpu fd) is taken once.
     """
@@ -203,7 +222,7 @@ def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = ())
         raise AttachError(f"no process {pid}: {exc.strerror}") from exc
     vm = AttachedVm(pid, pidfd)
     try:
-        links, control = fd_links(pid)
+        links, control = listed if listed is not None else fd_links(pid)
         vms = vm_count(pid, control)
         if vms > 1:
             raise AttachError(
@@ -218,7 +237,11 @@ def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = ())
             if link.vcpu_id is not None and (link.vcpu_id in skip_vcpus
                                              or link.vcpu_id in vm.vcpu_ids):  # fmt: skip
                 continue  # the same vCPU twice (a dup) is taken once
-            file = StatsFile(copy_fd(pidfd, link.fd), owned=True)
+            copied = copy_fd(pidfd, link.fd)
+            if listed is not None and os.readlink(f"/proc/self/fd/{copied}") != link.target:
+                os.close(copied)
+                raise AttachError(f"process {pid} changed its fds while they were taken")
+            file = StatsFile(copied, owned=True)
             vm.sources[file] = link.fd
             if link.vcpu_id is None:
                 vm.vm = file
@@ -261,4 +284,4 @@ def owns(pid: int, vm: AttachedVm) -> bool:
     """Is ``pid`` the VMM that created these fds (not a process holding copies, such as
     the parent of our demo VM, or another reader)?"""
     files = [f for f in [vm.vm, *vm.vcpus.values()] if f is not None]
-    return any(Path(f"/proc/{pid}/task/{tid}").exists() for tid in creators(files))
+    return any(os.path.exists(f"/proc/{pid}/task/{tid}") for tid in creators(files))

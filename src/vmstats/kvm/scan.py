@@ -40,7 +40,7 @@ def fd_counts_known() -> bool:
 class _Listed:
     signature: tuple[int, int]  # (inode, fds) of /proc/PID/fd when it was listed
     links: list[StatsFdLink]
-    vmm: bool  # it holds a VM control fd too: it made the VM (a reader holding copies does not)
+    control: list[int]  # its VM control fds: a VMM has one (a reader holding copies none)
 
 
 @dataclass
@@ -49,6 +49,8 @@ class ScanResult:
 
     vmms: dict[int, list[StatsFdLink]]  # every VMM (as last listed): pid -> its stats fds
     changed: set[int] = field(default_factory=set)  # listed by this scan
+    #: the VMMs listed by this scan: pid -> (stats fds, control fds), for :func:`attach`
+    listings: dict[int, tuple[list[StatsFdLink], list[int]]] = field(default_factory=dict)
     deferred: int = 0  # processes left for the next scan: the budget ran out
     too_big: dict[int, int] = field(default_factory=dict)  # pid -> fds: never looked into
     processes: int = 0  # looked at (one stat each)
@@ -85,7 +87,7 @@ class ProcessScanner:
             fds = current[pid][1]
             if fds > self.budget:
                 result.too_big[pid] = fds
-                self._listed[pid] = _Listed(current[pid], [], False)
+                self._listed[pid] = _Listed(current[pid], [], [])
                 continue
             if fds > left:
                 result.deferred = len(changed) - index
@@ -95,11 +97,13 @@ class ProcessScanner:
             except AttachError:
                 links, control = [], []  # gone, or not ours to look into: until it changes
             left -= max(fds, 1)
-            self._listed[pid] = _Listed(current[pid], links, bool(control))
+            self._listed[pid] = _Listed(current[pid], links, control)
             result.changed.add(pid)
+            if links and control:
+                result.listings[pid] = (links, control)
         result.vmms = {pid: listed.links for pid, listed in sorted(self._listed.items())
-                       if listed.links and listed.vmm}  # fmt: skip
+                       if listed.links and listed.control}  # fmt: skip
         return result
 
 
-_NONE = _Listed((-1, -1), [], False)
+_NONE = _Listed((-1, -1), [], [])

@@ -6,6 +6,7 @@ negotiation state) lives in :class:`vmstats.qmp.session.QMPSession`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable
 from typing import Any
 
@@ -30,6 +31,16 @@ from vmstats.stats.schema import BINDINGS, DEFAULT_VERSION, STATS_QAPI
 PACKAGE = f"vmstats {__version__}"
 
 
+@functools.cache
+def _wire(major: int, minor: int) -> tuple[Schema, OutputEncoder, list[Any]]:
+    """The schema, encoder and introspection of a QEMU release's wire: the same for every
+    monitor of a release, and made once (a host daemon has a monitor per VM: made per
+    monitor, they were most of the cost of serving a VM)."""
+    schema = Schema(CONTROL_QAPI + STATS_QAPI, version=(major, minor), bindings=BINDINGS)
+    introspection = Introspector(schema, QEMU_7_2_INTROSPECTION_NAMES).entries(SCHEMA_COMMAND_ORDER)
+    return schema, OutputEncoder(schema), introspection
+
+
 class Monitor:
     """Everything a QMP connection can ask of one VM's stats.
 
@@ -51,8 +62,7 @@ class Monitor:
         self.registry = registry
         self.machine = machine or Machine()
         major, minor = version[0], version[1]
-        self.schema = Schema(CONTROL_QAPI + STATS_QAPI, version=(major, minor), bindings=BINDINGS)
-        self.encoder = OutputEncoder(self.schema)
+        self.schema, self.encoder, self._introspection = _wire(major, minor)
         self.version_triple = (major, minor, version[2] if len(version) > 2 else 0)
         self.package = package
         providers = [StatsProvider(v) for v in self._enum_values("StatsProvider")]
@@ -68,9 +78,6 @@ class Monitor:
             "query-cpus-fast": self.query_cpus_fast,
             **stats_handlers(registry),
         }
-        self._introspection = Introspector(self.schema, QEMU_7_2_INTROSPECTION_NAMES).entries(
-            SCHEMA_COMMAND_ORDER
-        )
 
     def forwards(self, target: str) -> bool:
         """Are ``target``'s stats asked of another monitor (a QEMU), not read here?"""

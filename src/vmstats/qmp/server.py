@@ -186,7 +186,6 @@ class QMPServer:
         self._loop = asyncio.get_running_loop()
         if not self._listeners:
             self.max_connections = min(self.limits.max_connections, fd_budget())
-            self._sweeper = self._loop.call_later(SWEEP, self._sweep)
         self._listeners.append(listener)
         self._resume_accepting(listener)
 
@@ -267,16 +266,21 @@ class QMPServer:
         """A connection set up (counted as starting until now) is served."""
         self._starting -= 1
         self._connections.add(connection)
+        if self._sweeper is None and self._loop is not None and not self._closed:
+            self._sweeper = self._loop.call_later(SWEEP, self._sweep)
 
     def connection_lost(self, connection: Connection) -> None:
         self._connections.discard(connection)
 
     def _sweep(self) -> None:
-        """Once a second: close connections idle or half-sent for too long."""
+        """Once a second while there are connections: close those idle or half-sent for
+        too long.  A server nobody is connected to costs no timer (a host daemon has a
+        server per VM, most of them unread)."""
         now = time.monotonic()
         for connection in list(self._connections):
             connection.check_timeouts(now)
-        if self._loop is not None and not self._closed:
+        self._sweeper = None
+        if self._connections and self._loop is not None and not self._closed:
             self._sweeper = self._loop.call_later(SWEEP, self._sweep)
 
     # -- shutdown -------------------------------------------------------------------

@@ -31,6 +31,7 @@ from vmstats.stats.model import (
 )
 from vmstats.stats.order import natural_schema_values, natural_schemas, natural_values
 from vmstats.stats.registry import StatsRegistry
+from vmstats.stats.wire import EncodedStats
 
 ObjectKey = tuple[str, str, str]  # (provider, target, qom-path or "")
 SchemaKey = tuple[str, str, str]  # (provider, target, stat name)
@@ -100,6 +101,8 @@ def sample_of(taken: float, results: Mapping[StatsTarget, Sequence[StatsResult]]
             kept = memo.get(key) if memo is not None else None
             if kept is not None and kept[0] is result.stats and key not in values:
                 natural = kept[1]
+            elif isinstance(result.stats, EncodedStats):  # straight from the values
+                natural = result.stats.natural()
             else:
                 names, stats = _columns(result.stats)
                 natural = natural_values(names, stats)

@@ -161,8 +161,8 @@ class Daemon:
             log.debug("scan: %d processes looked at, %d listed", found.processes,
                       len(found.changed))  # fmt: skip
             self._report(found)
-            new = [pid for pid in found.vmms if pid in found.changed]  # the others were tried
-            for pid, attached in vmms(self.served, self._not_served, new):
+            # only those listed now: the others were tried when they last changed
+            for pid, attached in vmms(self.served, self._not_served, found.listings):
                 await self._try_serve(pid, attached, None)
             for served in list(self.served.values()):
                 if served.sources and served.fds_replaced():
@@ -387,7 +387,7 @@ class Daemon:
         self._removals.add(task)
         task.add_done_callback(self._removals.discard)
 
-    async def _remove(self, pid: int, why: str = "exited") -> None:
+    async def _remove(self, pid: int, why: str = "exited", write: bool = True) -> None:
         """The VMM exited (or the daemon stops): close its fds at once, its clients, its
         socket."""
         vm = self.served.pop(pid, None)
@@ -399,7 +399,8 @@ class Daemon:
         closing = asyncio.ensure_future(vm.server.close())
         vm.provider.close()  # reads from now on fail: the VM is gone
         await closing
-        self._write_state()
+        if write:
+            self._write_state()
         log.info("%s (process %d) %s: no longer served", vm.name, pid, why)
 
     def _write_state(self) -> None:
@@ -422,7 +423,7 @@ class Daemon:
 
     async def close(self) -> None:
         for pid in list(self.served):
-            await self._remove(pid, "still runs, but vmstats serve stops")
+            await self._remove(pid, "still runs, but vmstats serve stops", write=False)
         if self.domains is not None:
             await self.domains.close()
         self.rundir.release()

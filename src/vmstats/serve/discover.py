@@ -27,12 +27,19 @@ import os
 import pwd
 import re
 import stat
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmstats.errors import AttachError, ClientError
-from vmstats.kvm.attach import AttachedVm, attach, owns, processes_with_stats_fds
+from vmstats.kvm.attach import (
+    AttachedVm,
+    StatsFdLink,
+    attach,
+    owns,
+    processes_with_stats_fds,
+    read_proc,
+)
 from vmstats.qmp.client import QmpClient, qemu_version
 from vmstats.qmp.machine import CpuInfoFast, cpus_from_wire, name_from_wire
 
@@ -48,7 +55,7 @@ OWNER_MARK = "~"
 
 def cmdline(pid: int) -> list[str]:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        raw = read_proc(f"/proc/{pid}/cmdline")
     except OSError:
         return []
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
@@ -86,7 +93,7 @@ def vm_name(pid: int, taken: Iterable[str] = (), given: str | None = None,
     claimed = given or qemu_name(cmdline(pid))
     if claimed is None:
         try:
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            comm = read_proc(f"/proc/{pid}/comm").decode(errors="replace").strip()
         except OSError:
             comm = "vm"
         claimed = f"{comm}-{pid}"
@@ -123,7 +130,7 @@ def _login_range() -> range:
 def process_uid(pid: int) -> int | None:
     """The effective uid ``pid`` runs as, or None if it is gone."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
+        status = read_proc(f"/proc/{pid}/status").decode(errors="replace")
     except OSError:
         return None
     uids = next((line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")),
@@ -157,17 +164,19 @@ def owner_of(pid: int) -> str | None:
 def vmms(
     skip: Collection[int] = (),
     report: Callable[[int, str], None] | None = None,
-    found: Collection[int] | None = None,
+    found: Mapping[int, tuple[list[StatsFdLink], list[int]]] | None = None,
 ) -> list[tuple[int, AttachedVm]]:
     """Every VMM on the host we can look into (but ``skip``), with copies of its stats fds.
-    A VMM that cannot be taken is ``report``-ed (logged by default).  ``found``: the VMMs'
-    pids when the caller has listed them already."""
+    A VMM that cannot be taken is ``report``-ed (logged by default).  ``found``: the VMMs
+    with their fds, when the caller has listed them already."""
     out = []
-    for pid in processes_with_stats_fds(vmms_only=True) if found is None else found:
+    listings = found if found is not None else {
+        pid: None for pid in processes_with_stats_fds(vmms_only=True)}  # fmt: skip
+    for pid, listed in listings.items():
         if pid in skip:
             continue
         try:
-            attached = attach(pid)
+            attached = attach(pid, listed=listed)
         except AttachError as exc:
             if report is None:
                 log.info("process %d: %s", pid, exc)

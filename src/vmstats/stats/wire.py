@@ -40,7 +40,7 @@ class StatsTemplate:
     reversed (LIST), as QEMU's KVM provider shapes it.
     """
 
-    __slots__ = ("_booleans", "_getter", "_lists", "_template", "entries")
+    __slots__ = ("_booleans", "_getter", "_lists", "_natural", "_template", "entries")
 
     def __init__(self, entries: Sequence[tuple[str, int, int, int]]) -> None:
         self.entries = tuple(entries)
@@ -54,6 +54,13 @@ class StatsTemplate:
         self._getter = itemgetter(*starts) if len(starts) > 1 else None
         self._booleans = [i for i, e in enumerate(self.entries) if e[1] == BOOLEAN]
         self._lists = [(i, e[2], e[3]) for i, e in enumerate(self.entries) if e[1] == LIST]
+        natural = self.entries[::-1]  # provider order
+        self._natural = (
+            [name for name, _, _, _ in natural],
+            itemgetter(*(start for _, _, start, _ in natural)) if len(natural) > 1 else None,
+            [name for name, shape, _, _ in natural if shape == BOOLEAN],
+            [(name, start, stop) for name, shape, start, stop in natural if shape == LIST],
+        )
 
     def render(self, values: Sequence[int]) -> str:
         if not self.entries:
@@ -67,6 +74,29 @@ class StatsTemplate:
         for i, start, stop in self._lists:
             args[i] = _buckets_text(tuple(values[start:stop]))
         return self._template % tuple(args)
+
+    def natural(self, values: Sequence[int]) -> dict[str, StatsValue]:
+        """The stats by name in provider order, buckets ascending (what readers want:
+        :func:`vmstats.stats.order.natural_values` of the decoded pairs), made straight
+        from the values: the scalars by one ``itemgetter``, no pair per stat."""
+        names, getter, booleans, lists = self._natural
+        if getter is None:
+            return self.natural_slow(values)
+        out: dict[str, StatsValue] = dict(zip(names, getter(values), strict=True))
+        for name in booleans:
+            out[name] = out[name] != 0
+        for name, start, stop in lists:
+            out[name] = list(values[start:stop])
+        return out
+
+    def natural_slow(self, values: Sequence[int]) -> dict[str, StatsValue]:
+        out: dict[str, StatsValue] = {}
+        for name, shape, start, stop in reversed(self.entries):
+            if shape == LIST:
+                out[name] = list(values[start:stop])
+            else:
+                out[name] = values[start] != 0 if shape == BOOLEAN else values[start]
+        return out
 
     def decode(self, values: Sequence[int]) -> list[tuple[str, StatsValue]]:
         out: list[tuple[str, StatsValue]] = []
@@ -95,6 +125,10 @@ class EncodedStats(Sequence[tuple[str, StatsValue]]):
         if self._text is None:  # rendered once, however often the object is written
             self._text = self._template.render(self._values)
         return self._text
+
+    def natural(self) -> dict[str, StatsValue]:
+        """The stats by name in provider order, buckets ascending."""
+        return self._template.natural(self._values)
 
     def _pairs(self) -> list[tuple[str, StatsValue]]:
         if self._decoded is None:
