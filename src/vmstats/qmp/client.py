@@ -262,21 +262,26 @@ class QmpClient:
             raise ClientError(f"not connected to {self.address}")
         self._writer.write(b"".join(map(_request, requests)))
         outcomes: list[bytes | RemoteError] = []
-        for command, _ in requests:
-            try:
-                outcomes.append(await self._reply(command))
-            except RemoteError as exc:
-                outcomes.append(exc)
+        try:  # one deadline for the replies of one write (a timer per line costs a refresh
+            async with asyncio.timeout(self.timeout):  # of many VMs more than its reads)
+                for command, _ in requests:
+                    try:
+                        outcomes.append(await self._reply(command, timed=False))
+                    except RemoteError as exc:
+                        outcomes.append(exc)
+        except TimeoutError:
+            raise busy(self.address, self.timeout) from None
         return outcomes
 
     async def value(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         """``command``'s return value, decoded."""
         return decode(await self.execute(command, arguments), command)
 
-    async def _reply(self, command: str) -> bytes:
-        """The return value of the next reply (events skipped), for ``command``."""
+    async def _reply(self, command: str, timed: bool = True) -> bytes:
+        """The return value of the next reply (events skipped), for ``command``; within
+        the timeout, unless the caller keeps one (``timed=False``)."""
         while True:
-            line = await self._line()
+            line = await self._line() if timed else await self._untimed_line()
             if line.startswith(_RETURN) and line.endswith(_END):  # QEMU's own form
                 return line[len(_RETURN) : -len(_END)]
             try:
@@ -293,13 +298,17 @@ class QmpClient:
                 raise ClientError(f"{command}: malformed reply from {self.address}")
 
     async def _line(self) -> bytes:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._untimed_line()
+        except TimeoutError:
+            raise busy(self.address, self.timeout) from None
+
+    async def _untimed_line(self) -> bytes:
         if self._reader is None:
             raise ClientError(f"not connected to {self.address}")
         try:
-            async with asyncio.timeout(self.timeout):
-                line = await self._reader.readline()
-        except TimeoutError:
-            raise busy(self.address, self.timeout) from None
+            line = await self._reader.readline()
         except OSError as exc:
             if exc.errno == errno.EINVAL:  # QEMU 7.x's monitor, held, after a try timed out
                 raise busy(self.address, self.timeout) from None

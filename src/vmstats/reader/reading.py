@@ -13,11 +13,13 @@ A new source of stats (libvirt, say) plugs in as one more :class:`Reader`.
 
 **Connection policy.** A QEMU monitor serves one client at a time: a tool that kept it
 would lock every other tool out (a second ``top``, the exporter, an operator's
-``qmp-shell``).  So :class:`QmpReader` connects for each read and closes at once, and
-keeps nothing but decoded replies between reads.  A read is two round trips: the
-greeting, then one write of ``qmp_capabilities`` and every command, whose replies come
-back in order.  Schemas and vCPU lists change rarely: they are decoded again only when
-their bytes change.
+``qmp-shell``).  So :class:`QmpReader` connects to a QEMU for each read and closes at
+once, and keeps nothing but decoded replies between reads.  A read is two round trips:
+the greeting, then one write of ``qmp_capabilities`` and every command, whose replies
+come back in order.  Schemas and vCPU lists change rarely: they are decoded again only
+when their bytes change.  vmstats' own sockets serve many clients at once: their
+connection is kept, and a read is one round trip for the stats (``top`` watching 256
+VMs every second would otherwise open 256 connections a second, on both sides).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from vmstats.qmp.client import (
     qemu_version,
 )
 from vmstats.qmp.machine import CpuInfoFast, cpus_from_wire, name_from_wire
-from vmstats.reader.sample import Sample, SampleMemo, sample_from_wire, take_sample
+from vmstats.reader.sample import Sample, SampleMemo, WireMemo, sample_from_wire, take_sample
 from vmstats.stats.decode import schemas_from_wire
 from vmstats.stats.model import VM_TARGETS, StatsSchema
 from vmstats.stats.registry import StatsRegistry
@@ -127,11 +129,16 @@ _READ_VM: list[Request] = [
     ("query-name", None),
     *(("query-stats", {"target": target.value}) for target in VM_TARGETS),
 ]
+#: What a read asks on a kept connection.
+_READ_STATS: list[Request] = [("query-stats", {"target": t.value}) for t in VM_TARGETS]
 
 
 class QmpReader:
-    """A VM behind a QMP socket (unix path or ``HOST:PORT``): one connection per read,
-    closed at once (the module's connection policy)."""
+    """A VM behind a QMP socket (unix path or ``HOST:PORT``).  A QEMU's: one connection
+    per read, closed at once (the module's connection policy).  One of ours (``vmstats
+    serve``'s, the demo's: many clients at once): the connection is kept, and a read is
+    the two ``query-stats``, one round trip; schemas, vCPUs and name are asked again when
+    the vCPUs the stats name change (a hot plug), or on a new connection."""
 
     def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.address = address
@@ -141,12 +148,36 @@ class QmpReader:
         self._vcpus: Decoded[tuple[dict[str, int], int | None]] = Decoded(
             _vcpus_and_vmm, ({}, None)
         )
+        self._wire: WireMemo = {}
+        self._kept: QmpClient | None = None  # a connection to one of our servers
+        self._said: tuple[str | None, dict[str, int], dict[str, str]] = (None, {}, {})
 
     async def read(self) -> VmReading:
-        async with QmpClient(self.address, self.timeout, negotiate=False) as qmp:
+        if self._kept is not None:
+            try:
+                return await self._read_kept(self._kept)
+            except (ClientError, RemoteError):
+                self.close()  # the server went (or restarted): a new connection says
+            except BaseException:
+                self.close()  # cancelled mid-request: the replies would be out of step
+                raise
+        qmp = QmpClient(self.address, self.timeout, negotiate=False)
+        await qmp.connect()
+        try:
             outcomes = await qmp.execute_each([_NEGOTIATE, *_READ_VM])
             taken = time.time()
-            pid, greeting = qmp.peer_pid, qmp.version
+            reading = self._reading(outcomes, taken, qmp.peer_pid, qmp.version)
+        except BaseException:
+            qmp.close()
+            raise
+        if _version(qmp.version):
+            qmp.close()  # a QEMU's monitor: free for its other clients
+        else:
+            self._kept = qmp
+        return reading
+
+    def _reading(self, outcomes: list[bytes | RemoteError], taken: float, pid: int | None,
+                 greeting: dict[str, Any]) -> VmReading:  # fmt: skip
         negotiated, schemas, cpus, name, *targets = outcomes
         if isinstance(negotiated, RemoteError):  # then QEMU refuses every command after it
             raise negotiated
@@ -158,8 +189,7 @@ class QmpReader:
                 # the reader's own commands, which nobody typed: the server's words alone
                 raise ClientError(outcome.desc) from None
         assert isinstance(schemas, bytes)
-        sample = sample_from_wire(taken, {t.value: r for t, r in zip(VM_TARGETS, targets,
-                                                                    strict=True)})  # fmt: skip
+        sample = self._sample(taken, targets)
         own_name = None
         if isinstance(name, bytes):
             own_name = name_from_wire(_object(name, "query-name"))
@@ -173,7 +203,28 @@ class QmpReader:
         if not version:  # one of our sockets: the peer is the daemon (or the demo's parent)
             pid = vmm or pid
         info = {"source": "QMP", "pid": str(pid or ""), "qemu_version": version}
+        self._said = (own_name, vcpus, info)
         return VmReading(own_name or self.name, self._schemas(schemas), sample, vcpus, info)
+
+    def _sample(self, taken: float, targets: Sequence[bytes | RemoteError]) -> Sample:
+        replies = {t.value: r for t, r in zip(VM_TARGETS, targets, strict=True)}
+        return sample_from_wire(taken, replies, self._wire)
+
+    async def _read_kept(self, qmp: QmpClient) -> VmReading:
+        """A read on a kept connection: the stats alone, unless the vCPUs changed."""
+        targets = await qmp.execute_all(_READ_STATS)
+        sample = self._sample(time.time(), targets)
+        own_name, vcpus, info = self._said
+        if set(vcpus) != {key[2] for key in sample.objects("vcpu")}:  # plugged, or gone
+            outcomes = await qmp.execute_each(_READ_VM)
+            return self._reading([b"{}", *outcomes], sample.taken, qmp.peer_pid, qmp.version)
+        return VmReading(own_name or self.name, self._schemas.value, sample, vcpus, info)
+
+    def close(self) -> None:
+        """Let a kept connection go."""
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
 
 
 def vmm_of(threads: Sequence[int]) -> int | None:

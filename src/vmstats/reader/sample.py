@@ -126,17 +126,34 @@ def _columns(stats: Iterable[tuple[str, StatsValue]]) -> tuple[list[str], list[S
     return [name for name, _ in pairs], [value for _, value in pairs]
 
 
-def sample_from_wire(taken: float, replies: Mapping[str, bytes | Any]) -> Sample:
+#: Per target, the last reply's bytes and the values decoded from them.
+WireMemo = dict[str, tuple[bytes, dict[ObjectKey, dict[str, StatsValue]]]]
+
+
+def sample_from_wire(taken: float, replies: Mapping[str, bytes | Any],
+                     memo: WireMemo | None = None) -> Sample:  # fmt: skip
     """A sample from ``query-stats`` replies per target, as QMP sent them (bytes; decoded
     JSON is taken too), checked as they are decoded (:func:`wire_results`): a refresh of
-    many VMs decodes thousands of values.  :class:`ClientError` if a reply is malformed."""
+    many VMs decodes thousands of values.  :class:`ClientError` if a reply is malformed.
+
+    With ``memo`` (kept by the caller between samples), a reply of the very bytes of
+    the last one (a VM whose stats stood still) is not decoded again: its objects keep
+    the very same values, which consumers see by identity."""
     values: dict[ObjectKey, dict[str, StatsValue]] = {}
     for target, reply in replies.items():
-        for result in reversed(wire_results(reply, target)):
-            stats = result.stats
-            key = (result.provider, target, result.qom_path or "")
-            found = natural_values(list(map(_NAME, stats)), list(map(_VALUE, stats)))
-            values.setdefault(key, {}).update(found)
+        kept = memo.get(target) if memo is not None else None
+        if kept is not None and kept[0] == reply:
+            part = kept[1]
+        else:
+            part = {}
+            for result in reversed(wire_results(reply, target)):
+                stats = result.stats
+                key = (result.provider, target, result.qom_path or "")
+                found = natural_values(list(map(_NAME, stats)), list(map(_VALUE, stats)))
+                part.setdefault(key, {}).update(found)
+            if memo is not None and isinstance(reply, bytes):
+                memo[target] = (reply, part)
+        values.update(part)
     return Sample(taken, values)
 
 

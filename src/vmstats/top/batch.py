@@ -188,6 +188,7 @@ class JsonWriter:
         self.out = out
         self.skip_zero = skip_zero
         self._encoded: dict[tuple[str, str, str], tuple[StatRow, str]] = {}
+        self._objects: dict[str, tuple[tuple[int, ...], list[StatRow], str]] = {}  # per VM
 
     @staticmethod
     def entry(row: StatRow) -> dict[str, Any]:
@@ -215,16 +216,24 @@ class JsonWriter:
         self._encoded[slot] = (row, text)
         return text
 
-    def _stats(self, rows: Sequence[StatRow]) -> str:
+    def _stats(self, rows: Sequence[StatRow], slot: str = "") -> str:
+        """The rows' object; a VM's (``slot``) kept while its rows are the same objects."""
+        ids = tuple(map(id, rows))
+        kept = self._objects.get(slot) if slot else None
+        if kept is not None and kept[0] == ids:
+            return kept[2]
         members = {row.key: self._encode(row) for row in rows
                    if not (self.skip_zero and row.is_zero)}  # fmt: skip
-        return "{" + ",".join(members.values()) + "}"
+        text = "{" + ",".join(members.values()) + "}"
+        if slot:  # the rows are kept too: their ids stay theirs
+            self._objects[slot] = (ids, list(rows), text)
+        return text
 
     def __call__(self, taken: float, per_vm: dict[str, list[StatRow]], total: list[StatRow],
                  gone: dict[str, str | None]) -> None:  # fmt: skip
         vms = ",".join(
             _dumps(name) + ":" + (_dumps({"gone": gone[name]}) if gone.get(name)
-                                  else self._stats(rows))
+                                  else self._stats(rows, name))
             for name, rows in per_vm.items()
         )  # fmt: skip
         text = '{"time":' + _dumps(round(taken, 3)) + ',"vms":{' + vms + "}"

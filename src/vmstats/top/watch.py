@@ -11,6 +11,7 @@ one view.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,10 +39,28 @@ class VmState:
     gone: str | None = None
     #: Rows of stats that did not move, per choice of vCPUs (:data:`RowMemo`).
     memos: dict[tuple[int, ...] | None, RowMemo] = field(default_factory=dict, repr=False)
+    #: per choice of vCPUs, the rows of a VM none of whose stats moved, and the baseline
+    #: and sample they were made of: while it stays still, they are its rows
+    stills: dict[tuple[int, ...] | None, tuple[Sample, Sample, list[StatRow]]] = field(
+        default_factory=dict, repr=False)  # fmt: skip
 
     def rows(self, vcpus: Sequence[int] | None = None) -> list[StatRow]:
         if self.current is None or self.gone is not None:
             return []
+        choice = None if vcpus is None else tuple(vcpus)
+        baseline = self.baseline or self.current
+        still = self.previous is not None and same_values(self.previous, self.current)
+        if still:
+            kept = self.stills.get(choice)
+            if kept is not None and kept[0] is baseline and same_values(kept[1], self.current):
+                return kept[2]
+        rows = self._rows(vcpus)
+        if still:
+            self.stills[choice] = (baseline, self.current, rows)
+        return rows
+
+    def _rows(self, vcpus: Sequence[int] | None) -> list[StatRow]:
+        assert self.current is not None
         paths = None
         if vcpus is not None:
             paths = {self.cpus[i] for i in vcpus if 0 <= i < len(self.cpus)}
@@ -54,6 +73,14 @@ class VmState:
             paths,
             self.memos.setdefault(None if vcpus is None else tuple(vcpus), {}),
         )
+
+
+def same_values(one: Sample, other: Sample) -> bool:
+    """Do two samples hold the very same value objects (nothing was read anew: a VM
+    whose stats stood still, :func:`vmstats.reader.sample.sample_from_wire`)?"""
+    mine, theirs = one.values, other.values
+    return mine.keys() == theirs.keys() and all(
+        a is b for a, b in zip(mine.values(), theirs.values(), strict=True))  # fmt: skip
 
 
 class Watch:
@@ -73,6 +100,10 @@ class Watch:
             self._add(reader)
         self.taken = 0.0
         self._totals: TotalMemo = {}
+        self._stamps: list[int | None] | None = None  # the directories' mtimes when scanned
+        #: the last rows: for which choice, from which VM rows, and what they gave
+        self._last: tuple[object, list[tuple[str, list[StatRow], str | None]],
+                          dict[str, list[StatRow]], list[StatRow]] | None = None  # fmt: skip
 
     def _unique(self, name: str, reader: Reader) -> str:
         """``name``, or ``name'`` (and so on) if another VM is shown as ``name``."""
@@ -104,6 +135,15 @@ class Watch:
         whose socket vanished is shown as gone, and comes back with it)."""
         if not self.directories:
             return
+        stamps: list[int | None] = []
+        for directory in self.directories:  # a directory's entries changed: its mtime did
+            try:
+                stamps.append(os.stat(directory).st_mtime_ns)
+            except OSError:
+                stamps.append(None)
+        if stamps == self._stamps:
+            return
+        self._stamps = stamps
         known = {socket_key(r.address) for r in self.readers.values() if isinstance(r, QmpReader)}
         for address in socket_addresses([str(d) for d in self.directories]):
             if socket_key(address) not in known:
@@ -180,13 +220,21 @@ class Watch:
     def rows(
         self, stat_filter: StatFilter | None = None, vcpus: Sequence[int] | None = None
     ) -> tuple[dict[str, list[StatRow]], list[StatRow]]:
-        """Rows per VM, and their totals across VMs (empty with one VM)."""
+        """Rows per VM, and their totals across VMs (empty with one VM).  While every VM's
+        rows are the very rows of the last call (nothing moved), so are these."""
         keep = stat_filter or StatFilter()
-        per_vm = {
-            name: [r for r in state.rows(vcpus) if keep(r.name)] for name, state in self.vms.items()
-        }
+        made = [(name, state.rows(vcpus), state.gone) for name, state in self.vms.items()]
+        choice = (keep.pattern, None if vcpus is None else tuple(vcpus))
+        last = self._last
+        if (last is not None and last[0] == choice and len(last[1]) == len(made)
+                and all(a[0] == b[0] and a[1] is b[1] and a[2] == b[2]
+                        for a, b in zip(last[1], made, strict=True))):  # fmt: skip
+            return last[2], last[3]
+        per_vm = {name: [r for r in rows if keep(r.name)] for name, rows, _ in made}
         live = [rows for name, rows in per_vm.items() if self.vms[name].gone is None]
-        return per_vm, total_rows(live, self._totals) if len(self.vms) > 1 else []
+        totals = total_rows(live, self._totals) if len(self.vms) > 1 else []
+        self._last = (choice, made, per_vm, totals)
+        return per_vm, totals
 
 
 class Changes:
