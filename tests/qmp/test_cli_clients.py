@@ -150,16 +150,20 @@ class FakePeer:
     that is old, or that sends what no QEMU sends."""
 
     def __init__(self, path: Path, answers: dict[str, str], version: str = "7.2.0",
-                 terse: bool = False, missing: frozenset[str] | set[str] = frozenset()
-                 ) -> None:  # fmt: skip
-        """``missing``: commands answered with QEMU's CommandNotFound."""
+                 terse: bool = False, missing: frozenset[str] | set[str] = frozenset(),
+                 package: str = "") -> None:  # fmt: skip
+        """``missing``: commands answered with QEMU's CommandNotFound; ``package``: the
+        greeting's (``vmstats ...`` for one of our servers)."""
         self.path = path
+        self.connections = 0  # made so far
+        self._writers: list[asyncio.StreamWriter] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.answers = answers
         self.terse = terse
         self.missing = missing
         major, minor, micro = version.split(".")
         self.greeting = (f'{{"QMP": {{"version": {{"qemu": {{"micro": {micro}, "minor": {minor}, '
-                         f'"major": {major}}}, "package": ""}}, "capabilities": ["oob"]}}}}\r\n')  # fmt: skip
+                         f'"major": {major}}}, "package": "{package}"}}, "capabilities": ["oob"]}}}}\r\n')  # fmt: skip
         if terse:  # valid QMP that QEMU does not write: no spaces, "\n" line ends
             self.greeting = json.dumps(json.loads(self.greeting), separators=(",", ":")) + "\n"
         self._ready = threading.Event()
@@ -179,6 +183,8 @@ class FakePeer:
 
     async def _serve(self) -> None:
         async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            self._writers.append(writer)
             writer.write(self.greeting.encode())
             stream = JSONStreamParser()  # clients send JSON without newlines
             while data := await reader.read(4096):
@@ -187,6 +193,7 @@ class FakePeer:
             writer.close()
 
         server = await asyncio.start_unix_server(client, path=str(self.path))
+        self._loop = asyncio.get_running_loop()
         self._ready.set()
         await asyncio.sleep(60)
         server.close()
@@ -198,6 +205,19 @@ class FakePeer:
 
     def __exit__(self, *exc: object) -> None:
         self.path.unlink(missing_ok=True)
+
+    def hang_up(self) -> None:
+        """Close every connection from the server's side (a server that restarted)."""
+        assert self._loop is not None
+        done = threading.Event()
+
+        def close() -> None:
+            for writer in self._writers:
+                writer.close()
+            done.set()
+
+        self._loop.call_soon_threadsafe(close)
+        assert done.wait(10)
 
 
 def test_qemu_without_query_stats_is_a_clear_error(tmp_path: Path) -> None:

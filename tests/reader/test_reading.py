@@ -13,7 +13,7 @@ from tests.kvm.conftest import requires_kvm
 from tests.qmp.test_cli_clients import EXITS_SCHEMA, FakePeer
 from tests.stats.provider import FakeProvider
 from vmstats.errors import ClientError
-from vmstats.reader.reading import QmpReader, RegistryReader, socket_addresses
+from vmstats.reader.reading import QmpReader, RegistryReader, VmReading, socket_addresses
 from vmstats.reader.sample import SampleMemo, take_sample
 from vmstats.stats.model import StatsProvider, StatsResult, StatsTarget
 from vmstats.stats.registry import StatsRegistry
@@ -135,3 +135,52 @@ def test_a_refused_negotiation_is_said_as_such_not_as_an_old_qemu(tmp_path: Path
     reader = QmpReader(str(tmp_path / "r.qmp"), timeout=5)
     with refusing, pytest.raises(ClientError, match=r"^qmp_capabilities: CommandNotFound"):
         asyncio.run(reader.read())
+
+
+THREE_VCPUS = json.dumps([
+    {"provider": "kvm", "qom-path": f"/machine/unattached/device[{n}]",
+     "stats": [{"name": "hist", "value": [0, 0, 1]}, {"name": "exits", "value": n}]}
+    for n in (3, 2, 0)
+])  # fmt: skip
+
+
+def test_our_own_socket_is_read_on_one_kept_connection_and_a_qemus_is_let_go(
+    tmp_path: Path,
+) -> None:
+    """vmstats' sockets serve many clients: a reader keeps its connection (a read is
+    the stats alone), asks schemas and vCPUs again when the vCPUs change, and connects
+    anew when the server hangs up.  A QEMU's monitor is let go after every read."""
+    answers = {"query-stats-schemas": EXITS_SCHEMA, "query-stats vcpu": VCPU_STATS,
+               "query-stats vm": "[]", "query-name": '{"name": "web1"}'}  # fmt: skip
+
+    async def reads(reader: QmpReader, count: int) -> list[VmReading]:
+        return [await reader.read() for _ in range(count)]
+
+    ours = FakePeer(tmp_path / "ours.qmp", answers, missing={"query-cpus-fast"},
+                    package="vmstats 0.1")  # fmt: skip
+    with ours:
+        reader = QmpReader(str(tmp_path / "ours.qmp"), timeout=5)
+
+        async def session() -> list[VmReading]:
+            first = await reads(reader, 3)
+            answers["query-stats vcpu"] = THREE_VCPUS  # a vCPU plugged
+            plugged = await reader.read()
+            ours.hang_up()  # the daemon restarted: the next read connects anew
+            return [*first, plugged, await reader.read()]
+
+        readings = asyncio.run(session())
+        reader.close()
+    assert [r.name for r in readings] == ["web1"] * 5
+    assert ours.connections == 2  # one for four reads, one after the hang-up
+    assert len(readings[0].cpus()) == 2
+    assert readings[3].cpus() == [f"/machine/unattached/device[{n}]" for n in (0, 2, 3)]
+    assert readings[3].sample.values[("kvm", "vcpu", "/machine/unattached/device[3]")] == {
+        "exits": 3, "hist": [1, 0, 0]}  # fmt: skip
+    assert readings[2].sample.values is not readings[1].sample.values
+    key = ("kvm", "vcpu", "/machine/unattached/device[0]")
+    assert readings[2].sample.values[key] is readings[1].sample.values[key]  # same bytes
+
+    qemu = FakePeer(tmp_path / "qemu.qmp", answers, missing={"query-cpus-fast"})
+    with qemu:
+        asyncio.run(reads(QmpReader(str(tmp_path / "qemu.qmp"), timeout=5), 3))
+    assert qemu.connections == 3

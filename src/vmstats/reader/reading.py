@@ -24,6 +24,8 @@ VMs every second would otherwise open 256 connections a second, on both sides).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -150,9 +152,12 @@ class QmpReader:
         )
         self._wire: WireMemo = {}
         self._kept: QmpClient | None = None  # a connection to one of our servers
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it belongs to
         self._said: tuple[str | None, dict[str, int], dict[str, str]] = (None, {}, {})
 
     async def read(self) -> VmReading:
+        if self._kept is not None and self._loop is not asyncio.get_running_loop():
+            self.close()  # made on another loop (one asyncio.run per read): not usable
         if self._kept is not None:
             try:
                 return await self._read_kept(self._kept)
@@ -173,7 +178,7 @@ class QmpReader:
         if _version(qmp.version):
             qmp.close()  # a QEMU's monitor: free for its other clients
         else:
-            self._kept = qmp
+            self._kept, self._loop = qmp, asyncio.get_running_loop()
         return reading
 
     def _reading(self, outcomes: list[bytes | RemoteError], taken: float, pid: int | None,
@@ -223,8 +228,9 @@ class QmpReader:
     def close(self) -> None:
         """Let a kept connection go."""
         if self._kept is not None:
-            self._kept.close()
-            self._kept = None
+            with contextlib.suppress(RuntimeError):  # its loop is closed: so is it
+                self._kept.close()
+            self._kept = self._loop = None
 
 
 def vmm_of(threads: Sequence[int]) -> int | None:
