@@ -120,3 +120,23 @@ def test_random_stats_give_the_same_bytes(values: list[StatsValue], name: str, v
     scrape = Scrape([reading(name, stats, paths)], {"other": "x"}, 0.5)
     assert_same(writer, scrape)
     assert_same(writer, scrape)
+
+
+def test_each_stat_that_moves_is_written_again_and_only_the_moved_vm() -> None:
+    """Two VMs scraped again after one's stats moved (a counter, a histogram and the
+    cumulative stat that is its sum, a histogram without one): the bytes are still
+    prometheus_client's, and the VM that stood still is the very text it was."""
+    still: list[tuple[str, StatsValue]] = [
+        ("exits", 1), ("halt_wait_hist", [1, 0, 2]), ("halt_wait_ns", 500),
+        ("size_hist", [0, 1]), ("blocking", False)]  # fmt: skip
+    moved: list[tuple[str, StatsValue]] = [
+        ("exits", 2), ("halt_wait_hist", [1, 1, 2]), ("halt_wait_ns", 900),
+        ("size_hist", [0, 2]), ("blocking", True)]  # fmt: skip
+    paths = ["/machine/unattached/device[0]"]
+    writer = Exposition()
+    assert_same(writer, Scrape([reading("a", still, paths), reading("b", still, paths)], {}, 1.0))
+    kept = writer._vms["a"][1]
+    for changed in (moved, [*moved[:2], ("halt_wait_ns", 901), *moved[3:]]):  # the sum alone
+        assert_same(writer, Scrape([reading("a", still, paths), reading("b", changed, paths)],
+                                   {}, 1.0))  # fmt: skip
+        assert writer._vms["a"][1] is kept
