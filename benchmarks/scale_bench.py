@@ -125,9 +125,10 @@ def top_cpu(run_dir: Path, seconds: float) -> dict[str, float]:
     return out
 
 
-def churn(fleet: Fleet, run_dir: Path, daemon: int, cycles: int) -> dict[str, float]:
-    """One VM stopped and one started a second: the daemon's CPU and growth, and how long
-    each new VM took to be served."""
+def churn(fleet: Fleet, run_dir: Path, daemon: int, cycles: int,
+          rate: float = 1.0) -> dict[str, float]:  # fmt: skip
+    """One VM stopped and one started, ``rate`` times a second: the daemon's CPU and
+    growth, and how long each new VM took to be served."""
     rss, fds, cpu = rss_bytes(daemon), fd_count(daemon), cpu_seconds(daemon)
     started = time.monotonic()
     born: dict[str, float] = {}
@@ -139,7 +140,7 @@ def churn(fleet: Fleet, run_dir: Path, daemon: int, cycles: int) -> dict[str, fl
         fleet.stop(oldest)
         (name,) = fleet.start(1)
         born[name] = time.monotonic()
-        while time.monotonic() < started + cycle + 1 or (cycle == cycles - 1 and born):
+        while time.monotonic() < started + (cycle + 1) / rate or (cycle == cycles - 1 and born):
             for name, at in list(born.items()):  # served: its socket is there
                 if (run_dir / f"{name}.qmp").exists():
                     latencies.append(time.monotonic() - at)
@@ -189,7 +190,7 @@ def one_size(vms: int, vcpus: int, args: argparse.Namespace) -> dict[str, object
             if args.top:
                 row.update({f"{k} %": v * 100 for k, v in top_cpu(run_dir, args.seconds).items()})
             if args.churn_cycles and vms >= 16:  # smaller, a VM lives less than a scan
-                row.update(churn(fleet, run_dir, daemon.pid, args.churn_cycles))
+                row.update(churn(fleet, run_dir, daemon.pid, args.churn_cycles, args.churn_rate))
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(60)
@@ -203,6 +204,7 @@ def main() -> int:
     parser.add_argument("--vcpus", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--churn-cycles", type=int, default=60)
+    parser.add_argument("--churn-rate", type=float, default=1.0, help="cycles a second")
     parser.add_argument("--top", action="store_true")
     args = parser.parse_args()
     rows = []

@@ -5,6 +5,7 @@ prometheus_client; the file's mistakes named; SIGHUP applying a new file."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -154,3 +155,41 @@ def test_the_exporter_takes_a_series_file_and_sighup_changes_it(tmp_path: Path) 
     assert "--series: " in wrong.stderr
     assert "vcpus must be one of each, vm, not 'socket'" in wrong.stderr
     assert "Traceback" not in wrong.stderr
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(KVM_REASON is not None, reason=f"no usable KVM: {KVM_REASON}")
+@pytest.mark.skipif(os.geteuid() != 0, reason="vmstats serve runs as root")
+def test_serve_rereads_its_series_file_on_sighup_without_a_config(tmp_path: Path) -> None:
+    """``serve --metrics --series FILE`` and no ``--config``: SIGHUP still rereads the
+    series file (and the web config), as the exporter does."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    series = tmp_path / "series.toml"
+    series.write_text('vcpus = "vm"\n')
+    log = tmp_path / "serve.log"
+
+    def page() -> bytes:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
+                return bytes(reply.read())
+        except OSError:
+            return b""
+
+    with DemoServer(vcpus=2, rate=1), log.open("w") as stderr:
+        daemon = subprocess.Popen([sys.executable, "-m", "vmstats", "serve", "--run-dir",
+                                   str(tmp_path / "run"), "--scan-interval", "0.3", "--metrics",
+                                   f"127.0.0.1:{port}", "--series", str(series)],
+                                  stderr=stderr)  # fmt: skip
+        try:
+            assert wait_for(lambda: b"kvm_vcpu_exits_total{vm=" in page(), timeout=30)
+            series.write_text('vcpus = "each"\n')
+            daemon.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: b'kvm_vcpu_exits_total{vcpu="1"' in page(), timeout=30)
+        finally:
+            assert stop_process(daemon) == 0
+    assert "Traceback" not in log.read_text()

@@ -170,23 +170,24 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
 
     def reload() -> None:
         """SIGHUP: reread the config; the interval, the QMP sources, the limits of new
-        sockets and of new /metrics connections follow."""
+        sockets and of new /metrics connections, the allow rules follow; the web config
+        and series files are reread, with a config or without."""
         nonlocal settings
         if path is None:
             log.info("SIGHUP: no --config to reread")
-            return
-        try:
-            settings = settings.reloaded(read_config(path), given)
-        except UsageError as exc:
-            log.error("SIGHUP: %s; keeping the settings in use", exc)
-            return
-        daemon.scan_interval = settings.scan_interval
-        daemon.limits = settings.limits
-        daemon.qmp = list(settings.qmp)
-        daemon.qmp_timeout = settings.qmp_timeout
-        daemon.set_allow(settings.allow)
-        log.info("SIGHUP: %s reread", path)
-        if endpoint is not None:  # the web config's file is reread too, named anew or not
+        else:
+            try:
+                settings = settings.reloaded(read_config(path), given)
+            except UsageError as exc:
+                log.error("SIGHUP: %s; keeping the settings in use", exc)
+                return
+            daemon.scan_interval = settings.scan_interval
+            daemon.limits = settings.limits
+            daemon.qmp = list(settings.qmp)
+            daemon.qmp_timeout = settings.qmp_timeout
+            daemon.set_allow(settings.allow)
+            log.info("SIGHUP: %s reread", path)
+        if endpoint is not None:  # the files named, anew or not
             reload_metrics_files(endpoint, settings.web_config, settings.series)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
