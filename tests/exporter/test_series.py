@@ -193,3 +193,17 @@ def test_serve_rereads_its_series_file_on_sighup_without_a_config(tmp_path: Path
         finally:
             assert stop_process(daemon) == 0
     assert "Traceback" not in log.read_text()
+
+
+def test_summing_a_vms_vcpus_sums_counts_and_buckets_and_keeps_the_highest_peak() -> None:
+    from vmstats.exporter.mapping import Metric, metric_for
+    from vmstats.exporter.series import summed
+    from vmstats.stats.model import StatsSchemaValue, StatsType, StatsUnit
+
+    def metric(kind: StatsType, unit: StatsUnit | None = None) -> Metric:
+        return metric_for("kvm_vcpu", StatsSchemaValue("x", kind, unit))
+
+    assert summed(metric(StatsType.CUMULATIVE), [3, 4, 5]) == 12
+    assert summed(metric(StatsType.INSTANT, StatsUnit.BOOLEAN), [True, False, True]) == 2
+    assert summed(metric(StatsType.PEAK), [3, 9, 5]) == 9
+    assert summed(metric(StatsType.LOG2_HISTOGRAM), [[1, 2], [0, 1, 4]]) == [1, 3, 4]
