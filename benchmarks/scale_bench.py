@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,15 +34,10 @@ from pathlib import Path
 
 from vmstats.testing.fleet import Fleet
 from vmstats.testing.hostile import cpu_seconds, fd_count, rss_bytes, wait_for
+from vmstats.testing.prometheus import free_port
 from vmstats.testing.qemu import RawQMP, stop_process
 
 _SCAN = re.compile(r"scan: ([0-9.]+) ms, (\d+) VMs served")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def served(run_dir: Path) -> set[str]:

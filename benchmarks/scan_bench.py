@@ -22,19 +22,7 @@ from collections.abc import Callable
 
 from vmstats.kvm.attach import stats_fds_by_process
 from vmstats.kvm.scan import ProcessScanner
-
-FLOODER = """
-import os, resource, time
-hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-held = [os.open("/dev/null", os.O_RDONLY) for _ in range(hard - 100)]
-print("ready", flush=True)
-while True:
-    extra = os.open("/dev/null", os.O_RDONLY)
-    time.sleep(0.01)
-    os.close(extra)
-    time.sleep(0.01)
-"""
+from vmstats.testing.hostile import FLOODER
 
 
 def timed(call: Callable[[], object]) -> float:

@@ -24,11 +24,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from scale_bench import free_port, scrape, scrapes, served
+from scale_bench import scrape, scrapes, served
 
 from vmstats.testing.fleet import Fleet
 from vmstats.testing.hostile import wait_for
-from vmstats.testing.prometheus import Prometheus, prometheus_unavailable_reason
+from vmstats.testing.prometheus import Prometheus, free_port, prometheus_unavailable_reason
 
 CHOICES = {
     "every series, per vCPU (default)": "",

@@ -5,10 +5,12 @@ prometheus_client; the file's mistakes named; SIGHUP applying a new file."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,9 +28,19 @@ from vmstats.qmp.monitor import Monitor
 from vmstats.serve.reader import MonitorReader
 from vmstats.stats.registry import StatsRegistry
 from vmstats.testing.hostile import DemoServer, wait_for
+from vmstats.testing.prometheus import free_port
 from vmstats.testing.qemu import stop_process
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metrics_page(port: int) -> bytes:
+    """The page at /metrics, or nothing while it cannot be had (yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
+            return bytes(reply.read())
+    except OSError:
+        return b""
 
 
 def samples(page: bytes) -> Samples:
@@ -110,12 +122,7 @@ def test_a_wrong_series_file_says_what_is_wrong(config: dict[str, object], probl
 @pytest.mark.kvm
 @pytest.mark.skipif(KVM_REASON is not None, reason=f"no usable KVM: {KVM_REASON}")
 def test_the_exporter_takes_a_series_file_and_sighup_changes_it(tmp_path: Path) -> None:
-    import socket
-    import urllib.request
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     series = tmp_path / "series.toml"
     series.write_text('vcpus = "vm"\nhistograms = false\n')
     log = tmp_path / "exporter.log"
@@ -124,14 +131,7 @@ def test_the_exporter_takes_a_series_file_and_sighup_changes_it(tmp_path: Path) 
                                      "--listen", f"127.0.0.1:{port}", "--series", str(series)],
                                     stderr=stderr)  # fmt: skip
         try:
-
-            def page() -> bytes:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
-                                                timeout=30) as reply:  # fmt: skip
-                        return bytes(reply.read())
-                except OSError:
-                    return b""
+            page = functools.partial(metrics_page, port)
 
             assert wait_for(lambda: b"kvm_vcpu_exits_total" in page())
             first = page()
@@ -163,22 +163,11 @@ def test_the_exporter_takes_a_series_file_and_sighup_changes_it(tmp_path: Path) 
 def test_serve_rereads_its_series_file_on_sighup_without_a_config(tmp_path: Path) -> None:
     """``serve --metrics --series FILE`` and no ``--config``: SIGHUP still rereads the
     series file (and the web config), as the exporter does."""
-    import socket
-    import urllib.request
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     series = tmp_path / "series.toml"
     series.write_text('vcpus = "vm"\n')
     log = tmp_path / "serve.log"
-
-    def page() -> bytes:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
-                return bytes(reply.read())
-        except OSError:
-            return b""
+    page = functools.partial(metrics_page, port)
 
     with DemoServer(vcpus=2, rate=1), log.open("w") as stderr:
         daemon = subprocess.Popen([sys.executable, "-m", "vmstats", "serve", "--run-dir",

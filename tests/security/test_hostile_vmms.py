@@ -18,7 +18,7 @@ import pytest
 
 from tests.kvm.conftest import requires_kvm
 from tests.security.conftest import Daemon
-from vmstats.testing.hostile import rss_bytes, wait_for
+from vmstats.testing.hostile import FLOODER, rss_bytes, stats_fd_count, wait_for
 from vmstats.testing.qemu import RawQMP, stop_process
 
 pytestmark = [pytest.mark.kvm, requires_kvm,
@@ -50,21 +50,6 @@ print("ready", flush=True)
 time.sleep(600)
 """
 
-#: A process that fills its fd table and keeps changing it, so that every scan would
-#: read all of it again.
-FLOODER = """
-import os, resource, time
-hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-held = [os.open("/dev/null", os.O_RDONLY) for _ in range(hard - 100)]
-print("ready", flush=True)
-while True:
-    extra = os.open("/dev/null", os.O_RDONLY)
-    time.sleep(0.01)
-    os.close(extra)
-    time.sleep(0.01)
-"""
-
 
 @pytest.fixture
 def vmm() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
@@ -92,16 +77,6 @@ def vcpus_served(run_dir: Path, name: str) -> int:
         qmp.close()
 
 
-def stats_fds(pid: int) -> int:
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            count += "stats" in os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-    return count
-
-
 def test_thread_names_faked_as_cpu_0_do_not_hide_a_vcpu(
     start_daemon: Callable[..., Daemon], vmm: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
@@ -116,10 +91,10 @@ def test_thousands_of_copies_of_its_stats_fds_are_taken_once(
 ) -> None:
     proc, run_dir = start_daemon()
     hostile = vmm("dup=2000")  # 6,000 stats fds in one process
-    assert stats_fds(hostile.pid) >= 6000
+    assert stats_fd_count(hostile.pid) >= 6000
     assert wait_for((run_dir / "hostile.qmp").exists)
     assert vcpus_served(run_dir, "hostile") == 2
-    assert stats_fds(proc.pid) == 3  # the VM's and two vCPUs', not 6,000
+    assert stats_fd_count(proc.pid) == 3  # the VM's and two vCPUs', not 6,000
 
 
 @pytest.fixture
@@ -148,7 +123,7 @@ def test_floods_of_fds_and_fds_passed_to_many_processes_delay_no_vm(
     parent = vmm("fork=20")
     assert wait_for((run_dir / "hostile.qmp").exists, timeout=30)
     assert vcpus_served(run_dir, "hostile") == 2
-    assert stats_fds(proc.pid) == 3  # the VMM's, copied once
+    assert stats_fd_count(proc.pid) == 3  # the VMM's, copied once
     served = json.loads((run_dir / "vms.json").read_text())
     assert [row["pid"] for row in served] == [parent.pid]  # not its 20 children
     assert rss_bytes(proc.pid) < 150 << 20

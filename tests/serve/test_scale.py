@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,8 @@ from tests.kvm.conftest import requires_kvm
 from tests.serve.conftest import Daemon
 from vmstats.kvm.attach import attach, cpu_index_of_threads, creator_thread
 from vmstats.testing.fleet import Fleet
-from vmstats.testing.hostile import wait_for
+from vmstats.testing.hostile import stats_fd_count, wait_for
+from vmstats.testing.prometheus import free_port
 from vmstats.testing.qemu import RawQMP
 
 pytestmark = [pytest.mark.kvm, requires_kvm,
@@ -27,27 +27,11 @@ VMS = int(os.environ.get("VMSTATS_FLEET_VMS", "32"))
 VCPUS = 8
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def rows(run_dir: Path) -> dict[str, dict[str, object]]:
     try:
         return {str(r["name"]): r for r in json.loads((run_dir / "vms.json").read_text())}
     except (OSError, ValueError):
         return {}
-
-
-def stats_fds(pid: int) -> int:
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            count += "stats" in os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-    return count
 
 
 def test_a_fleet_is_served_scraped_and_reaped(start_daemon: Callable[..., Daemon]) -> None:
@@ -68,7 +52,7 @@ def test_a_fleet_is_served_scraped_and_reaped(start_daemon: Callable[..., Daemon
         for name, pid in fleet.pids().items():
             assert served[name]["pid"] == pid
             assert served[name]["vcpus"] == VCPUS
-        assert stats_fds(proc.pid) == VMS * VCPUS  # one copy of each vCPU's, no more
+        assert stats_fd_count(proc.pid) == VMS * VCPUS  # one copy of each vCPU's, no more
         qmp = RawQMP(run_dir / f"{names[-1]}.qmp", timeout=30)
         try:
             qmp.negotiate()
@@ -87,7 +71,7 @@ def test_a_fleet_is_served_scraped_and_reaped(start_daemon: Callable[..., Daemon
     # the fleet stopped: every VM reaped, every copied fd closed
     assert wait_for(lambda: not set(names) & set(rows(run_dir)), timeout=60)
     assert not list(run_dir.glob("scale-*.qmp"))
-    assert stats_fds(proc.pid) == 0
+    assert stats_fd_count(proc.pid) == 0
 
 
 def test_a_vmm_making_its_vcpus_on_one_unnamed_thread_is_served(

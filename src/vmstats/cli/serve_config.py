@@ -7,19 +7,19 @@ rereads the file and changes only what a running daemon can change (:data:`RELOA
 from __future__ import annotations
 
 import argparse
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from vmstats.cli.options import bounded_int, non_negative_float, positive_float, tcp_address
-from vmstats.errors import UsageError, os_reason
+from vmstats.errors import UsageError
 from vmstats.exporter.http import DEFAULT_SCRAPE_TIMEOUT
 from vmstats.libvirt.domain import DEFAULT_MAX_AGE
 from vmstats.limits import ServerLimits
 from vmstats.serve.access import AllowRule, allow_rule, group_id
 from vmstats.serve.forward import DEFAULT_QMP_TIMEOUT
+from vmstats.tomlfile import read_toml
 
 DEFAULT_RUN_DIR = Path("/run/vmstats")
 _LIMITS = ServerLimits()
@@ -121,18 +121,8 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def read_config(path: Path) -> dict[str, Any]:
     """The settings of a TOML file, checked; :class:`UsageError` naming what is wrong."""
-    try:
-        with path.open("rb") as file:
-            config = tomllib.load(file)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {os_reason(exc)}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
     names = {key(name): name for name in SETTINGS}
-    unknown = sorted(set(config) - set(names))
-    if unknown:
-        raise UsageError(f"{path}: unknown settings {', '.join(unknown)} "
-                         f"(known: {', '.join(names)})")  # fmt: skip
+    config = read_toml(path, names)
     out = {}
     for text, value in config.items():
         try:

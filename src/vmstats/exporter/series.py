@@ -18,16 +18,16 @@ counter's ``_total``.
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmstats.errors import UsageError, os_reason
+from vmstats.errors import UsageError
 from vmstats.exporter.mapping import Kind
 from vmstats.exporter.mapping import Metric as StatMetric
 from vmstats.stats.model import StatsType, StatsValue
+from vmstats.tomlfile import read_toml
 
 VCPU_SERIES = ("each", "vm")
 
@@ -77,24 +77,20 @@ def summed(metric: StatMetric, values: list[StatsValue]) -> StatsValue:
     return sum(numbers)
 
 
+#: The settings of a series file.
+SETTINGS = ("vcpus", "histograms", "include", "exclude")
+
+
 def read_series(path: Path) -> SeriesPolicy:
     """A series file, checked; :class:`UsageError` naming what is wrong."""
-    try:
-        with path.open("rb") as file:
-            config = tomllib.load(file)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {os_reason(exc)}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
-    return policy_of(config, str(path))
+    return policy_of(read_toml(path, SETTINGS), str(path))
 
 
 def policy_of(config: Mapping[str, Any], where: str) -> SeriesPolicy:
-    known = {"vcpus", "histograms", "include", "exclude"}
-    unknown = sorted(set(config) - known)
+    """The policy a series file's settings give; :class:`UsageError` naming a wrong one."""
+    unknown = sorted(set(config) - set(SETTINGS))
     if unknown:
-        raise UsageError(f"{where}: unknown settings {', '.join(unknown)} "
-                         f"(known: {', '.join(sorted(known))})")  # fmt: skip
+        raise UsageError(f"{where}: unknown settings {', '.join(unknown)}")
     vcpus = config.get("vcpus", "each")
     if vcpus not in VCPU_SERIES:
         raise UsageError(f"{where}: vcpus must be one of {', '.join(VCPU_SERIES)}, not {vcpus!r}")

@@ -36,6 +36,33 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+#: A process that fills its fd table (all its limit allows) and keeps changing it, so
+#: that a scan that read every fd would read all of it again each time.
+FLOODER = """
+import os, resource, time
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+held = [os.open("/dev/null", os.O_RDONLY) for _ in range(hard - 100)]
+print("ready", flush=True)
+while True:
+    extra = os.open("/dev/null", os.O_RDONLY)
+    time.sleep(0.01)
+    os.close(extra)
+    time.sleep(0.01)
+"""
+
+
+def stats_fd_count(pid: int) -> int:
+    """How many KVM stats fds a process holds."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += "stats" in os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+    return count
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
