@@ -80,7 +80,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=None,
         metavar="FILE",
         help="TOML settings by option name (run-dir, group, allow and qmp as lists, "
-        "scan-interval, qmp-timeout, libvirt, libvirt-max-age, metrics, and the limits below); "
+        "scan-interval, qmp-timeout, libvirt, libvirt-max-age, metrics, web-config, series, "
+        "and the limits below); "
         "reread on SIGHUP",
     )
     serve.add_argument("--once", action="store_true", default=False,

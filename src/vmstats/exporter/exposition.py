@@ -110,6 +110,9 @@ class Exposition:
         self._policy = policy or SeriesPolicy()
         self._bounds: dict[tuple[StatMetric, int], list[str]] = {}  # le texts
         self._tails: dict[bool, tuple[object, bytes]] = {}  # vmstats_up and _info, by format
+        #: per VM, its objects' values and their sums (``vcpus = "vm"``)
+        self._sums: dict[str, tuple[list[Mapping[str, StatsValue]],
+                                    dict[ObjectKey, dict[str, StatsValue]]]] = {}  # fmt: skip
 
     @property
     def policy(self) -> SeriesPolicy:
@@ -136,6 +139,7 @@ class Exposition:
                     found[1].append(text)
         for gone in set(self._vms) - seen:
             del self._vms[gone]
+            self._sums.pop(gone, None)
             for key in [k for k in self._objects if k[0] == gone]:
                 del self._objects[key]
         out = [part for metric, texts in families.values()
@@ -180,7 +184,18 @@ class Exposition:
         return blocks
 
     def _per_vm(self, reading: VmReading) -> dict[ObjectKey, dict[str, StatsValue]]:
-        """The reading with each target's vCPUs summed into one object of the VM."""
+        """The reading with each target's vCPUs summed into one object of the VM; the
+        very sums of the last scrape while its objects' values are the very same."""
+        given = list(reading.sample.values.values())
+        kept = self._sums.get(reading.name)
+        if kept is not None and len(kept[0]) == len(given) and all(
+                a is b for a, b in zip(kept[0], given, strict=True)):  # fmt: skip
+            return kept[1]
+        sums = self._summed(reading)
+        self._sums[reading.name] = (given, sums)
+        return sums
+
+    def _summed(self, reading: VmReading) -> dict[ObjectKey, dict[str, StatsValue]]:
         metrics = self.table.of(reading.schemas)
         out: dict[ObjectKey, dict[str, StatsValue]] = {}
         merged: dict[ObjectKey, dict[str, list[StatsValue]]] = {}
