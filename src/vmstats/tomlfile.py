@@ -21,6 +21,8 @@ def read_toml(path: Path, known: Collection[str]) -> dict[str, Any]:
         raise UsageError(f"cannot read {path}: {os_reason(exc)}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"cannot read {path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"cannot read {path}: not UTF-8 text (byte {exc.start})") from None
     unknown = sorted(set(config) - set(known))
     if unknown:
         raise UsageError(f"{path}: unknown settings {', '.join(unknown)} "

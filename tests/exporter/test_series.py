@@ -22,7 +22,7 @@ from vmstats.demo.vm import DemoVM
 from vmstats.errors import UsageError
 from vmstats.exporter.exposition import Exposition
 from vmstats.exporter.scrape import Scrape
-from vmstats.exporter.series import SeriesPolicy, policy_of
+from vmstats.exporter.series import SeriesPolicy, policy_of, read_series
 from vmstats.qmp.machine import Machine
 from vmstats.qmp.monitor import Monitor
 from vmstats.serve.reader import MonitorReader
@@ -117,6 +117,16 @@ def test_each_choice_exports_what_it_says_on_real_kvm_stats() -> None:
 def test_a_wrong_series_file_says_what_is_wrong(config: dict[str, object], problem: str) -> None:
     with pytest.raises(UsageError, match=problem):
         policy_of(config, "series.toml")
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    (b"\xff\xfe", "not UTF-8 text"), (b"vcpus = [", "cannot read"),
+    (b"colour = 'blue'", "unknown settings colour")])  # fmt: skip
+def test_a_series_file_that_is_not_toml_says_so(tmp_path: Path, text: bytes, problem: str) -> None:
+    path = tmp_path / "series.toml"
+    path.write_bytes(text)
+    with pytest.raises(UsageError, match=problem):
+        read_series(path)
 
 
 @pytest.mark.kvm

@@ -25,7 +25,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from vmstats.testing.qemu import stop_process
@@ -175,14 +174,6 @@ class Churn:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-
-
-@contextlib.contextmanager
-def fleet(count: int, vcpus: int = 8, rate: float = 0.0, unnamed: bool = False) -> Iterator[Fleet]:
-    """``count`` fleet VMMs for the time of a ``with``."""
-    with Fleet(vcpus, rate, unnamed) as made:
-        made.start(count)
-        yield made
 
 
 def main(argv: list[str] | None = None) -> int:
