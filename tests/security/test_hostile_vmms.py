@@ -215,3 +215,27 @@ def test_hostile_qmp_sockets_cost_bounded_time_and_memory_and_nobody_else_servic
     assert "is not a QMP server" in log
     assert "sent a line longer than QEMU's 64 MiB limit of a message" in log
     assert "Traceback" not in log
+
+
+def test_a_symbolic_link_in_a_qmp_glob_is_not_followed(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """Whoever may write in a globbed directory could point a link at a socket they may
+    not open themselves; the daemon, which may, must not talk to it for them.  The link
+    is skipped and said once; the directory's own sockets are probed."""
+    folder, elsewhere = tmp_path / "qmp", tmp_path / "private"
+    folder.mkdir()
+    elsewhere.mkdir()
+    target = HostileQmp(elsewhere / "theirs.sock", "nonsense")
+    own = HostileQmp(folder / "own.sock", "nonsense")
+    (folder / "linked.sock").symlink_to(elsewhere / "theirs.sock")
+    try:
+        proc, _ = start_daemon("--qmp", str(folder / "*.sock"), "--qmp-timeout", "2")
+        assert wait_for(lambda: own.accepted >= 3, timeout=60)  # three scans at least
+        assert target.accepted == 0
+    finally:
+        target.close()
+        own.close()
+    proc.send_signal(signal.SIGTERM)
+    _, log = proc.communicate(timeout=30)
+    assert log.count("linked.sock is a symbolic link that a glob matched: not followed") == 1

@@ -236,7 +236,13 @@ class Daemon:
         for pattern in self.qmp:
             if not glob.has_magic(pattern) and not os.path.exists(pattern):
                 self._log.warning(pattern, "QMP source %s: no such socket (yet)", pattern)
-        for path in qmp_socket_paths(self.qmp):
+        links: list[Path] = []
+        paths = qmp_socket_paths(self.qmp, links)
+        for link in links:
+            self._log.warning(f"link:{link}", "QMP source %s is a symbolic link that "
+                              "a glob matched: not followed (give the socket's path)",
+                              link)  # fmt: skip
+        for path in paths:
             try:
                 inode = os.stat(path).st_ino
             except OSError:

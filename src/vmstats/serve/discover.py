@@ -215,12 +215,21 @@ async def probe(path: Path, timeout: float) -> ProbedQemu:
     return ProbedQemu(path, pid, name, cpus, version)
 
 
-def qmp_socket_paths(patterns: Iterable[str]) -> list[Path]:
-    """The unix sockets the ``patterns`` (paths or globs) name now."""
+def qmp_socket_paths(patterns: Iterable[str], links: list[Path] | None = None) -> list[Path]:
+    """The unix sockets the ``patterns`` (paths or globs) name now.  A symbolic link that a
+    glob matches is not followed (and added to ``links``): whoever may write in a globbed
+    directory could point it at a socket they may not open themselves (another user's
+    QEMU monitor), and the daemon, which may, would talk to it for them.  A path given
+    whole is the admin's, and followed."""
     out: set[Path] = set()
     for pattern in patterns:
-        for match in glob.glob(pattern) or ([pattern] if not glob.has_magic(pattern) else []):
+        magic = glob.has_magic(pattern)
+        for match in glob.glob(pattern) or ([pattern] if not magic else []):
             with contextlib.suppress(OSError):
+                if magic and stat.S_ISLNK(os.lstat(match).st_mode):
+                    if links is not None:
+                        links.append(Path(match))
+                    continue
                 if stat.S_ISSOCK(os.stat(match).st_mode):
                     out.add(Path(match))
     return sorted(out)
