@@ -1,6 +1,6 @@
 """The VMs ``vmstats exporter SOURCE...`` exports: the sockets its arguments name at each
 scrape, each read by its :class:`QmpReader` (kept between scrapes for the replies it
-decoded; it holds no connection)."""
+decoded, and its connection where the socket is one of vmstats' own)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ class SocketReaders:
         if not addresses:
             self._log.warning("empty", "no VM to export: %s hold(s) no *.qmp socket (yet)",
                               " ".join(self.sources))  # fmt: skip
-        self._readers = {a: self._readers.get(a) or QmpReader(a, self.timeout)
-                         for a in addresses}  # fmt: skip
-        return list(self._readers.values())
+        readers = {a: self._readers.get(a) or QmpReader(a, self.timeout) for a in addresses}
+        for address, gone in self._readers.items():
+            if address not in readers:
+                gone.close()  # its socket went: so does a connection it kept
+        self._readers = readers
+        return list(readers.values())
