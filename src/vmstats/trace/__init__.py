@@ -1,0 +1,1 @@
+"""The kernel's tracepoints: their formats (and, next, counting them per vCPU)."""

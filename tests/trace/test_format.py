@@ -1,0 +1,96 @@
+"""Tracepoint format files parsed: this kernel's own kvm formats (both ``kvm_exit``
+tables, even under PVM where it never fires), and made-up ones that push the parser."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vmstats.trace.format import TraceFormatError, parse_format, read_format, tracefs
+
+
+@pytest.fixture(scope="module")
+def mounted() -> Iterator[Path]:
+    """tracefs, mounted for the test if it was not (and unmounted after)."""
+    found = tracefs()
+    if found is not None:
+        yield found
+        return
+    if os.geteuid() != 0:
+        pytest.skip("tracefs is not mounted, and mounting it needs root")
+    target = Path("/sys/kernel/tracing")
+    done = subprocess.run(["mount", "-t", "tracefs", "nodev", str(target)], capture_output=True,
+                          text=True)  # fmt: skip
+    if done.returncode != 0 or not (target / "events").is_dir():
+        pytest.skip(f"tracefs cannot be mounted here: {done.stderr.strip()}")
+    try:
+        yield target
+    finally:
+        with contextlib.suppress(OSError):
+            subprocess.run(["umount", str(target)], check=False)
+
+
+def test_this_kernels_kvm_exit_has_its_vmx_and_svm_tables(mounted: Path) -> None:
+    if not (mounted / "events" / "kvm" / "kvm_exit").is_dir():
+        pytest.skip("this kernel has no kvm_exit tracepoint")
+    event = read_format("kvm", "kvm_exit", mounted)
+    vmx = event.table("exit_reason", "REC->isa == 1")
+    svm = event.table("exit_reason", "not REC->isa == 1")
+    assert vmx is not None
+    assert svm is not None
+    assert vmx.of == "REC->exit_reason & 0xffff"  # the basic reason, flags off
+    assert {"HLT", "IO_INSTRUCTION", "EPT_VIOLATION"} <= set(vmx.names.values())
+    assert {"hlt", "io", "npf"} <= set(svm.names.values())
+    assert event.fields["exit_reason"].size == 4
+    assert event.id > 0
+
+
+def test_this_kernels_userspace_exits_name_every_kvm_exit_reason(mounted: Path) -> None:
+    if not (mounted / "events" / "kvm" / "kvm_userspace_exit").is_dir():
+        pytest.skip("this kernel has no kvm_userspace_exit tracepoint")
+    event = read_format("kvm", "kvm_userspace_exit", mounted)
+    table = event.table("reason")
+    assert table is not None
+    assert all(name.startswith("KVM_EXIT_") for name in table.names.values())
+    assert {"KVM_EXIT_IO", "KVM_EXIT_HLT", "KVM_EXIT_MMIO"} <= set(table.names.values())
+    assert sorted(table.names) == list(range(len(table.names)))  # 0.. with no hole
+    assert event.fields["reason"].offset == 8
+
+
+MADE_UP = r"""name: odd_exit
+ID: 7
+format:
+	field:unsigned short common_type;	offset:0;	size:2;	signed:0;
+	field:u8 bytes[16];	offset:8;	size:16;	signed:0;
+	field:int code;	offset:24;	size:4;	signed:1;
+
+print fmt: "%s %s", (REC->mode == 2) ? __print_symbolic(REC->code >> 1, { 0x10 + 2, "A" "(" "B" }, { -1, "minus, \"one\"" }, { 3UL, "three" }) : __print_symbolic(REC->code, { 1 | 4, "five" }), __print_symbolic(REC->code, { 0, "zero" })
+"""
+
+
+def test_a_made_up_format_with_every_kind_of_entry() -> None:
+    event = parse_format("odd", MADE_UP)
+    assert (event.name, event.id) == ("odd_exit", 7)
+    assert event.fields["bytes"].size == 16
+    assert event.fields["code"].signed
+    first, second, third = event.tables
+    assert first.names == {18: "A(B", -1: 'minus, \\"one\\"', 3: "three"}
+    assert (first.when, second.when, third.when) == ("REC->mode == 2", "not REC->mode == 2", "")
+    assert second.names == {5: "five"}
+    assert third.field == "code"
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("ID: 3\n", "no name line"),
+    ("name: x\nID: three\n", "its ID is not a number"),
+    ('name: x\nID: 3\nprint fmt: __print_symbolic(REC->a, { open(1), "x" })', "not a number"),
+    ('name: x\nID: 3\nprint fmt: __print_symbolic(REC->a, { 1, "x" }', "unclosed"),
+])  # fmt: skip
+def test_a_broken_format_is_a_clear_error(text: str, problem: str) -> None:
+    with pytest.raises(TraceFormatError, match=problem):
+        parse_format("kvm", text)
