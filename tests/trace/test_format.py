@@ -3,36 +3,11 @@ tables, even under PVM where it never fires), and made-up ones that push the par
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from vmstats.trace.format import TraceFormatError, parse_format, read_format, tracefs
-
-
-@pytest.fixture(scope="module")
-def mounted() -> Iterator[Path]:
-    """tracefs, mounted for the test if it was not (and unmounted after)."""
-    found = tracefs()
-    if found is not None:
-        yield found
-        return
-    if os.geteuid() != 0:
-        pytest.skip("tracefs is not mounted, and mounting it needs root")
-    target = Path("/sys/kernel/tracing")
-    done = subprocess.run(["mount", "-t", "tracefs", "nodev", str(target)], capture_output=True,
-                          text=True)  # fmt: skip
-    if done.returncode != 0 or not (target / "events").is_dir():
-        pytest.skip(f"tracefs cannot be mounted here: {done.stderr.strip()}")
-    try:
-        yield target
-    finally:
-        with contextlib.suppress(OSError):
-            subprocess.run(["umount", str(target)], check=False)
+from vmstats.trace.format import TraceFormatError, parse_format, read_format
 
 
 def test_this_kernels_kvm_exit_has_its_vmx_and_svm_tables(mounted: Path) -> None:
