@@ -14,10 +14,10 @@ only when the VMs or what they say changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import cast
+from typing import TypeVar, cast
 
 from prometheus_client import generate_latest as text_latest
 from prometheus_client.core import Metric
@@ -30,7 +30,7 @@ from vmstats.exporter.mapping import Metric as StatMetric
 from vmstats.exporter.scrape import Scrape, duration_family, vcpu_label, vm_families
 from vmstats.exporter.series import SeriesPolicy, summed
 from vmstats.reader.reading import VmReading
-from vmstats.reader.sample import ObjectKey
+from vmstats.reader.sample import ObjectKey, same_objects
 from vmstats.stats.model import StatsValue
 
 _go = cast(Callable[[float], str], floatToGoString)
@@ -88,6 +88,22 @@ def number(value: float, metric: StatMetric | None = None) -> str:
     return _go(value if metric is None else metric.value(value))
 
 
+T = TypeVar("T")
+
+
+def by_family(lines: Iterable[tuple[StatMetric, T]]) -> dict[str, tuple[StatMetric, list[T]]]:
+    """Text by family name, in the order families first come (a page lists each family
+    once, its samples together), each family's texts in their order."""
+    out: dict[str, tuple[StatMetric, list[T]]] = {}
+    for metric, text in lines:
+        found = out.get(metric.name)
+        if found is None:
+            out[metric.name] = (metric, [text])
+        else:
+            found[1].append(text)
+    return out
+
+
 class _Listed:
     """A registry-like object for prometheus_client's writers: these families, once."""
 
@@ -127,16 +143,9 @@ class Exposition:
             self._vms.clear()
 
     def render(self, scrape: Scrape, openmetrics: bool = False) -> bytes:
-        families: dict[str, tuple[StatMetric, list[bytes]]] = {}
-        seen: set[str] = set()
-        for reading in scrape.readings:
-            seen.add(reading.name)
-            for name, (metric, text) in self._vm_blocks(reading).items():
-                found = families.get(name)
-                if found is None:
-                    families[name] = (metric, [text])
-                else:
-                    found[1].append(text)
+        seen = {reading.name for reading in scrape.readings}
+        families = by_family(block for reading in scrape.readings
+                             for block in self._vm_blocks(reading).values())  # fmt: skip
         for gone in set(self._vms) - seen:
             del self._vms[gone]
             self._sums.pop(gone, None)
@@ -167,17 +176,9 @@ class Exposition:
         made = [self._lines((reading.name, item), reading, stats, vm)
                 for item, stats in values.items()]  # fmt: skip
         cached = self._vms.get(reading.name)
-        if cached is not None and len(cached[0]) == len(made) and all(
-                a is b for a, b in zip(cached[0], made, strict=True)):  # fmt: skip
+        if cached is not None and same_objects(cached[0], made):
             return cached[1]
-        grouped: dict[str, tuple[StatMetric, list[str]]] = {}
-        for lines in made:
-            for metric, text in lines:
-                found = grouped.get(metric.name)
-                if found is None:
-                    grouped[metric.name] = (metric, [text])
-                else:
-                    found[1].append(text)
+        grouped = by_family(line for lines in made for line in lines)
         blocks = {name: (metric, "".join(texts).encode())
                   for name, (metric, texts) in grouped.items()}  # fmt: skip
         self._vms[reading.name] = (made, blocks)
@@ -188,8 +189,7 @@ class Exposition:
         very sums of the last scrape while its objects' values are the very same."""
         given = list(reading.sample.values.values())
         kept = self._sums.get(reading.name)
-        if kept is not None and len(kept[0]) == len(given) and all(
-                a is b for a, b in zip(kept[0], given, strict=True)):  # fmt: skip
+        if kept is not None and same_objects(kept[0], given):
             return kept[1]
         sums = self._summed(reading)
         self._sums[reading.name] = (given, sums)

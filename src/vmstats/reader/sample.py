@@ -13,10 +13,10 @@ in one place, :func:`vmstats.stats.order.natural_values`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from operator import attrgetter
+from operator import attrgetter, is_
 from typing import Any
 
 from vmstats.stats.decode import wire_results
@@ -83,6 +83,13 @@ class Schemas:
 
 #: Per object, the stats object of a provider's result and the values made of it.
 SampleMemo = dict[ObjectKey, tuple[object, dict[str, StatsValue]]]
+
+
+def same_objects(one: Collection[object], other: Collection[object]) -> bool:
+    """Are two collections the very same objects, one by one?  What a consumer asks to know
+    that nothing was read anew (readers keep a value that did not change the same object),
+    and so that what it made of them last time still stands."""
+    return len(one) == len(other) and all(map(is_, one, other))
 
 
 def sample_of(taken: float, results: Mapping[StatsTarget, Sequence[StatsResult]],

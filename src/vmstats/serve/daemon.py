@@ -55,7 +55,7 @@ from vmstats.qmp.machine import (
 )
 from vmstats.qmp.server import QMPServer
 from vmstats.reader.reading import Reader
-from vmstats.serve.access import Access, AllowRule, group_names, peer_of, regrant
+from vmstats.serve.access import Access, AllowRule, peer_of, regrant
 from vmstats.serve.discover import (
     NAME_MAX,
     ProbedQemu,
@@ -292,8 +292,9 @@ class Daemon:
                      domain: Domain | None = None) -> None:  # fmt: skip
         taken = [vm.name for vm in self.served.values()]
         called = source.name if source is not None else None
+        uid = process_uid(pid)  # who runs it, looked up once: the name, scans and scrapes say it
         name = vm_name(pid, taken, domain.name if domain is not None else called,
-                       self.longest_name)  # fmt: skip
+                       self.longest_name, uid)  # fmt: skip
         provider = KvmStatsProvider(attached.vm if attached else None, [], VmmProcess(pid))
         if attached is not None:
             attached.release_pidfd()  # the provider watches the VMM with a pidfd of its own
@@ -304,9 +305,9 @@ class Daemon:
         monitor = HostMonitor(registry, Machine(name=given), local=local)
         socket = self.run_dir / f"{name}.qmp"
         vm = ServedVm(name, pid, provider, monitor, QMPServer(monitor, self.limits), socket)
-        vm.uid = process_uid(pid)  # who runs it, looked up once: the scans and scrapes say it
-        if vm.uid is not None:
-            vm.owner = user_name(vm.uid)
+        vm.uid = uid
+        if uid is not None:
+            vm.owner = user_name(uid)
         vm.socket_owner = self._socket_owner(vm)
         vm.server.admit = functools.partial(self._admit, vm)
         monitor.refresh = vm.fresh
@@ -321,7 +322,7 @@ class Daemon:
             except BaseException:
                 provider.close()
                 raise
-        vm.groups = self.access.groups_for(vm.identity())
+        vm.set_groups(self.access.groups_for(vm.identity()))
         if self.dry_run:
             self.served[pid] = vm
             return
@@ -379,9 +380,9 @@ class Daemon:
                                   "its socket lets in the old ones only", vm.name,
                                   os_reason(exc))  # fmt: skip
                 groups &= vm.groups  # the accept check never lets in more than the modes
-        vm.groups = groups
+        vm.set_groups(groups)
         log.info("%s: readable by the groups %s too", vm.name,
-                 ", ".join(group_names(groups)) or "(none)")  # fmt: skip
+                 ", ".join(vm.group_names) or "(none)")  # fmt: skip
 
     def readers(self) -> list[Reader]:
         """The VMs a Prometheus scrape reads (``vmstats serve --metrics``)."""

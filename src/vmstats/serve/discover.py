@@ -85,11 +85,12 @@ def processes_with_uuid(uuid: str) -> list[int]:
 
 
 def vm_name(pid: int, taken: Iterable[str] = (), given: str | None = None,
-            longest: int = NAME_MAX) -> str:  # fmt: skip
+            longest: int = NAME_MAX, uid: int | None = None) -> str:  # fmt: skip
     """A name for the VM of ``pid``: ``given`` (what its QEMU's ``query-name`` said), else
     QEMU's ``-name``, else ``<comm>-<pid>``; ``USER~`` before it when an ordinary user runs
-    the VMM; unique among ``taken`` (``-<pid>`` is added on a clash), safe as a file name
-    and at most ``longest`` bytes."""
+    the VMM (``uid``, when the caller knows it already, else looked up); unique among
+    ``taken`` (``-<pid>`` is added on a clash), safe as a file name and at most ``longest``
+    bytes."""
     claimed = given or qemu_name(cmdline(pid))
     if claimed is None:
         try:
@@ -97,7 +98,8 @@ def vm_name(pid: int, taken: Iterable[str] = (), given: str | None = None,
         except OSError:
             comm = "vm"
         claimed = f"{comm}-{pid}"
-    return served_name(claimed, pid, owner_of(pid), taken, longest)
+    owner = owner_name(uid if uid is not None else process_uid(pid))
+    return served_name(claimed, pid, owner, taken, longest)
 
 
 def served_name(claimed: str, pid: int, owner: str | None, taken: Iterable[str] = (),
@@ -154,11 +156,11 @@ def user_name(uid: int) -> str:
         return str(uid)
 
 
-def owner_of(pid: int) -> str | None:
-    """The ordinary user who runs ``pid``, as a name safe in a served name; None for
+def owner_name(uid: int | None) -> str | None:
+    """``uid`` as a name safe in a served name when it is an ordinary user's; None for
     system users (root, libvirt's QEMU user...) and for ourselves."""
-    uid = ordinary_user(process_uid(pid))
-    return None if uid is None else user_name(uid)
+    ordinary = ordinary_user(uid)
+    return None if ordinary is None else user_name(ordinary)
 
 
 def vmms(

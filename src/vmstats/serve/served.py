@@ -83,6 +83,7 @@ class ServedVm:
     owner: str = ""  # that user's name
     socket_owner: int | None = None  # the ordinary user its socket (and list) was given to
     groups: frozenset[int] = frozenset()  # more groups that may read it (allow rules)
+    group_names: tuple[str, ...] = ()  # theirs, looked up when they were set
     _threads: int = 0  # the VMM's thread count when last looked at for hot-plugged vCPUs
     _looked: float = -float("inf")
 
@@ -104,7 +105,13 @@ class ServedVm:
     def describe(self) -> dict[str, object]:
         vcpus = len(self.vcpus) or len(self.monitor.machine.cpus)
         return describe(self.name, self.pid, vcpus, self.monitor.local, self.qmp, self.socket,
-                        self.libvirt, self.uid, self.owner, group_names(self.groups))  # fmt: skip
+                        self.libvirt, self.uid, self.owner, self.group_names)  # fmt: skip
+
+    def set_groups(self, groups: frozenset[int]) -> None:
+        """The groups ``allow`` rules add; their names looked up now, not at every scan
+        and scrape that describes the VM."""
+        self.groups = groups
+        self.group_names = tuple(group_names(groups))
 
     def identity(self) -> VmIdentity:
         """What an ``allow`` rule selects it by."""

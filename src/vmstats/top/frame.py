@@ -20,10 +20,10 @@ import operator
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from operator import is_, itemgetter
+from operator import itemgetter
 from typing import TypeVar
 
-from vmstats.reader.sample import Sample, Schemas
+from vmstats.reader.sample import Sample, Schemas, same_objects
 from vmstats.stats.model import StatsSchemaValue, StatsType, StatsUnit, StatsValue
 from vmstats.stats.units import bucket_edges, bucket_ranges, human, human_in_unit, human_rate
 
@@ -295,7 +295,7 @@ def total_rows(per_vm: Sequence[Sequence[StatRow]], memo: TotalMemo | None = Non
     for key, rows in merged.items():
         if memo is not None:
             kept = memo.get(key)
-            if kept is not None and len(kept[0]) == len(rows) and all(map(is_, kept[0], rows)):
+            if kept is not None and same_objects(kept[0], rows):
                 out.append(kept[1])
                 continue
         total = _total(rows)

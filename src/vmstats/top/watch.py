@@ -20,7 +20,7 @@ from pathlib import Path
 from vmstats.errors import ClientError, VmstatsError
 from vmstats.qmp.client import DEFAULT_TIMEOUT
 from vmstats.reader.reading import QmpReader, Reader, VmReading, socket_addresses, socket_key
-from vmstats.reader.sample import Sample, Schemas
+from vmstats.reader.sample import Sample, Schemas, same_objects
 from vmstats.stats.model import StatsSchema, StatsTarget
 from vmstats.top.frame import RowMemo, StatFilter, StatRow, TotalMemo, total_rows, vm_rows
 
@@ -79,8 +79,7 @@ def same_values(one: Sample, other: Sample) -> bool:
     """Do two samples hold the very same value objects (nothing was read anew: a VM
     whose stats stood still, :func:`vmstats.reader.sample.sample_from_wire`)?"""
     mine, theirs = one.values, other.values
-    return mine.keys() == theirs.keys() and all(
-        a is b for a, b in zip(mine.values(), theirs.values(), strict=True))  # fmt: skip
+    return mine.keys() == theirs.keys() and same_objects(mine.values(), theirs.values())
 
 
 class Watch:
