@@ -169,8 +169,10 @@ class QmpReader:
         qmp = QmpClient(self.address, self.timeout, negotiate=False)
         await qmp.connect()
         try:
-            outcomes = await qmp.execute_each([_NEGOTIATE, *_READ_VM])
+            negotiated, *outcomes = await qmp.execute_each([_NEGOTIATE, *_READ_VM])
             taken = time.time()
+            if isinstance(negotiated, RemoteError):  # QEMU then refuses every command after it
+                raise negotiated
             reading = self._reading(outcomes, taken, qmp.peer_pid, qmp.version)
         except BaseException:
             qmp.close()
@@ -183,10 +185,9 @@ class QmpReader:
 
     def _reading(self, outcomes: list[bytes | RemoteError], taken: float, pid: int | None,
                  greeting: dict[str, Any]) -> VmReading:  # fmt: skip
-        negotiated, schemas, cpus, name, *targets = outcomes
-        if isinstance(negotiated, RemoteError):  # then QEMU refuses every command after it
-            raise negotiated
-        for command, outcome in zip([_NEGOTIATE, *_READ_VM], outcomes, strict=True):
+        """A reading from the replies to :data:`_READ_VM`."""
+        schemas, cpus, name, *targets = outcomes
+        for command, outcome in zip(_READ_VM, outcomes, strict=True):
             if isinstance(outcome, RemoteError) and command[0] in ("query-stats-schemas",
                                                                    "query-stats"):  # fmt: skip
                 if outcome.error_class == "CommandNotFound":
@@ -222,7 +223,7 @@ class QmpReader:
         own_name, vcpus, info = self._said
         if set(vcpus) != {key[2] for key in sample.objects("vcpu")}:  # plugged, or gone
             outcomes = await qmp.execute_each(_READ_VM)
-            return self._reading([b"{}", *outcomes], sample.taken, qmp.peer_pid, qmp.version)
+            return self._reading(outcomes, sample.taken, qmp.peer_pid, qmp.version)
         return VmReading(own_name or self.name, self._schemas.value, sample, vcpus, info)
 
     def close(self) -> None:
