@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from vmstats.reader.sample import same_objects
 from vmstats.top.frame import QUANTILES, StatRow
 
 LOG_BANNER_EVERY = 20
@@ -188,7 +189,7 @@ class JsonWriter:
         self.out = out
         self.skip_zero = skip_zero
         self._encoded: dict[tuple[str, str, str], tuple[StatRow, str]] = {}
-        self._objects: dict[str, tuple[tuple[int, ...], list[StatRow], str]] = {}  # per VM
+        self._objects: dict[str, tuple[list[StatRow], str]] = {}  # per VM: its rows, its text
 
     @staticmethod
     def entry(row: StatRow) -> dict[str, Any]:
@@ -218,15 +219,14 @@ class JsonWriter:
 
     def _stats(self, rows: Sequence[StatRow], slot: str = "") -> str:
         """The rows' object; a VM's (``slot``) kept while its rows are the same objects."""
-        ids = tuple(map(id, rows))
         kept = self._objects.get(slot) if slot else None
-        if kept is not None and kept[0] == ids:
-            return kept[2]
+        if kept is not None and same_objects(kept[0], rows):
+            return kept[1]
         members = {row.key: self._encode(row) for row in rows
                    if not (self.skip_zero and row.is_zero)}  # fmt: skip
         text = "{" + ",".join(members.values()) + "}"
-        if slot:  # the rows are kept too: their ids stay theirs
-            self._objects[slot] = (ids, list(rows), text)
+        if slot:
+            self._objects[slot] = (list(rows), text)
         return text
 
     def __call__(self, taken: float, per_vm: dict[str, list[StatRow]], total: list[StatRow],
