@@ -1,8 +1,9 @@
-"""Shared fixtures, and the count of tests that needed real KVM, QEMU, libvirt or Prometheus.
+"""Shared fixtures, and the count of tests that needed real KVM, QEMU, libvirt, Prometheus
+or the kernel's tracepoints.
 
 CI must show that those tests really ran; the summary line printed at the end
-(``vmstats: kvm tests ran=N skipped=M; qemu tests ...; libvirt ...; prometheus ...``)
-says so.
+(``vmstats: kvm tests ran=N skipped=M; qemu tests ...; libvirt ...; prometheus ...;
+trace ...``) says so.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 
 CAPTURES = Path(__file__).parent / "data" / "qemu-7.2-captures"
 
-MARKERS = ("kvm", "qemu", "libvirt", "prometheus")
+MARKERS = ("kvm", "qemu", "libvirt", "prometheus", "trace")
 _outcomes: Counter[tuple[str, str]] = Counter()
 _markers: dict[str, set[str]] = {}
 

@@ -67,9 +67,11 @@ def families(scrape: Scrape, table: MetricTable) -> Iterator[Metric]:
             names = ["vm"] if not path else ["vm", "vcpu"]
             for name, value in values.items():
                 metric = metric_of(metrics, provider, target, name, value)
+                own = [k for k, _ in metric.label_pairs]
                 family = found.get(metric.name)
                 if family is None:
-                    family = found[metric.name] = _family(metric, names)
-                _add(family, metric, names, labels, value, values)
+                    family = found[metric.name] = _family(metric, own + names)
+                _add(family, metric, own + names,
+                     [v for _, v in metric.label_pairs] + labels, value, values)  # fmt: skip
     yield from found.values()
     yield from vmstats_families(scrape)

@@ -140,3 +140,27 @@ def test_each_stat_that_moves_is_written_again_and_only_the_moved_vm() -> None:
         assert_same(writer, Scrape([reading("a", still, paths), reading("b", changed, paths)],
                                    {}, 1.0))  # fmt: skip
         assert writer._vms["a"][1] is kept
+
+
+def test_exit_reasons_are_one_family_told_apart_by_event_and_reason() -> None:
+    """The ``tracepoints`` provider's stats (vmstats' extension): the same bytes as
+    prometheus_client's for ``kvm_vcpu_exit_reasons_total{event,reason}`` and
+    ``kvm_vcpu_tracepoint_events_total{event}``, beside the kvm provider's."""
+    names = ["kvm_userspace_exit(IO)", "kvm_userspace_exit(HLT)", 'kvm_exit(odd"one)',
+             "kvm_userspace_exit(other)", "kvm_pio"]  # fmt: skip
+    schema = [StatsSchemaValue(n, StatsType.CUMULATIVE) for n in names][::-1]
+    paths = ["/machine/unattached/device[0]", "/machine/unattached/device[2]"]
+    base = reading("web1", [("exits", 9)], paths)
+    values = dict(base.sample.values)
+    for index, path in enumerate(paths):
+        values[("tracepoints", "vcpu", path)] = {n: 10 * index + i for i, n in enumerate(names)}
+    exits = VmReading("web1", [StatsSchema(StatsProvider.TRACEPOINTS, StatsTarget.VCPU, schema),
+                               *base.schemas], Sample(0.0, values), base.vcpus, base.info)  # fmt: skip
+    scrape = Scrape([exits], {}, 0.1)
+    assert_same(Exposition(), scrape)
+    text = Exposition().render(scrape).decode()
+    assert ('kvm_vcpu_exit_reasons_total{event="kvm_userspace_exit",reason="HLT",vcpu="0",'
+            'vm="web1"} 1.0') in text  # fmt: skip
+    assert 'kvm_vcpu_exit_reasons_total{event="kvm_exit",reason="odd\\"one",' in text
+    assert 'kvm_vcpu_tracepoint_events_total{event="kvm_pio",vcpu="0",vm="web1"} 4.0' in text
+    assert text.count("# TYPE kvm_vcpu_exit_reasons_total counter") == 1

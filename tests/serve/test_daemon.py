@@ -23,6 +23,7 @@ import pytest
 from tests.kvm.conftest import requires_kvm
 from tests.serve.conftest import Daemon
 from tests.serve.users import GROUP, USER_UID, connect_as_nobody, kvm_for_group, named_vmm
+from tests.trace.conftest import TRACING_REASON, requires_tracing
 from vmstats import caps
 from vmstats.serve.discover import vm_name
 from vmstats.testing.hostile import (
@@ -308,7 +309,7 @@ def test_as_non_root_it_refuses_fd_discovery_and_serves_qmp_sockets(
                 request = b'{"execute":"query-stats","arguments":{"target":"vcpu"}}'
                 assert ask(run_dir / "mine.qmp", request) == ask(vm.qmp_path, request)
             finally:
-                assert stop_process(proc) == 0
+                assert stop_process(proc) == 0, log.read_text()
             assert "no CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH: VMs are not" in log.read_text()
     finally:
         shutil.rmtree(parent, ignore_errors=True)
@@ -317,15 +318,22 @@ def test_as_non_root_it_refuses_fd_discovery_and_serves_qmp_sockets(
 @pytest.mark.parametrize(
     ("qmp", "kept"),
     [(False, ["CAP_CHOWN", "CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]),
-     (True, ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"])],
+     (True, ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]),
+     ("exits", ["CAP_CHOWN", "CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE", "CAP_PERFMON",
+                "CAP_BPF"])],
 )  # fmt: skip
 def test_once_listening_the_daemon_keeps_only_the_capabilities_its_work_needs(
-    start_daemon: Callable[..., Daemon], tmp_path: Path, qmp: bool, kept: list[str]
+    start_daemon: Callable[..., Daemon], tmp_path: Path, qmp: bool | str, kept: list[str]
 ) -> None:
     """Root's other capabilities serve only the start (the run directory, a low port):
     dropped for good once the daemon listens; CAP_DAC_OVERRIDE only while QMP sockets
-    are given (connecting to one needs write access to it)."""
-    proc, run_dir = start_daemon(*(("--qmp", str(tmp_path / "*.sock")) if qmp else ()))
+    are given (connecting to one needs write access to it), CAP_PERFMON and CAP_BPF only
+    while exit reasons are counted (the default, where they can be)."""
+    if qmp == "exits" and TRACING_REASON is not None:
+        pytest.skip(f"exit reasons cannot be counted here: {TRACING_REASON}")
+    options = ["--qmp", str(tmp_path / "*.sock")] if qmp is True else []
+    options += [] if qmp == "exits" else ["--tracepoints", "none"]
+    proc, run_dir = start_daemon(*options)
     assert wait_for((run_dir / "vms.json").exists)
     assert wait_for(lambda: caps.names(caps.sets(proc.pid)["CapPrm"]) == kept)
     held = caps.sets(proc.pid)
@@ -641,3 +649,54 @@ def test_stats_fds_that_the_vmm_replaces_are_taken_again(
         assert exits() < old
     finally:
         stop_process(vmm)
+
+
+def bpf_maps(pid: int) -> int:
+    """The BPF maps a process holds: the tracer's map of threads, and an array per vCPU
+    counted."""
+    found = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            found += os.readlink(f"/proc/{pid}/fd/{name}") == "anon_inode:bpf-map"
+    return found
+
+
+NAMED = (b'{"execute":"query-stats","arguments":{"target":"vcpu",'
+         b'"providers":[{"provider":"tracepoints"}]}}')  # fmt: skip
+
+
+@requires_tracing
+def test_exit_reasons_are_served_recorded_and_let_go_with_the_vm(
+    daemon: tuple[subprocess.Popen[str], Path], tmp_path: Path
+) -> None:
+    """The daemon counts each served vCPU's exits by reason (provider ``tracepoints``):
+    for a client that names it, in HMP, ``top`` and a recording; a client that names no
+    provider gets QEMU's reply; the counting goes with the VM."""
+    proc, run_dir = daemon
+    with DemoServer(vcpus=2, rate=200, extra=["--tracepoints", "none"]) as demo:
+        served = socket_of(run_dir, demo.vm_pid)
+        assert wait_for(served.exists)
+
+        def counted() -> dict[str, dict[str, int]]:
+            reply = json.loads(ask(served, NAMED))["return"]
+            return {r["qom-path"]: {s["name"]: s["value"] for s in r["stats"]} for r in reply}
+
+        assert wait_for(lambda: len(found := counted()) == 2 and all(
+            v["kvm_userspace_exit(IO)"] >= 8 * v["kvm_userspace_exit(HLT)"] > 0
+            for v in found.values()))  # fmt: skip
+        assert b"tracepoints" not in ask(served, b'{"execute":"query-stats","arguments":'
+                                                 b'{"target":"vcpu"}}')  # fmt: skip
+        hmp = ask(served, b'{"execute":"human-monitor-command","arguments":{"command-line":'
+                          b'"info stats vcpu * tracepoints"}}')  # fmt: skip
+        assert b"kvm_userspace_exit(IO) (cumulative): " in hmp
+        recording = tmp_path / "exits.jsonl"
+        subprocess.run([sys.executable, "-m", "vmstats", "record", "-o", str(recording), "-s",
+                        "0.2", "--duration", "1", str(served)], check=True, timeout=60)  # fmt: skip
+        replayed = subprocess.run([sys.executable, "-m", "vmstats", "top", "--replay",
+                                   str(recording), "-1"], capture_output=True, text=True,
+                                  check=True, timeout=60).stdout  # fmt: skip
+        assert "vcpu.kvm_userspace_exit(IO)" in replayed
+        assert bpf_maps(proc.pid) == 1 + 2
+        kill(demo.vm_pid)
+        assert wait_for(lambda: not served.exists(), timeout=5)
+        assert wait_for(lambda: bpf_maps(proc.pid) == 1)  # the VM's arrays let go

@@ -34,8 +34,12 @@ def vmstats(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 
 
 def expected_columns(socket: Path, pattern: str = "") -> list[str]:
-    """CSV columns for a server, from its own query-stats-schemas (kvm, vm then vcpu)."""
+    """CSV columns for a server, from its own query-stats-schemas (kvm, vm then vcpu;
+    then vmstats' tracepoints, where the server counts them)."""
     schemas = json.loads(vmstats("schemas", str(socket), "--provider", "kvm", "--json").stdout)
+    exits = vmstats("schemas", str(socket), "--provider", "tracepoints", "--json")
+    if exits.returncode == 0:  # a vmstats server that counts exit reasons
+        schemas = json.loads(exits.stdout) + schemas
     columns = []
     for schema in reversed(schemas):  # QEMU prepends: vm was added first
         for value in reversed(schema["stats"]):

@@ -5,12 +5,26 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
+from tests.serve.conftest import nobody_env  # noqa: F401 -- the fixture, for these tests too
 from vmstats.trace.format import tracefs
+from vmstats.trace.provider import tracing_unavailable_reason
+
+TRACING_REASON = tracing_unavailable_reason()
+F = TypeVar("F", bound=Callable[..., Any])
+_SKIP = pytest.mark.skipif(TRACING_REASON is not None,
+                           reason=f"exit reasons cannot be counted here: {TRACING_REASON}")  # fmt: skip
+
+
+def requires_tracing(test: F) -> F:
+    """A test that counts tracepoints (marked ``trace``): it runs where this process may
+    (root, here), and says why not elsewhere."""
+    return pytest.mark.trace(_SKIP(test))  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")

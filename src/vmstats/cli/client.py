@@ -98,7 +98,7 @@ async def _vcpu_paths(vcpus: list[str] | None, paths: list[str]) -> list[str] | 
 
 
 async def _query(client: QmpClient, args: argparse.Namespace) -> None:
-    schemas = await client.query_stats_schemas()
+    schemas = await client.all_schemas()
     names = split_list(args.names)
     check_request(schemas, args.target, args.provider, names)
     paths = await client.query_cpus() if args.target == "vcpu" or args.vcpus else []
@@ -114,7 +114,7 @@ async def _query(client: QmpClient, args: argparse.Namespace) -> None:
 
 async def _schemas(client: QmpClient, args: argparse.Namespace) -> None:
     if args.provider is not None:
-        check_request(await client.query_stats_schemas(), "vm", args.provider, None)
+        check_request(await client.all_schemas(), "vm", args.provider, None)
     if args.json:
         arguments = {"provider": args.provider} if args.provider else None
         _write_raw(await client.execute("query-stats-schemas", arguments))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from vmstats.cli.options import (
     add_server_limits,
+    add_tracepoints_option,
     bounded_int,
     non_negative_float,
     positive_float,
@@ -32,6 +33,8 @@ from vmstats.qmp.machine import Machine
 from vmstats.qmp.monitor import Monitor
 from vmstats.qmp.server import QMPServer, claim_socket_path
 from vmstats.stats.registry import StatsRegistry
+from vmstats.trace.events import DEFAULT_EVENTS
+from vmstats.trace.provider import TracepointsProvider, VcpuThread, open_tracing
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,6 +76,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="S",
         help="refresh of the live view in seconds (default 1)",
     )
+    add_tracepoints_option(p, DEFAULT_EVENTS)
     add_server_limits(p)
     p.set_defaults(func=run)
 
@@ -87,6 +91,9 @@ async def _main(args: argparse.Namespace, demo: DemoProcess, provider: KvmStatsP
     loop.add_reader(provider.vmm.pidfd, vm_gone.set)
     registry = StatsRegistry()
     registry.add_stats_callbacks(provider)
+    exits = _exit_reasons(args, demo, provider)
+    if exits is not None:
+        registry.add_stats_callbacks(exits)
     server = None
     where = ""
     if args.qmp or args.qmp_tcp:
@@ -111,11 +118,26 @@ async def _main(args: argparse.Namespace, demo: DemoProcess, provider: KvmStatsP
         loop.remove_reader(provider.vmm.pidfd)
         if server is not None:
             await server.close()
+        if exits is not None:
+            exits.close()
+            exits.tracing.close()
     if vm_gone.is_set():
         print(f"vmstats demo: the VM process {demo.pid} exited ({demo.exit_reason()}); "
               "stopping", file=sys.stderr)  # fmt: skip
         return 1
     return 0
+
+
+def _exit_reasons(args: argparse.Namespace, demo: DemoProcess,
+                  provider: KvmStatsProvider) -> TracepointsProvider | None:  # fmt: skip
+    """The demo's exit reasons, counted on its vCPU threads where this process may (as
+    root); None (and the reason logged once) where not."""
+    tracing = open_tracing(args.tracepoints) if args.tracepoints else None
+    if tracing is None:
+        return None
+    threads = [VcpuThread(v.qom_path, tid) for v, tid in zip(provider.vcpus, demo.threads,
+                                                              strict=False)]  # fmt: skip
+    return TracepointsProvider(tracing, threads)
 
 
 async def _wait(events: tuple[asyncio.Event, ...], timeout: float) -> None:

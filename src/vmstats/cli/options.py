@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vmstats.limits import ServerLimits
@@ -68,6 +69,29 @@ def socket_path(text: str) -> Path:
             f"cannot create {text}: folder {path.parent} does not exist"
         )
     return path
+
+
+def tracepoint_events(text: str) -> tuple[str, ...]:
+    """``EVENT[,EVENT...]`` (events of tracefs's ``kvm`` system, or ``SYSTEM:EVENT``) to
+    count per vCPU, or ``none``."""
+    if text.strip() == "none":
+        return ()
+    events = tuple(e.strip() for e in text.split(","))
+    for event in events:
+        if not re.fullmatch(r"(\w+:)?\w+", event):
+            raise argparse.ArgumentTypeError(f"not a tracepoint: {event!r} (give EVENT[,EVENT"
+                                             "...], SYSTEM:EVENT, or none)")  # fmt: skip
+    return events
+
+
+def add_tracepoints_option(parser: argparse.ArgumentParser, default_events: Sequence[str]) -> None:
+    """``--tracepoints``: which events are counted per vCPU (exit reasons)."""
+    parser.add_argument("--tracepoints", type=tracepoint_events, metavar="EVENTS",
+                        default=default(parser, tuple(default_events)),
+                        help="tracepoints counted per vCPU thread, served as provider "
+                        "'tracepoints' (exit reasons; needs root, or CAP_BPF and "
+                        f"CAP_PERFMON): EVENT[,EVENT...] or none (default "
+                        f"{','.join(default_events)}: kvm_stat's splits by reason)")  # fmt: skip
 
 
 def default(parser: argparse.ArgumentParser, value: object) -> object:

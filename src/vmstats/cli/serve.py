@@ -18,7 +18,12 @@ from vmstats.cli.exporter import (
     open_metrics,
     reload_metrics_files,
 )
-from vmstats.cli.options import add_server_limits, non_negative_float, positive_float
+from vmstats.cli.options import (
+    add_server_limits,
+    add_tracepoints_option,
+    non_negative_float,
+    positive_float,
+)
 from vmstats.cli.serve_config import (
     DEFAULT_RUN_DIR,
     ServeConfig,
@@ -31,6 +36,7 @@ from vmstats.libvirt.host import DEFAULT_URI, libvirt_unavailable_reason
 from vmstats.serve.access import allow_rule
 from vmstats.serve.daemon import Daemon
 from vmstats.serve.rundir import group_state, user_state
+from vmstats.trace.provider import open_tracing
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                        help="seconds a libvirt read of a domain is shared by all its readers "
                        f"(default {defaults.libvirt_max_age:g})")  # fmt: skip
     add_metrics_options(serve, "--metrics", None)
+    add_tracepoints_option(serve, defaults.tracepoints)
     serve.add_argument(
         "--config",
         type=Path,
@@ -81,7 +88,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="FILE",
         help="TOML settings by option name (run-dir, group, allow and qmp as lists, "
         "scan-interval, qmp-timeout, libvirt, libvirt-max-age, metrics, web-config, series, "
-        "and the limits below); "
+        "tracepoints, and the limits below); "
         "reread on SIGHUP",
     )
     serve.add_argument("--once", action="store_true", default=False,
@@ -111,7 +118,8 @@ def _daemon(config: ServeConfig, group: int | None, fds: bool, dry_run: bool) ->
                   scan_interval=config.scan_interval, limits=config.limits, fds=fds,
                   qmp=list(config.qmp),
                   qmp_timeout=config.qmp_timeout, libvirt=config.libvirt,
-                  libvirt_max_age=config.libvirt_max_age, dry_run=dry_run)  # fmt: skip
+                  libvirt_max_age=config.libvirt_max_age,
+                  dry_run=dry_run)  # fmt: skip
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -204,7 +212,9 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
             await endpoint.close()
             daemon.rundir.release()
             return 1
-    _drop_privileges(bool(config.qmp))
+    # exit reasons: counted from now on, the programs loaded with root's privileges
+    daemon.tracing = open_tracing(config.tracepoints) if config.tracepoints else None
+    _drop_privileges(bool(config.qmp), daemon.tracing is not None)
     try:
         await daemon.run(stop)
     except (OSError, LibvirtError) as exc:
@@ -216,13 +226,15 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
     return 0
 
 
-def _drop_privileges(qmp: bool) -> None:
+def _drop_privileges(qmp: bool, tracepoints: bool) -> None:
     """Listening, with the run directory claimed: keep only the capabilities the work
-    needs (:data:`FD_DISCOVERY`, CAP_CHOWN to give sockets their group, and
+    needs (:data:`FD_DISCOVERY`, CAP_CHOWN to give sockets their group,
     CAP_DAC_OVERRIDE while QMP sockets are given: connecting to one needs write access to
-    it), for good."""
+    it, and CAP_BPF with CAP_PERFMON while exit reasons are counted: each new vCPU's
+    counting needs them), for good."""
     held = caps.sets()["CapPrm"]
     keep = {*FD_DISCOVERY, caps.CAP_CHOWN} | ({caps.CAP_DAC_OVERRIDE} if qmp else set())
+    keep |= {caps.CAP_PERFMON, caps.CAP_BPF} if tracepoints else set()
     dropped = held & ~sum(1 << c for c in keep)
     if not dropped:
         return

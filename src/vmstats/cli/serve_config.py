@@ -12,7 +12,13 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from vmstats.cli.options import bounded_int, non_negative_float, positive_float, tcp_address
+from vmstats.cli.options import (
+    bounded_int,
+    non_negative_float,
+    positive_float,
+    tcp_address,
+    tracepoint_events,
+)
 from vmstats.errors import UsageError
 from vmstats.exporter.http import DEFAULT_SCRAPE_TIMEOUT
 from vmstats.libvirt.domain import DEFAULT_MAX_AGE
@@ -20,6 +26,7 @@ from vmstats.limits import ServerLimits
 from vmstats.serve.access import AllowRule, allow_rule, group_id
 from vmstats.serve.forward import DEFAULT_QMP_TIMEOUT
 from vmstats.tomlfile import read_toml
+from vmstats.trace.events import DEFAULT_EVENTS
 
 DEFAULT_RUN_DIR = Path("/run/vmstats")
 _LIMITS = ServerLimits()
@@ -42,6 +49,7 @@ class ServeConfig:
     scrape_timeout: float = DEFAULT_SCRAPE_TIMEOUT
     web_config: Path | None = None
     series: Path | None = None
+    tracepoints: tuple[str, ...] = DEFAULT_EVENTS
     max_connections: int = _LIMITS.max_connections
     idle_timeout: float = _LIMITS.idle_timeout
     message_timeout: float = _LIMITS.message_timeout
@@ -94,6 +102,7 @@ CHECKS: dict[str, Callable[[str], Any]] = {
     "scrape_timeout": positive_float,
     "web_config": Path,
     "series": Path,
+    "tracepoints": tracepoint_events,
     "max_connections": bounded_int(1, 1 << 20),
     "idle_timeout": non_negative_float,
     "message_timeout": non_negative_float,

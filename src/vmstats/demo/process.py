@@ -42,6 +42,7 @@ class DemoProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self.provider: KvmStatsProvider | None = None
+        self.threads: list[int] = []  # the vCPUs' threads in the child, in vCPU order
 
     @property
     def pid(self) -> int:
@@ -86,6 +87,7 @@ class DemoProcess:
             if not more:
                 raise GuestError("the demo VM process stopped while sending its stats fds")
             fds += more
+        self.threads = [int(tid) for tid in header.get("threads", [])]
         files = [StatsFile(fd, owned=True) for fd in fds]
         vcpus = [VcpuStatsFile(path, f) for path, f in zip(header["paths"], files[1:], strict=True)]
         return KvmStatsProvider(files[0], vcpus, VmmProcess(self.pid))
@@ -157,16 +159,17 @@ def _child(fd: int, config: dict[str, object]) -> int:
         sock.send(json.dumps({"error": str(exc)}).encode())
         return 1
     with vm:
+        vm.start()  # first, so that its vCPU threads are known (exit reasons count them)
         fds = [file.fd for file in vm.stats_files]
         header = {
             "fds": len(fds),
             "paths": [qemu_vcpu_path(i) for i in range(vm.vcpu_count)],
+            "threads": vm.thread_ids,
             "pid": os.getpid(),
         }
         socket.send_fds(sock, [json.dumps(header).encode()], fds[:_FDS_PER_MESSAGE])
         for start in range(_FDS_PER_MESSAGE, len(fds), _FDS_PER_MESSAGE):
             socket.send_fds(sock, [b"fds"], fds[start : start + _FDS_PER_MESSAGE])
-        vm.start()
         try:
             while sock.recv(16):
                 pass

@@ -83,7 +83,10 @@ class _Vcpu:
                 raise GuestError(f"vCPU {self.index}: unexpected exit reason {reason}")
 
     def thread_main(self, rounds: int | None, interval: float, stop: threading.Event) -> None:
+        """A vCPU's thread, named as QEMU names it (``CPU N/KVM``): whoever looks at the
+        process (the host daemon counting exit reasons) tells its vCPU threads apart."""
         try:
+            _name_this_thread(f"CPU {self.index}/KVM")
             self.run_rounds(rounds, interval, stop)
         except Exception as exc:  # noqa: BLE001 -- reported, never lost: the VM shows it and stops
             self.counters.error = str(exc)
@@ -232,6 +235,11 @@ class DemoVM:
     @property
     def counters(self) -> list[VcpuCounters]:
         return [v.counters for v in self._vcpus]
+
+    @property
+    def thread_ids(self) -> list[int]:
+        """The threads running the vCPUs, in vCPU order (once started)."""
+        return [t.native_id or 0 for t in self._threads]
 
     def run_rounds(self, rounds: int) -> None:
         """Run every vCPU for exactly ``rounds`` rounds, one after the other, in this thread.

@@ -25,7 +25,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from vmstats.exporter.mapping import Kind, MetricTable, metric_of
+from vmstats.exporter.mapping import Kind, MetricTable, label_value, metric_of
 from vmstats.exporter.mapping import Metric as StatMetric
 from vmstats.exporter.scrape import Scrape, duration_family, vcpu_label, vm_families
 from vmstats.exporter.series import SeriesPolicy, summed
@@ -35,11 +35,6 @@ from vmstats.stats.model import StatsValue
 
 _go = cast(Callable[[float], str], floatToGoString)
 _om_latest = cast(Callable[[Collector], bytes], openmetrics_latest)
-
-
-def label_value(text: str) -> str:
-    """A label value escaped as the exposition formats want it."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def header(metric: StatMetric, openmetrics: bool) -> str:
@@ -293,7 +288,7 @@ class Exposition:
         then ``_count`` and ``_sum``."""
         if buckets < 0:
             suffix = "_total" if metric.kind is Kind.COUNTER else ""
-            return [f"{metric.name}{suffix}{{{labels}}} "]
+            return [f"{metric.name}{suffix}{{{metric.labels}{labels}}} "]
         name = metric.name
         bounds = self._bounds.get((metric, buckets))
         if bounds is None:  # the same for every object of every VM

@@ -16,6 +16,11 @@ rules and never dropped (docs/metrics.md has the table):
   in base units, the last bucket ``+Inf``; ``_sum`` from the cumulative stat of the same
   measure and unit (``halt_wait_hist`` and ``halt_wait_ns``), and only ``_count`` where
   the kernel has none.
+
+The ``tracepoints`` provider's stats (``kvm_userspace_exit(IO)``) are one family per
+kind, told apart by labels, as a counter of events by reason is in Prometheus:
+``kvm_vcpu_exit_reasons_total{event="kvm_userspace_exit",reason="IO"}``, and an event
+counted whole ``kvm_vcpu_tracepoint_events_total{event="kvm_pio"}``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from vmstats.stats.model import StatsSchema, StatsSchemaValue, StatsType, StatsUnit, StatsValue
+from vmstats.stats.model import (
+    StatsProvider,
+    StatsSchema,
+    StatsSchemaValue,
+    StatsType,
+    StatsUnit,
+    StatsValue,
+)
 from vmstats.stats.units import scale
 
 #: Metric name suffixes of each unit's base unit (Prometheus names carry base units).
@@ -33,6 +45,7 @@ UNIT_SUFFIX = {StatsUnit.SECONDS: "seconds", StatsUnit.BYTES: "bytes", StatsUnit
 #: Suffixes kernel stat names carry for their unit, taken off before the base unit is added.
 _NAME_UNITS = re.compile(r"_(ns|us|ms|s|sec|secs|seconds|bytes|cycles)$")
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
+_EVENT_REASON = re.compile(r"^(\w+)\((.+)\)$")
 
 
 class Kind(Enum):
@@ -54,6 +67,10 @@ class Metric:
     stat: StatsSchemaValue
     sum_of: StatsSchemaValue | None = None
     unit: str = ""
+    #: Labels of its own, as text (``event="kvm_exit",reason="HLT",``): their names sort
+    #: before ``vcpu`` and ``vm``, which follow (the formats write labels sorted).
+    labels: str = ""
+    label_pairs: tuple[tuple[str, str], ...] = ()
 
     def value(self, raw: float) -> float:
         """A raw value in base units."""
@@ -114,6 +131,26 @@ def metric_for(prefix: str, stat: StatsSchemaValue, siblings: Sequence[StatsSche
     return Metric(name, Kind.GAUGE, described, factor, stat, unit=unit or "")
 
 
+def tracepoint_metric(target: str, stat: StatsSchemaValue) -> Metric:
+    """The metric of a ``tracepoints`` stat: ``EVENT(REASON)`` a sample of
+    ``kvm_<target>_exit_reasons``, ``EVENT`` one of ``kvm_<target>_tracepoint_events``."""
+    match = _EVENT_REASON.match(stat.name)
+    pairs: tuple[tuple[str, str], ...]
+    if match is not None:
+        name, pairs = f"kvm_{target}_exit_reasons", (("event", match[1]), ("reason", match[2]))
+        described = f"KVM {target} exits counted by the tracepoint of each, by its reason"
+    else:
+        name, pairs = f"kvm_{target}_tracepoint_events", (("event", stat.name),)
+        described = f"KVM {target} tracepoint events counted, by event"
+    text = "".join(f'{k}="{label_value(v)}",' for k, v in pairs)
+    return Metric(name, Kind.COUNTER, described, 1.0, stat, labels=text, label_pairs=pairs)
+
+
+def label_value(text: str) -> str:
+    """A label value escaped as the exposition formats want it."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
 #: (provider, target, stat name) -> its metric
 Table = dict[tuple[str, str, str], Metric]
 
@@ -151,6 +188,9 @@ class MetricTable:
             prefix = f"{schema.provider.value}_{schema.target.value}"
             for stat in schema.stats:
                 key = (schema.provider.value, schema.target.value, stat.name)
+                if schema.provider is StatsProvider.TRACEPOINTS and not stat.type.is_histogram:
+                    table[key] = tracepoint_metric(schema.target.value, stat)
+                    continue
                 metric = metric_for(prefix, stat, schema.stats)
                 if metric.name in taken:  # never merge two stats: the full name tells them apart
                     metric = metric_for(prefix, stat, schema.stats, full_name=True)

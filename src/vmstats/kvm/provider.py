@@ -44,10 +44,9 @@ from vmstats.stats.wire import (
     BOOLEAN,
     LIST,
     SCALAR,
-    EncodedResult,
-    EncodedStats,
-    ResultTemplate,
-    StatsTemplate,
+    ResultMaker,
+    ResultMemo,
+    TemplateChoice,
 )
 
 log = logging.getLogger(__name__)
@@ -130,25 +129,7 @@ class _Plan:
             if _has_value(d)
         )
         self.schema = tuple(v for v in map(schema_value, wire_order) if v is not None)
-        self.all = StatsTemplate(self.entries)
-        self._filtered: dict[tuple[tuple[str, ...] | None, frozenset[str]], StatsTemplate] = {}
-
-    def select(
-        self, names: Sequence[str] | None, omitted: frozenset[str] = frozenset()
-    ) -> StatsTemplate:
-        """The template for the stats named in ``names`` (all for None), in wire order,
-        but those the file has no value for (``omitted``)."""
-        if names is None and not omitted:
-            return self.all
-        key = (None if names is None else tuple(names), omitted)
-        found = self._filtered.get(key)
-        if found is None:
-            wanted = None if names is None else set(names)
-            found = StatsTemplate([e for e in self.entries if e[0] not in omitted
-                                   and (wanted is None or e[0] in wanted)])  # fmt: skip
-            if len(self._filtered) < 256:
-                self._filtered[key] = found
-        return found
+        self.templates = TemplateChoice(self.entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +160,8 @@ class KvmStatsProvider:
         self.vmm = vmm  # when given, every call first checks that the VM still runs
         self._plans: dict[StatsLayout, _Plan] = {}
         self._schemas: dict[tuple[StatsTarget, StatsLayout], StatsSchema] = {}
-        self._envelopes: dict[str | None, ResultTemplate] = {}
-        # Per file and template, the last data block read and the result made of it: most
-        # vCPUs of a fleet are idle, and a block that did not change is the same result.
-        # Results are immutable once made, so sharing them between queries is safe.
-        self._memos: dict[StatsSource, dict[StatsTemplate, tuple[bytes, EncodedResult]]] = {}
+        self._results = ResultMaker(self.provider)
+        self._memos: dict[StatsSource, ResultMemo] = {}  # per file: the data block's results
 
     def set_vcpus(self, vcpus: Iterable[VcpuStatsFile]) -> None:
         """Serve these vCPUs from now on (hot-plugged ones added, QOM paths learnt), in
@@ -202,23 +180,13 @@ class KvmStatsProvider:
     def _result(
         self, file: StatsSource, names: Sequence[str] | None, qom_path: str | None
     ) -> StatsResult | None:
-        template = self.plan(file.layout).select(names, file.omitted)
+        template = self.plan(file.layout).templates.select(names, file.omitted)
         if not template.entries:
             return None
-        envelope = self._envelopes.get(qom_path)
-        if envelope is None:
-            envelope = self._envelopes[qom_path] = ResultTemplate(self.provider, qom_path)
-        raw = file.read_raw()
         memo = self._memos.get(file)
         if memo is None:
             memo = self._memos[file] = {}
-        last = memo.get(template)
-        if last is not None and last[0] == raw:
-            return last[1]  # the same bytes as last time: the same result, text and all
-        stats = EncodedStats(template, file.decode(raw))
-        result = EncodedResult(envelope, self.provider, stats, qom_path)
-        memo[template] = (raw, result)
-        return result
+        return self._results.result(memo, template, file.read_raw(), file.decode, qom_path)
 
     def stats(
         self,

@@ -74,7 +74,7 @@ class Introspector:
                 tag_type = next(m.type for m in typ.members if m.name == typ.discriminator)
                 enum = self.schema.lookup(tag_type)
                 assert isinstance(enum, EnumType)
-                for value in enum.values:
+                for value in enum.introspected:
                     yield typ.variants.get(value, EMPTY)
         elif isinstance(typ, AlternateType):
             yield from (b.type for b in typ.branches)
@@ -119,8 +119,8 @@ class Introspector:
             return {
                 "name": wire,
                 "meta-type": "enum",
-                "members": [{"name": v} for v in typ.values],
-                "values": list(typ.values),
+                "members": [{"name": v} for v in typ.introspected],
+                "values": list(typ.introspected),
             }
         if isinstance(typ, ArrayType):
             return {"name": wire, "meta-type": "array", "element-type": self.wire_name(typ.element)}
@@ -143,8 +143,8 @@ class Introspector:
             tag_type = next(m.type for m in typ.members if m.name == typ.discriminator)
             enum = self.schema.lookup(tag_type)
             assert isinstance(enum, EnumType)
-            explicit = [v for v in enum.values if v in typ.variants]
-            implicit = [v for v in enum.values if v not in typ.variants]
+            explicit = [v for v in enum.introspected if v in typ.variants]
+            implicit = [v for v in enum.introspected if v not in typ.variants]
             entry["tag"] = typ.discriminator
             entry["variants"] = [
                 {"case": v, "type": self.wire_name(typ.variants.get(v, EMPTY))}

@@ -5,8 +5,10 @@ yields the types the input visitor checks against, the output encoder walks and
 introspection describes.  Python classes are bound to QAPI type names so that visiting
 produces model objects directly.
 
-Extension: an enum value may carry ``"since": "8.0"``; a schema built for an older QEMU
-version leaves it out, so one declaration serves both the 7.x wire and the 8.0 one.
+Extensions: an enum value may carry ``"since": "8.0"``; a schema built for an older QEMU
+version leaves it out, so one declaration serves both the 7.x wire and the 8.0 one.  An
+enum value marked ``"extension": True`` is vmstats' own: accepted and sent, but left out
+of introspection, which stays QEMU's byte for byte.
 """
 
 from __future__ import annotations
@@ -96,6 +98,12 @@ class EnumType:
     name: str
     values: tuple[str, ...]
     factory: Factory | None = None
+    extensions: frozenset[str] = frozenset()  # values not introspected
+
+    @property
+    def introspected(self) -> tuple[str, ...]:
+        """The values introspection shows: QEMU's."""
+        return tuple(v for v in self.values if v not in self.extensions)
 
 
 @dataclass(frozen=True)
@@ -205,7 +213,9 @@ class Schema:
         if "enum" in expr:
             name = expr["enum"]
             values = tuple(v for v in map(self._visible, expr["data"]) if v is not None)
-            self.types[name] = EnumType(name, values, bindings.get(name))
+            extensions = frozenset(str(v["name"]) for v in expr["data"]
+                                   if isinstance(v, dict) and v.get("extension"))  # fmt: skip
+            self.types[name] = EnumType(name, values, bindings.get(name), extensions)
         elif "struct" in expr:
             name = expr["struct"]
             self.types[name] = ObjectType(name, _members(expr["data"]), factory=bindings.get(name))

@@ -39,6 +39,7 @@ from vmstats.errors import ClientError, RemoteError, os_reason
 from vmstats.qmp.machine import cpu_paths
 from vmstats.stats.decode import results_from_wire, schemas_from_wire
 from vmstats.stats.model import (
+    EXTENSION_PROVIDERS,
     StatsFilter,
     StatsProvider,
     StatsRequest,
@@ -92,6 +93,11 @@ def connect_address(address: str) -> str | tuple[str, int]:
         kind = "a directory" if stat.S_ISDIR(mode) else "a file"
         raise ClientError(f"cannot connect to QMP at {address}: {kind}, not a socket")
     return target
+
+
+def is_vmstats(greeting: dict[str, Any]) -> bool:
+    """Does a greeting come from one of vmstats' servers, not a QEMU?"""
+    return str(greeting.get("package", "")).startswith("vmstats")
 
 
 def qemu_version(version: Any) -> str | None:
@@ -346,6 +352,20 @@ class QmpClient:
     async def query_stats_schemas(self, provider: StatsProvider | None = None) -> list[StatsSchema]:
         arguments = {"provider": provider.value} if provider is not None else None
         return schemas_from_wire(await self.value("query-stats-schemas", arguments))
+
+    @property
+    def is_vmstats(self) -> bool:
+        """Is the peer one of vmstats' servers (the greeting's package says so)?"""
+        return is_vmstats(self.version)
+
+    async def all_schemas(self) -> list[StatsSchema]:
+        """Every provider's schemas: QEMU's, and where the server is vmstats', its own
+        providers' too (asked by name: they are left out of a plain request)."""
+        schemas = await self.query_stats_schemas()
+        if self.is_vmstats:
+            for provider in sorted(EXTENSION_PROVIDERS):
+                schemas = await self.query_stats_schemas(provider) + schemas
+        return schemas
 
     async def query_cpus(self) -> list[str]:
         """QOM paths of the vCPUs by CPU index: ``query-cpus-fast`` where the server has

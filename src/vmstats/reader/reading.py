@@ -40,17 +40,26 @@ from vmstats.qmp.client import (
     Request,
     address_name,
     decode,
+    is_vmstats,
     no_query_stats,
     parse_address,
     qemu_version,
 )
 from vmstats.qmp.machine import CpuInfoFast, cpus_from_wire, name_from_wire
-from vmstats.reader.sample import Sample, SampleMemo, WireMemo, sample_from_wire, take_sample
+from vmstats.reader.sample import (
+    Sample,
+    SampleMemo,
+    WireMemo,
+    same_objects,
+    sample_from_wire,
+    take_sample,
+)
 from vmstats.stats.decode import schemas_from_wire
-from vmstats.stats.model import VM_TARGETS, StatsSchema
+from vmstats.stats.model import EXTENSION_PROVIDERS, VM_TARGETS, StatsSchema
 from vmstats.stats.registry import StatsRegistry
 
 T = TypeVar("T")
+VM_TARGET_NAMES = frozenset(t.value for t in VM_TARGETS)
 
 
 @dataclass
@@ -131,8 +140,16 @@ _READ_VM: list[Request] = [
     ("query-name", None),
     *(("query-stats", {"target": target.value}) for target in VM_TARGETS),
 ]
-#: What a read asks on a kept connection.
-_READ_STATS: list[Request] = [("query-stats", {"target": t.value}) for t in VM_TARGETS]
+#: vmstats' own providers, asked of vmstats' own sockets by name (their values are
+#: about vCPUs): the sample's key for each reply, and the requests.
+_EXTENSIONS = sorted(p.value for p in EXTENSION_PROVIDERS)
+_OURS_KEYS = [f"vcpu:{p}" for p in _EXTENSIONS]
+_READ_OURS_SCHEMAS: list[Request] = [("query-stats-schemas", {"provider": p}) for p in _EXTENSIONS]
+_READ_OURS: list[Request] = [("query-stats", {"target": "vcpu", "providers": [{"provider": p}]})
+                             for p in _EXTENSIONS]  # fmt: skip
+#: What a read asks on a kept connection (always one of ours).
+_READ_STATS: list[Request] = [*(("query-stats", {"target": t.value}) for t in VM_TARGETS),
+                              *_READ_OURS]  # fmt: skip
 
 
 class QmpReader:
@@ -147,6 +164,9 @@ class QmpReader:
         self.name = address_name(address)
         self.timeout = timeout
         self._schemas: Decoded[list[StatsSchema]] = Decoded(schemas_of, [])
+        self._ours: list[Decoded[list[StatsSchema]]] = [Decoded(schemas_of, [])
+                                                        for _ in _EXTENSIONS]  # fmt: skip
+        self._joined: tuple[list[list[StatsSchema]], list[StatsSchema]] = ([], [])
         self._vcpus: Decoded[tuple[dict[str, int], int | None]] = Decoded(
             _vcpus_and_vmm, ({}, None)
         )
@@ -168,8 +188,9 @@ class QmpReader:
                 raise
         qmp = QmpClient(self.address, self.timeout, negotiate=False)
         await qmp.connect()
+        ours = _READ_OURS_SCHEMAS + _READ_OURS if is_vmstats(qmp.version) else []
         try:
-            negotiated, *outcomes = await qmp.execute_each([_NEGOTIATE, *_READ_VM])
+            negotiated, *outcomes = await qmp.execute_each([_NEGOTIATE, *_READ_VM, *ours])
             taken = time.time()
             if isinstance(negotiated, RemoteError):  # QEMU then refuses every command after it
                 raise negotiated
@@ -185,7 +206,9 @@ class QmpReader:
 
     def _reading(self, outcomes: list[bytes | RemoteError], taken: float, pid: int | None,
                  greeting: dict[str, Any]) -> VmReading:  # fmt: skip
-        """A reading from the replies to :data:`_READ_VM`."""
+        """A reading from the replies to :data:`_READ_VM` (and to vmstats' own providers'
+        requests, after them, from one of vmstats' sockets)."""
+        outcomes, ours = outcomes[: len(_READ_VM)], outcomes[len(_READ_VM) :]
         schemas, cpus, name, *targets = outcomes
         for command, outcome in zip(_READ_VM, outcomes, strict=True):
             if isinstance(outcome, RemoteError) and command[0] in ("query-stats-schemas",
@@ -195,6 +218,9 @@ class QmpReader:
                 # the reader's own commands, which nobody typed: the server's words alone
                 raise ClientError(outcome.desc) from None
         assert isinstance(schemas, bytes)
+        if ours:
+            self._ours_schemas(ours[: len(_EXTENSIONS)])
+            targets = [*targets, *ours[len(_EXTENSIONS) :]]
         sample = self._sample(taken, targets)
         own_name = None
         if isinstance(name, bytes):
@@ -210,10 +236,26 @@ class QmpReader:
             pid = vmm or pid
         info = {"source": "QMP", "pid": str(pid or ""), "qemu_version": version}
         self._said = (own_name, vcpus, info)
-        return VmReading(own_name or self.name, self._schemas(schemas), sample, vcpus, info)
+        return VmReading(own_name or self.name, self._schema_list(schemas), sample, vcpus, info)
+
+    def _ours_schemas(self, replies: Sequence[bytes | RemoteError]) -> None:
+        """vmstats' own providers' schemas (none from a vmstats that lacks them)."""
+        for decoded, reply in zip(self._ours, replies, strict=True):
+            decoded(reply if isinstance(reply, bytes) else b"[]")
+
+    def _schema_list(self, raw: bytes | None = None) -> list[StatsSchema]:
+        """Every schema, vmstats' own providers' first (as a server that prepends them
+        sends them); the same list while its parts stay the same."""
+        parts = [d.value for d in self._ours] + [self._schemas(raw) if raw is not None
+                                                 else self._schemas.value]  # fmt: skip
+        if not same_objects(parts, self._joined[0]):
+            self._joined = (parts, [s for part in parts for s in part])
+        return self._joined[1]
 
     def _sample(self, taken: float, targets: Sequence[bytes | RemoteError]) -> Sample:
-        replies = {t.value: r for t, r in zip(VM_TARGETS, targets, strict=True)}
+        keys = [t.value for t in VM_TARGETS] + _OURS_KEYS
+        replies = {k: r if isinstance(r, bytes) or k in VM_TARGET_NAMES else b"[]"
+                   for k, r in zip(keys, targets, strict=False)}  # fmt: skip
         return sample_from_wire(taken, replies, self._wire)
 
     async def _read_kept(self, qmp: QmpClient) -> VmReading:
@@ -224,7 +266,7 @@ class QmpReader:
         if set(vcpus) != {key[2] for key in sample.objects("vcpu")}:  # plugged, or gone
             outcomes = await qmp.execute_each(_READ_VM)
             return self._reading(outcomes, sample.taken, qmp.peer_pid, qmp.version)
-        return VmReading(own_name or self.name, self._schemas.value, sample, vcpus, info)
+        return VmReading(own_name or self.name, self._schema_list(), sample, vcpus, info)
 
     def close(self) -> None:
         """Let a kept connection go."""
@@ -258,7 +300,7 @@ def _object(raw: bytes, command: str) -> dict[str, Any]:
 def _version(greeting: dict[str, Any]) -> str:
     """QEMU's version from a greeting; "" for vmstats' own sockets, whose version is the
     API they speak, not the VM's QEMU."""
-    if str(greeting.get("package", "")).startswith("vmstats"):
+    if is_vmstats(greeting):
         return ""
     return qemu_version(greeting) or ""
 
@@ -276,7 +318,7 @@ class RegistryReader:
         self._memo: SampleMemo = {}
 
     async def read(self) -> VmReading:
-        fresh = self.registry.query_stats_schemas()
+        fresh = self.registry.all_schemas()
         if fresh != self._schemas:
             self._schemas = fresh
         sample = take_sample(self.registry, self._memo)

@@ -22,7 +22,6 @@ from typing import Any
 from vmstats.stats.decode import wire_results
 from vmstats.stats.model import (
     VM_TARGETS,
-    StatsFilter,
     StatsResult,
     StatsSchema,
     StatsSchemaValue,
@@ -142,13 +141,15 @@ def sample_from_wire(taken: float, replies: Mapping[str, bytes | Any],
     """A sample from ``query-stats`` replies per target, as QMP sent them (bytes; decoded
     JSON is taken too), checked as they are decoded (:func:`wire_results`): a refresh of
     many VMs decodes thousands of values.  :class:`ClientError` if a reply is malformed.
+    A key is the target, or ``TARGET:PROVIDER`` for a reply asked of one provider.
 
     With ``memo`` (kept by the caller between samples), a reply of the very bytes of
     the last one (a VM whose stats stood still) is not decoded again: its objects keep
     the very same values, which consumers see by identity."""
     values: dict[ObjectKey, dict[str, StatsValue]] = {}
-    for target, reply in replies.items():
-        kept = memo.get(target) if memo is not None else None
+    for request, reply in replies.items():
+        target = request.partition(":")[0]
+        kept = memo.get(request) if memo is not None else None
         if kept is not None and kept[0] == reply:
             part = kept[1]
         else:
@@ -159,12 +160,12 @@ def sample_from_wire(taken: float, replies: Mapping[str, bytes | Any],
                 found = natural_values(list(map(_NAME, stats)), list(map(_VALUE, stats)))
                 part.setdefault(key, {}).update(found)
             if memo is not None and isinstance(reply, bytes):
-                memo[target] = (reply, part)
+                memo[request] = (reply, part)
         values.update(part)
     return Sample(taken, values)
 
 
 def take_sample(registry: StatsRegistry, memo: SampleMemo | None = None) -> Sample:
     """Read every stat of every provider of ``registry`` (in this process)."""
-    results = {t: registry.query_stats(StatsFilter(t)) for t in VM_TARGETS}
+    results = {t: registry.all_stats(t) for t in VM_TARGETS}
     return sample_of(time.time(), results, memo)

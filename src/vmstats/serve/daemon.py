@@ -75,6 +75,7 @@ from vmstats.serve.rundir import RunDir
 from vmstats.serve.served import ServedVm
 from vmstats.stats.model import StatsTarget
 from vmstats.stats.registry import StatsRegistry
+from vmstats.trace.provider import TracepointsProvider, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,11 @@ class Daemon:
         qmp_timeout: float = DEFAULT_QMP_TIMEOUT,
         libvirt: str | None = None,
         libvirt_max_age: float = DEFAULT_MAX_AGE,
+        tracing: Tracing | None = None,
         dry_run: bool = False,
     ) -> None:
         self.dry_run = dry_run
+        self.tracing = tracing  # exit reasons counted per vCPU, when allowed
         self.run_dir = run_dir
         self.group = group
         self.access = Access(os.getegid() if group is None else group, tuple(allow))
@@ -300,11 +303,16 @@ class Daemon:
             attached.release_pidfd()  # the provider watches the VMM with a pidfd of its own
         registry = StatsRegistry()
         registry.add_stats_callbacks(provider)
+        tracepoints = None
+        if self.tracing is not None and not self.dry_run:
+            tracepoints = TracepointsProvider(self.tracing)
+            registry.add_stats_callbacks(tracepoints)
         local = {StatsTarget.VM} if provider.vm is not None else set()
         given = source.name if source is not None else qemu_name(cmdline(pid))
         monitor = HostMonitor(registry, Machine(name=given), local=local)
         socket = self.run_dir / f"{name}.qmp"
         vm = ServedVm(name, pid, provider, monitor, QMPServer(monitor, self.limits), socket)
+        vm.tracepoints = tracepoints
         vm.uid = uid
         if uid is not None:
             vm.owner = user_name(uid)
@@ -320,7 +328,7 @@ class Daemon:
             try:
                 await self.domains.use(vm, domain, fds=bool(vm.vcpus))
             except BaseException:
-                provider.close()
+                vm.close_stats()
                 raise
         vm.set_groups(self.access.groups_for(vm.identity()))
         if self.dry_run:
@@ -331,7 +339,7 @@ class Daemon:
                                        owner=vm.socket_owner, groups=vm.groups)  # fmt: skip
         except (SocketInUse, OSError):
             await vm.server.close()
-            provider.close()
+            vm.close_stats()
             raise
         self.served[pid] = vm
         assert provider.vmm is not None
@@ -404,7 +412,7 @@ class Daemon:
         if vm.provider.vmm.pidfd >= 0:
             asyncio.get_running_loop().remove_reader(vm.provider.vmm.pidfd)
         closing = asyncio.ensure_future(vm.server.close())
-        vm.provider.close()  # reads from now on fail: the VM is gone
+        vm.close_stats()  # reads from now on fail: the VM is gone
         await closing
         if write:
             self._write_state()
@@ -431,6 +439,9 @@ class Daemon:
     async def close(self) -> None:
         for pid in list(self.served):
             await self._remove(pid, "still runs, but vmstats serve stops", write=False)
+        if self.tracing is not None:
+            self.tracing.close()  # its programs detached: nothing counted any more
+            self.tracing = None
         if self.domains is not None:
             await self.domains.close()
         self.rundir.release()

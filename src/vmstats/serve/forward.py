@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,14 @@ from vmstats.qapi.json import RawJSON
 from vmstats.qmp.client import QmpClient, stats_arguments
 from vmstats.qmp.machine import CpuInfoFast, Machine
 from vmstats.qmp.monitor import Monitor
-from vmstats.stats.model import VM_TARGETS, StatsFilter, StatsProvider, StatsTarget
+from vmstats.stats.model import (
+    EXTENSION_PROVIDERS,
+    VM_TARGETS,
+    StatsFilter,
+    StatsProvider,
+    StatsResult,
+    StatsTarget,
+)
 from vmstats.stats.registry import StatsRegistry
 
 log = logging.getLogger(__name__)
@@ -40,6 +48,14 @@ VM_TARGET_NAMES = frozenset(t.value for t in VM_TARGETS)
 
 #: Seconds a QEMU socket may take per step (connect, greeting, each reply).
 DEFAULT_QMP_TIMEOUT = 3.0
+
+
+def _ours(provider: str | None) -> bool:
+    """Does an HMP ``info stats`` name one of vmstats' own providers (answered here)?"""
+    return provider in EXTENSION_NAMES
+
+
+EXTENSION_NAMES = frozenset(p.value for p in EXTENSION_PROVIDERS)
 
 
 class QemuSocket:
@@ -116,7 +132,26 @@ class HostMonitor(Monitor):
         qemu = self._forwards(filter.target.value)
         if qemu is None:
             return self._when_fresh(filter.target, self._local["query-stats"], filter)
-        return qemu.execute("query-stats", stats_arguments(filter))
+        requests = filter.providers or ()
+        ours = [r for r in requests if r.provider.is_extension]
+        if not ours:
+            return qemu.execute("query-stats", stats_arguments(filter))
+        # vmstats' own providers are answered here, the rest by QEMU
+        local = self._local["query-stats"](replace(filter, providers=ours))
+        theirs = [r for r in requests if not r.provider.is_extension]
+        if not theirs:
+            return local
+        return self._joined(local, qemu.execute("query-stats", stats_arguments(
+            replace(filter, providers=theirs))))  # fmt: skip
+
+    async def _joined(self, local: list[StatsResult], forwarded: Awaitable[RawJSON]) -> RawJSON:
+        """One reply: ours first (registered after QEMU's own, so prepended later), then
+        QEMU's, its text as it sent it."""
+        text = str(await forwarded).strip()
+        ours = self.encoder.encode_text("[StatsResult]", local)
+        if text == "[]" or ours == "[]":
+            return RawJSON(ours if text == "[]" else text)
+        return RawJSON(f"{ours[:-1]}, {text[1:]}")
 
     def _when_fresh(self, target: StatsTarget, handler: Callable[..., Any], *args: Any) -> Any:
         """``handler(*args)`` now if ``target`` is fresh, else a coroutine that first
@@ -132,7 +167,8 @@ class HostMonitor(Monitor):
         return handler(*args)
 
     def query_stats_schemas(self, provider: StatsProvider | None = None) -> Any:
-        if self.qemu is None or self.local >= {StatsTarget.VM, StatsTarget.VCPU}:
+        ours = provider is not None and provider.is_extension
+        if ours or self.qemu is None or self.local >= {StatsTarget.VM, StatsTarget.VCPU}:
             return self._local["query-stats-schemas"](provider)
         return self._schemas_from_qemu(self.qemu, provider)
 
@@ -153,8 +189,9 @@ class HostMonitor(Monitor):
 
     def human_monitor_command_forwarded(self, command_line: str,
                                         cpu_index: int | None = None) -> Any:  # fmt: skip
-        target = self.hmp.info_stats_target(command_line)
-        qemu = None if target is None else self._forwards(target)
+        parsed = self.hmp.info_stats_target(command_line)
+        target, provider = parsed if parsed is not None else (None, None)
+        qemu = None if target is None or _ours(provider) else self._forwards(target)
         if qemu is None:
             if target in VM_TARGET_NAMES:
                 return self._when_fresh(StatsTarget(target), self.human_monitor_command,

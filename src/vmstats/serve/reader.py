@@ -16,7 +16,7 @@ from vmstats.errors import ClientError
 from vmstats.qmp.monitor import Monitor
 from vmstats.reader.reading import Decoded, VmReading, cpu_numbers, cpus_of, schemas_of
 from vmstats.reader.sample import Sample, SampleMemo, sample_from_wire, sample_of
-from vmstats.stats.model import VM_TARGETS, StatsFilter, StatsSchema
+from vmstats.stats.model import VM_TARGETS, StatsSchema
 
 
 class MonitorReader:
@@ -54,8 +54,9 @@ class MonitorReader:
             pending = None if self.monitor.forwards(target.value) else self.monitor.fresh(target)
             if pending is not None:
                 await pending
-        local = {t: self.monitor.registry.query_stats(StatsFilter(t))
-                 for t in VM_TARGETS if not self.monitor.forwards(t.value)}  # fmt: skip
+        registry = self.monitor.registry  # vmstats' own providers are always local
+        local = {t: registry.extension_stats(t) if self.monitor.forwards(t.value)
+                 else registry.all_stats(t) for t in VM_TARGETS}  # fmt: skip
         taken = time.time()
         sample = sample_of(taken, local, self._memo)
         if forwarded:
@@ -66,9 +67,12 @@ class MonitorReader:
 
     async def _schema_list(self) -> list[StatsSchema]:
         """The schemas; the same list while they stay the same."""
+        registry = self.monitor.registry
         if any(self.monitor.forwards(t.value) for t in VM_TARGETS):
-            return self._forwarded_schemas(await self.ask("query-stats-schemas", None))
-        fresh = self.monitor.registry.query_stats_schemas()
+            forwarded = self._forwarded_schemas(await self.ask("query-stats-schemas", None))
+            fresh = registry.extension_schemas() + forwarded
+        else:
+            fresh = registry.all_schemas()
         if fresh != self._schemas:
             self._schemas = fresh
         return self._schemas

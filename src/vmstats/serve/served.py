@@ -29,6 +29,7 @@ from vmstats.serve.discover import ProbedQemu
 from vmstats.serve.forward import HostMonitor, QemuSocket
 from vmstats.serve.reader import MonitorReader
 from vmstats.stats.model import StatsTarget
+from vmstats.trace.provider import TracepointsProvider, VcpuThread
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,36 @@ class ServedVm:
     uid: int | None = None  # the VMM's (effective) user
     owner: str = ""  # that user's name
     socket_owner: int | None = None  # the ordinary user its socket (and list) was given to
+    tracepoints: TracepointsProvider | None = None  # exit reasons, where they are counted
     groups: frozenset[int] = frozenset()  # more groups that may read it (allow rules)
     group_names: tuple[str, ...] = ()  # theirs, looked up when they were set
     _threads: int = 0  # the VMM's thread count when last looked at for hot-plugged vCPUs
     _looked: float = -float("inf")
+
+    def count_vcpus(self) -> None:
+        """Exit reasons counted on the threads of the vCPUs served now (those plugged
+        since too; threads gone let go).  A vCPU's thread is the one QEMU names ``CPU
+        N/KVM``, else the one its QEMU or its stats fd names.  Where two vCPUs would
+        share a thread (a VMM that makes them all on one, and runs them elsewhere), no
+        thread can be told apart, and none is counted."""
+        if self.tracepoints is None:
+            return
+        named = {index: tid for tid, index in cpu_index_of_threads(self.pid).items()}
+        threads = [VcpuThread(cpu.qom_path, named.get(cpu.cpu_index, cpu.thread_id))
+                   for cpu in self.monitor.machine.cpus]  # fmt: skip
+        tids = [t.tid for t in threads]
+        if len(set(tids)) < len(tids) or not all(tid > 0 for tid in tids):
+            if threads:
+                log.info("%s: its vCPUs' threads cannot be told apart: exit reasons are "
+                         "not counted", self.name)  # fmt: skip
+            threads = []
+        self.tracepoints.set_vcpus(threads)
+
+    def close_stats(self) -> None:
+        """Close every fd its providers hold: reads fail from now on (the VM is gone)."""
+        self.provider.close()
+        if self.tracepoints is not None:
+            self.tracepoints.close()
 
     def metrics_reader(self) -> MonitorReader:
         """What a scrape reads this VM with: its own monitor, as its clients see it."""
@@ -168,6 +195,7 @@ class ServedVm:
         self.provider.set_vcpus(self.vcpus.values())
         self.monitor.serve_vcpus([CpuInfoFast(i, pc_vcpu_path(i), threads.get(i, 0), pc_props(i))
                                   for i in self.vcpus])  # fmt: skip
+        self.count_vcpus()
 
     def add_vcpus(self, attached: AttachedVm) -> None:
         """Serve vCPUs (at start, or plugged since): their files, paths and threads."""
@@ -183,6 +211,7 @@ class ServedVm:
         self.provider.set_vcpus(self.vcpus.values())
         if self.vcpus:
             self.monitor.serve_vcpus([known[i] for i in sorted(known)])
+        self.count_vcpus()
 
     def fds_replaced(self) -> bool:
         """Has the VMM closed a stats fd we copied, or put another at its number?"""
@@ -212,3 +241,4 @@ class ServedVm:
             self.vcpus = {i: VcpuStatsFile(paths.get(i, v.qom_path), v.file)
                           for i, v in self.vcpus.items()}  # fmt: skip
             self.provider.set_vcpus(self.vcpus.values())
+        self.count_vcpus()

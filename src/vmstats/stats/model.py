@@ -40,10 +40,24 @@ class StatsUnit(StrEnum):
 
 
 class StatsProvider(StrEnum):
-    """Who supplies the statistics (``cryptodev`` since QEMU 8.0)."""
+    """Who supplies the statistics (``cryptodev`` since QEMU 8.0).
+
+    ``tracepoints`` is vmstats' extension (docs/exit-reasons.md): KVM's tracepoints counted
+    per vCPU (exit reasons).  It answers only a request that names it, so a client that
+    names no provider gets QEMU's reply, and it is left out of introspection."""
 
     KVM = "kvm"
     CRYPTODEV = "cryptodev"
+    TRACEPOINTS = "tracepoints"
+
+    @property
+    def is_extension(self) -> bool:
+        """Not QEMU's: served only when named."""
+        return self in EXTENSION_PROVIDERS
+
+
+#: The providers QEMU does not have (see :class:`StatsProvider`).
+EXTENSION_PROVIDERS = frozenset({StatsProvider.TRACEPOINTS})
 
 
 class StatsTarget(StrEnum):

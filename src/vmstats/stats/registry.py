@@ -5,6 +5,10 @@ QEMU builds every result list by *prepending*, so the last thing added comes fir
 wire.  Providers here return what they add in the order they add it; the engine applies the
 prepend, once, for all of them.  What a provider does inside a result (the order of its
 stats, histogram buckets) is the provider's business, as in QEMU.
+
+A provider of vmstats' own (:attr:`StatsProvider.is_extension`) answers only a request
+that names it: without ``providers`` (or a ``provider`` for the schemas) the reply is
+exactly QEMU's, which clients that parse the provider enum strictly rely on.
 """
 
 from __future__ import annotations
@@ -95,6 +99,8 @@ class StatsRegistry:
         added: list[StatsResult],
     ) -> None:
         names: Sequence[str] | None = None
+        if request is None and entry.provider.is_extension:
+            return
         if request is not None:
             if request.provider != entry.provider:
                 return
@@ -108,11 +114,35 @@ class StatsRegistry:
             targets = filter.vcpus
         added.extend(entry.stats(filter.target, names, targets))
 
+    @property
+    def extensions(self) -> list[StatsProvider]:
+        """vmstats' own providers registered here (served only when named), once each."""
+        return list(dict.fromkeys(e.provider for e in self._entries if e.provider.is_extension))
+
+    def extension_stats(self, target: StatsTarget) -> list[StatsResult]:
+        """vmstats' own providers' values for ``target``, in wire order."""
+        named = [StatsRequest(p) for p in self.extensions]
+        return self.query_stats(StatsFilter(target, named)) if named else []
+
+    def all_stats(self, target: StatsTarget) -> list[StatsResult]:
+        """Every provider's values for ``target``, vmstats' own too, in wire order (they
+        were registered last, so QEMU's prepending puts them first): what a tool of this
+        process reads (a QMP client names them, as :mod:`vmstats.reader` does)."""
+        return self.extension_stats(target) + self.query_stats(StatsFilter(target))
+
+    def extension_schemas(self) -> list[StatsSchema]:
+        """vmstats' own providers' schemas, in wire order."""
+        return [s for p in reversed(self.extensions) for s in self.query_stats_schemas(p)]
+
+    def all_schemas(self) -> list[StatsSchema]:
+        """Every provider's schemas, vmstats' own too, in wire order."""
+        return self.extension_schemas() + self.query_stats_schemas()
+
     def query_stats_schemas(self, provider: StatsProvider | None = None) -> list[StatsSchema]:
         """``query-stats-schemas``: every provider, or only ``provider``."""
         added: list[StatsSchema] = []
         for entry in self._entries:
-            if provider is None or entry.provider == provider:
+            if entry.provider == provider or (provider is None and not entry.provider.is_extension):
                 added.extend(entry.schemas())
         added.reverse()
         return added

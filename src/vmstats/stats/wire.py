@@ -10,16 +10,17 @@ stat.  :class:`EncodedStats` keeps the values and behaves as the usual sequence 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from operator import itemgetter
-from typing import overload
+from typing import TypeVar, overload
 
 from vmstats.qapi.json import dumps
 from vmstats.qapi.qdict import qdict_order
 from vmstats.stats.model import StatsProvider, StatsResult, StatsValue
 
 SCALAR, BOOLEAN, LIST = 0, 1, 2
+T = TypeVar("T")
 
 #: The order QEMU writes the members of ``Stats`` in (its QDict order).
 _STATS_KEYS = qdict_order(["name", "value"])
@@ -192,3 +193,59 @@ class EncodedResult(StatsResult):
             assert isinstance(stats, EncodedStats)
             self._text = self._template.prefix + stats.__qmp_json__() + self._template.suffix
         return self._text
+
+
+class TemplateChoice:
+    """A provider's templates: all its stats, and the subsets requests name (``names``),
+    without those it has no value for (``omitted``), each made once.  At most 256
+    subsets are kept: a client may name stats freely."""
+
+    def __init__(self, entries: Sequence[tuple[str, int, int, int]]) -> None:
+        self.all = StatsTemplate(entries)
+        self._chosen: dict[tuple[tuple[str, ...] | None, frozenset[str]], StatsTemplate] = {}
+
+    def select(self, names: Sequence[str] | None,
+               omitted: frozenset[str] = frozenset()) -> StatsTemplate:  # fmt: skip
+        """The template of the stats named (all for None) but ``omitted``, in wire order."""
+        if names is None and not omitted:
+            return self.all
+        key = (None if names is None else tuple(names), omitted)
+        found = self._chosen.get(key)
+        if found is None:
+            wanted = None if names is None else set(names)
+            found = StatsTemplate([e for e in self.all.entries if e[0] not in omitted
+                                   and (wanted is None or e[0] in wanted)])  # fmt: skip
+            if len(self._chosen) < 256:
+                self._chosen[key] = found
+        return found
+
+
+#: Per template, the source a result was made from and the result.
+ResultMemo = dict[StatsTemplate, tuple[object, "EncodedResult"]]
+
+
+class ResultMaker:
+    """Results of one provider: an envelope per QOM path, made once, and per object and
+    template the last source (a data block, a list of counts) with the result made of
+    it.  Most vCPUs of a fleet are idle: a source that did not change is the same result,
+    text and all (results are immutable once made, so sharing them is safe)."""
+
+    def __init__(self, provider: StatsProvider) -> None:
+        self.provider = provider
+        self._envelopes: dict[str | None, ResultTemplate] = {}
+
+    def result(self, memo: ResultMemo, template: StatsTemplate, source: T,
+               values: Callable[[T], Sequence[int]],
+               qom_path: str | None) -> EncodedResult:  # fmt: skip
+        """The result of ``template`` over ``values(source)``, or the one made last time
+        of the same source."""
+        last = memo.get(template)
+        if last is not None and last[0] == source:
+            return last[1]
+        envelope = self._envelopes.get(qom_path)
+        if envelope is None:
+            envelope = self._envelopes[qom_path] = ResultTemplate(self.provider, qom_path)
+        stats = EncodedStats(template, values(source))
+        made = EncodedResult(envelope, self.provider, stats, qom_path)
+        memo[template] = (source, made)
+        return made

@@ -35,12 +35,13 @@ class CounterError(VmstatsError):
     """A tracepoint counter that cannot be opened (privileges, a kernel without it)."""
 
 
-def open_counter(event_id: int, tid: int, filter_text: str = "") -> int:
-    """A counting fd for tracepoint ``event_id`` in thread ``tid`` (any CPU), counting
-    only the events ``filter_text`` lets through; :class:`CounterError` if not."""
+def open_counter(event_id: int, tid: int, filter_text: str = "", cpu: int = -1) -> int:
+    """A counting fd for tracepoint ``event_id`` in thread ``tid`` (any CPU; or -1: in
+    every thread, on ``cpu``), counting only the events ``filter_text`` lets through;
+    :class:`CounterError` if not."""
     attr = ctypes.create_string_buffer(_ATTR.pack(PERF_TYPE_TRACEPOINT, _ATTR.size, event_id,
                                                   0, 0, 0, 0, 0, 0, 0))  # fmt: skip
-    fd = int(_libc.syscall(SYS_PERF_EVENT_OPEN, attr, tid, -1, -1, PERF_FLAG_FD_CLOEXEC))
+    fd = int(_libc.syscall(SYS_PERF_EVENT_OPEN, attr, tid, cpu, -1, PERF_FLAG_FD_CLOEXEC))
     if fd < 0:
         code = ctypes.get_errno()
         hint = " (needs root or CAP_PERFMON)" if code in (errno.EACCES, errno.EPERM) else ""

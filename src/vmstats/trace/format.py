@@ -13,7 +13,12 @@ where ``kvm_exit`` never fires).  The first step of exit reasons as a provider
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
+import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,23 +89,72 @@ class EventFormat:
 def tracefs() -> Path | None:
     """The mounted tracefs with events, or None."""
     for root in TRACEFS:
-        if (root / "events").is_dir():
-            return root
+        try:
+            if (root / "events").is_dir():
+                return root
+        except PermissionError:
+            return root  # mounted, but not for this user: reading it says so
     return None
 
 
 def read_format(system: str, event: str, root: Path | None = None) -> EventFormat:
     """The format of ``system/event``; :class:`TraceFormatError` if it cannot be read."""
+    return read_formats(system, [event], root)[0]
+
+
+def read_formats(system: str, events: Sequence[str], root: Path | None = None) -> list[EventFormat]:
+    """The formats of ``system``'s ``events``.  Where tracefs is not mounted, root reads
+    them from a tracefs mounted in a child's own mount namespace, gone with it: the host's
+    mounts are left as they are.  :class:`TraceFormatError` if they cannot be read."""
     base = root or tracefs()
+    relative = [f"events/{system}/{event}/format" for event in events]
     if base is None:
-        raise TraceFormatError("tracefs is not mounted (mount -t tracefs nodev "
-                               "/sys/kernel/tracing)")  # fmt: skip
-    path = base / "events" / system / event / "format"
+        texts = _read_privately(relative)
+    else:
+        texts = []
+        for name in relative:
+            try:
+                texts.append((base / name).read_text())
+            except OSError as exc:
+                raise TraceFormatError(f"cannot read {base / name}: {exc.strerror}") from None
+    return [parse_format(system, text) for text in texts]
+
+
+#: What the child runs: mount tracefs in a mount namespace of its own, print the files.
+_PRIVATE_READ = """
+import ctypes, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x00020000):  # CLONE_NEWNS
+    sys.exit("cannot make a mount namespace: " + os.strerror(ctypes.get_errno()))
+if libc.mount(b"none", b"/", None, 0x4000 | 0x40000, None):  # MS_REC | MS_PRIVATE
+    sys.exit("cannot make the mounts private: " + os.strerror(ctypes.get_errno()))
+if libc.mount(b"nodev", sys.argv[1].encode(), b"tracefs", 0, None):
+    sys.exit("cannot mount tracefs: " + os.strerror(ctypes.get_errno()))
+texts = []
+for name in sys.argv[2:]:
     try:
-        text = path.read_text()
+        texts.append(open(os.path.join(sys.argv[1], name)).read())
     except OSError as exc:
-        raise TraceFormatError(f"cannot read {path}: {exc.strerror}") from None
-    return parse_format(system, text)
+        sys.exit(f"cannot read {name}: {exc.strerror}")
+print(json.dumps(texts))
+"""
+
+
+def _read_privately(relative: Sequence[str]) -> list[str]:
+    not_mounted = "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)"
+    if os.geteuid() != 0:
+        raise TraceFormatError(not_mounted)
+    try:
+        done = subprocess.run([sys.executable, "-c", _PRIVATE_READ, str(TRACEFS[0]),
+                               *relative], capture_output=True, text=True, timeout=30,
+                              check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TraceFormatError(f"{not_mounted}, and mounting it privately failed: {exc}") from None
+    if done.returncode != 0:
+        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
+        raise TraceFormatError(f"{not_mounted}, and mounting it privately failed: {reason}")
+    texts: list[str] = json.loads(done.stdout)
+    return texts
 
 
 def parse_format(system: str, text: str) -> EventFormat:

@@ -36,7 +36,8 @@ def info_stats(
 ) -> None:
     """``info stats TARGET [NAMES] [PROVIDER]`` for the CPU at QOM path ``current_cpu``.
 
-    ``providers`` are the StatsProvider values this QEMU version knows (7.2: kvm only).
+    ``providers`` are the StatsProvider values this QEMU version knows (7.2: kvm only),
+    and vmstats' extensions, which answer only when PROVIDER names them.
     """
     try:
         target = StatsTarget(target_text)
@@ -80,7 +81,8 @@ def stats_filter(
     if names is None and provider is None:
         return StatsFilter(target, None, vcpus)
     wanted = None if names is None or names == "*" else names.split(",")
-    requests = [StatsRequest(p, wanted) for p in providers if provider in (None, p)]
+    requests = [StatsRequest(p, wanted) for p in providers
+                if p == provider or (provider is None and not p.is_extension)]  # fmt: skip
     return StatsFilter(target, requests[::-1], vcpus)  # QEMU prepends each request
 
 

@@ -104,9 +104,10 @@ class HumanMonitor:
         self._handle(call, command_line)
         return "".join(call.out).replace("\n", "\r\n")
 
-    def info_stats_target(self, command_line: str) -> str | None:
-        """The target of a well-formed ``info stats`` line (what decides where the host
-        daemon answers it), else None.  Prints nothing: the line is not run."""
+    def info_stats_target(self, command_line: str) -> tuple[str, str | None] | None:
+        """The target and provider of a well-formed ``info stats`` line (what decides
+        where the host daemon answers it), else None.  Prints nothing: the line is not
+        run."""
         call = HMPCall()
         command, pos = self._find(call, command_line, 0, self.table)
         if command is None or command.handler is not HumanMonitor._info_stats:
@@ -115,7 +116,8 @@ class HumanMonitor:
             args = self._parse_arguments(call, command, command_line, pos)
         except _ParseFailure:
             return None
-        return str(args["target"])
+        provider = args.get("provider")
+        return str(args["target"]), None if provider is None else str(provider)
 
     # -- QEMU's handle_hmp_command ---------------------------------------------------
 

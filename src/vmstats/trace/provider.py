@@ -1,0 +1,168 @@
+"""The ``tracepoints`` stats provider: KVM's tracepoints counted per vCPU thread in the
+kernel (exit reasons, as kvm_stat's default view), served beside the ``kvm`` provider.
+
+Each vCPU thread is counted by :mod:`.bpf` (its array, in the process's one
+:class:`~vmstats.trace.bpf.Tracer`); a query reads each thread's counts from shared
+memory (no syscall) and gives them as cumulative stats named as kvm_stat
+names them (``kvm_userspace_exit(IO)``).  Target ``vcpu`` only: what a tracepoint counts
+happens on a vCPU's thread.  It is vmstats' extension: it answers only requests that name
+it (:mod:`vmstats.stats.registry`).
+
+Whether it can run at all is asked once per process (:func:`open_tracing`): tracefs
+and the events must be there, and this process must be allowed to count (root, or
+``CAP_BPF`` and ``CAP_PERFMON``).  When it cannot, the provider is absent and the reason
+is logged once; a vCPU thread that cannot be counted (gone) is left out of the replies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from vmstats.errors import VmstatsError
+from vmstats.stats.model import StatsProvider, StatsResult, StatsSchema, StatsTarget
+from vmstats.stats.wire import SCALAR, ResultMaker, ResultMemo, TemplateChoice
+from vmstats.trace.bpf import ThreadCounts, Tracer
+from vmstats.trace.events import DEFAULT_EVENTS, TracePlan, trace_plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class VcpuThread:
+    """A vCPU's thread and the QOM path it is reported under."""
+
+    qom_path: str
+    tid: int
+
+
+@dataclass
+class Tracing:
+    """What this process counts per vCPU thread (the plan) and the counting itself (one
+    program per event, running from now on): made once, shared by every VM served."""
+
+    plan: TracePlan
+    tracer: Tracer
+
+    def close(self) -> None:
+        self.tracer.close()
+
+
+def _open(events: Sequence[str]) -> Tracing:
+    plan = trace_plan(events)
+    return Tracing(plan, Tracer(plan.counted, plan.slots))
+
+
+def tracing_unavailable_reason(events: Sequence[str] = DEFAULT_EVENTS) -> str | None:
+    """Why ``events`` cannot be counted here, or None: tried, and let go."""
+    try:
+        _open(events).close()
+    except VmstatsError as exc:
+        return str(exc)
+    return None
+
+
+def open_tracing(events: Sequence[str] = DEFAULT_EVENTS) -> Tracing | None:
+    """The counting of ``events`` per vCPU thread, or None (and the reason logged once):
+    the events' formats read, their programs loaded and attached."""
+    try:
+        tracing = _open(events)
+    except VmstatsError as exc:
+        log.warning("exit reasons (provider tracepoints) are off: %s", exc)
+        return None
+    plan = tracing.plan
+    log.info("exit reasons (provider tracepoints): counting %s per vCPU",
+             ", ".join(plan.event_names))  # fmt: skip
+    return tracing
+
+
+class _Counting:
+    """One vCPU thread's counting, and its last values and result."""
+
+    __slots__ = ("counts", "last", "thread")
+
+    def __init__(self, thread: VcpuThread, tracer: Tracer) -> None:
+        self.thread = thread
+        self.counts = ThreadCounts(tracer, thread.tid)
+        self.last: ResultMemo = {}
+
+
+class TracepointsProvider:
+    """Serves target ``vcpu`` of provider ``tracepoints`` for a set of vCPU threads,
+    counted from when they were given (:meth:`set_vcpus`) until :meth:`close`."""
+
+    provider = StatsProvider.TRACEPOINTS
+
+    def __init__(self, tracing: Tracing, vcpus: Iterable[VcpuThread] = ()) -> None:
+        self.tracing = tracing
+        self.plan = plan = tracing.plan
+        self._counting: dict[int, _Counting] = {}  # by thread id
+        self._order: list[_Counting] = []  # in vCPU order
+        self._templates = TemplateChoice([(name, SCALAR, i, i + 1) for i, name in
+                                          reversed(list(enumerate(plan.names)))])  # fmt: skip
+        self._schema = [StatsSchema(self.provider, StatsTarget.VCPU, plan.schema)]
+        self._results = ResultMaker(self.provider)
+        self.set_vcpus(vcpus)
+
+    def set_vcpus(self, vcpus: Iterable[VcpuThread]) -> None:
+        """Count these vCPUs' threads from now on (in vCPU order); the counting of
+        threads no longer listed is closed.  A thread that cannot be counted (it ended)
+        is left out, and said at debug level."""
+        wanted = list(vcpus)
+        kept = {v.tid for v in wanted}
+        for tid in [t for t in self._counting if t not in kept]:
+            self._counting.pop(tid).counts.close()
+        order: list[_Counting] = []
+        for vcpu in wanted:
+            if any(c.thread.tid == vcpu.tid for c in order):
+                log.debug("vCPU thread %d given twice: counted once, for %s", vcpu.tid,
+                          order[0].thread.qom_path)  # fmt: skip
+                continue
+            found = self._counting.get(vcpu.tid)
+            if found is None or found.thread != vcpu:
+                if found is not None:
+                    found.counts.close()
+                try:
+                    found = self._counting[vcpu.tid] = _Counting(vcpu, self.tracing.tracer)
+                except (VmstatsError, OSError) as exc:
+                    self._counting.pop(vcpu.tid, None)
+                    log.debug("vCPU thread %d (%s) not counted: %s", vcpu.tid, vcpu.qom_path,
+                              exc)  # fmt: skip
+                    continue
+            order.append(found)
+        self._order = order
+
+    @property
+    def vcpus(self) -> list[VcpuThread]:
+        return [c.thread for c in self._order]
+
+    @property
+    def fds(self) -> int:
+        """The fds its counting holds: one array per vCPU thread."""
+        return len(self._order)
+
+    def stats(
+        self,
+        target: StatsTarget,
+        names: Sequence[str] | None,
+        targets: Sequence[str] | None,
+    ) -> list[StatsResult]:
+        if target != StatsTarget.VCPU:
+            return []
+        template = self._templates.select(names)
+        if not template.entries:
+            return []
+        wanted = None if targets is None else set(targets)
+        return [self._results.result(c.last, template, c.counts.read(), self.plan.values,
+                                     c.thread.qom_path)
+                for c in self._order if wanted is None or c.thread.qom_path in wanted]  # fmt: skip
+
+    def schemas(self) -> list[StatsSchema]:
+        return self._schema if self._order else []
+
+    def close(self) -> None:
+        """Stop counting: every thread's fds closed."""
+        for counting in self._counting.values():
+            counting.counts.close()
+        self._counting, self._order = {}, []
