@@ -116,12 +116,15 @@ def test_counting_is_closed_with_the_provider_and_a_gone_thread_is_left_out(
         gone = VcpuThread("/gone", 2**22 + 7)  # no such thread: left out, not an error
         exits = TracepointsProvider(tracing, [*threads, gone])
         assert exits.vcpus == threads
+        assert tracing.tracer.counted() == sorted(t.tid for t in threads)
         assert arrays() == start + 2 == start + exits.fds
         exits.set_vcpus(threads[:1])  # vCPU 1 unplugged: its counting closed
         assert arrays() == start + 1
+        assert tracing.tracer.counted() == [threads[0].tid]
         assert [r.qom_path for r in exits.stats(StatsTarget.VCPU, None, None)] == ["/cpu0"]
         exits.close()
         assert arrays() == start
+        assert tracing.tracer.counted() == []
         assert exits.stats(StatsTarget.VCPU, None, None) == []
         assert exits.schemas() == []
 

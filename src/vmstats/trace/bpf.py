@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from vmstats.trace.counters import CounterError, open_counter
 
 SYS_BPF = 321  # x86-64
-BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_PROG_LOAD = 0, 2, 3, 5
+BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY = 0, 2, 3, 4
+BPF_PROG_LOAD = 5
 BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH_OF_MAPS = 2, 13
 BPF_PROG_TYPE_TRACEPOINT = 5
 BPF_F_NO_PREALLOC, BPF_F_MMAPABLE = 1 << 0, 1 << 10
@@ -161,7 +162,8 @@ def _load(counted: Counted, threads_fd: int) -> int:
     try:
         return _bpf(BPF_PROG_LOAD, attr)
     except OSError as exc:
-        words = log.value.decode(errors="replace").strip().splitlines()
+        words = [line for line in log.value.decode(errors="replace").strip().splitlines()
+                 if not line.startswith(("processed ", "verification time"))]  # fmt: skip
         detail = f" ({words[-1]})" if words else ""
         raise CounterError(f"the kernel refuses the counting program: {exc.strerror}"
                            f"{detail}{_hint(exc.errno)}") from None  # fmt: skip
@@ -212,6 +214,21 @@ class Tracer:
         value = ctypes.c_uint32(array)
         _bpf(command, _ELEM_ATTR.pack(self.threads, 0, ctypes.addressof(key),
                                       ctypes.addressof(value) if array else 0, 0))  # fmt: skip
+
+    def counted(self) -> list[int]:
+        """The thread ids in the map now (what the programs count)."""
+        found: list[int] = []
+        key, following = ctypes.c_uint32(0), ctypes.c_uint32(0)
+        first = True
+        while True:
+            attr = _ELEM_ATTR.pack(self.threads, 0, 0 if first else ctypes.addressof(key),
+                                   ctypes.addressof(following), 0)  # fmt: skip
+            try:
+                _bpf(BPF_MAP_GET_NEXT_KEY, attr)
+            except OSError:  # ENOENT: the last one
+                return sorted(found)
+            found.append(following.value)
+            key.value, first = following.value, False
 
     def close(self) -> None:
         """Stop counting: the programs detached, the map let go."""
