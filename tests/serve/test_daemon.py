@@ -700,3 +700,34 @@ def test_exit_reasons_are_served_recorded_and_let_go_with_the_vm(
         kill(demo.vm_pid)
         assert wait_for(lambda: not served.exists(), timeout=5)
         assert wait_for(lambda: bpf_maps(proc.pid) == 1)  # the VM's arrays let go
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(QEMU_REASON is not None, reason=f"no QEMU 7.2: {QEMU_REASON}")
+@requires_tracing
+def test_a_forwarded_qemu_72_gets_its_exit_reasons_beside_its_own_reply(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    """QEMU 7.x answers the kvm part, byte for byte; the daemon the tracepoints part,
+    counted on the threads QEMU names in query-cpus-fast, first (prepended last)."""
+    with QemuVM(2, paused=True, extra_args=["-name", "exits72"]) as vm:
+        proc, run_dir = start_daemon("--qmp", str(vm.qmp_path.parent / "*.sock"))
+        served = run_dir / "exits72.qmp"
+        assert wait_for(served.exists)
+        both = (b'{"execute":"query-stats","arguments":{"target":"vcpu","providers":'
+                b'[{"provider":"kvm"},{"provider":"tracepoints"}]}}')  # fmt: skip
+        kvm = b'{"execute":"query-stats","arguments":{"target":"vcpu","providers":[{"provider":"kvm"}]}}'
+        ours, theirs = ask(served, both), ask(vm.qmp_path, kvm)
+        assert ours.endswith(theirs[len(b'{"return": [') :])  # QEMU's text, as it sent it
+        results = json.loads(ours)["return"]
+        cpus = json.loads(ask(vm.qmp_path, b'{"execute":"query-cpus-fast"}'))["return"]
+        assert [(r["provider"], r["qom-path"]) for r in results[:2]] == [
+            ("tracepoints", c["qom-path"]) for c in reversed(cpus)]  # fmt: skip
+        assert "kvm_userspace_exit(IO)" in {s["name"] for s in results[0]["stats"]}
+        hmp = ask(served, b'{"execute":"human-monitor-command","arguments":{"command-line":'
+                          b'"info stats vcpu * tracepoints"}}')  # fmt: skip
+        assert b"kvm_userspace_exit(IO) (cumulative): 0" in hmp  # paused: answered here
+        assert bpf_maps(proc.pid) == 1 + 2
+        assert ask(served, b'{"execute":"query-stats","arguments":{"target":"vcpu"}}') == ask(
+            vm.qmp_path, b'{"execute":"query-stats","arguments":{"target":"vcpu"}}'
+        )
