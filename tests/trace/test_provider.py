@@ -7,6 +7,7 @@ once, not an error."""
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import subprocess
 import sys
@@ -24,9 +25,10 @@ from vmstats.demo.guest import GuestProgram
 from vmstats.demo.vm import DemoVM
 from vmstats.stats.model import StatsProvider, StatsTarget
 from vmstats.stats.order import natural_stats
+from vmstats.testing.hostile import DemoServer, wait_for
 from vmstats.trace.bpf import Tracer
 from vmstats.trace.events import event_plan, trace_plan
-from vmstats.trace.format import read_format
+from vmstats.trace.format import parse_format, read_format
 from vmstats.trace.provider import TracepointsProvider, Tracing, VcpuThread
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -229,3 +231,44 @@ def test_a_user_who_may_not_read_tracefs_gets_no_provider_and_one_line(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("exit reasons (provider tracepoints) are off: ")
     assert "Permission denied" in lines[0] or "not mounted" in lines[0]
+
+
+GAPS = r"""name: gaps
+ID: 9
+format:
+	field:unsigned short common_type;	offset:0;	size:2;	signed:0;
+	field:u16 why;	offset:8;	size:2;	signed:0;
+
+print fmt: "%s", __print_symbolic(REC->why, { 0, "R_ZERO" }, { 2, "R_TWO" }, { 65600, "R_FAR" })
+"""
+
+
+def test_values_the_table_does_not_name_add_up_in_other() -> None:
+    """Gaps (1) and values past the table's end count in ``EVENT(other)``; a value too
+    big for the field (65600 in 16 bits) is its masked value, as the kernel stores it."""
+    plan = event_plan(parse_format("x", GAPS), {})
+    assert plan is not None
+    assert plan.names == ("gaps(ZERO)", "gaps(TWO)", "gaps(FAR)", "gaps(other)")
+    assert (plan.field_offset, plan.field_size) == (8, 2)
+    slots = 65600 & 0xFFFF  # 64
+    assert plan.slots == slots + 1
+    counts = [0] * plan.width
+    counts[0], counts[1], counts[2], counts[slots], counts[plan.slots] = 5, 7, 11, 13, 17
+    assert plan.values(counts, 0) == [5, 11, 13, 7 + 17]
+
+
+@pytest.mark.kvm
+@requires_kvm
+@requires_tracing
+def test_the_demo_counts_its_own_exit_reasons() -> None:
+    """``vmstats demo`` as root: its vCPUs' exits by reason, named by provider."""
+    with DemoServer(vcpus=2, rate=100) as demo:
+
+        def io() -> list[int]:
+            out = subprocess.run([sys.executable, "-m", "vmstats", "query", str(demo.path),
+                                  "--target", "vcpu", "--provider", "tracepoints", "--names",
+                                  IO, "--json"], capture_output=True, text=True,
+                                 timeout=30, check=True).stdout  # fmt: skip
+            return [r["stats"][0]["value"] for r in json.loads(out)]
+
+        assert wait_for(lambda: len(found := io()) == 2 and min(found) > 0)
