@@ -3,11 +3,18 @@ tables, even under PVM where it never fires), and made-up ones that push the par
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from vmstats.trace.format import TraceFormatError, parse_format, read_format
+from vmstats.trace.format import (
+    TraceFormatError,
+    _read_privately,
+    parse_format,
+    read_format,
+    read_formats,
+)
 
 
 def test_this_kernels_kvm_exit_has_its_vmx_and_svm_tables(mounted: Path) -> None:
@@ -69,3 +76,20 @@ def test_a_made_up_format_with_every_kind_of_entry() -> None:
 def test_a_broken_format_is_a_clear_error(text: str, problem: str) -> None:
     with pytest.raises(TraceFormatError, match=problem):
         parse_format("kvm", text)
+
+
+def test_an_event_the_kernel_lacks_is_named(mounted: Path) -> None:
+    with pytest.raises(TraceFormatError, match=r"^this kernel has no tracepoint kvm:kvm_nosuch$"):
+        read_formats("kvm", ["kvm_userspace_exit", "kvm_nosuch"], mounted)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting tracefs privately needs root")
+def test_root_reads_the_formats_from_a_tracefs_of_its_own_leaving_the_hosts_mounts() -> None:
+    """Where tracefs is not mounted: a child mounts one in its own mount namespace."""
+    before = Path("/proc/self/mountinfo").read_text()
+    found, missing = _read_privately(["events/kvm/kvm_userspace_exit/format",
+                                      "events/kvm/kvm_nosuch/format"])  # fmt: skip
+    assert found is not None
+    assert parse_format("kvm", found).name == "kvm_userspace_exit"
+    assert missing is None
+    assert Path("/proc/self/mountinfo").read_text() == before

@@ -105,55 +105,68 @@ def read_format(system: str, event: str, root: Path | None = None) -> EventForma
 def read_formats(system: str, events: Sequence[str], root: Path | None = None) -> list[EventFormat]:
     """The formats of ``system``'s ``events``.  Where tracefs is not mounted, root reads
     them from a tracefs mounted in a child's own mount namespace, gone with it: the host's
-    mounts are left as they are.  :class:`TraceFormatError` if they cannot be read."""
+    mounts are left as they are.  :class:`TraceFormatError` if they cannot be read, or
+    the kernel has no such event."""
     base = root or tracefs()
     relative = [f"events/{system}/{event}/format" for event in events]
-    if base is None:
-        texts = _read_privately(relative)
-    else:
-        texts = []
-        for name in relative:
-            try:
-                texts.append((base / name).read_text())
-            except OSError as exc:
-                raise TraceFormatError(f"cannot read {base / name}: {exc.strerror}") from None
-    return [parse_format(system, text) for text in texts]
+    texts = _read_privately(relative) if base is None else [_read(base, r) for r in relative]
+    for event, text in zip(events, texts, strict=True):
+        if text is None:
+            raise TraceFormatError(f"this kernel has no tracepoint {system}:{event}")
+    return [parse_format(system, text) for text in texts if text is not None]
 
 
-#: What the child runs: mount tracefs in a mount namespace of its own, print the files.
+def _read(base: Path, relative: str) -> str | None:
+    """A format file's text; None if there is no such event."""
+    try:
+        return (base / relative).read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise TraceFormatError(f"cannot read {base / relative}: {exc.strerror}") from None
+
+
+#: What the child runs: mount tracefs on a directory of its own in a mount namespace of
+#: its own, print the files (null for an event the kernel does not have).
 _PRIVATE_READ = """
-import ctypes, json, os, sys
+import ctypes, json, os, sys, tempfile
 libc = ctypes.CDLL(None, use_errno=True)
 if libc.unshare(0x00020000):  # CLONE_NEWNS
     sys.exit("cannot make a mount namespace: " + os.strerror(ctypes.get_errno()))
 if libc.mount(b"none", b"/", None, 0x4000 | 0x40000, None):  # MS_REC | MS_PRIVATE
     sys.exit("cannot make the mounts private: " + os.strerror(ctypes.get_errno()))
-if libc.mount(b"nodev", sys.argv[1].encode(), b"tracefs", 0, None):
-    sys.exit("cannot mount tracefs: " + os.strerror(ctypes.get_errno()))
-texts = []
-for name in sys.argv[2:]:
-    try:
-        texts.append(open(os.path.join(sys.argv[1], name)).read())
-    except OSError as exc:
-        sys.exit(f"cannot read {name}: {exc.strerror}")
+where = tempfile.mkdtemp(prefix="vmstats-tracefs-")
+try:
+    if libc.mount(b"nodev", where.encode(), b"tracefs", 0, None):
+        sys.exit("cannot mount tracefs: " + os.strerror(ctypes.get_errno()))
+    texts = []
+    for name in sys.argv[1:]:
+        try:
+            texts.append(open(os.path.join(where, name)).read())
+        except FileNotFoundError:
+            texts.append(None)
+        except OSError as exc:
+            sys.exit(f"cannot read {name}: {exc.strerror}")
+    libc.umount2(where.encode(), 2)  # MNT_DETACH
+finally:
+    os.rmdir(where)
 print(json.dumps(texts))
 """
 
 
-def _read_privately(relative: Sequence[str]) -> list[str]:
+def _read_privately(relative: Sequence[str]) -> list[str | None]:
     not_mounted = "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)"
     if os.geteuid() != 0:
         raise TraceFormatError(not_mounted)
     try:
-        done = subprocess.run([sys.executable, "-c", _PRIVATE_READ, str(TRACEFS[0]),
-                               *relative], capture_output=True, text=True, timeout=30,
-                              check=False)  # fmt: skip
+        done = subprocess.run([sys.executable, "-c", _PRIVATE_READ, *relative],
+                              capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise TraceFormatError(f"{not_mounted}, and mounting it privately failed: {exc}") from None
     if done.returncode != 0:
         reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
         raise TraceFormatError(f"{not_mounted}, and mounting it privately failed: {reason}")
-    texts: list[str] = json.loads(done.stdout)
+    texts: list[str | None] = json.loads(done.stdout)
     return texts
 
 
