@@ -115,9 +115,10 @@ class TracepointsProvider:
             self._counting.pop(tid).counts.close()
         order: list[_Counting] = []
         for vcpu in wanted:
-            if any(c.thread.tid == vcpu.tid for c in order):
+            first = next((c for c in order if c.thread.tid == vcpu.tid), None)
+            if first is not None:
                 log.debug("vCPU thread %d given twice: counted once, for %s", vcpu.tid,
-                          order[0].thread.qom_path)  # fmt: skip
+                          first.thread.qom_path)  # fmt: skip
                 continue
             found = self._counting.get(vcpu.tid)
             if found is None or found.thread != vcpu:
