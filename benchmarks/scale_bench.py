@@ -163,7 +163,9 @@ def one_size(vms: int, vcpus: int, args: argparse.Namespace) -> dict[str, object
         row["fleet start s"] = round(time.monotonic() - begun, 1)
         with log.open("w") as stderr:
             daemon = subprocess.Popen([sys.executable, "-m", "vmstats", "-vv", "serve",
-                                       "--run-dir", str(run_dir), "--metrics", f"127.0.0.1:{port}"],
+                                       "--run-dir", str(run_dir), "--metrics", f"127.0.0.1:{port}",
+                                       *(["--tracepoints", args.tracepoints]
+                                         if args.tracepoints else [])],
                                       stderr=stderr)  # fmt: skip
         try:
             if not wait_for(lambda: set(fleet.vms) <= served(run_dir), timeout=300):
@@ -200,6 +202,9 @@ def main() -> int:
     parser.add_argument("--churn-cycles", type=int, default=60)
     parser.add_argument("--churn-rate", type=float, default=1.0, help="cycles a second")
     parser.add_argument("--top", action="store_true")
+    parser.add_argument(
+        "--tracepoints", default="", help="the daemon's --tracepoints (default: its own default)"
+    )
     args = parser.parse_args()
     rows = []
     for size in map(int, args.sizes.split(",")):

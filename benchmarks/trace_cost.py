@@ -2,7 +2,7 @@
 loop run flat out on one vCPU, with and without counting, interleaved; the median of the
 per-pair ratios.
 
-    sudo .venv/bin/python benchmarks/trace_cost.py [--rounds 100] [--pairs 600]
+    sudo .venv/bin/python benchmarks/trace_cost.py [--rounds 100] [--pairs 600] [--events E]
 
 Each measurement is the CPU time of ``--rounds`` rounds (8 ``out``, 2 MMIO writes and a
 ``hlt`` each: 11 exits to userspace a round) on this thread, pinned to one CPU.  A pair
@@ -22,16 +22,19 @@ Needs root (or CAP_BPF and CAP_PERFMON); tracefs is mounted privately if it is n
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from vmstats.cli.options import tracepoint_events
 from vmstats.demo.vm import DemoVM
 from vmstats.errors import VmstatsError
 from vmstats.trace.counters import ReasonCounters
+from vmstats.trace.events import DEFAULT_EVENTS
 from vmstats.trace.format import read_format
 from vmstats.trace.provider import TracepointsProvider, VcpuThread, open_tracing
 
@@ -44,8 +47,8 @@ def timed(vm: DemoVM, rounds: int) -> float:
     return time.thread_time() - started
 
 
-def ours() -> Callable[[], None]:
-    tracing = open_tracing()
+def ours(events: Sequence[str]) -> Callable[[], None]:
+    tracing = open_tracing(events)
     if tracing is None:
         raise VmstatsError("exit reasons cannot be counted here (see the log line above)")
     provider = TracepointsProvider(tracing, [VcpuThread("/cpu", threading.get_native_id())])
@@ -70,9 +73,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--pairs", type=int, default=600)
+    parser.add_argument(
+        "--events",
+        type=tracepoint_events,
+        default=DEFAULT_EVENTS,
+        help="what vmstats counts, as --tracepoints (default: its default)",
+    )
     args = parser.parse_args()
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
-    ways = {"vmstats": ours, "kvm_stat": kvm_stats_way}
+    ways: dict[str, Callable[[], Callable[[], None]]] = {
+        "vmstats": functools.partial(ours, args.events),
+        "kvm_stat": kvm_stats_way,
+    }
     ratios: dict[str, list[float]] = {name: [] for name in ways}
     times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in ways}
     try:

@@ -72,13 +72,13 @@ def socket_path(text: str) -> Path:
 
 
 def tracepoint_events(text: str) -> tuple[str, ...]:
-    """``EVENT[,EVENT...]`` (events of tracefs's ``kvm`` system, or ``SYSTEM:EVENT``) to
-    count per vCPU, or ``none``."""
+    """``EVENT[,EVENT...]`` (events of tracefs's ``kvm`` system, or ``SYSTEM:EVENT``; ``*``
+    for every event, as kvm_stat's full view) to count per vCPU, or ``none``."""
     if text.strip() == "none":
         return ()
     events = tuple(e.strip() for e in text.split(","))
     for event in events:
-        if not re.fullmatch(r"(\w+:)?\w+", event):
+        if not re.fullmatch(r"(\w+:)?(\w+|\*)", event):
             raise argparse.ArgumentTypeError(f"not a tracepoint: {event!r} (give EVENT[,EVENT"
                                              "...], SYSTEM:EVENT, or none)")  # fmt: skip
     return events
@@ -90,7 +90,8 @@ def add_tracepoints_option(parser: argparse.ArgumentParser, default_events: Sequ
                         default=default(parser, tuple(default_events)),
                         help="tracepoints counted per vCPU thread, served as provider "
                         "'tracepoints' (exit reasons; needs root, or CAP_BPF and "
-                        f"CAP_PERFMON): EVENT[,EVENT...] or none (default "
+                        f"CAP_PERFMON): EVENT[,EVENT...] ('*': every kvm event, as kvm_stat "
+                        f"shows them) or none (default "
                         f"{','.join(default_events)}: kvm_stat's splits by reason)")  # fmt: skip
 
 

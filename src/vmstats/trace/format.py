@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import ast
 import json
+import operator
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,26 +109,43 @@ def read_formats(system: str, events: Sequence[str], root: Path | None = None) -
     mounts are left as they are.  :class:`TraceFormatError` if they cannot be read, or
     the kernel has no such event."""
     base = root or tracefs()
-    relative = [f"events/{system}/{event}/format" for event in events]
-    texts = _read_privately(relative) if base is None else [_read(base, r) for r in relative]
+    if "*" in events:  # every event of the system
+        (listed,) = _texts(base, [f"events/{system}/"])
+        if not isinstance(listed, list):
+            raise TraceFormatError(f"this kernel has no tracepoints {system}:*")
+        events = list(dict.fromkeys(e for name in events
+                                    for e in (listed if name == "*" else [name])))  # fmt: skip
+    texts = _texts(base, [f"events/{system}/{event}/format" for event in events])
     for event, text in zip(events, texts, strict=True):
-        if text is None:
+        if not isinstance(text, str):
             raise TraceFormatError(f"this kernel has no tracepoint {system}:{event}")
-    return [parse_format(system, text) for text in texts if text is not None]
+    return [parse_format(system, text) for text in texts if isinstance(text, str)]
 
 
-def _read(base: Path, relative: str) -> str | None:
-    """A format file's text; None if there is no such event."""
+#: A file's text, a directory's events (a path that ends with "/"), or None: not there.
+_Found = str | list[str] | None
+
+
+def _texts(base: Path | None, relative: Sequence[str]) -> list[_Found]:
+    return _read_privately(relative) if base is None else [_read(base, r) for r in relative]
+
+
+def _read(base: Path, relative: str) -> _Found:
+    """A format file's text, or a directory's events; None if there is no such thing."""
+    path = base / relative
     try:
-        return (base / relative).read_text()
+        if relative.endswith("/"):
+            return sorted(p.parent.name for p in path.glob("*/format"))
+        return path.read_text()
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise TraceFormatError(f"cannot read {base / relative}: {exc.strerror}") from None
+        raise TraceFormatError(f"cannot read {path}: {exc.strerror}") from None
 
 
 #: What the child runs: mount tracefs on a directory of its own in a mount namespace of
-#: its own, print the files (null for an event the kernel does not have).
+#: its own, print the files (a directory's events for a path ending in "/"; null for
+#: what the kernel does not have).
 _PRIVATE_READ = """
 import ctypes, json, os, sys, tempfile
 libc = ctypes.CDLL(None, use_errno=True)
@@ -141,8 +159,13 @@ try:
         sys.exit("cannot mount tracefs: " + os.strerror(ctypes.get_errno()))
     texts = []
     for name in sys.argv[1:]:
+        path = os.path.join(where, name)
         try:
-            texts.append(open(os.path.join(where, name)).read())
+            if name.endswith("/"):
+                texts.append(sorted(e for e in os.listdir(path)
+                                    if os.path.exists(os.path.join(path, e, "format"))))
+            else:
+                texts.append(open(path).read())
         except FileNotFoundError:
             texts.append(None)
         except OSError as exc:
@@ -154,7 +177,7 @@ print(json.dumps(texts))
 """
 
 
-def _read_privately(relative: Sequence[str]) -> list[str | None]:
+def _read_privately(relative: Sequence[str]) -> list[_Found]:
     not_mounted = "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)"
     if os.geteuid() != 0:
         raise TraceFormatError(not_mounted)
@@ -166,7 +189,7 @@ def _read_privately(relative: Sequence[str]) -> list[str | None]:
     if done.returncode != 0:
         reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
         raise TraceFormatError(f"{not_mounted}, and mounting it privately failed: {reason}")
-    texts: list[str | None] = json.loads(done.stdout)
+    texts: list[_Found] = json.loads(done.stdout)
     return texts
 
 
@@ -196,7 +219,8 @@ def _line_value(text: str, key: str) -> str:
 
 def symbolic_tables(print_fmt: str) -> list[SymbolicTable]:
     """Every ``__print_symbolic(EXPR, {VALUE, "NAME"}, ...)`` of a print format, in order,
-    with the condition of the ``?:`` branch it sits in."""
+    with the condition of the ``?:`` branch it sits in.  A table whose values are not
+    numbers (macro names the format keeps unexpanded) is left out."""
     tables: list[SymbolicTable] = []
     start = 0
     while (found := print_fmt.find(_SYMBOLIC, start)) >= 0:
@@ -204,10 +228,13 @@ def symbolic_tables(print_fmt: str) -> list[SymbolicTable]:
         end = _closing(print_fmt, body_start)
         body = print_fmt[body_start:end]
         of = body.split(",", 1)[0].strip()
-        names = {_value(m["value"]): "".join(_STRING.findall(m["name"]))
-                 for m in _ENTRY.finditer(body)}  # fmt: skip
-        tables.append(SymbolicTable(of, names, _condition(print_fmt[:found], tables)))
         start = end + 1
+        try:
+            names = {_value(m["value"]): "".join(_STRING.findall(m["name"]))
+                     for m in _ENTRY.finditer(body)}  # fmt: skip
+        except TraceFormatError:
+            continue  # values the format keeps as macro names: none can be told apart
+        tables.append(SymbolicTable(of, names, _condition(print_fmt[:found], tables)))
     return tables
 
 
@@ -244,19 +271,25 @@ def _condition(before: str, tables: list[SymbolicTable]) -> str:
     return ""
 
 
+_OPERATORS: dict[type[ast.operator], Callable[[int, int], int]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.BitOr: operator.or_,
+    ast.BitAnd: operator.and_, ast.LShift: operator.lshift, ast.RShift: operator.rshift,
+}  # fmt: skip
+
+
 def _value(text: str) -> int:
-    """A table entry's value: an integer expression of literals (``0x040 + 13``, ``-1``)."""
+    """A table entry's value: an integer expression of literals (``0x040 + 13``, ``-1``,
+    ``(1 << 0) | (1 << 1)``)."""
 
     def evaluate(node: ast.AST) -> int:
         if isinstance(node, ast.Constant) and isinstance(node.value, int):
             return node.value
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             return -evaluate(node.operand)
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.BitOr):
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
             left, right = evaluate(node.left), evaluate(node.right)
-            if isinstance(node.op, ast.Add):
-                return left + right
-            return left - right if isinstance(node.op, ast.Sub) else left | right
+            if not isinstance(node.op, ast.LShift | ast.RShift) or 0 <= right < 256:
+                return _OPERATORS[type(node.op)](left, right)
         raise TraceFormatError(f"a symbolic value that is not a number: {text!r}")
 
     cleaned = re.sub(r"(?<=[0-9a-fA-F])[uUlL]+\b", "", text.strip())
