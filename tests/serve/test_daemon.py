@@ -25,6 +25,7 @@ from tests.serve.conftest import Daemon
 from tests.serve.users import GROUP, USER_UID, connect_as_nobody, kvm_for_group, named_vmm
 from tests.trace.conftest import TRACING_REASON, requires_tracing
 from vmstats import caps
+from vmstats.kvm.attach import cpu_index_of_threads
 from vmstats.serve.discover import vm_name
 from vmstats.testing.hostile import (
     DemoServer,
@@ -36,6 +37,7 @@ from vmstats.testing.hostile import (
 )
 from vmstats.testing.qemu import QemuVM, RawQMP, qemu_unavailable_reason, stop_process
 from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
+from vmstats.trace.bpf import map_by_id, map_keys
 
 QEMU10_REASON = qemu10_unavailable_reason()
 QEMU_REASON = qemu_unavailable_reason()
@@ -651,14 +653,22 @@ def test_stats_fds_that_the_vmm_replaces_are_taken_again(
         stop_process(vmm)
 
 
-def bpf_maps(pid: int) -> int:
-    """The BPF maps a process holds: the tracer's map of threads, and an array per vCPU
-    counted."""
-    found = 0
+def counted_threads(pid: int) -> list[int]:
+    """The threads a process's tracer counts: the keys of its map of threads (a BPF hash
+    map; root opens it by its id)."""
     for name in os.listdir(f"/proc/{pid}/fd"):
         with contextlib.suppress(OSError):
-            found += os.readlink(f"/proc/{pid}/fd/{name}") == "anon_inode:bpf-map"
-    return found
+            if os.readlink(f"/proc/{pid}/fd/{name}") != "anon_inode:bpf-map":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{name}").read_text()
+            found = re.search(r"map_id:\s*(\d+)", info)
+            if found is not None and re.search(r"map_type:\s*1\n", info):
+                fd = map_by_id(int(found[1]))
+                try:
+                    return map_keys(fd)
+                finally:
+                    os.close(fd)
+    return []
 
 
 NAMED = (b'{"execute":"query-stats","arguments":{"target":"vcpu",'
@@ -696,10 +706,10 @@ def test_exit_reasons_are_served_recorded_and_let_go_with_the_vm(
                                    str(recording), "-1"], capture_output=True, text=True,
                                   check=True, timeout=60).stdout  # fmt: skip
         assert "vcpu.kvm_userspace_exit(IO)" in replayed
-        assert bpf_maps(proc.pid) == 1 + 2
+        assert counted_threads(proc.pid) == sorted(cpu_index_of_threads(demo.vm_pid))
         kill(demo.vm_pid)
         assert wait_for(lambda: not served.exists(), timeout=5)
-        assert wait_for(lambda: bpf_maps(proc.pid) == 1)  # the VM's arrays let go
+        assert wait_for(lambda: counted_threads(proc.pid) == [])  # counted no more
 
 
 @pytest.mark.qemu
@@ -727,7 +737,7 @@ def test_a_forwarded_qemu_72_gets_its_exit_reasons_beside_its_own_reply(
         hmp = ask(served, b'{"execute":"human-monitor-command","arguments":{"command-line":'
                           b'"info stats vcpu * tracepoints"}}')  # fmt: skip
         assert b"kvm_userspace_exit(IO) (cumulative): 0" in hmp  # paused: answered here
-        assert bpf_maps(proc.pid) == 1 + 2
+        assert counted_threads(proc.pid) == sorted(c["thread-id"] for c in cpus)
         assert ask(served, b'{"execute":"query-stats","arguments":{"target":"vcpu"}}') == ask(
             vm.qmp_path, b'{"execute":"query-stats","arguments":{"target":"vcpu"}}'
         )

@@ -138,11 +138,6 @@ class TracepointsProvider:
     def vcpus(self) -> list[VcpuThread]:
         return [c.thread for c in self._order]
 
-    @property
-    def fds(self) -> int:
-        """The fds its counting holds: one array per vCPU thread."""
-        return len(self._order)
-
     def stats(
         self,
         target: StatsTarget,
@@ -163,7 +158,7 @@ class TracepointsProvider:
         return self._schema if self._order else []
 
     def close(self) -> None:
-        """Stop counting: every thread's fds closed."""
+        """Stop counting its threads (their regions free again)."""
         for counting in self._counting.values():
             counting.counts.close()
         self._counting, self._order = {}, []
