@@ -67,6 +67,8 @@ def families(scrape: Scrape, table: MetricTable) -> Iterator[Metric]:
             names = ["vm"] if not path else ["vm", "vcpu"]
             for name, value in values.items():
                 metric = metric_of(metrics, provider, target, name, value)
+                if metric.omit_zero and not value:
+                    continue
                 own = [k for k, _ in metric.label_pairs]
                 family = found.get(metric.name)
                 if family is None:

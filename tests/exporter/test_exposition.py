@@ -164,3 +164,12 @@ def test_exit_reasons_are_one_family_told_apart_by_event_and_reason() -> None:
     assert 'kvm_vcpu_exit_reasons_total{event="kvm_exit",reason="odd\\"one",' in text
     assert 'kvm_vcpu_tracepoint_events_total{event="kvm_pio",vcpu="0",vm="web1"} 4.0' in text
     assert text.count("# TYPE kvm_vcpu_exit_reasons_total counter") == 1
+    assert 'reason="IO",vcpu="0"' not in text  # 0 there: not exported until it occurs
+    writer = Exposition()
+    assert_same(writer, scrape)  # the zeros, planned
+    occurred = {**values, ("tracepoints", "vcpu", paths[0]): dict.fromkeys(names, 1)}
+    moved = Scrape([VmReading("web1", exits.schemas, Sample(1.0, occurred), base.vcpus,
+                              base.info)], {}, 0.1)  # fmt: skip
+    assert_same(writer, moved)  # by the plan: the reasons that occurred appear
+    assert 'reason="IO",vcpu="0",vm="web1"} 1.0' in writer.render(moved).decode()
+    assert_same(writer, scrape)  # and go again (a VM served anew)

@@ -239,7 +239,8 @@ class Exposition:
             if part is None or part.metric is not metric or part.size != size:
                 part = parts[name] = _Stat(metric, size, self._starts(metric, labels, size))
             self._remake(part, stats, value)
-            lines.append((metric, part.text))
+            if value or not metric.omit_zero:
+                lines.append((metric, part.text))
             plan.append((name, part))
         self._objects[key] = _Rendered(stats, labels, lines, parts, metrics, plan)
         return lines
@@ -269,7 +270,8 @@ class Exposition:
                 if part.value != (value, total):
                     part.value = (value, total)
                     part.text = text(metric, part.starts, value, total)
-            lines.append((metric, part.text))
+            if value or not metric.omit_zero:
+                lines.append((metric, part.text))
         return lines
 
     def _remake(self, part: _Stat, stats: Mapping[str, StatsValue], value: StatsValue) -> None:

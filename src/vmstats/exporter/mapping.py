@@ -20,7 +20,8 @@ rules and never dropped (docs/metrics.md has the table):
 The ``tracepoints`` provider's stats (``kvm_userspace_exit(IO)``) are one family per
 kind, told apart by labels, as a counter of events by reason is in Prometheus:
 ``kvm_vcpu_exit_reasons_total{event="kvm_userspace_exit",reason="IO"}``, and an event
-counted whole ``kvm_vcpu_tracepoint_events_total{event="kvm_pio"}``.
+counted whole ``kvm_vcpu_tracepoint_events_total{event="kvm_pio"}``; a reason at 0 (most
+never occur: other architectures', other ISAs') is left out until its first event.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class Metric:
     #: before ``vcpu`` and ``vm``, which follow (the formats write labels sorted).
     labels: str = ""
     label_pairs: tuple[tuple[str, str], ...] = ()
+    #: A sample at 0 is left out: of the reasons a kernel names, most never occur (other
+    #: architectures', other ISAs'); each appears at its first event.
+    omit_zero: bool = False
 
     def value(self, raw: float) -> float:
         """A raw value in base units."""
@@ -143,7 +147,8 @@ def tracepoint_metric(target: str, stat: StatsSchemaValue) -> Metric:
         name, pairs = f"kvm_{target}_tracepoint_events", (("event", stat.name),)
         described = f"KVM {target} tracepoint events counted, by event"
     text = "".join(f'{k}="{label_value(v)}",' for k, v in pairs)
-    return Metric(name, Kind.COUNTER, described, 1.0, stat, labels=text, label_pairs=pairs)
+    return Metric(name, Kind.COUNTER, described, 1.0, stat, labels=text, label_pairs=pairs,
+                  omit_zero=True)  # fmt: skip
 
 
 def label_value(text: str) -> str:
