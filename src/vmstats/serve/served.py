@@ -63,6 +63,12 @@ def describe(name: str, pid: int, vcpus: int, local: Collection[StatsTarget],
     return row
 
 
+def _apart(threads: Collection[VcpuThread]) -> bool:
+    """Is each vCPU on a thread of its own, known?"""
+    tids = [t.tid for t in threads]
+    return len(set(tids)) == len(tids) and all(tid > 0 for tid in tids)
+
+
 @dataclass
 class ServedVm:
     """One VM being served."""
@@ -91,17 +97,19 @@ class ServedVm:
 
     def count_vcpus(self) -> None:
         """Exit reasons counted on the threads of the vCPUs served now (those plugged
-        since too; threads gone let go).  A vCPU's thread is the one QEMU names ``CPU
-        N/KVM``, else the one its QEMU or its stats fd names.  Where two vCPUs would
-        share a thread (a VMM that makes them all on one, and runs them elsewhere), no
-        thread can be told apart, and none is counted."""
+        since too; threads gone let go).  A vCPU's thread is the one its QEMU or its
+        stats fd names (QEMU makes each vCPU on its own thread); where those are not
+        apart (a VMM that makes every vCPU on one thread), the one named ``CPU N/KVM``.
+        Where no thread tells them apart, none is counted."""
         if self.tracepoints is None:
             return
-        named = {index: tid for tid, index in cpu_index_of_threads(self.pid).items()}
-        threads = [VcpuThread(cpu.qom_path, named.get(cpu.cpu_index, cpu.thread_id))
-                   for cpu in self.monitor.machine.cpus]  # fmt: skip
-        tids = [t.tid for t in threads]
-        if len(set(tids)) < len(tids) or not all(tid > 0 for tid in tids):
+        cpus = self.monitor.machine.cpus
+        threads = [VcpuThread(cpu.qom_path, cpu.thread_id) for cpu in cpus]
+        if not _apart(threads):
+            named = {index: tid for tid, index in cpu_index_of_threads(self.pid).items()}
+            threads = [VcpuThread(cpu.qom_path, named.get(cpu.cpu_index, cpu.thread_id))
+                       for cpu in cpus]  # fmt: skip
+        if not _apart(threads):
             if threads:
                 log.info("%s: its vCPUs' threads cannot be told apart: exit reasons are "
                          "not counted", self.name)  # fmt: skip

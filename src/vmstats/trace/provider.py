@@ -150,9 +150,13 @@ class TracepointsProvider:
         if not template.entries:
             return []
         wanted = None if targets is None else set(targets)
-        return [self._results.result(c.last, template, c.counts.read(), self.plan.values,
+        return [self._results.result(c.last, template, c.counts.read(), self._values,
                                      c.thread.qom_path)
                 for c in self._order if wanted is None or c.thread.qom_path in wanted]  # fmt: skip
+
+    def _values(self, raw: bytes) -> list[int]:
+        """Every stat's value from a thread's counts (made only when they moved)."""
+        return self.plan.values(memoryview(raw).cast("Q"))
 
     def schemas(self) -> list[StatsSchema]:
         return self._schema if self._order else []
