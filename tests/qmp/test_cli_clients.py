@@ -156,6 +156,7 @@ class FakePeer:
         greeting's (``vmstats ...`` for one of our servers)."""
         self.path = path
         self.connections = 0  # made so far
+        self.asked: list[str] = []  # each command, with its target and provider
         self._writers: list[asyncio.StreamWriter] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.answers = answers
@@ -173,8 +174,14 @@ class FakePeer:
         if command in self.missing:
             return ('{"error": {"class": "CommandNotFound", "desc": "The command '
                     f'{command} has not been found"}}}}\r\n')  # fmt: skip
-        target = (request.get("arguments") or {}).get("target")
-        text = self.answers.get(f"{command} {target}", self.answers.get(command, "{}"))
+        arguments = request.get("arguments") or {}
+        target = arguments.get("target")
+        named = [r.get("provider") for r in arguments.get("providers") or []]
+        provider = arguments.get("provider") or (named[0] if named else None)
+        self.asked.append(" ".join(str(w) for w in (command, target, provider) if w))
+        text = self.answers.get(f"{command} {provider}") if provider else None
+        if text is None:
+            text = self.answers.get(f"{command} {target}", self.answers.get(command, "{}"))
         tail = f', "id": {json.dumps(request["id"])}' if "id" in request else ""
         if self.terse:  # an event first, then the reply, members in another order
             event = '{"timestamp":{"seconds":1,"microseconds":2},"event":"RESUME"}\n'

@@ -184,3 +184,48 @@ def test_our_own_socket_is_read_on_one_kept_connection_and_a_qemus_is_let_go(
     with qemu:
         asyncio.run(reads(QmpReader(str(tmp_path / "qemu.qmp"), timeout=5), 3))
     assert qemu.connections == 3
+
+
+TRACEPOINTS_SCHEMA = json.dumps([{"provider": "tracepoints", "target": "vcpu", "stats": [
+    {"name": "kvm_userspace_exit(IO)", "type": "cumulative", "exponent": 0}]}])  # fmt: skip
+EXITS_STATS = json.dumps([{"provider": "tracepoints", "qom-path": f"/machine/unattached/device[{n}]",
+                           "stats": [{"name": "kvm_userspace_exit(IO)", "value": 10 + n}]}
+                          for n in (2, 0)])  # fmt: skip
+
+
+@pytest.mark.parametrize("counted", [True, False])
+def test_exit_reasons_are_asked_by_name_of_our_sockets_that_count_them(
+    tmp_path: Path, counted: bool
+) -> None:
+    """A vmstats socket's ``tracepoints`` (vmstats' extension) are read by name, with the
+    rest, in one reading; where the server has no such schema (no privileges), a kept
+    connection's read does not ask for them; a QEMU is never asked."""
+    answers = {"query-stats-schemas": EXITS_SCHEMA, "query-stats vcpu": VCPU_STATS,
+               "query-stats vm": "[]", "query-name": '{"name": "web1"}',
+               "query-stats-schemas tracepoints": TRACEPOINTS_SCHEMA if counted else "[]",
+               "query-stats tracepoints": EXITS_STATS if counted else "[]"}  # fmt: skip
+    ours = FakePeer(tmp_path / "ours.qmp", answers, missing={"query-cpus-fast"},
+                    package="vmstats 0.1")  # fmt: skip
+    with ours:
+        reader = QmpReader(str(tmp_path / "ours.qmp"), timeout=5)
+
+        async def two() -> list[VmReading]:
+            return [await reader.read(), await reader.read()]
+
+        first, second = asyncio.run(two())
+        reader.close()
+    kept = ours.asked[ours.asked.index("query-stats vcpu") + 1 :]
+    key = ("tracepoints", "vcpu", "/machine/unattached/device[0]")
+    if counted:
+        assert second.sample.values[key] == {"kvm_userspace_exit(IO)": 10}
+        assert [s.provider for s in second.schemas] == [StatsProvider.TRACEPOINTS,
+                                                       StatsProvider.KVM]  # fmt: skip
+        assert second.schemas is first.schemas  # the same list while the parts stand
+        assert kept.count("query-stats vcpu tracepoints") == 2  # in each read
+    else:
+        assert key not in second.sample.values
+        assert "query-stats vcpu tracepoints" not in kept[kept.index("query-stats vm") :]
+    qemu = FakePeer(tmp_path / "qemu.qmp", answers, missing={"query-cpus-fast"})
+    with qemu:
+        asyncio.run(QmpReader(str(tmp_path / "qemu.qmp"), timeout=5).read())
+    assert not any("tracepoints" in asked for asked in qemu.asked)

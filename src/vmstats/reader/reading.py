@@ -147,9 +147,10 @@ _OURS_KEYS = [f"vcpu:{p}" for p in _EXTENSIONS]
 _READ_OURS_SCHEMAS: list[Request] = [("query-stats-schemas", {"provider": p}) for p in _EXTENSIONS]
 _READ_OURS: list[Request] = [("query-stats", {"target": "vcpu", "providers": [{"provider": p}]})
                              for p in _EXTENSIONS]  # fmt: skip
-#: What a read asks on a kept connection (always one of ours).
-_READ_STATS: list[Request] = [*(("query-stats", {"target": t.value}) for t in VM_TARGETS),
-                              *_READ_OURS]  # fmt: skip
+#: What a read asks on a kept connection (always one of ours): the stats, and those of
+#: vmstats' own providers where the server has them.
+_READ_QEMUS: list[Request] = [("query-stats", {"target": t.value}) for t in VM_TARGETS]
+_READ_STATS: list[Request] = [*_READ_QEMUS, *_READ_OURS]
 
 
 class QmpReader:
@@ -260,7 +261,8 @@ class QmpReader:
 
     async def _read_kept(self, qmp: QmpClient) -> VmReading:
         """A read on a kept connection: the stats alone, unless the vCPUs changed."""
-        targets = await qmp.execute_all(_READ_STATS)
+        ours = any(decoded.value for decoded in self._ours)  # a provider without schema: none
+        targets = await qmp.execute_all(_READ_STATS if ours else _READ_QEMUS)
         sample = self._sample(time.time(), targets)
         own_name, vcpus, info = self._said
         if set(vcpus) != {key[2] for key in sample.objects("vcpu")}:  # plugged, or gone

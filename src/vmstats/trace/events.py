@@ -122,7 +122,7 @@ def event_plan(event: EventFormat, known: dict[str, int]) -> EventPlan | None:
 
 
 class TracePlan:
-    """The events counted per vCPU thread, their places in its array and their schema."""
+    """The events counted per vCPU thread, their places in its region and their schema."""
 
     def __init__(self, events: Sequence[EventPlan]) -> None:
         self.events = tuple(events)

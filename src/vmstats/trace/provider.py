@@ -1,7 +1,7 @@
 """The ``tracepoints`` stats provider: KVM's tracepoints counted per vCPU thread in the
 kernel (exit reasons, as kvm_stat's default view), served beside the ``kvm`` provider.
 
-Each vCPU thread is counted by :mod:`.bpf` (its array, in the process's one
+Each vCPU thread is counted by :mod:`.bpf` (its region of the counts, in the process's one
 :class:`~vmstats.trace.bpf.Tracer`); a query reads each thread's counts from shared
 memory (no syscall) and gives them as cumulative stats named as kvm_stat
 names them (``kvm_userspace_exit(IO)``).  Target ``vcpu`` only: what a tracepoint counts
