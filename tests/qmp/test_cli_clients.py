@@ -176,12 +176,16 @@ class FakePeer:
                     f'{command} has not been found"}}}}\r\n')  # fmt: skip
         arguments = request.get("arguments") or {}
         target = arguments.get("target")
-        named = [r.get("provider") for r in arguments.get("providers") or []]
-        provider = arguments.get("provider") or (named[0] if named else None)
+        named = [str(r.get("provider")) for r in arguments.get("providers") or []]
+        provider = arguments.get("provider") or "+".join(named)
         self.asked.append(" ".join(str(w) for w in (command, target, provider) if w))
-        text = self.answers.get(f"{command} {provider}") if provider else None
-        if text is None:
-            text = self.answers.get(f"{command} {target}", self.answers.get(command, "{}"))
+        plain = self.answers.get(f"{command} {target}", self.answers.get(command, "{}"))
+        if len(named) > 1:  # each provider's answer, the last named first (QEMU prepends)
+            parts = [json.loads(self.answers.get(f"{command} {p}") or plain) for p in named]
+            text = json.dumps([r for part in reversed(parts) for r in part])
+        else:
+            found = self.answers.get(f"{command} {provider}") if provider else None
+            text = plain if found is None else found
         tail = f', "id": {json.dumps(request["id"])}' if "id" in request else ""
         if self.terse:  # an event first, then the reply, members in another order
             event = '{"timestamp":{"seconds":1,"microseconds":2},"event":"RESUME"}\n'

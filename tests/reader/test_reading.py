@@ -203,7 +203,8 @@ def test_exit_reasons_are_asked_by_name_of_our_sockets_that_count_them(
     answers = {"query-stats-schemas": EXITS_SCHEMA, "query-stats vcpu": VCPU_STATS,
                "query-stats vm": "[]", "query-name": '{"name": "web1"}',
                "query-stats-schemas tracepoints": TRACEPOINTS_SCHEMA if counted else "[]",
-               "query-stats tracepoints": EXITS_STATS if counted else "[]"}  # fmt: skip
+               "query-stats tracepoints": EXITS_STATS if counted else "[]",
+               "query-stats kvm": VCPU_STATS}  # fmt: skip
     ours = FakePeer(tmp_path / "ours.qmp", answers, missing={"query-cpus-fast"},
                     package="vmstats 0.1")  # fmt: skip
     with ours:
@@ -221,7 +222,10 @@ def test_exit_reasons_are_asked_by_name_of_our_sockets_that_count_them(
         assert [s.provider for s in second.schemas] == [StatsProvider.TRACEPOINTS,
                                                        StatsProvider.KVM]  # fmt: skip
         assert second.schemas is first.schemas  # the same list while the parts stand
-        assert kept.count("query-stats vcpu tracepoints") == 2  # in each read
+        assert kept[kept.index("query-stats vm") :] == [
+            "query-stats vm",
+            "query-stats vcpu kvm+tracepoints",
+        ]  # one request, two providers
     else:
         assert key not in second.sample.values
         assert "query-stats vcpu tracepoints" not in kept[kept.index("query-stats vm") :]

@@ -147,10 +147,14 @@ _OURS_KEYS = [f"vcpu:{p}" for p in _EXTENSIONS]
 _READ_OURS_SCHEMAS: list[Request] = [("query-stats-schemas", {"provider": p}) for p in _EXTENSIONS]
 _READ_OURS: list[Request] = [("query-stats", {"target": "vcpu", "providers": [{"provider": p}]})
                              for p in _EXTENSIONS]  # fmt: skip
-#: What a read asks on a kept connection (always one of ours): the stats, and those of
-#: vmstats' own providers where the server has them.
+#: What a read asks on a kept connection (always one of ours): the stats; where the
+#: server has vmstats' own providers, the vCPUs' of every provider in one request.
 _READ_QEMUS: list[Request] = [("query-stats", {"target": t.value}) for t in VM_TARGETS]
-_READ_STATS: list[Request] = [*_READ_QEMUS, *_READ_OURS]
+_READ_ALL: list[Request] = [
+    ("query-stats", {"target": "vm"}),
+    ("query-stats", {"target": "vcpu", "providers": [{"provider": p}
+                                                     for p in ("kvm", *_EXTENSIONS)]}),
+]  # fmt: skip
 
 
 class QmpReader:
@@ -262,7 +266,7 @@ class QmpReader:
     async def _read_kept(self, qmp: QmpClient) -> VmReading:
         """A read on a kept connection: the stats alone, unless the vCPUs changed."""
         ours = any(decoded.value for decoded in self._ours)  # a provider without schema: none
-        targets = await qmp.execute_all(_READ_STATS if ours else _READ_QEMUS)
+        targets = await qmp.execute_all(_READ_ALL if ours else _READ_QEMUS)
         sample = self._sample(time.time(), targets)
         own_name, vcpus, info = self._said
         if set(vcpus) != {key[2] for key in sample.objects("vcpu")}:  # plugged, or gone
