@@ -286,3 +286,29 @@ def test_the_demo_counts_its_own_exit_reasons() -> None:
             return [r["stats"][0]["value"] for r in json.loads(out)]
 
         assert wait_for(lambda: len(found := io()) == 2 and min(found) > 0)
+
+
+@requires_tracing
+def test_when_every_region_is_taken_the_rest_are_left_out_and_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    plan = trace_plan(["kvm_userspace_exit"])
+    small = Tracing(plan, Tracer(plan.counted, plan.slots, capacity=1))
+    done = threading.Event()
+    others = [threading.Thread(target=done.wait) for _ in range(2)]
+    for thread in others:
+        thread.start()
+    try:
+        tids = [threading.get_native_id(), *(t.native_id or 0 for t in others)]
+        exits = TracepointsProvider(small, [VcpuThread(f"/cpu{i}", t) for i, t in enumerate(tids)])
+        assert [v.qom_path for v in exits.vcpus] == ["/cpu0"]
+        exits.set_vcpus([VcpuThread(f"/cpu{i}", t) for i, t in enumerate(tids)])  # a rescan
+        warned = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warned) == 1
+        assert "1 threads are counted already" in warned[0].getMessage()
+        exits.set_vcpus([VcpuThread("/cpu1", tids[1])])  # vCPU 0 gone: its region free
+        assert [v.qom_path for v in exits.vcpus] == ["/cpu1"]
+        exits.close()
+    finally:
+        done.set()
+        small.close()

@@ -51,8 +51,10 @@ _PROG_ATTR = struct.Struct("=IIQQIIQII16s")  # type, count, insns, license, log.
 _INSN = struct.Struct("<BBhi")  # code, dst_reg | src_reg << 4, off, imm
 _LOG_SIZE = 1 << 16
 #: Threads counted at once by one process: each has a region of the one array of counts,
-#: and an entry in the map of threads (both made at start).
-MAX_THREADS = 4096
+#: and an entry in the map of threads (both made at start), within MAX_BYTES of counts
+#: (a region is 8 bytes a reason: 256 for kvm_userspace_exit, 18 KB for every kvm event,
+#: whose APIC tables name register offsets up to 0x400).
+MAX_THREADS, MAX_BYTES = 4096, 16 << 20
 _libc = ctypes.CDLL(None, use_errno=True)
 
 # Instruction codes (linux/bpf.h, linux/bpf_common.h).
@@ -199,7 +201,9 @@ class Tracer:
     makes sure no program still uses the old inner map), 10 ms each here."""
 
     def __init__(self, counted: Sequence[Counted], slots: int,
-                 capacity: int = MAX_THREADS) -> None:  # fmt: skip
+                 capacity: int | None = None) -> None:  # fmt: skip
+        if capacity is None:
+            capacity = max(1, min(MAX_THREADS, MAX_BYTES // (slots * SLOT)))
         self.slots, self.capacity = slots, capacity
         self._fds: list[int] = []
         self.threads = self.counts = -1
@@ -239,7 +243,9 @@ class Tracer:
         if tid in self.regions:
             return self.regions[tid]
         if not self._free:
-            raise CounterError(f"{self.capacity} threads are counted already")
+            mib = MAX_BYTES >> 20
+            raise CounterError(f"{self.capacity} threads are counted already (as many as "
+                               f"{mib} MiB of {self.slots} counts each hold)")  # fmt: skip
         region = self._free.pop()
         start = region * self.slots * SLOT  # from 0 (a thread counted there before)
         self._memory[start : start + self.slots * SLOT] = bytes(self.slots * SLOT)
@@ -252,6 +258,11 @@ class Tracer:
             raise CounterError(f"cannot count thread {tid}: {exc.strerror}") from None
         self.regions[tid] = region
         return region
+
+    @property
+    def full(self) -> bool:
+        """Is every region taken?"""
+        return not self._free
 
     def remove(self, tid: int) -> None:
         """Count thread ``tid`` no more (its region is free again)."""

@@ -45,6 +45,17 @@ class Tracing:
 
     plan: TracePlan
     tracer: Tracer
+    said_full: bool = False
+
+    def not_counted(self, vcpu: VcpuThread, why: Exception) -> None:
+        """Say why a vCPU's thread is not counted: at debug level (a thread that ended),
+        or once as a warning when every region is taken."""
+        if self.tracer.full and not self.said_full:
+            self.said_full = True
+            log.warning("exit reasons of vCPU thread %d (%s) and of others after it are not "
+                        "counted: %s", vcpu.tid, vcpu.qom_path, why)  # fmt: skip
+        else:
+            log.debug("vCPU thread %d (%s) not counted: %s", vcpu.tid, vcpu.qom_path, why)
 
     @cached_property
     def templates(self) -> TemplateChoice:
@@ -139,8 +150,7 @@ class TracepointsProvider:
                     found = self._counting[vcpu.tid] = _Counting(vcpu, self.tracing.tracer)
                 except (VmstatsError, OSError) as exc:
                     self._counting.pop(vcpu.tid, None)
-                    log.debug("vCPU thread %d (%s) not counted: %s", vcpu.tid, vcpu.qom_path,
-                              exc)  # fmt: skip
+                    self.tracing.not_counted(vcpu, exc)
                     continue
             order.append(found)
         self._order = order
