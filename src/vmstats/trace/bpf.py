@@ -213,8 +213,11 @@ class Tracer:
             self.counts = _map(BPF_MAP_TYPE_ARRAY, 4, capacity * slots * SLOT, 1,
                                BPF_F_MMAPABLE, b"vmstats_counts")  # fmt: skip
             self.threads = _map(BPF_MAP_TYPE_HASH, 4, 4, capacity, 0, b"vmstats_threads")
-            self._memory = mmap.mmap(self.counts, capacity * slots * SLOT, mmap.MAP_SHARED,
-                                     mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
+            try:
+                self._memory = mmap.mmap(self.counts, capacity * slots * SLOT, mmap.MAP_SHARED,
+                                         mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
+            except OSError as exc:
+                raise CounterError(f"cannot map the counts: {exc.strerror}") from None
             for one in counted:
                 self._attach(one)
         except BaseException:
