@@ -68,13 +68,17 @@ class Metric:
     stat: StatsSchemaValue
     sum_of: StatsSchemaValue | None = None
     unit: str = ""
-    #: Labels of its own, as text (``event="kvm_exit",reason="HLT",``): their names sort
-    #: before ``vcpu`` and ``vm``, which follow (the formats write labels sorted).
-    labels: str = ""
+    #: Labels of its own: their names sort before ``vcpu`` and ``vm``, which follow (the
+    #: formats write labels sorted).
     label_pairs: tuple[tuple[str, str], ...] = ()
     #: A sample at 0 is left out: of the reasons a kernel names, most never occur (other
     #: architectures', other ISAs'); each appears at its first event.
     omit_zero: bool = False
+
+    @property
+    def labels(self) -> str:
+        """Its own labels as the text that starts a sample's (``event="kvm_exit",``)."""
+        return "".join(f'{k}="{label_value(v)}",' for k, v in self.label_pairs)
 
     def value(self, raw: float) -> float:
         """A raw value in base units."""
@@ -146,8 +150,7 @@ def tracepoint_metric(target: str, stat: StatsSchemaValue) -> Metric:
     else:
         name, pairs = f"kvm_{target}_tracepoint_events", (("event", stat.name),)
         described = f"KVM {target} tracepoint events counted, by event"
-    text = "".join(f'{k}="{label_value(v)}",' for k, v in pairs)
-    return Metric(name, Kind.COUNTER, described, 1.0, stat, labels=text, label_pairs=pairs,
+    return Metric(name, Kind.COUNTER, described, 1.0, stat, label_pairs=pairs,
                   omit_zero=True)  # fmt: skip
 
 

@@ -55,11 +55,10 @@ from vmstats.reader.sample import (
     take_sample,
 )
 from vmstats.stats.decode import schemas_from_wire
-from vmstats.stats.model import EXTENSION_PROVIDERS, VM_TARGETS, StatsSchema
+from vmstats.stats.model import EXTENSION_PROVIDERS, VM_TARGET_NAMES, VM_TARGETS, StatsSchema
 from vmstats.stats.registry import StatsRegistry
 
 T = TypeVar("T")
-VM_TARGET_NAMES = frozenset(t.value for t in VM_TARGETS)
 
 
 @dataclass

@@ -100,11 +100,12 @@ class Daemon:
         qmp_timeout: float = DEFAULT_QMP_TIMEOUT,
         libvirt: str | None = None,
         libvirt_max_age: float = DEFAULT_MAX_AGE,
-        tracing: Tracing | None = None,
         dry_run: bool = False,
     ) -> None:
         self.dry_run = dry_run
-        self.tracing = tracing  # exit reasons counted per vCPU, when allowed
+        # exit reasons counted per vCPU, when allowed: opened by the command once the run
+        # directory is claimed, with root's privileges
+        self.tracing: Tracing | None = None
         self.run_dir = run_dir
         self.group = group
         self.access = Access(os.getegid() if group is None else group, tuple(allow))

@@ -33,8 +33,8 @@ from vmstats.qmp.client import QmpClient, stats_arguments
 from vmstats.qmp.machine import CpuInfoFast, Machine
 from vmstats.qmp.monitor import Monitor
 from vmstats.stats.model import (
-    EXTENSION_PROVIDERS,
-    VM_TARGETS,
+    EXTENSION_NAMES,
+    VM_TARGET_NAMES,
     StatsFilter,
     StatsProvider,
     StatsResult,
@@ -44,18 +44,9 @@ from vmstats.stats.registry import StatsRegistry
 
 log = logging.getLogger(__name__)
 
-VM_TARGET_NAMES = frozenset(t.value for t in VM_TARGETS)
 
 #: Seconds a QEMU socket may take per step (connect, greeting, each reply).
 DEFAULT_QMP_TIMEOUT = 3.0
-
-
-def _ours(provider: str | None) -> bool:
-    """Does an HMP ``info stats`` name one of vmstats' own providers (answered here)?"""
-    return provider in EXTENSION_NAMES
-
-
-EXTENSION_NAMES = frozenset(p.value for p in EXTENSION_PROVIDERS)
 
 
 class QemuSocket:
@@ -191,7 +182,8 @@ class HostMonitor(Monitor):
                                         cpu_index: int | None = None) -> Any:  # fmt: skip
         parsed = self.hmp.info_stats_target(command_line)
         target, provider = parsed if parsed is not None else (None, None)
-        qemu = None if target is None or _ours(provider) else self._forwards(target)
+        ours = provider in EXTENSION_NAMES  # vmstats' own provider: answered here
+        qemu = None if target is None or ours else self._forwards(target)
         if qemu is None:
             if target in VM_TARGET_NAMES:
                 return self._when_fresh(StatsTarget(target), self.human_monitor_command,

@@ -58,6 +58,7 @@ class StatsProvider(StrEnum):
 
 #: The providers QEMU does not have (see :class:`StatsProvider`).
 EXTENSION_PROVIDERS = frozenset({StatsProvider.TRACEPOINTS})
+EXTENSION_NAMES = frozenset(p.value for p in EXTENSION_PROVIDERS)
 
 
 class StatsTarget(StrEnum):
@@ -71,6 +72,7 @@ class StatsTarget(StrEnum):
 #: The targets every VM has, which a tool reads to see a whole VM (``cryptodev`` is about
 #: QEMU's crypto backends, not the VM's execution).
 VM_TARGETS = (StatsTarget.VM, StatsTarget.VCPU)
+VM_TARGET_NAMES = frozenset(t.value for t in VM_TARGETS)
 
 #: ``StatsValue`` alternate: ``scalar`` (uint64), ``boolean`` or ``list`` (histogram buckets).
 StatsValue = int | bool | list[int]

@@ -66,10 +66,13 @@ class StatsRegistry:
 
     def __init__(self) -> None:
         self._entries: list[StatsCallbacks] = []
+        self._extensions: list[StatsProvider] = []
 
     def add_stats_callbacks(self, callbacks: StatsCallbacks) -> None:
         """Register a provider.  Order matters: it decides the order of results."""
         self._entries.append(callbacks)
+        if callbacks.provider.is_extension and callbacks.provider not in self._extensions:
+            self._extensions.append(callbacks.provider)
 
     @property
     def providers(self) -> list[StatsCallbacks]:
@@ -117,7 +120,7 @@ class StatsRegistry:
     @property
     def extensions(self) -> list[StatsProvider]:
         """vmstats' own providers registered here (served only when named), once each."""
-        return list(dict.fromkeys(e.provider for e in self._entries if e.provider.is_extension))
+        return list(self._extensions)
 
     def extension_stats(self, target: StatsTarget) -> list[StatsResult]:
         """vmstats' own providers' values for ``target``, in wire order."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import mmap
 import os
@@ -81,7 +82,9 @@ def _bpf(command: int, attr: bytes) -> int:
 
 
 def _hint(code: int | None) -> str:
-    return " (needs root, or CAP_BPF and CAP_PERFMON)" if code in (1, 13) else ""
+    if code in (errno.EPERM, errno.EACCES):
+        return " (needs root, or CAP_BPF and CAP_PERFMON)"
+    return ""
 
 
 @dataclass(frozen=True)
