@@ -13,8 +13,11 @@ from tests.kvm.conftest import requires_kvm
 from tests.qmp.test_cli_clients import EXITS_SCHEMA, FakePeer
 from tests.stats.provider import FakeProvider
 from vmstats.errors import ClientError
+from vmstats.qmp.machine import Machine
+from vmstats.qmp.monitor import Monitor
 from vmstats.reader.reading import QmpReader, RegistryReader, VmReading, socket_addresses
 from vmstats.reader.sample import SampleMemo, take_sample
+from vmstats.serve.reader import MonitorReader
 from vmstats.stats.model import StatsProvider, StatsResult, StatsTarget
 from vmstats.stats.registry import StatsRegistry
 from vmstats.testing.hostile import DemoServer
@@ -233,3 +236,25 @@ def test_exit_reasons_are_asked_by_name_of_our_sockets_that_count_them(
     with qemu:
         asyncio.run(QmpReader(str(tmp_path / "qemu.qmp"), timeout=5).read())
     assert not any("tracepoints" in asked for asked in qemu.asked)
+
+
+@pytest.mark.parametrize("reader", ["registry", "monitor"])
+def test_in_process_readers_read_vmstats_own_providers_too(reader: str) -> None:
+    """The demo's view (RegistryReader) and the daemon's /metrics (MonitorReader) read a
+    VM in this process: vmstats' own providers, which answer only requests that name
+    them, are in the reading beside QEMU's, schemas and values, the kvm ones first."""
+    registry = StatsRegistry()
+    registry.add_stats_callbacks(FakeProvider(vcpus=2))
+    registry.add_stats_callbacks(FakeProvider(StatsProvider.TRACEPOINTS, vcpus=2,
+                                              targets=(StatsTarget.VCPU,)))  # fmt: skip
+    paths = [f"/machine/unattached/device[{n}]" for n in (0, 1)]
+    if reader == "registry":
+        source: RegistryReader | MonitorReader = RegistryReader("demo", registry, paths)
+    else:
+        source = MonitorReader("demo", Monitor(registry, Machine.from_paths(paths)), dict)
+    reading = asyncio.run(source.read())
+    schemas = [(s.provider, s.target) for s in reversed(reading.schemas)]  # natural order
+    assert schemas == [(StatsProvider.KVM, StatsTarget.VM), (StatsProvider.KVM, StatsTarget.VCPU),
+                       (StatsProvider.TRACEPOINTS, StatsTarget.VCPU)]  # fmt: skip
+    assert reading.sample.values[("tracepoints", "vcpu", paths[1])]["exits"] == 1001
+    assert reading.sample.values[("kvm", "vcpu", paths[1])]["exits"] == 1001
