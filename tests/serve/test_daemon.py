@@ -15,12 +15,14 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.kvm.conftest import requires_kvm
+from tests.qmp.test_cli_clients import FakePeer
 from tests.serve.conftest import Daemon
 from tests.serve.users import GROUP, USER_UID, connect_as_nobody, kvm_for_group, named_vmm
 from tests.trace.conftest import TRACING_REASON, requires_tracing
@@ -710,6 +712,33 @@ def test_exit_reasons_are_served_recorded_and_let_go_with_the_vm(
         kill(demo.vm_pid)
         assert wait_for(lambda: not served.exists(), timeout=5)
         assert wait_for(lambda: counted_threads(proc.pid) == [])  # counted no more
+
+
+@requires_tracing
+def test_a_qemu_that_names_another_process_thread_does_not_get_its_exits(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """A QEMU (or what answers as one on a socket the daemon forwards) names its vCPU
+    threads in query-cpus-fast: the daemon counts those that are its own threads, never
+    another process's (another VM's exits would be served to this one's owner)."""
+    stranger = subprocess.Popen(["sleep", "600"])
+    mine = threading.get_native_id()  # the fake QEMU below runs in this process
+    cpus = [{"cpu-index": 0, "qom-path": "/machine/unattached/device[0]", "thread-id": mine,
+             "target": "x86_64"},
+            {"cpu-index": 1, "qom-path": "/machine/unattached/device[1]",
+             "thread-id": stranger.pid, "target": "x86_64"}]  # fmt: skip
+    answers = {"query-commands": '[{"name": "query-stats"}, {"name": "query-stats-schemas"}]',
+               "query-name": '{"name": "liar"}', "query-cpus-fast": json.dumps(cpus),
+               "query-stats-schemas": "[]"}  # fmt: skip
+    try:
+        with FakePeer(tmp_path / "liar.sock", answers):
+            proc, run_dir = start_daemon("--qmp", str(tmp_path / "*.sock"))
+            assert wait_for((run_dir / "liar.qmp").exists)
+            reply = json.loads(ask(run_dir / "liar.qmp", NAMED))["return"]
+            assert [r["qom-path"] for r in reply] == ["/machine/unattached/device[0]"]
+            assert counted_threads(proc.pid) == [mine]
+    finally:
+        stop_process(stranger)
 
 
 @pytest.mark.qemu

@@ -137,7 +137,7 @@ def _exit_reasons(args: argparse.Namespace, demo: DemoProcess,
         return None
     threads = [VcpuThread(v.qom_path, tid) for v, tid in zip(provider.vcpus, demo.threads,
                                                               strict=False)]  # fmt: skip
-    return TracepointsProvider(tracing, threads)
+    return TracepointsProvider(tracing, threads, pid=demo.pid)
 
 
 async def _wait(events: tuple[asyncio.Event, ...], timeout: float) -> None:

@@ -16,6 +16,7 @@ one thread) the KVM vcpu_id serves.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -29,6 +30,7 @@ from vmstats.kvm.binstats import StatsFile, StatsSource
 SYS_PIDFD_GETFD = 438  # x86-64
 SYS_KCMP = 312
 KCMP_FILE = 0
+_KVM_LINK = "anon_inode:kvm-"
 _VM_LINK = "anon_inode:kvm-vm-stats"
 _VM_CONTROL = "anon_inode:kvm-vm"
 _VCPU_LINK = re.compile(r"anon_inode:kvm-vcpu-stats:(\d+)$")
@@ -89,6 +91,8 @@ def fd_links(pid: int) -> tuple[list[StatsFdLink], list[int]]:
                 f"cannot read the fds of process {pid}: {exc.strerror} "
                 "(reading another process's fds needs CAP_SYS_PTRACE)"
             ) from exc
+        if not target.startswith(_KVM_LINK):
+            continue  # most fds: a scan of a big host reads thousands
         if target == _VM_LINK:
             out.append(StatsFdLink(int(name), None))
         elif (match := _VCPU_LINK.match(target)) is not None:
@@ -153,6 +157,15 @@ def copy_fd(pidfd: int, fd: int) -> int:
     return copied
 
 
+def cpu_index_of_thread(pid: int, tid: int) -> int | None:
+    """The CPU index that QEMU's name for thread ``tid`` of ``pid`` (``CPU N/KVM``)
+    gives; None when it has no such name.  :class:`OSError` when ``tid`` is no thread of
+    ``pid`` (any more)."""
+    comm = read_proc(f"/proc/{pid}/task/{tid}/comm").decode(errors="replace").strip()
+    match = _CPU_THREAD.match(comm)
+    return int(match.group(1)) if match is not None else None
+
+
 def cpu_index_of_threads(pid: int) -> dict[int, int]:
     """QEMU's vCPU threads of ``pid``: thread id -> CPU index (from ``CPU N/KVM``)."""
     out: dict[int, int] = {}
@@ -160,13 +173,10 @@ def cpu_index_of_threads(pid: int) -> dict[int, int]:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return out
-    for tid in tasks:
-        try:
-            comm = read_proc(f"/proc/{pid}/task/{tid}/comm").decode(errors="replace").strip()
-        except OSError:
-            continue
-        if (match := _CPU_THREAD.match(comm)) is not None:
-            out[int(tid)] = int(match.group(1))
+    for tid in map(int, tasks):
+        with contextlib.suppress(OSError):
+            if (index := cpu_index_of_thread(pid, tid)) is not None:
+                out[tid] = index
     return out
 
 
@@ -190,6 +200,9 @@ class AttachedVm:
     vcpus: dict[int, StatsFile] = field(default_factory=dict)  # CPU index -> file
     vcpu_ids: set[int] = field(default_factory=set)  # KVM's vcpu_ids of those files
     sources: dict[StatsFile, int] = field(default_factory=dict)  # copy -> the VMM's fd
+    #: the threads that created the vCPU files: thread id -> the CPU index it is named for
+    threads: dict[int, int | None] = field(default_factory=dict)
+    strangers: set[int] = field(default_factory=set)  # of those, not threads of ``pid``
 
     def release_pidfd(self) -> None:
         """Let the VMM's pidfd go (whoever keeps the files watches the VMM their way)."""
@@ -229,7 +242,6 @@ def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = (),
                 f"process {pid} runs {vms} VMs: its stats fds do not say which VM each "
                 "belongs to (the kernel gives them the same names and ids), so it is not served"
             )
-        threads = cpu_index_of_threads(pid)
         taken: list[tuple[int, int | None, StatsFile]] = []  # vcpu_id, named index, file
         for link in links:
             if link.vcpu_id is None and (skip_vm or vm.vm is not None):
@@ -247,8 +259,14 @@ def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = (),
                 vm.vm = file
                 continue
             match = _VCPU_ID.match(file.id)
-            taken.append((link.vcpu_id, threads.get(int(match.group(1))) if match else None,
-                          file))  # fmt: skip
+            creator = int(match.group(1)) if match else 0
+            if creator not in vm.threads:  # only the creators' names: a VMM has more threads
+                try:
+                    vm.threads[creator] = cpu_index_of_thread(pid, creator)
+                except OSError:  # not a thread of its (copies of another's), or ended
+                    vm.threads[creator] = None
+                    vm.strangers.add(creator)
+            taken.append((link.vcpu_id, vm.threads[creator], file))
             vm.vcpu_ids.add(link.vcpu_id)
         vm.vcpus = dict(sorted(_by_index(taken).items()))
     except BaseException:
@@ -283,5 +301,7 @@ def creators(files: Iterable[StatsSource]) -> set[int]:
 def owns(pid: int, vm: AttachedVm) -> bool:
     """Is ``pid`` the VMM that created these fds (not a process holding copies, such as
     the parent of our demo VM, or another reader)?"""
+    if vm.threads.keys() - vm.strangers:  # :func:`attach` found a creator among its threads
+        return True
     files = [f for f in [vm.vm, *vm.vcpus.values()] if f is not None]
     return any(os.path.exists(f"/proc/{pid}/task/{tid}") for tid in creators(files))

@@ -295,9 +295,10 @@ class Daemon:
     async def _serve(self, pid: int, attached: AttachedVm | None, source: ProbedQemu | None,
                      domain: Domain | None = None) -> None:  # fmt: skip
         taken = [vm.name for vm in self.served.values()]
-        called = source.name if source is not None else None
+        # what it calls itself: its QEMU's answer, else its -name (None: its comm and pid)
+        given = source.name if source is not None else qemu_name(cmdline(pid))
         uid = process_uid(pid)  # who runs it, looked up once: the name, scans and scrapes say it
-        name = vm_name(pid, taken, domain.name if domain is not None else called,
+        name = vm_name(pid, taken, domain.name if domain is not None else given,
                        self.longest_name, uid)  # fmt: skip
         provider = KvmStatsProvider(attached.vm if attached else None, [], VmmProcess(pid))
         if attached is not None:
@@ -306,10 +307,9 @@ class Daemon:
         registry.add_stats_callbacks(provider)
         tracepoints = None
         if self.tracing is not None and not self.dry_run:
-            tracepoints = TracepointsProvider(self.tracing)
+            tracepoints = TracepointsProvider(self.tracing, pid=pid)
             registry.add_stats_callbacks(tracepoints)
         local = {StatsTarget.VM} if provider.vm is not None else set()
-        given = source.name if source is not None else qemu_name(cmdline(pid))
         monitor = HostMonitor(registry, Machine(name=given), local=local)
         socket = self.run_dir / f"{name}.qmp"
         vm = ServedVm(name, pid, provider, monitor, QMPServer(monitor, self.limits), socket)

@@ -132,12 +132,14 @@ def _login_range() -> range:
 def process_uid(pid: int) -> int | None:
     """The effective uid ``pid`` runs as, or None if it is gone."""
     try:
-        status = read_proc(f"/proc/{pid}/status").decode(errors="replace")
+        status = read_proc(f"/proc/{pid}/status")
     except OSError:
         return None
-    uids = next((line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")),
-                None)  # fmt: skip
-    return int(uids[1]) if uids else None
+    start = status.find(b"\nUid:")  # a line "Uid:\treal\teffective\tsaved\tfs"
+    if start < 0:
+        return None
+    uids = status[start + 5 : status.find(b"\n", start + 5)].split()
+    return int(uids[1]) if len(uids) > 1 else None
 
 
 def ordinary_user(uid: int | None) -> int | None:

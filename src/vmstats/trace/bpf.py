@@ -242,12 +242,14 @@ class Tracer:
             os.close(prog)
         self._fds.append(event)
 
-    def add(self, tid: int) -> int:
-        """Count thread ``tid`` from now on, from 0; its region."""
-        if tid <= 0 or not os.path.exists(f"/proc/{tid}"):
-            raise CounterError(f"no thread {tid}")  # the map would take any number
-        if tid in self.regions:
-            return self.regions[tid]
+    def add(self, tid: int, pid: int) -> int:
+        """Count thread ``tid`` of process ``pid`` from now on, from 0; its region.  A
+        thread of another process is refused: what a VMM (or its QEMU's reply) names as
+        its vCPU threads must not make another VM's exits its own."""
+        if tid <= 0 or not os.path.exists(f"/proc/{pid}/task/{tid}"):
+            raise CounterError(f"no thread {tid} in process {pid}")  # the map takes any number
+        if tid in self.regions:  # one count per thread: each closes its own
+            raise CounterError(f"thread {tid} is counted already")
         if not self._free:
             mib = MAX_BYTES >> 20
             raise CounterError(f"{self.capacity} threads are counted already (as many as "
@@ -310,10 +312,10 @@ class ThreadCounts:
     """One thread's counts, from when it is made until :meth:`close`: its region of the
     tracer's array."""
 
-    def __init__(self, tracer: Tracer, tid: int) -> None:
+    def __init__(self, tracer: Tracer, tid: int, pid: int) -> None:
         self.tracer = tracer
         self.tid = tid
-        self.region = tracer.add(tid)
+        self.region = tracer.add(tid, pid)
         self._open = True
 
     def read(self) -> bytes:

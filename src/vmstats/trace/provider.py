@@ -17,6 +17,7 @@ is logged once; a vCPU thread that cannot be counted (gone) is left out of the r
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -105,20 +106,25 @@ class _Counting:
 
     __slots__ = ("counts", "last", "thread")
 
-    def __init__(self, thread: VcpuThread, tracer: Tracer) -> None:
+    def __init__(self, thread: VcpuThread, tracer: Tracer, pid: int) -> None:
         self.thread = thread
-        self.counts = ThreadCounts(tracer, thread.tid)
+        self.counts = ThreadCounts(tracer, thread.tid, pid)
         self.last: ResultMemo = {}
 
 
 class TracepointsProvider:
-    """Serves target ``vcpu`` of provider ``tracepoints`` for a set of vCPU threads,
-    counted from when they were given (:meth:`set_vcpus`) until :meth:`close`."""
+    """Serves target ``vcpu`` of provider ``tracepoints`` for a set of vCPU threads of
+    process ``pid`` (by default this one's), counted from when they were given
+    (:meth:`set_vcpus`) until :meth:`close`.  A thread of another process is not
+    counted: a VMM (or its QEMU's reply) names its vCPU threads, and it must not get
+    another VM's exits by naming that VM's threads."""
 
     provider = StatsProvider.TRACEPOINTS
 
-    def __init__(self, tracing: Tracing, vcpus: Iterable[VcpuThread] = ()) -> None:
+    def __init__(self, tracing: Tracing, vcpus: Iterable[VcpuThread] = (),
+                 pid: int | None = None) -> None:  # fmt: skip
         self.tracing = tracing
+        self.pid = os.getpid() if pid is None else pid
         self.plan = tracing.plan
         self._counting: dict[int, _Counting] = {}  # by thread id
         self._order: list[_Counting] = []  # in vCPU order
@@ -147,7 +153,8 @@ class TracepointsProvider:
                 if found is not None:
                     found.counts.close()
                 try:
-                    found = self._counting[vcpu.tid] = _Counting(vcpu, self.tracing.tracer)
+                    found = self._counting[vcpu.tid] = _Counting(vcpu, self.tracing.tracer,
+                                                                 self.pid)  # fmt: skip
                 except (VmstatsError, OSError) as exc:
                     self._counting.pop(vcpu.tid, None)
                     self.tracing.not_counted(vcpu, exc)
