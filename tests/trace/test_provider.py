@@ -145,6 +145,20 @@ def test_a_region_used_again_counts_from_zero(tracing: Tracing) -> None:
         second.close()
 
 
+@requires_tracing
+def test_a_thread_is_counted_by_one_provider_at_a_time(tracing: Tracing) -> None:
+    """A second provider naming a counted thread does not share its count: closing it
+    would stop the first one's."""
+    me = VcpuThread("/me", threading.get_native_id())
+    first = TracepointsProvider(tracing, [me])
+    second = TracepointsProvider(tracing, [me])
+    assert (first.vcpus, second.vcpus) == ([me], [])
+    second.close()
+    assert tracing.tracer.counted() == [me.tid]
+    first.close()
+    assert tracing.tracer.counted() == []
+
+
 def test_the_plan_comes_from_the_format_files(mounted: Path) -> None:
     exit_format = read_format("kvm", "kvm_exit", mounted)
     vmx_table = exit_format.table("exit_reason", "REC->isa == 1")
