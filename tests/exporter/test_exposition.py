@@ -135,11 +135,29 @@ def test_each_stat_that_moves_is_written_again_and_only_the_moved_vm() -> None:
     paths = ["/machine/unattached/device[0]"]
     writer = Exposition()
     assert_same(writer, Scrape([reading("a", still, paths), reading("b", still, paths)], {}, 1.0))
-    kept = writer._vms["a"][1]
+    kept = writer._vms["a"].blocks
     for changed in (moved, [*moved[:2], ("halt_wait_ns", 901), *moved[3:]]):  # the sum alone
         assert_same(writer, Scrape([reading("a", still, paths), reading("b", changed, paths)],
                                    {}, 1.0))  # fmt: skip
-        assert writer._vms["a"][1] is kept
+        assert writer._vms["a"].blocks is kept
+
+
+def test_a_vm_read_as_the_very_values_of_last_time_is_still_labelled_as_it_is_now() -> None:
+    """A reader gives the very values while a VM stands still: its text is kept, unless
+    what else the labels are made of changed (the vCPUs' numbers: a QEMU socket found
+    since); a VM that went leaves the page."""
+    stats: list[tuple[str, StatsValue]] = [("exits", 3), ("halt_wait_hist", [1, 2])]
+    paths = ["/machine/unattached/device[0]", "/machine/unattached/device[1]"]
+    a, b = reading("a", stats, paths), reading("b", stats, paths[:1])
+    writer = Exposition()
+    assert_same(writer, Scrape([a, b], {}, 1.0))
+    renumbered = VmReading("a", a.schemas, Sample(1.0, a.sample.values),
+                           {paths[0]: 4, paths[1]: 5}, a.info)  # fmt: skip
+    assert_same(writer, Scrape([renumbered, b], {}, 1.0))
+    assert b'kvm_vcpu_exits_total{vcpu="5",vm="a"} 3.0' in writer.render(Scrape([renumbered, b],
+                                                                                {}, 1.0))  # fmt: skip
+    assert_same(writer, Scrape([renumbered], {}, 1.0))
+    assert b'vm="b"' not in writer.render(Scrape([renumbered], {}, 1.0))
 
 
 def test_exit_reasons_are_one_family_told_apart_by_event_and_reason() -> None:

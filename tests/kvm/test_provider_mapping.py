@@ -33,6 +33,7 @@ from vmstats.qapi.dispatch import Dispatcher
 from vmstats.qmp.session import encode_response
 from vmstats.stats import StatsRegistry
 from vmstats.stats.commands import stats_dispatcher
+from vmstats.stats.model import StatsTarget
 
 DESCS = [
     Desc("plain"),  # cumulative, no unit
@@ -162,3 +163,24 @@ def test_wire_bytes_of_a_result(dispatcher: Dispatcher, wire: bool) -> None:
         b'{"return": [{"provider": "kvm", "stats": [{"name": "flag", "value": true}, '
         b'{"name": "plain", "value": 5}], "qom-path": "/machine/unattached/device[0]"}]}\r\n'
     )
+
+
+def test_a_vcpu_given_another_path_is_reported_under_it_though_its_data_stood_still(
+    tmp_path: Path,
+) -> None:
+    """QEMU's socket, found after the fds, tells a vCPU's real QOM path: the next read
+    says it, though the vCPU's data (and so the result kept for it) did not change."""
+    path = tmp_path / "vcpu-stats"
+    path.write_bytes(StatsFileSpec(DESCS, values=VALUES).build())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        file = StatsFile(fd, cache=LayoutCache())
+        provider = KvmStatsProvider(None, [VcpuStatsFile("/machine/unattached/device[0]", file)])
+        [before] = provider.stats(StatsTarget.VCPU, None, None)
+        provider.set_vcpus([VcpuStatsFile("/machine/peripheral/cpu0", file)])
+        [after] = provider.stats(StatsTarget.VCPU, None, None)
+    finally:
+        os.close(fd)
+    assert (before.qom_path, after.qom_path) == ("/machine/unattached/device[0]",
+                                                 "/machine/peripheral/cpu0")  # fmt: skip
+    assert after.stats == before.stats

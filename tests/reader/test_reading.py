@@ -16,7 +16,7 @@ from vmstats.errors import ClientError
 from vmstats.qmp.machine import Machine
 from vmstats.qmp.monitor import Monitor
 from vmstats.reader.reading import QmpReader, RegistryReader, VmReading, socket_addresses
-from vmstats.reader.sample import SampleMemo, take_sample
+from vmstats.reader.sample import SampleMemo, sample_of, take_sample
 from vmstats.serve.reader import MonitorReader
 from vmstats.stats.model import StatsProvider, StatsResult, StatsTarget
 from vmstats.stats.registry import StatsRegistry
@@ -74,7 +74,7 @@ def test_the_memo_keeps_unchanged_objects_the_same_objects() -> None:
     the exposition then knows by identity that nothing moved."""
     registry = StatsRegistry()
     registry.add_stats_callbacks(FakeProvider(vcpus=2))
-    memo: SampleMemo = {}
+    memo = SampleMemo()
     one, two = take_sample(registry, memo), take_sample(registry, memo)
     for key, values in one.values.items():
         assert two.values[key] == values
@@ -82,8 +82,6 @@ def test_the_memo_keeps_unchanged_objects_the_same_objects() -> None:
     assert all(two.values[k] is not v for k, v in one.values.items())
     stats = [("exits", 1)]
     result = StatsResult(StatsProvider.KVM, stats, "/cpu0")
-    from vmstats.reader.sample import sample_of
-
     a = sample_of(0.0, {StatsTarget.VCPU: [result]}, memo)
     b = sample_of(1.0, {StatsTarget.VCPU: [StatsResult(StatsProvider.KVM, stats, "/cpu0")]}, memo)
     c = sample_of(2.0, {StatsTarget.VCPU: [StatsResult(StatsProvider.KVM, [("exits", 2)], "/cpu0")]},
@@ -91,6 +89,25 @@ def test_the_memo_keeps_unchanged_objects_the_same_objects() -> None:
     key = ("kvm", "vcpu", "/cpu0")
     assert b.values[key] is a.values[key]
     assert c.values[key] == {"exits": 2}
+
+
+def test_a_sample_of_the_very_results_of_last_time_is_the_very_values() -> None:
+    """A VM standing still (every result the one its provider kept): the values are the
+    mapping of last time, and the exposition skips the VM whole by that; one result
+    anew, and they are made again."""
+    results = [StatsResult(StatsProvider.KVM, [("exits", 1)], f"/cpu{i}") for i in range(2)]
+    memo = SampleMemo()
+    first = sample_of(0.0, {StatsTarget.VCPU: results}, memo)
+    again = sample_of(1.0, {StatsTarget.VCPU: list(results)}, memo)
+    assert again.values is first.values
+    assert again.taken == 1.0  # a new moment all the same: rates need it
+    moved = [results[0], StatsResult(StatsProvider.KVM, [("exits", 2)], "/cpu1")]
+    third = sample_of(2.0, {StatsTarget.VCPU: moved}, memo)
+    assert third.values is not first.values
+    assert third.values[("kvm", "vcpu", "/cpu1")] == {"exits": 2}
+    assert third.values[("kvm", "vcpu", "/cpu0")] is first.values[("kvm", "vcpu", "/cpu0")]
+    fewer = sample_of(3.0, {StatsTarget.VCPU: moved[:1]}, memo)
+    assert list(fewer.values) == [("kvm", "vcpu", "/cpu0")]
 
 
 def test_registry_reader_reads_the_demo_shape() -> None:

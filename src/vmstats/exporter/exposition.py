@@ -99,6 +99,24 @@ def by_family(lines: Iterable[tuple[StatMetric, T]]) -> dict[str, tuple[StatMetr
     return out
 
 
+@dataclass
+class _VmText:
+    """One VM's text per family, the objects' lines it was joined from, and what of the
+    reading they were made from."""
+
+    lines: list[list[tuple[StatMetric, str]]]
+    blocks: dict[str, tuple[StatMetric, bytes]]
+    values: object = None
+    schemas: object = None
+    vcpus: Mapping[str, int] | None = None
+
+    def made_of(self, reading: VmReading) -> bool:
+        """Is ``reading`` what the text was made from: the very values and schemas (a
+        reader gives the same objects while nothing changed), the same vCPU numbers?"""
+        return (reading.sample.values is self.values and reading.schemas is self.schemas
+                and reading.vcpus == self.vcpus)  # fmt: skip
+
+
 class _Listed:
     """A registry-like object for prometheus_client's writers: these families, once."""
 
@@ -115,12 +133,14 @@ class Exposition:
     def __init__(self, policy: SeriesPolicy | None = None) -> None:
         self.table = MetricTable()
         self._objects: dict[tuple[str, ObjectKey], _Rendered] = {}
-        #: each VM's blocks, and the objects' lines they were made of
-        self._vms: dict[str, tuple[list[list[tuple[StatMetric, str]]],
-                                   dict[str, tuple[StatMetric, bytes]]]] = {}  # fmt: skip
+        #: each VM's blocks, the objects' lines they were made of, and the reading's
+        #: values, schemas and vCPU numbers they were made from
+        self._vms: dict[str, _VmText] = {}
         self._policy = policy or SeriesPolicy()
         self._bounds: dict[tuple[StatMetric, int], list[str]] = {}  # le texts
         self._tails: dict[bool, tuple[object, bytes]] = {}  # vmstats_up and _info, by format
+        #: by format, the VMs' blocks of the last page and the page's text made of them
+        self._pages: dict[bool, tuple[list[dict[str, tuple[StatMetric, bytes]]], bytes]] = {}
         #: per VM, its objects' values and their sums (``vcpus = "vm"``)
         self._sums: dict[str, tuple[list[Mapping[str, StatsValue]],
                                     dict[ObjectKey, dict[str, StatsValue]]]] = {}  # fmt: skip
@@ -136,19 +156,23 @@ class Exposition:
             self._policy = policy
             self._objects.clear()  # text made under the old policy
             self._vms.clear()
+            self._pages.clear()
 
     def render(self, scrape: Scrape, openmetrics: bool = False) -> bytes:
         seen = {reading.name for reading in scrape.readings}
-        families = by_family(block for reading in scrape.readings
-                             for block in self._vm_blocks(reading).values())  # fmt: skip
+        blocks = [self._vm_blocks(reading) for reading in scrape.readings]
         for gone in set(self._vms) - seen:
             del self._vms[gone]
             self._sums.pop(gone, None)
             for key in [k for k in self._objects if k[0] == gone]:
                 del self._objects[key]
-        out = [part for metric, texts in families.values()
-               for part in (header(metric, openmetrics).encode(), *texts)]  # fmt: skip
-        return b"".join(out) + self._tail(scrape, openmetrics)
+        page = self._pages.get(openmetrics)
+        if page is None or not same_objects(page[0], blocks):  # else every VM stood still
+            families = by_family(block for vm in blocks for block in vm.values())
+            out = [part for metric, texts in families.values()
+                   for part in (header(metric, openmetrics).encode(), *texts)]  # fmt: skip
+            page = self._pages[openmetrics] = (blocks, b"".join(out))
+        return page[1] + self._tail(scrape, openmetrics)
 
     def _tail(self, scrape: Scrape, openmetrics: bool) -> bytes:
         """vmstats' own families, written by prometheus_client; ``vmstats_up`` and
@@ -165,19 +189,25 @@ class Exposition:
     def _vm_blocks(self, reading: VmReading) -> dict[str, tuple[StatMetric, bytes]]:
         """One VM's text per family (its objects' lines, in their order), as bytes: made
         again only when one of its objects' text changed.  A scrape of a host whose VMs
-        stand still joins a few blocks per VM, not a line per stat per vCPU."""
+        stand still joins a few blocks per VM, not a line per stat per vCPU; a VM whose
+        reading is the very values of last time (its reader says so by identity) costs
+        no look at its objects at all."""
+        cached = self._vms.get(reading.name)
+        if cached is not None and cached.made_of(reading):
+            return cached.blocks
         vm = label_value(reading.name)
         values = self._per_vm(reading) if self._policy.per_vm else reading.sample.values
         made = [self._lines((reading.name, item), reading, stats, vm)
                 for item, stats in values.items()]  # fmt: skip
-        cached = self._vms.get(reading.name)
-        if cached is not None and same_objects(cached[0], made):
-            return cached[1]
-        grouped = by_family(line for lines in made for line in lines)
-        blocks = {name: (metric, "".join(texts).encode())
-                  for name, (metric, texts) in grouped.items()}  # fmt: skip
-        self._vms[reading.name] = (made, blocks)
-        return blocks
+        if cached is None or not same_objects(cached.lines, made):
+            grouped = by_family(line for lines in made for line in lines)
+            blocks = {name: (metric, "".join(texts).encode())
+                      for name, (metric, texts) in grouped.items()}  # fmt: skip
+            cached = _VmText(made, blocks)
+        cached.values, cached.schemas, cached.vcpus = (reading.sample.values, reading.schemas,
+                                                       reading.vcpus)  # fmt: skip
+        self._vms[reading.name] = cached
+        return cached.blocks
 
     def _per_vm(self, reading: VmReading) -> dict[ObjectKey, dict[str, StatsValue]]:
         """The reading with each target's vCPUs summed into one object of the VM; the

@@ -320,7 +320,7 @@ class RegistryReader:
         self._vcpus = vcpu_numbers(cpus)
         self._info = info
         self._schemas: list[StatsSchema] = []
-        self._memo: SampleMemo = {}
+        self._memo = SampleMemo()
 
     async def read(self) -> VmReading:
         fresh = self.registry.all_schemas()

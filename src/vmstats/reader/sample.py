@@ -80,8 +80,15 @@ class Schemas:
         return list(self.entries)
 
 
-#: Per object, the stats object of a provider's result and the values made of it.
-SampleMemo = dict[ObjectKey, tuple[object, dict[str, StatsValue]]]
+@dataclass
+class SampleMemo:
+    """What :func:`sample_of` made last time, kept by its caller between samples."""
+
+    #: per object, the stats object of a provider's result and the values made of it
+    objects: dict[ObjectKey, tuple[object, dict[str, StatsValue]]] = field(default_factory=dict)
+    #: the results given last time, per target in order, and the values made of them all
+    results: list[tuple[StatsTarget, StatsResult]] = field(default_factory=list)
+    values: dict[ObjectKey, dict[str, StatsValue]] = field(default_factory=dict)
 
 
 def same_objects(one: Collection[object], other: Collection[object]) -> bool:
@@ -98,13 +105,20 @@ def sample_of(taken: float, results: Mapping[StatsTarget, Sequence[StatsResult]]
     With ``memo`` (kept by the caller between samples), an object whose provider gave
     the very same stats object as last time (the KVM provider does while the VM's data
     did not change) keeps the very same values: consumers that kept what they made of
-    them (the exposition's text) see that at once, by identity."""
+    them (the exposition's text) see that at once, by identity.  When every result is
+    the very one of last time (a VM standing still: most of a big host), the sample's
+    values are the very mapping of last time, and its consumers skip the VM whole."""
+    given = [(target, result) for target, found in results.items() for result in found]
+    if memo is not None and memo.results and len(given) == len(memo.results) and all(
+            a[0] is b[0] and a[1] is b[1]
+            for a, b in zip(given, memo.results, strict=True)):  # fmt: skip
+        return Sample(taken, memo.values)
     values: dict[ObjectKey, dict[str, StatsValue]] = {}
-    fresh: SampleMemo = {}
+    fresh: dict[ObjectKey, tuple[object, dict[str, StatsValue]]] = {}
     for target, found in results.items():
         for result in reversed(found):
             key = (result.provider.value, target.value, result.qom_path or "")
-            kept = memo.get(key) if memo is not None else None
+            kept = memo.objects.get(key) if memo is not None else None
             if kept is not None and kept[0] is result.stats and key not in values:
                 natural = kept[1]
             elif isinstance(result.stats, EncodedStats):  # straight from the values
@@ -118,8 +132,7 @@ def sample_of(taken: float, results: Mapping[StatsTarget, Sequence[StatsResult]]
             else:
                 values[key] = natural
     if memo is not None:
-        memo.clear()
-        memo.update(fresh)
+        memo.objects, memo.results, memo.values = fresh, given, values
     return Sample(taken, values)
 
 

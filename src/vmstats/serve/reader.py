@@ -32,7 +32,7 @@ class MonitorReader:
             lambda raw: cpu_numbers(cpus_of(raw)), {}
         )
         self._schemas: list[StatsSchema] = []  # the registry's, while they stay the same
-        self._memo: SampleMemo = {}
+        self._memo = SampleMemo()
 
     async def ask(self, command: str, arguments: dict[str, Any] | None) -> bytes:
         """``command`` through the monitor: its return value as QMP would send it."""

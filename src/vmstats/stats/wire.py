@@ -240,8 +240,8 @@ class ResultMaker:
         """The result of ``template`` over ``values(source)``, or the one made last time
         of the same source."""
         last = memo.get(template)
-        if last is not None and last[0] == source:
-            return last[1]
+        if last is not None and last[0] == source and last[1].qom_path == qom_path:
+            return last[1]  # (a vCPU given another path since, by its QEMU, is made anew)
         envelope = self._envelopes.get(qom_path)
         if envelope is None:
             envelope = self._envelopes[qom_path] = ResultTemplate(self.provider, qom_path)
