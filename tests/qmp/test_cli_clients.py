@@ -156,6 +156,7 @@ class FakePeer:
         greeting's (``vmstats ...`` for one of our servers)."""
         self.path = path
         self.connections = 0  # made so far
+        self.silent = False  # True: requests are read and never answered (a hung server)
         self.asked: list[str] = []  # each command, with its target and provider
         self._writers: list[asyncio.StreamWriter] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -200,7 +201,8 @@ class FakePeer:
             stream = JSONStreamParser()  # clients send JSON without newlines
             while data := await reader.read(4096):
                 for message in stream.feed(data):
-                    writer.write(self._answer(message.value).encode())
+                    if not self.silent:
+                        writer.write(self._answer(message.value).encode())
             writer.close()
 
         server = await asyncio.start_unix_server(client, path=str(self.path))

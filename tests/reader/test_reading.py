@@ -15,7 +15,13 @@ from tests.stats.provider import FakeProvider
 from vmstats.errors import ClientError
 from vmstats.qmp.machine import Machine
 from vmstats.qmp.monitor import Monitor
-from vmstats.reader.reading import QmpReader, RegistryReader, VmReading, socket_addresses
+from vmstats.reader.reading import (
+    QmpReader,
+    RegistryReader,
+    VmReading,
+    read_all,
+    socket_addresses,
+)
 from vmstats.reader.sample import SampleMemo, sample_of, take_sample
 from vmstats.serve.reader import MonitorReader
 from vmstats.stats.model import StatsProvider, StatsResult, StatsTarget
@@ -196,14 +202,50 @@ def test_our_own_socket_is_read_on_one_kept_connection_and_a_qemus_is_let_go(
     assert readings[3].cpus() == [f"/machine/unattached/device[{n}]" for n in (0, 2, 3)]
     assert readings[3].sample.values[("kvm", "vcpu", "/machine/unattached/device[3]")] == {
         "exits": 3, "hist": [1, 0, 0]}  # fmt: skip
-    assert readings[2].sample.values is not readings[1].sample.values
-    key = ("kvm", "vcpu", "/machine/unattached/device[0]")
-    assert readings[2].sample.values[key] is readings[1].sample.values[key]  # same bytes
+    assert readings[2].sample.values is readings[1].sample.values  # the same bytes
+    assert readings[2].sample.taken > readings[1].sample.taken
 
     qemu = FakePeer(tmp_path / "qemu.qmp", answers, missing={"query-cpus-fast"})
     with qemu:
         asyncio.run(reads(QmpReader(str(tmp_path / "qemu.qmp"), timeout=5), 3))
     assert qemu.connections == 3
+
+
+def test_a_refresh_reads_our_sockets_together_and_waits_no_longer_than_the_timeout(
+    tmp_path: Path,
+) -> None:
+    """``read_all`` (a refresh of top, a scrape): the kept connections' requests are
+    written at once and their replies awaited together; a server that stops answering
+    fails as busy within the timeout while the others are read; events between replies
+    (a terse server's) are skipped; a QEMU is read on a connection of its own."""
+    answers = {"query-stats-schemas": EXITS_SCHEMA, "query-stats vcpu": VCPU_STATS,
+               "query-stats vm": "[]", "query-name": '{"name": "web1"}'}  # fmt: skip
+    hung = FakePeer(tmp_path / "hung.qmp", answers, missing={"query-cpus-fast"},
+                    package="vmstats 0.1")  # fmt: skip
+    terse = FakePeer(tmp_path / "terse.qmp", answers, missing={"query-cpus-fast"},
+                     package="vmstats 0.1", terse=True)  # fmt: skip
+    qemu = FakePeer(tmp_path / "qemu.qmp", answers, missing={"query-cpus-fast"})
+    with hung, terse, qemu:
+        readers = [QmpReader(str(p.path), timeout=0.5) for p in (hung, terse, qemu)]
+
+        async def session() -> list[list[VmReading | BaseException]]:
+            async with asyncio.timeout(30):  # a hang is a failure, not a stuck suite
+                rounds = [await read_all(readers), await read_all(readers)]
+                hung.silent = True
+                rounds.append(await read_all(readers))
+                return rounds
+
+        rounds = asyncio.run(session())
+        for reader in readers:
+            reader.close()
+    for found in rounds[:2]:
+        assert [r.name for r in found if isinstance(r, VmReading)] == ["web1"] * 3
+    stuck, *fine = rounds[2]
+    assert isinstance(stuck, ClientError)
+    assert "no answer from" in str(stuck)
+    assert all(isinstance(r, VmReading) and len(r.cpus()) == 2 for r in fine)
+    assert terse.connections == 1  # kept: its events skipped
+    assert qemu.connections == 3  # let go after every read
 
 
 TRACEPOINTS_SCHEMA = json.dumps([{"provider": "tracepoints", "target": "vcpu", "stats": [

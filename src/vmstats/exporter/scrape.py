@@ -8,7 +8,6 @@ as usual.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
 from vmstats.errors import VmstatsError
-from vmstats.reader.reading import Reader, VmReading
+from vmstats.reader.reading import Reader, VmReading, read_all
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +34,7 @@ async def scrape(readers: Iterable[Reader], timeout: float) -> Scrape:
     """Read every VM at once, each within ``timeout``."""
     started = time.perf_counter()
     readers = list(readers)
-
-    async def one(reader: Reader) -> VmReading:
-        async with asyncio.timeout(timeout):
-            return await reader.read()
-
-    results = await asyncio.gather(*map(one, readers), return_exceptions=True)
+    results = await read_all(readers, timeout)
     readings, down = [], {}
     taken: set[str] = set()
     for reader, result in zip(readers, results, strict=True):

@@ -28,7 +28,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -150,6 +150,66 @@ def busy(address: str, timeout: float) -> ClientError:
                        "connected? (QEMU's monitor serves one client at a time)")  # fmt: skip
 
 
+def connection_failed(address: str, timeout: float, exc: OSError) -> ClientError:
+    """The error for a connection that failed while its replies were awaited."""
+    if exc.errno == errno.EINVAL:  # QEMU 7.x's monitor, held, after a try timed out
+        return busy(address, timeout)
+    return ClientError(f"QMP connection to {address} failed: {exc}")
+
+
+def peer_pid(sock: Any) -> int | None:
+    """The pid of the process serving a unix socket (``SO_PEERCRED``), else None."""
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    pid, _, _ = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return int(pid) or None
+
+
+def greeting_of(line: bytes, address: str) -> dict[str, Any]:
+    """The version a greeting gives; an error line (a server over its connection cap)
+    or anything else is a :class:`ClientError` saying so."""
+    try:
+        message = _JSON.decode(line)
+    except msgspec.DecodeError:
+        message = None
+    if isinstance(message, dict) and isinstance(message.get("error"), dict):
+        raise ClientError(f"{address} refused the connection: "
+                          f"{message['error'].get('desc')}")  # fmt: skip
+    try:
+        return dict(message["QMP"]["version"])
+    except (KeyError, TypeError, ValueError):
+        raise ClientError(f"{address} is not a QMP server: it said "
+                          f"{line[:80]!r}") from None  # fmt: skip
+
+
+async def open_transport(
+    address: str, timeout: float, protocol: Callable[[], asyncio.Protocol]
+) -> asyncio.Transport:
+    """A connection to the QMP server at ``address`` (unix path or ``HOST:PORT``) within
+    ``timeout``, run by ``protocol``; :class:`ClientError` saying why not."""
+    target = connect_address(address)
+    loop = asyncio.get_running_loop()
+    try:
+        if isinstance(target, tuple):
+            opening = loop.create_connection(protocol, *target)
+        else:
+            opening = loop.create_unix_connection(protocol, target)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation
+        # (Ctrl-C) that comes as the connection completes, and the client then waits
+        # its whole timeout for a greeting (seen: 3 runs in 8 of a test)
+        async with asyncio.timeout(timeout):
+            transport, _ = await opening
+    except TimeoutError:
+        raise ClientError(f"cannot connect to QMP at {address}: "
+                          f"no connection within {timeout:g} s") from None  # fmt: skip
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:  # a listener's backlog full: a held QEMU monitor
+            raise busy(address, timeout) from None
+        raise ClientError(f"cannot connect to QMP at {address}: {os_reason(exc)}") from None
+    assert isinstance(transport, asyncio.Transport)
+    return transport
+
+
 class QmpClient:
     """One negotiated QMP connection: ``async with QmpClient(address) as qmp: await
     qmp.execute(...)``.  Errors are :class:`ClientError`; an error reply is
@@ -182,48 +242,18 @@ class QmpClient:
 
     async def connect(self) -> None:
         """Connect, read the greeting and negotiate; closed again if any step fails."""
-        target = connect_address(self.address)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_LINE_LIMIT, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport = await open_transport(self.address, self.timeout, lambda: protocol)
+        self._reader, self._writer = reader, asyncio.StreamWriter(transport, protocol, reader, loop)
         try:
-            if isinstance(target, tuple):
-                opening = asyncio.open_connection(*target, limit=_LINE_LIMIT)
-            else:
-                opening = asyncio.open_unix_connection(target, limit=_LINE_LIMIT)
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation
-            # (Ctrl-C) that comes as the connection completes, and the client then waits
-            # its whole timeout for a greeting (seen: 3 runs in 8 of a test)
-            async with asyncio.timeout(self.timeout):
-                self._reader, self._writer = await opening
-        except TimeoutError:
-            raise ClientError(f"cannot connect to QMP at {self.address}: "
-                              f"no connection within {self.timeout:g} s") from None  # fmt: skip
-        except OSError as exc:
-            if exc.errno == errno.EAGAIN:  # a listener's backlog full: a held QEMU monitor
-                raise busy(self.address, self.timeout) from None
-            raise ClientError(f"cannot connect to QMP at {self.address}: "
-                              f"{os_reason(exc)}") from None  # fmt: skip
-        try:
-            self.version = self._greeting(await self._line())
+            self.version = greeting_of(await self._line(), self.address)
             if self.negotiate:
                 await self.execute("qmp_capabilities")
         except BaseException:
             self.close()
             raise
-
-    def _greeting(self, line: bytes) -> dict[str, Any]:
-        """The version a greeting gives; an error line (a server over its connection cap)
-        or anything else is a :class:`ClientError` saying so."""
-        try:
-            message = _JSON.decode(line)
-        except msgspec.DecodeError:
-            message = None
-        if isinstance(message, dict) and isinstance(message.get("error"), dict):
-            raise ClientError(f"{self.address} refused the connection: "
-                              f"{message['error'].get('desc')}")  # fmt: skip
-        try:
-            return dict(message["QMP"]["version"])
-        except (KeyError, TypeError, ValueError):
-            raise ClientError(f"{self.address} is not a QMP server: it said "
-                              f"{line[:80]!r}") from None  # fmt: skip
 
     def close(self) -> None:
         if self._writer is not None:
@@ -233,13 +263,7 @@ class QmpClient:
     @property
     def peer_pid(self) -> int | None:
         """The pid of the process serving a unix socket (``SO_PEERCRED``), else None."""
-        sock = self._writer.get_extra_info("socket") if self._writer else None
-        if sock is None or sock.family != socket.AF_UNIX:
-            return None
-        pid, _, _ = _UCRED.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-        )
-        return int(pid) or None
+        return peer_pid(self._writer.get_extra_info("socket") if self._writer else None)
 
     # -- commands, as bytes -----------------------------------------------------------
 
@@ -266,7 +290,7 @@ class QmpClient:
         read, so the connection stays in step."""
         if self._writer is None:
             raise ClientError(f"not connected to {self.address}")
-        self._writer.write(b"".join(map(_request, requests)))
+        self._writer.write(request_bytes(requests))
         outcomes: list[bytes | RemoteError] = []
         try:  # one deadline for the replies of one write (a timer per line costs a refresh
             async with asyncio.timeout(self.timeout):  # of many VMs more than its reads)
@@ -288,20 +312,11 @@ class QmpClient:
         the timeout, unless the caller keeps one (``timed=False``)."""
         while True:
             line = await self._line() if timed else await self._untimed_line()
-            if line.startswith(_RETURN) and line.endswith(_END):  # QEMU's own form
-                return line[len(_RETURN) : -len(_END)]
-            try:
-                members = _MESSAGE.decode(line)
-            except msgspec.DecodeError:
-                raise ClientError(f"{command}: malformed reply from {self.address}") from None
-            if "return" in members:
-                return bytes(members["return"])
-            if "error" in members:
-                error = decode(bytes(members["error"]), command)
-                if isinstance(error, dict):
-                    raise RemoteError(str(error.get("class")), str(error.get("desc")), command)
-            if "event" not in members:
-                raise ClientError(f"{command}: malformed reply from {self.address}")
+            outcome = reply_of(line, command, self.address)
+            if isinstance(outcome, RemoteError):
+                raise outcome
+            if outcome is not None:
+                return outcome
 
     async def _line(self) -> bytes:
         try:
@@ -316,9 +331,7 @@ class QmpClient:
         try:
             line = await self._reader.readline()
         except OSError as exc:
-            if exc.errno == errno.EINVAL:  # QEMU 7.x's monitor, held, after a try timed out
-                raise busy(self.address, self.timeout) from None
-            raise ClientError(f"QMP connection to {self.address} failed: {exc}") from exc
+            raise connection_failed(self.address, self.timeout, exc) from None
         except ValueError:  # a line over the limit (asyncio words it its own way)
             raise ClientError(f"{self.address} sent a line longer than QEMU's "
                               f"{_LINE_LIMIT >> 20} MiB limit of a message") from None  # fmt: skip
@@ -382,6 +395,27 @@ class QmpClient:
         return reply
 
 
+def reply_of(line: bytes, command: str, address: str) -> bytes | RemoteError | None:
+    """What a line the server sent says to ``command``: its return value as the bytes
+    the server wrote, the error it answered, or None for an event (to skip);
+    :class:`ClientError` for anything else."""
+    if line.startswith(_RETURN) and line.endswith(_END):  # QEMU's own form
+        return line[len(_RETURN) : -len(_END)]
+    try:
+        members = _MESSAGE.decode(line)
+    except msgspec.DecodeError:
+        raise ClientError(f"{command}: malformed reply from {address}") from None
+    if "return" in members:
+        return bytes(members["return"])
+    if "error" in members:
+        error = decode(bytes(members["error"]), command)
+        if isinstance(error, dict):
+            return RemoteError(str(error.get("class")), str(error.get("desc")), command)
+    if "event" not in members:
+        raise ClientError(f"{command}: malformed reply from {address}")
+    return None
+
+
 def decode(raw: bytes, command: str) -> Any:
     """A return value's bytes as JSON; :class:`ClientError` naming ``command`` if they are
     not JSON."""
@@ -389,6 +423,11 @@ def decode(raw: bytes, command: str) -> Any:
         return _JSON.decode(raw)
     except msgspec.DecodeError:
         raise ClientError(f"{command}: malformed reply") from None
+
+
+def request_bytes(requests: Sequence[Request]) -> bytes:
+    """Requests as one write."""
+    return b"".join(map(_request, requests))
 
 
 def _request(request: Request) -> bytes:

@@ -36,7 +36,6 @@ from typing import Any, Generic, Protocol, TypeVar
 from vmstats.errors import ClientError, RemoteError
 from vmstats.qmp.client import (
     DEFAULT_TIMEOUT,
-    QmpClient,
     Request,
     address_name,
     decode,
@@ -46,6 +45,7 @@ from vmstats.qmp.client import (
     qemu_version,
 )
 from vmstats.qmp.machine import CpuInfoFast, cpus_from_wire, name_from_wire
+from vmstats.qmp.pipelined import Batch, Outcomes, Pipelined
 from vmstats.reader.sample import (
     Sample,
     SampleMemo,
@@ -154,6 +154,12 @@ _READ_ALL: list[Request] = [
     ("query-stats", {"target": "vcpu", "providers": [{"provider": p}
                                                      for p in ("kvm", *_EXTENSIONS)]}),
 ]  # fmt: skip
+_KEPT_QEMUS, _KEPT_ALL = Batch(_READ_QEMUS), Batch(_READ_ALL)
+#: A first read: a QEMU's, and one of ours (its own providers too).
+_FIRST = Batch([_NEGOTIATE, *_READ_VM])
+_FIRST_OURS = Batch([_NEGOTIATE, *_READ_VM, *_READ_OURS_SCHEMAS, *_READ_OURS])
+#: On a kept connection when the vCPUs changed: everything a first read asks.
+_KEPT_AGAIN = Batch([*_READ_VM, *_READ_OURS_SCHEMAS, *_READ_OURS])
 
 
 class QmpReader:
@@ -174,38 +180,89 @@ class QmpReader:
         self._vcpus: Decoded[tuple[dict[str, int], int | None]] = Decoded(
             _vcpus_and_vmm, ({}, None)
         )
-        self._wire: WireMemo = {}
-        self._kept: QmpClient | None = None  # a connection to one of our servers
-        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it belongs to
+        self._wire = WireMemo()
+        self._kept: Pipelined | None = None  # a connection to one of our servers
+        self._pid: int | None = None  # the process serving it, as the first read found
+        self._stale = False  # the vCPUs changed: the next read asks everything again
         self._said: tuple[str | None, dict[str, int], dict[str, str]] = (None, {}, {})
 
-    async def read(self) -> VmReading:
-        if self._kept is not None and self._loop is not asyncio.get_running_loop():
-            self.close()  # made on another loop (one asyncio.run per read): not usable
+    def expire(self) -> None:
+        """A begun read's replies did not come in time: it fails as busy."""
         if self._kept is not None:
+            self._kept.expire()
+
+    def start(self) -> asyncio.Future[Outcomes] | None:
+        """A read on the kept connection, begun (its requests written): the future of
+        its replies, for :meth:`finish`.  None when there is no such read to begin (no
+        kept connection, or one made on another loop; the vCPUs changed): :meth:`read`."""
+        kept = self._kept
+        if kept is None or self._stale or not kept.usable:
+            return None
+        return kept.ask(_KEPT_ALL if any(d.value for d in self._ours) else _KEPT_QEMUS)
+
+    def finish(self, outcomes: Outcomes | BaseException) -> VmReading | None:
+        """The reading that a begun read's replies (or its failure) give; None when
+        :meth:`read` must follow: the connection failed (let go: a new one is made) or
+        the vCPUs the stats name changed (a hot plug: everything is asked again)."""
+        if isinstance(outcomes, BaseException) or any(
+                isinstance(outcome, RemoteError) for outcome in outcomes):  # fmt: skip
+            if isinstance(outcomes, BaseException) and not isinstance(outcomes, ClientError):
+                raise outcomes  # cancelled, Ctrl-C: not the VM's news
+            self.close()  # the server went (or restarted): a new connection says
+            return None
+        before = self._wire.values
+        sample = self._sample(time.time(), outcomes)
+        own_name, vcpus, info = self._said
+        if sample.values is not before and set(vcpus) != {
+                key[2] for key in sample.objects("vcpu")}:  # plugged, or gone  # fmt: skip
+            self._stale = True
+            return None
+        return VmReading(own_name or self.name, self._schema_list(), sample, vcpus, info)
+
+    async def read(self) -> VmReading:
+        begun = self.start()
+        if begun is not None:
+            assert self._kept is not None
             try:
-                return await self._read_kept(self._kept)
-            except (ClientError, RemoteError):
-                self.close()  # the server went (or restarted): a new connection says
+                reading = self.finish(await self._kept.within(begun))
+            except ClientError as exc:
+                reading = self.finish(exc)
             except BaseException:
                 self.close()  # cancelled mid-request: the replies would be out of step
                 raise
-        qmp = QmpClient(self.address, self.timeout, negotiate=False)
-        await qmp.connect()
-        ours = _READ_OURS_SCHEMAS + _READ_OURS if is_vmstats(qmp.version) else []
+            if reading is not None:
+                return reading
+        if self._kept is not None and self._stale and self._kept.usable:
+            kept = self._kept
+            try:
+                outcomes = await kept.within(kept.ask(_KEPT_AGAIN))
+            except BaseException:
+                self.close()
+                raise
+            self._stale = False
+            return self._reading(outcomes, time.time(), self._pid, kept.version)
+        self.close()
+        return await self._read_anew()
+
+    async def _read_anew(self) -> VmReading:
+        """A read on a new connection: every command after the greeting, in one write.
+        A QEMU's connection is let go at once; one of ours is kept for the next reads."""
+        conn = await Pipelined.open(self.address, self.timeout, negotiate=False)
+        ours = is_vmstats(conn.version)
         try:
-            negotiated, *outcomes = await qmp.execute_each([_NEGOTIATE, *_READ_VM, *ours])
+            negotiated, *outcomes = await conn.within(conn.ask(_FIRST_OURS if ours else _FIRST))
             taken = time.time()
             if isinstance(negotiated, RemoteError):  # QEMU then refuses every command after it
                 raise negotiated
-            reading = self._reading(outcomes, taken, qmp.peer_pid, qmp.version)
+            self._pid = conn.peer_pid
+            reading = self._reading(outcomes, taken, self._pid, conn.version)
         except BaseException:
-            qmp.close()
+            conn.close()
             raise
-        if _version(qmp.version):
-            qmp.close()  # a QEMU's monitor: free for its other clients
+        if ours:
+            self._kept = conn
         else:
-            self._kept, self._loop = qmp, asyncio.get_running_loop()
+            conn.close()  # a QEMU's monitor: free for its other clients
         return reading
 
     def _reading(self, outcomes: list[bytes | RemoteError], taken: float, pid: int | None,
@@ -262,23 +319,64 @@ class QmpReader:
                    for k, r in zip(keys, targets, strict=False)}  # fmt: skip
         return sample_from_wire(taken, replies, self._wire)
 
-    async def _read_kept(self, qmp: QmpClient) -> VmReading:
-        """A read on a kept connection: the stats alone, unless the vCPUs changed."""
-        ours = any(decoded.value for decoded in self._ours)  # a provider without schema: none
-        targets = await qmp.execute_all(_READ_ALL if ours else _READ_QEMUS)
-        sample = self._sample(time.time(), targets)
-        own_name, vcpus, info = self._said
-        if set(vcpus) != {key[2] for key in sample.objects("vcpu")}:  # plugged, or gone
-            outcomes = await qmp.execute_each(_READ_VM)
-            return self._reading(outcomes, sample.taken, qmp.peer_pid, qmp.version)
-        return VmReading(own_name or self.name, self._schema_list(), sample, vcpus, info)
-
     def close(self) -> None:
         """Let a kept connection go."""
         if self._kept is not None:
             with contextlib.suppress(RuntimeError):  # its loop is closed: so is it
                 self._kept.close()
-            self._kept = self._loop = None
+            self._kept = None
+        self._stale = False
+
+
+def _expire(readers: Sequence[Reader]) -> None:
+    for reader in readers:
+        if isinstance(reader, QmpReader):
+            reader.expire()
+
+
+async def read_all(readers: Sequence[Reader],
+                   timeout: float | None = None) -> list[VmReading | BaseException]:  # fmt: skip
+    """Every reader read at once: each one's reading, or what it raised.  Readers with a
+    kept connection (:meth:`QmpReader.start`) have their requests written first and
+    their replies awaited together, under one deadline (theirs, or ``timeout`` if
+    shorter): no task, no timer per VM, which were most of a refresh of hundreds of VMs.
+    The others (and those whose kept read could not finish) are read as tasks, each
+    within ``timeout`` when given."""
+    begun = [r.start() if isinstance(r, QmpReader) else None for r in readers]
+    waiting = [future for future in begun if future is not None]
+    if waiting:
+        loop = asyncio.get_running_loop()
+        kept = [r for r, future in zip(readers, begun, strict=True) if future is not None]
+        limit = min(r.timeout for r in kept if isinstance(r, QmpReader))
+        limit = limit if timeout is None else min(limit, timeout)
+        timer = loop.call_later(limit, _expire, kept)
+        try:
+            await asyncio.wait(waiting)
+        finally:
+            timer.cancel()
+    out: list[VmReading | BaseException | None] = []
+    for reader, future in zip(readers, begun, strict=True):
+        if future is None:
+            out.append(None)
+            continue
+        assert isinstance(reader, QmpReader)
+        try:
+            out.append(reader.finish(future.exception() or future.result()))
+        except Exception as exc:  # noqa: BLE001 - the VM's news, as a task's would be
+            out.append(exc)
+
+    async def one(reader: Reader) -> VmReading:
+        if timeout is None:
+            return await reader.read()
+        async with asyncio.timeout(timeout):
+            return await reader.read()
+
+    rest = [i for i, found in enumerate(out) if found is None]
+    for i, found in zip(rest, await asyncio.gather(*(one(readers[i]) for i in rest),
+                                                   return_exceptions=True),
+                        strict=True):  # fmt: skip
+        out[i] = found
+    return [found for found in out if found is not None]
 
 
 def vmm_of(threads: Sequence[int]) -> int | None:

@@ -145,8 +145,16 @@ def _columns(stats: Iterable[tuple[str, StatsValue]]) -> tuple[list[str], list[S
     return [name for name, _ in pairs], [value for _, value in pairs]
 
 
-#: Per target, the last reply's bytes and the values decoded from them.
-WireMemo = dict[str, tuple[bytes, dict[ObjectKey, dict[str, StatsValue]]]]
+@dataclass
+class WireMemo:
+    """What :func:`sample_from_wire` made last time, kept by its caller between samples."""
+
+    #: per request, the last reply's bytes and the values decoded from them
+    replies: dict[str, tuple[bytes, dict[ObjectKey, dict[str, StatsValue]]]] = field(
+        default_factory=dict
+    )
+    requests: list[str] = field(default_factory=list)  # the last sample's, in order
+    values: dict[ObjectKey, dict[str, StatsValue]] = field(default_factory=dict)  # of them all
 
 
 def sample_from_wire(taken: float, replies: Mapping[str, bytes | Any],
@@ -158,11 +166,16 @@ def sample_from_wire(taken: float, replies: Mapping[str, bytes | Any],
 
     With ``memo`` (kept by the caller between samples), a reply of the very bytes of
     the last one (a VM whose stats stood still) is not decoded again: its objects keep
-    the very same values, which consumers see by identity."""
+    the very same values, which consumers see by identity; and when every reply is, the
+    sample's values are the very mapping of last time."""
+    if memo is not None and list(replies) == memo.requests and all(
+            (kept := memo.replies.get(request)) is not None and kept[0] == reply
+            for request, reply in replies.items()):  # fmt: skip
+        return Sample(taken, memo.values)
     values: dict[ObjectKey, dict[str, StatsValue]] = {}
     for request, reply in replies.items():
         target = request.partition(":")[0]
-        kept = memo.get(request) if memo is not None else None
+        kept = memo.replies.get(request) if memo is not None else None
         if kept is not None and kept[0] == reply:
             part = kept[1]
         else:
@@ -173,8 +186,10 @@ def sample_from_wire(taken: float, replies: Mapping[str, bytes | Any],
                 found = natural_values(list(map(_NAME, stats)), list(map(_VALUE, stats)))
                 part.setdefault(key, {}).update(found)
             if memo is not None and isinstance(reply, bytes):
-                memo[request] = (reply, part)
+                memo.replies[request] = (reply, part)
         values.update(part)
+    if memo is not None:
+        memo.requests, memo.values = list(replies), values
     return Sample(taken, values)
 
 

@@ -190,6 +190,8 @@ class JsonWriter:
         self.skip_zero = skip_zero
         self._encoded: dict[tuple[str, str, str], tuple[StatRow, str]] = {}
         self._objects: dict[str, tuple[list[StatRow], str]] = {}  # per VM: its rows, its text
+        self._named: dict[str, tuple[str, str]] = {}  # per VM: its text, and with its name
+        self._members: tuple[list[str], str] = ([], "")  # the last VMs' members, joined
 
     @staticmethod
     def entry(row: StatRow) -> dict[str, Any]:
@@ -217,6 +219,15 @@ class JsonWriter:
         self._encoded[slot] = (row, text)
         return text
 
+    def _member(self, name: str, rows: Sequence[StatRow], gone: str | None) -> str:
+        """A VM's ``"NAME":{...}``; the very string of last time while its rows are the
+        same objects (its name encoded once)."""
+        stats = _dumps({"gone": gone}) if gone else self._stats(rows, name)
+        kept = self._named.get(name)
+        if kept is None or kept[0] is not stats:
+            kept = self._named[name] = (stats, _dumps(name) + ":" + stats)
+        return kept[1]
+
     def _stats(self, rows: Sequence[StatRow], slot: str = "") -> str:
         """The rows' object; a VM's (``slot``) kept while its rows are the same objects."""
         kept = self._objects.get(slot) if slot else None
@@ -231,12 +242,10 @@ class JsonWriter:
 
     def __call__(self, taken: float, per_vm: dict[str, list[StatRow]], total: list[StatRow],
                  gone: dict[str, str | None]) -> None:  # fmt: skip
-        vms = ",".join(
-            _dumps(name) + ":" + (_dumps({"gone": gone[name]}) if gone.get(name)
-                                  else self._stats(rows, name))
-            for name, rows in per_vm.items()
-        )  # fmt: skip
-        text = '{"time":' + _dumps(round(taken, 3)) + ',"vms":{' + vms + "}"
+        members = [self._member(name, rows, gone.get(name)) for name, rows in per_vm.items()]
+        if not same_objects(self._members[0], members):  # else no VM moved: the same text
+            self._members = (members, ",".join(members))
+        text = '{"time":' + _dumps(round(taken, 3)) + ',"vms":{' + self._members[1] + "}"
         if total:
             text += ',"total":' + self._stats(total)
         self.out.write(text + "}\n")

@@ -10,7 +10,6 @@ one view.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Sequence
@@ -19,7 +18,14 @@ from pathlib import Path
 
 from vmstats.errors import ClientError, VmstatsError
 from vmstats.qmp.client import DEFAULT_TIMEOUT
-from vmstats.reader.reading import QmpReader, Reader, VmReading, socket_addresses, socket_key
+from vmstats.reader.reading import (
+    QmpReader,
+    Reader,
+    VmReading,
+    read_all,
+    socket_addresses,
+    socket_key,
+)
 from vmstats.reader.sample import Sample, Schemas, same_objects
 from vmstats.stats.model import StatsSchema, StatsTarget
 from vmstats.top.frame import RowMemo, StatFilter, StatRow, TotalMemo, total_rows, vm_rows
@@ -79,7 +85,8 @@ def same_values(one: Sample, other: Sample) -> bool:
     """Do two samples hold the very same value objects (nothing was read anew: a VM
     whose stats stood still, :func:`vmstats.reader.sample.sample_from_wire`)?"""
     mine, theirs = one.values, other.values
-    return mine.keys() == theirs.keys() and same_objects(mine.values(), theirs.values())
+    return mine is theirs or (mine.keys() == theirs.keys()
+                              and same_objects(mine.values(), theirs.values()))  # fmt: skip
 
 
 class Watch:
@@ -152,9 +159,7 @@ class Watch:
         """Read every VM once, concurrently."""
         self._scan()
         names = list(self.readers)
-        outcomes = await asyncio.gather(
-            *(self.readers[n].read() for n in names), return_exceptions=True
-        )
+        outcomes = await read_all([self.readers[n] for n in names])
         for name, outcome in zip(names, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 if not isinstance(outcome, Exception):
