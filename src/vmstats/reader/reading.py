@@ -20,6 +20,8 @@ come back in order.  Schemas and vCPU lists change rarely: they are decoded agai
 when their bytes change.  vmstats' own sockets serve many clients at once: their
 connection is kept, and a read is one round trip for the stats (``top`` watching 256
 VMs every second would otherwise open 256 connections a second, on both sides).
+:func:`read_all` reads many VMs at once: the requests of every kept connection are
+written first, and their replies awaited together.
 """
 
 from __future__ import annotations
