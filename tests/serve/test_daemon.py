@@ -133,6 +133,21 @@ def test_the_demo_vm_is_found_served_read_only_and_forgotten(
     assert wait_for(lambda: fd_count(proc.pid) == baseline)  # every fd of the VM let go
 
 
+def test_a_vm_that_starts_is_served_at_once_not_at_the_next_scan(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    """Scans ten minutes apart: a VM that starts is served all the same, soon after its
+    VMM opens /dev/kvm (what wakes the daemon), and forgotten when it exits."""
+    proc, run_dir = start_daemon("--scan-interval", "600")
+    assert wait_for((run_dir / "vms.json").exists)  # the first scan is over
+    with DemoServer(vcpus=1) as demo:
+        served = socket_of(run_dir, demo.vm_pid)
+        assert wait_for(served.exists, timeout=30)
+        kill(demo.vm_pid)
+        assert wait_for(lambda: not served.exists(), timeout=10)
+    assert proc.poll() is None
+
+
 @pytest.mark.qemu
 @pytest.mark.skipif(QEMU10_REASON is not None, reason=f"no QEMU 10.0: {QEMU10_REASON}")
 def test_qemu_10_is_found_by_its_fds_named_and_never_kicked(

@@ -44,6 +44,7 @@ from pathlib import Path
 from vmstats import caps
 from vmstats.errors import AttachError, ClientError, SocketInUse, VmstatsError, os_reason
 from vmstats.kvm.attach import AttachedVm, attach
+from vmstats.kvm.opens import KvmOpens
 from vmstats.kvm.provider import KvmStatsProvider
 from vmstats.kvm.scan import ProcessScanner, ScanResult
 from vmstats.kvm.vmm import VmmProcess
@@ -78,6 +79,13 @@ from vmstats.stats.registry import StatsRegistry
 from vmstats.trace.provider import TracepointsProvider, Tracing
 
 log = logging.getLogger(__name__)
+
+#: Seconds after an open of ``/dev/kvm`` at which the daemon scans: QEMU makes its vCPUs
+#: (and their stats fds) within a fraction of a second of it; a slow VMM later.
+OPEN_SCANS = (0.25, 1.0, 3.0)
+#: The least time between two scans that opens ask for (whoever may open ``/dev/kvm``
+#: can open it in a loop: at most 2 scans a second, on top of the periodic ones).
+OPEN_GAP = 0.5
 
 
 class Daemon:
@@ -125,6 +133,9 @@ class Daemon:
         self.longest_name = max(16, min(NAME_MAX, 107 - len(os.fsencode(run_dir)) - 5))
         self.domains = None if libvirt is None else Domains(libvirt, qmp_timeout,
                                                             libvirt_max_age)  # fmt: skip
+        self.opens: KvmOpens | None = None  # opens of /dev/kvm, watched while serving
+        self._soon: list[float] = []  # loop times of scans that opens asked for
+        self._woken = asyncio.Event()  # an open asked for a scan
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop``; :class:`SocketInUse` if another daemon holds the run
@@ -133,6 +144,8 @@ class Daemon:
         log.info("serving the VMs of this host in %s (a scan every %g s%s)", self.run_dir,
                  self.scan_interval, "" if self.fds else "; QMP sockets only")  # fmt: skip
         try:
+            if self.fds and not self.dry_run:
+                self._watch_opens()
             if self.domains is not None:
                 await self.domains.start()
             while not stop.is_set():
@@ -141,17 +154,54 @@ class Daemon:
         finally:
             await self.close()
 
+    def _watch_opens(self) -> None:
+        """Scan soon after a process opens ``/dev/kvm`` (a VMM starting), not only every
+        ``scan_interval``; without the watch, the interval alone."""
+        try:
+            self.opens = KvmOpens()
+        except OSError as exc:
+            log.info("VMs are looked for every %g s only: %s", self.scan_interval, exc)
+            return
+        asyncio.get_running_loop().add_reader(self.opens.fd, self._opened)
+
+    def _opened(self) -> None:
+        """``/dev/kvm`` was opened: scans at :data:`OPEN_SCANS` after it (a VMM makes its
+        vCPUs moments after, a slow one later), none closer than :data:`OPEN_GAP` to
+        another (opening it in a loop makes at most one scan per gap)."""
+        assert self.opens is not None
+        if not self.opens.drain():
+            return
+        now = asyncio.get_running_loop().time()
+        for delay in OPEN_SCANS:
+            when = now + delay
+            if all(abs(when - other) >= OPEN_GAP for other in self._soon):
+                self._soon.append(when)
+        self._soon.sort()
+        self._woken.set()
+
     async def _wait(self, stop: asyncio.Event) -> None:
-        """Until the next scan, or ``stop``; libvirt's domains are looked at as soon as
-        libvirt says they changed."""
+        """Until the next scan: the interval's end, or a scan an open of ``/dev/kvm``
+        asked for; or ``stop``.  libvirt's domains are looked at as soon as libvirt says
+        they changed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.scan_interval
-        while not stop.is_set() and (left := deadline - loop.time()) > 0:
-            if self.domains is None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(left):
-                        await stop.wait()
+        while not stop.is_set():
+            now = loop.time()
+            if self._soon and self._soon[0] <= now:
+                self._soon = [when for when in self._soon if when > now]
+                return  # a VMM is starting
+            left = min([deadline, *self._soon[:1]]) - now
+            if left <= 0:
                 return
+            if self.domains is None:
+                self._woken.clear()
+                waits = [asyncio.ensure_future(e.wait()) for e in (stop, self._woken)]
+                try:
+                    await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiting in waits:
+                        waiting.cancel()
+                continue
             if await self.domains.changed(stop, left):
                 await self._serve_domains()
                 self._write_state()
@@ -440,6 +490,10 @@ class Daemon:
     async def close(self) -> None:
         for pid in list(self.served):
             await self._remove(pid, "still runs, but vmstats serve stops", write=False)
+        if self.opens is not None:
+            asyncio.get_running_loop().remove_reader(self.opens.fd)
+            self.opens.close()
+            self.opens = None
         if self.tracing is not None:
             self.tracing.close()  # its programs detached: nothing counted any more
             self.tracing = None
