@@ -136,7 +136,6 @@ class Daemon:
         self.opens: KvmOpens | None = None  # opens of /dev/kvm, watched while serving
         self._soon: list[float] = []  # loop times of scans that opens asked for
         self._woken = asyncio.Event()  # an open asked for a scan
-        self._opened_at = 0.0  # when the last open was told
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop``; :class:`SocketInUse` if another daemon holds the run
@@ -168,12 +167,13 @@ class Daemon:
     def _opened(self) -> None:
         """``/dev/kvm`` was opened: scans at :data:`OPEN_SCANS` after it (a VMM makes its
         vCPUs moments after, a slow one later), none closer than :data:`OPEN_GAP` to
-        another (opening it in a loop makes at most one scan per gap).  A scan that
-        serves a new VM, with no open told since it began, cancels those still due."""
+        another (opening it in a loop makes at most one scan per gap).  They are all
+        made, though the first may serve the VM: VMs that start together open it
+        together, and one served tells nothing of the others."""
         assert self.opens is not None
         if not self.opens.drain():
             return
-        now = self._opened_at = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
         for delay in OPEN_SCANS:
             when = now + delay
             if all(abs(when - other) >= OPEN_GAP for other in self._soon):
@@ -211,7 +211,6 @@ class Daemon:
     async def scan(self) -> None:
         """Serve the VMs that appeared since the last scan, and their new vCPUs."""
         started = time.perf_counter()
-        opened, before = self._opened_at, set(self.served)
         await self._serve_domains()  # first: a libvirt domain is named by libvirt
         if self.fds:
             found = self.scanner.scan()
@@ -236,8 +235,6 @@ class Daemon:
             else:
                 await self._try_serve(source.pid, None, source)
         self._write_state()
-        if self.served.keys() - before and self._opened_at == opened:
-            self._soon.clear()  # the VM whose start asked for them is served: no more due
         log.debug("scan: %.1f ms, %d VMs served", (time.perf_counter() - started) * 1000,
                   len(self.served))  # fmt: skip
 
