@@ -67,7 +67,7 @@ class _Rendered:
 
     stats: Mapping[str, StatsValue]
     labels: str
-    lines: list[tuple[StatMetric, str]]
+    lines: list[_Stat]  # the stats whose lines it has, in order (each its metric and text)
     parts: dict[str, _Stat]
     table: object = None  # the metric table the plan was made with
     #: per stat in the object's order, its part (None: not exported): while the names
@@ -104,7 +104,7 @@ class _VmText:
     """One VM's text per family, the objects' lines it was joined from, and what of the
     reading they were made from."""
 
-    lines: list[list[tuple[StatMetric, str]]]
+    lines: list[list[_Stat]]
     blocks: dict[str, tuple[StatMetric, bytes]]
     values: object = None
     schemas: object = None
@@ -200,7 +200,7 @@ class Exposition:
         made = [self._lines((reading.name, item), reading, stats, vm)
                 for item, stats in values.items()]  # fmt: skip
         if cached is None or not same_objects(cached.lines, made):
-            grouped = by_family(line for lines in made for line in lines)
+            grouped = by_family((p.metric, p.text) for parts in made for p in parts)
             blocks = {name: (metric, "".join(texts).encode())
                       for name, (metric, texts) in grouped.items()}  # fmt: skip
             cached = _VmText(made, blocks)
@@ -238,8 +238,11 @@ class Exposition:
 
     def _lines(self, key: tuple[str, ObjectKey], reading: VmReading,
                stats: Mapping[str, StatsValue], vm: str
-               ) -> list[tuple[StatMetric, str]]:  # fmt: skip
-        """One object's text per family: made again only if its stats or labels changed."""
+               ) -> list[_Stat]:  # fmt: skip
+        """One object's stats that have lines (their metric and text), in order: made
+        again only if its stats or labels changed.  The stats themselves, not pairs made
+        of them: a scrape where every value moved would keep 80,000 new pairs, and the
+        garbage collector would walk them all."""
         provider, target, qom_path = key[1]
         if qom_path:
             labels = f'vcpu="{label_value(vcpu_label(reading, qom_path))}",vm="{vm}"'
@@ -270,14 +273,14 @@ class Exposition:
                 part = parts[name] = _Stat(metric, size, self._starts(metric, labels, size))
             self._remake(part, stats, value)
             if value or not metric.omit_zero:
-                lines.append((metric, part.text))
+                lines.append(part)
             plan.append((name, part))
         self._objects[key] = _Rendered(stats, labels, lines, parts, metrics, plan)
         return lines
 
     def _replanned(
         self, plan: list[tuple[str, _Stat | None]], stats: Mapping[str, StatsValue]
-    ) -> list[tuple[StatMetric, str]] | None:
+    ) -> list[_Stat] | None:
         """A changed object's lines by its plan: only the stats that moved are written
         again; None if its stats are no longer those of the plan."""
         if len(stats) != len(plan):
@@ -301,7 +304,7 @@ class Exposition:
                     part.value = (value, total)
                     part.text = text(metric, part.starts, value, total)
             if value or not metric.omit_zero:
-                lines.append((metric, part.text))
+                lines.append(part)
         return lines
 
     def _remake(self, part: _Stat, stats: Mapping[str, StatsValue], value: StatsValue) -> None:
