@@ -105,6 +105,11 @@ class ClientError(VmstatsError):
     reply, a malformed reply."""
 
 
+class NoAnswer(ClientError):
+    """A server that accepted us and then said nothing in time (a QEMU monitor another
+    client holds, a server hung): asking it again at once would wait as long again."""
+
+
 class UsageError(ClientError):
     """The request names something the server does not serve (exit status 2)."""
 

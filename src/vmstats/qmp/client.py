@@ -35,7 +35,7 @@ from typing import Any
 
 import msgspec
 
-from vmstats.errors import ClientError, RemoteError, os_reason
+from vmstats.errors import ClientError, NoAnswer, RemoteError, os_reason
 from vmstats.qmp.machine import cpu_paths
 from vmstats.stats.decode import results_from_wire, schemas_from_wire
 from vmstats.stats.model import (
@@ -143,10 +143,10 @@ def make_filter(
     return StatsFilter(StatsTarget(target), providers, vcpus)
 
 
-def busy(address: str, timeout: float) -> ClientError:
+def busy(address: str, timeout: float) -> NoAnswer:
     """The error for a server that accepted us and then said nothing: what a QEMU monitor
     does while another client holds it."""
-    return ClientError(f"no answer from {address} within {timeout:g} s: is another client "
+    return NoAnswer(f"no answer from {address} within {timeout:g} s: is another client "
                        "connected? (QEMU's monitor serves one client at a time)")  # fmt: skip
 
 

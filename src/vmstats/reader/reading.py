@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from vmstats.errors import ClientError, RemoteError
+from vmstats.errors import ClientError, NoAnswer, RemoteError
 from vmstats.qmp.client import (
     DEFAULT_TIMEOUT,
     Request,
@@ -227,6 +227,9 @@ class QmpReader:
             assert self._kept is not None
             try:
                 reading = self.finish(await self._kept.within(begun))
+            except NoAnswer:
+                self.close()  # said, not waited for again on a new connection
+                raise
             except ClientError as exc:
                 reading = self.finish(exc)
             except BaseException:
@@ -342,8 +345,10 @@ async def read_all(readers: Sequence[Reader],
     kept connection (:meth:`QmpReader.start`) have their requests written first and
     their replies awaited together, under one deadline (theirs, or ``timeout`` if
     shorter): no task, no timer per VM, which were most of a refresh of hundreds of VMs.
-    The others (and those whose kept read could not finish) are read as tasks, each
-    within ``timeout`` when given."""
+    A kept read that gets no answer in time fails as such (a connection tried anew
+    would wait as long again).  The others, and the kept reads that could not finish
+    otherwise (the server hung up, the vCPUs changed), are read as tasks, each within
+    ``timeout`` when given."""
     begun = [r.start() if isinstance(r, QmpReader) else None for r in readers]
     waiting = [future for future in begun if future is not None]
     if waiting:
@@ -362,8 +367,13 @@ async def read_all(readers: Sequence[Reader],
             out.append(None)
             continue
         assert isinstance(reader, QmpReader)
+        failed = future.exception()
+        if isinstance(failed, NoAnswer):  # said, not tried again on a new connection
+            reader.close()
+            out.append(failed)
+            continue
         try:
-            out.append(reader.finish(future.exception() or future.result()))
+            out.append(reader.finish(failed or future.result()))
         except Exception as exc:  # noqa: BLE001 - the VM's news, as a task's would be
             out.append(exc)
 
