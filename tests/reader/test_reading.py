@@ -249,6 +249,28 @@ def test_a_refresh_reads_our_sockets_together_and_waits_no_longer_than_the_timeo
     assert qemu.connections == 3  # let go after every read
 
 
+def test_a_kept_connection_that_stops_answering_is_said_once_per_read(tmp_path: Path) -> None:
+    """One read of a vmstats socket that went silent: no answer in time is the error,
+    and the reader does not wait as long again on a new connection."""
+    answers = {"query-stats-schemas": EXITS_SCHEMA, "query-stats vcpu": VCPU_STATS,
+               "query-stats vm": "[]", "query-name": '{"name": "web1"}'}  # fmt: skip
+    hung = FakePeer(tmp_path / "hung.qmp", answers, missing={"query-cpus-fast"},
+                    package="vmstats 0.1")  # fmt: skip
+    with hung:
+        reader = QmpReader(str(hung.path), timeout=0.5)
+
+        async def session() -> None:
+            async with asyncio.timeout(30):
+                await reader.read()  # the connection is kept from now on
+                hung.silent = True
+                with pytest.raises(ClientError, match="^no answer from"):
+                    await reader.read()
+
+        asyncio.run(session())
+        reader.close()
+    assert hung.connections == 1
+
+
 TRACEPOINTS_SCHEMA = json.dumps([{"provider": "tracepoints", "target": "vcpu", "stats": [
     {"name": "kvm_userspace_exit(IO)", "type": "cumulative", "exponent": 0}]}])  # fmt: skip
 EXITS_STATS = json.dumps([{"provider": "tracepoints", "qom-path": f"/machine/unattached/device[{n}]",
