@@ -263,7 +263,7 @@ def test_a_kept_connection_that_stops_answering_is_said_once_per_read(tmp_path: 
             async with asyncio.timeout(30):
                 await reader.read()  # the connection is kept from now on
                 hung.silent = True
-                with pytest.raises(ClientError, match="^no answer from"):
+                with pytest.raises(ClientError, match=r"^no answer from"):
                     await reader.read()
 
         asyncio.run(session())
