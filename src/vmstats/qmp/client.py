@@ -54,7 +54,7 @@ DEFAULT_TIMEOUT = 5.0
 
 _RETURN = b'{"return": '
 _END = b"}\r\n"
-_LINE_LIMIT = 64 << 20  # QEMU's own limit of a message
+LINE_LIMIT = 64 << 20  # QEMU's own limit of a message
 _UCRED = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 _MESSAGE = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _JSON = msgspec.json.Decoder()
@@ -150,11 +150,20 @@ def busy(address: str, timeout: float) -> NoAnswer:
                        "connected? (QEMU's monitor serves one client at a time)")  # fmt: skip
 
 
-def connection_failed(address: str, timeout: float, exc: OSError) -> ClientError:
-    """The error for a connection that failed while its replies were awaited."""
+def connection_failed(address: str, timeout: float, exc: OSError | None = None) -> ClientError:
+    """The error for a connection that failed (``exc``) or was closed while its replies
+    were awaited."""
+    if exc is None:
+        return ClientError(f"QMP connection to {address} closed")
     if exc.errno == errno.EINVAL:  # QEMU 7.x's monitor, held, after a try timed out
         return busy(address, timeout)
     return ClientError(f"QMP connection to {address} failed: {exc}")
+
+
+def line_too_long(address: str) -> ClientError:
+    """The error for a server that sent a line over QEMU's own limit of a message."""
+    return ClientError(f"{address} sent a line longer than QEMU's {LINE_LIMIT >> 20} MiB "
+                       "limit of a message")  # fmt: skip
 
 
 def peer_pid(sock: Any) -> int | None:
@@ -243,7 +252,7 @@ class QmpClient:
     async def connect(self) -> None:
         """Connect, read the greeting and negotiate; closed again if any step fails."""
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=_LINE_LIMIT, loop=loop)
+        reader = asyncio.StreamReader(limit=LINE_LIMIT, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         transport = await open_transport(self.address, self.timeout, lambda: protocol)
         self._reader, self._writer = reader, asyncio.StreamWriter(transport, protocol, reader, loop)
@@ -333,10 +342,9 @@ class QmpClient:
         except OSError as exc:
             raise connection_failed(self.address, self.timeout, exc) from None
         except ValueError:  # a line over the limit (asyncio words it its own way)
-            raise ClientError(f"{self.address} sent a line longer than QEMU's "
-                              f"{_LINE_LIMIT >> 20} MiB limit of a message") from None  # fmt: skip
+            raise line_too_long(self.address) from None
         if not line:
-            raise ClientError(f"QMP connection to {self.address} closed")
+            raise connection_failed(self.address, self.timeout)
         return line
 
     # -- stats, decoded ---------------------------------------------------------------

@@ -22,18 +22,17 @@ from typing import Any
 
 from vmstats.errors import ClientError, RemoteError
 from vmstats.qmp.client import (
+    LINE_LIMIT,
     Request,
     busy,
     connection_failed,
     greeting_of,
+    line_too_long,
     open_transport,
     peer_pid,
     reply_of,
     request_bytes,
 )
-
-#: The longest line taken (QEMU's own limit of a message).
-LINE_LIMIT = 64 << 20
 
 Outcomes = list[bytes | RemoteError]
 
@@ -42,18 +41,14 @@ class Batch:
     """Requests sent together, encoded once: a refresh sends the same ones every time."""
 
     def __init__(self, requests: Sequence[Request]) -> None:
-        self.requests = list(requests)
         self.commands = [command for command, _ in requests]
         self.wire = request_bytes(requests)
-
-
-_NEGOTIATE = Batch([("qmp_capabilities", None)])
 
 
 class Pipelined(asyncio.Protocol):
     """A connection (:meth:`open`); :meth:`ask` one batch at a time."""
 
-    line_limit = LINE_LIMIT
+    line_limit = LINE_LIMIT  # the longest line taken
 
     def __init__(self, address: str, timeout: float) -> None:
         self.address = address
@@ -70,19 +65,15 @@ class Pipelined(asyncio.Protocol):
         self._error: ClientError | None = None  # why it can be used no more
 
     @classmethod
-    async def open(cls, address: str, timeout: float, negotiate: bool = True) -> Pipelined:
-        """Connect and read the greeting, within ``timeout`` each; and negotiate, unless
-        the caller sends ``qmp_capabilities`` with its first batch (``negotiate=False``)."""
+    async def open(cls, address: str, timeout: float) -> Pipelined:
+        """Connect and read the greeting, within ``timeout`` each; the caller sends
+        ``qmp_capabilities`` with its first batch (one write, one round trip)."""
         conn = cls(address, timeout)
         await open_transport(address, timeout, lambda: conn)
         try:
             assert conn._greeting is not None
             conn.version = greeting_of(await conn.within(conn._greeting), address)
             conn._greeting = None
-            if negotiate:
-                (negotiated,) = await conn.within(conn.ask(_NEGOTIATE))
-                if isinstance(negotiated, RemoteError):
-                    raise negotiated
         except BaseException:
             conn.close()
             raise
@@ -128,7 +119,7 @@ class Pipelined(asyncio.Protocol):
         self._fail(busy(self.address, self.timeout))
 
     def close(self) -> None:
-        self._fail(ClientError(f"QMP connection to {self.address} closed"))
+        self._fail(connection_failed(self.address, self.timeout))
 
     # -- protocol -------------------------------------------------------------------------
 
@@ -149,8 +140,7 @@ class Pipelined(asyncio.Protocol):
         del buffer[:start]
         self._scanned = len(buffer)
         if len(buffer) > self.line_limit:
-            self._fail(ClientError(f"{self.address} sent a line longer than QEMU's "
-                                   f"{self.line_limit >> 20} MiB limit of a message"))  # fmt: skip
+            self._fail(line_too_long(self.address))
 
     def _line(self, line: bytes) -> None:
         if self._greeting is not None:
@@ -177,10 +167,8 @@ class Pipelined(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        if isinstance(exc, OSError):
-            self._fail(connection_failed(self.address, self.timeout, exc))
-        else:
-            self._fail(ClientError(f"QMP connection to {self.address} closed"))
+        failed = exc if isinstance(exc, OSError) else None
+        self._fail(connection_failed(self.address, self.timeout, failed))
 
     def _fail(self, error: ClientError) -> None:
         """Fail what waits, and be usable no more."""

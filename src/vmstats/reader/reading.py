@@ -252,7 +252,7 @@ class QmpReader:
     async def _read_anew(self) -> VmReading:
         """A read on a new connection: every command after the greeting, in one write.
         A QEMU's connection is let go at once; one of ours is kept for the next reads."""
-        conn = await Pipelined.open(self.address, self.timeout, negotiate=False)
+        conn = await Pipelined.open(self.address, self.timeout)
         ours = is_vmstats(conn.version)
         try:
             negotiated, *outcomes = await conn.within(conn.ask(_FIRST_OURS if ours else _FIRST))
@@ -333,10 +333,9 @@ class QmpReader:
         self._stale = False
 
 
-def _expire(readers: Sequence[Reader]) -> None:
+def _expire(readers: Sequence[QmpReader]) -> None:
     for reader in readers:
-        if isinstance(reader, QmpReader):
-            reader.expire()
+        reader.expire()
 
 
 async def read_all(readers: Sequence[Reader],
@@ -353,8 +352,9 @@ async def read_all(readers: Sequence[Reader],
     waiting = [future for future in begun if future is not None]
     if waiting:
         loop = asyncio.get_running_loop()
-        kept = [r for r, future in zip(readers, begun, strict=True) if future is not None]
-        limit = min(r.timeout for r in kept if isinstance(r, QmpReader))
+        kept = [r for r, future in zip(readers, begun, strict=True)
+                if future is not None and isinstance(r, QmpReader)]  # fmt: skip
+        limit = min(r.timeout for r in kept)
         limit = limit if timeout is None else min(limit, timeout)
         timer = loop.call_later(limit, _expire, kept)
         try:

@@ -168,17 +168,15 @@ def sample_from_wire(taken: float, replies: Mapping[str, bytes | Any],
     the last one (a VM whose stats stood still) is not decoded again: its objects keep
     the very same values, which consumers see by identity; and when every reply is, the
     sample's values are the very mapping of last time."""
-    if memo is not None and list(replies) == memo.requests and all(
-            (kept := memo.replies.get(request)) is not None and kept[0] == reply
-            for request, reply in replies.items()):  # fmt: skip
-        return Sample(taken, memo.values)
     values: dict[ObjectKey, dict[str, StatsValue]] = {}
+    unchanged = memo is not None and list(replies) == memo.requests
     for request, reply in replies.items():
         target = request.partition(":")[0]
         kept = memo.replies.get(request) if memo is not None else None
         if kept is not None and kept[0] == reply:
             part = kept[1]
         else:
+            unchanged = False
             part = {}
             for result in reversed(wire_results(reply, target)):
                 stats = result.stats
@@ -189,6 +187,8 @@ def sample_from_wire(taken: float, replies: Mapping[str, bytes | Any],
                 memo.replies[request] = (reply, part)
         values.update(part)
     if memo is not None:
+        if unchanged:
+            return Sample(taken, memo.values)
         memo.requests, memo.values = list(replies), values
     return Sample(taken, values)
 
