@@ -25,7 +25,7 @@ from tests.kvm.statsfile import (
     StatsFileSpec,
 )
 from vmstats.errors import BinaryStatsError
-from vmstats.kvm.binstats import LayoutCache, StatsFile
+from vmstats.kvm.binstats import FIRST_READ, LayoutCache, StatsFile
 
 
 @pytest.fixture
@@ -83,6 +83,31 @@ def test_layout_is_parsed_once_and_shared(tmp_path: Path) -> None:
     assert StatsFile(fds[-1], cache=cache).layout is not files[0].layout
     for fd in fds:
         os.close(fd)
+
+
+def test_blocks_past_the_first_read_are_read_too(open_spec) -> None:  # type: ignore[no-untyped-def]
+    """One read of a file's start usually holds its header, id and descriptors; a file
+    that puts them further (the ABI allows any offsets) reads them where they are."""
+    far = FIRST_READ + 1000
+    spec = StatsFileSpec(GOOD, values=[7, 1, 10, 11, 12, 13, 99], id_offset=far,
+                         desc_offset=far + 48, ident=b"kvm-9/vcpu-3")  # fmt: skip
+    f = open_spec(spec)
+    assert f.id == "kvm-9/vcpu-3"
+    assert [d.name for d in f.layout.descriptors] == ["exits", "blocking", "wait_hist", "max_size"]
+    assert f.read() == (7, 1, 10, 11, 12, 13, 99)
+
+
+def test_a_cached_layout_is_not_taken_for_a_header_that_differs(open_spec) -> None:  # type: ignore[no-untyped-def]
+    """The same descriptors behind another header are checked anew: a data block over
+    the descriptors is an error even once the good file's layout is cached, and an id
+    somewhere else is read there."""
+    cache = LayoutCache()
+    good = open_spec(StatsFileSpec(GOOD), cache)
+    with pytest.raises(BinaryStatsError, match="the descriptors and data blocks overlap"):
+        open_spec(StatsFileSpec(GOOD, data_offset=80), cache)
+    moved = open_spec(StatsFileSpec(GOOD, id_offset=500, desc_offset=72, data_offset=600,
+                                    ident=b"kvm-2/vcpu-5"), cache)  # fmt: skip
+    assert (good.id, moved.id) == ("kvm-1/vcpu-0", "kvm-2/vcpu-5")
 
 
 MALFORMED = [

@@ -40,6 +40,9 @@ MAX_NAME_SIZE = 4096
 MAX_NUM_DESC = 65536
 MAX_DESCRIPTOR_BLOCK = 16 << 20
 MAX_DATA_SIZE = 16 << 20
+#: What a first read of a stats file takes: a vCPU's header, id and descriptors (under
+#: 4 KiB in every kernel so far) and usually its data too.
+FIRST_READ = 8192
 
 
 class KvmStatsType(IntEnum):
@@ -129,6 +132,22 @@ def _pread_exact(fd: int, size: int, offset: int, what: str) -> bytes:
     return data
 
 
+def _pread_some(fd: int, size: int, what: str) -> bytes:
+    """Up to ``size`` bytes from the start of ``fd`` (fewer at its end)."""
+    try:
+        return os.pread(fd, size, 0)
+    except OSError as exc:
+        raise BinaryStatsError(f"failed to read {what}: {exc.strerror}") from exc
+
+
+def _block(fd: int, start: bytes, size: int, offset: int, what: str) -> bytes:
+    """A block of ``fd``: from ``start`` (its first bytes, read already) when it lies
+    there, else read."""
+    if offset + size <= len(start):
+        return start[offset : offset + size]
+    return _pread_exact(fd, size, offset, what)
+
+
 def parse_header(raw: bytes) -> StatsHeader:
     """The header, checked for sanity.  Its ``flags`` are always 0 today and ignored (as
     QEMU does); :class:`LayoutCache` logs non-zero flags once per layout."""
@@ -208,50 +227,55 @@ def _check_blocks(header: StatsHeader, desc_size: int, data_size: int) -> None:
             raise BinaryStatsError(f"the {name_a} and {name_b} blocks overlap")
 
 
+_NO_HEADER = StatsHeader(0, 0, 0, 0, 0, 0)
+
+
 class LayoutCache:
     """Parsed layouts keyed by the raw header and descriptor bytes.
 
-    Every fd's header and descriptors are still read (a few µs) and compared, so vCPUs with
-    different layouts are never confused, yet parsing happens once per layout.
+    Every fd's header and descriptors are still read and compared, so vCPUs with
+    different layouts are never confused, yet parsing happens once per layout.  One
+    ``pread`` of the file's start usually holds the header, id and descriptors (a first
+    scan of 2,048 vCPUs made three reads and a parse of each header).
     """
 
     def __init__(self) -> None:
         self._layouts: dict[bytes, StatsLayout] = {}
         self._lock = threading.Lock()
+        self._last_header: tuple[bytes, StatsHeader] = (b"", _NO_HEADER)
 
     def layout(self, fd: int) -> tuple[StatsLayout, str]:
         """The layout of the stats file ``fd`` and its id string."""
-        header = parse_header(_pread_exact(fd, HEADER.size, 0, "stats header"))
+        start = _pread_some(fd, FIRST_READ, "stats header")
+        if len(start) < HEADER.size:
+            raise BinaryStatsError(f"failed to read stats header: expected {HEADER.size} "
+                                   f"actual {len(start)}")  # fmt: skip
+        raw_header = start[: HEADER.size]
+        last_raw, header = self._last_header
+        if raw_header != last_raw:  # every vCPU of a kernel has the same header
+            header = parse_header(raw_header)
+            self._last_header = (raw_header, header)
         desc_size = header.num_desc * (DESCRIPTOR.size + header.name_size)
-        raw_desc = _pread_exact(fd, desc_size, header.desc_offset, "stats descriptors")
-        ident = _c_string(_pread_exact(fd, header.name_size, header.id_offset, "stats id"), "id")
-        key = (
-            HEADER.pack(
-                header.flags,
-                header.name_size,
-                header.num_desc,
-                0,
-                header.desc_offset,
-                header.data_offset,
-            )
-            + raw_desc
-        )
+        raw_desc = _block(fd, start, desc_size, header.desc_offset, "stats descriptors")
+        raw_id = _block(fd, start, header.name_size, header.id_offset, "stats id")
+        ident = _c_string(raw_id, "id")
+        key = raw_header + raw_desc  # the whole header: its blocks were checked
         with self._lock:
             layout = self._layouts.get(key)
         if layout is None:
-            if header.flags:  # a future kernel may define bits: say so once per layout
-                log.warning("KVM stats header has unknown flags %#x; ignored", header.flags)
-            descriptors = parse_descriptors(header, raw_desc)
-            data_size = _data_size(descriptors)
-            _check_blocks(header, desc_size, data_size)
-            layout = StatsLayout(
-                header, descriptors, data_size, struct.Struct(f"={data_size // 8}Q")
-            )
+            layout = self._parse(header, raw_desc)
             with self._lock:
-                self._layouts.setdefault(key, layout)
-        else:
-            _check_blocks(header, desc_size, layout.data_size)
+                layout = self._layouts.setdefault(key, layout)
         return layout, ident
+
+    @staticmethod
+    def _parse(header: StatsHeader, raw_desc: bytes) -> StatsLayout:
+        if header.flags:  # a future kernel may define bits: say so once per layout
+            log.warning("KVM stats header has unknown flags %#x; ignored", header.flags)
+        descriptors = parse_descriptors(header, raw_desc)
+        data_size = _data_size(descriptors)
+        _check_blocks(header, len(raw_desc), data_size)
+        return StatsLayout(header, descriptors, data_size, struct.Struct(f"={data_size // 8}Q"))
 
 
 #: The process-wide cache (QEMU keeps one per target for the life of the process).
