@@ -74,31 +74,33 @@ def stats_fd_links(pid: int) -> list[StatsFdLink]:
 def fd_links(pid: int) -> tuple[list[StatsFdLink], list[int]]:
     """The stats fds of ``pid``, and its VM control fds (a VMM holds one per VM; a process
     holding copies of stats fds holds none)."""
-    base = f"/proc/{pid}/fd/"
-    try:
-        names = os.listdir(base)
+    try:  # links read relative to the open folder: no walk of /proc/PID/fd per link
+        folder = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise AttachError(f"cannot list the fds of process {pid}: {exc.strerror}") from exc
     out = []
     control = []
-    for name in names:
-        try:
-            target = os.readlink(base + name)
-        except FileNotFoundError:
-            continue  # closed meanwhile
-        except OSError as exc:
-            raise AttachError(
-                f"cannot read the fds of process {pid}: {exc.strerror} "
-                "(reading another process's fds needs CAP_SYS_PTRACE)"
-            ) from exc
-        if not target.startswith(_KVM_LINK):
-            continue  # most fds: a scan of a big host reads thousands
-        if target == _VM_LINK:
-            out.append(StatsFdLink(int(name), None))
-        elif (match := _VCPU_LINK.match(target)) is not None:
-            out.append(StatsFdLink(int(name), int(match.group(1))))
-        elif target == _VM_CONTROL:
-            control.append(int(name))
+    try:
+        for name in os.listdir(folder):
+            try:
+                target = os.readlink(name, dir_fd=folder)
+            except FileNotFoundError:
+                continue  # closed meanwhile
+            if not target.startswith(_KVM_LINK):
+                continue  # most fds: a scan of a big host reads thousands
+            if target == _VM_LINK:
+                out.append(StatsFdLink(int(name), None))
+            elif (match := _VCPU_LINK.match(target)) is not None:
+                out.append(StatsFdLink(int(name), int(match.group(1))))
+            elif target == _VM_CONTROL:
+                control.append(int(name))
+    except OSError as exc:
+        raise AttachError(
+            f"cannot read the fds of process {pid}: {exc.strerror} "
+            "(reading another process's fds needs CAP_SYS_PTRACE)"
+        ) from exc
+    finally:
+        os.close(folder)
     out.sort(key=lambda link: (link.vcpu_id is not None, link.vcpu_id or 0, link.fd))
     return out, control
 
@@ -108,11 +110,13 @@ def same_file(pid: int, fd1: int, fd2: int) -> bool:
     return int(_libc.syscall(SYS_KCMP, pid, pid, KCMP_FILE, fd1, fd2)) == 0
 
 
-def still_held(pid: int, fd: int, copy: int) -> bool:
-    """Does ``pid`` still hold, at ``fd``, the open file ``copy`` was copied from?  A VMM
-    may close a stats fd and open another at the same number (a VM recreated on reset):
-    ``kcmp(KCMP_FILE)`` tells the two apart where names, ids and inodes cannot."""
-    return int(_libc.syscall(SYS_KCMP, pid, os.getpid(), KCMP_FILE, fd, copy)) == 0
+def still_held(pid: int, held: Iterable[tuple[int, int]]) -> bool:
+    """Does ``pid`` still hold, at each ``fd``, the open file its ``copy`` was copied
+    from (``held``: pairs of fd and copy)?  A VMM may close a stats fd and open another at
+    the same number (a VM recreated on reset): ``kcmp(KCMP_FILE)`` tells the two apart
+    where names, ids and inodes cannot."""
+    me, kcmp = os.getpid(), _libc.syscall
+    return all(int(kcmp(SYS_KCMP, pid, me, KCMP_FILE, fd, copy)) == 0 for fd, copy in held)
 
 
 def vm_count(pid: int, control: list[int]) -> int:

@@ -223,7 +223,7 @@ class ServedVm:
 
     def fds_replaced(self) -> bool:
         """Has the VMM closed a stats fd we copied, or put another at its number?"""
-        return any(not still_held(self.pid, fd, copy.fd) for copy, fd in self.sources.items())
+        return not still_held(self.pid, ((fd, copy.fd) for copy, fd in self.sources.items()))
 
     def replace_fds(self, attached: AttachedVm) -> None:
         """Serve fresh copies of the VMM's stats fds instead of the ones it replaced
