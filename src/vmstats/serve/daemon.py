@@ -61,6 +61,7 @@ from vmstats.serve.discover import (
     NAME_MAX,
     ProbedQemu,
     cmdline,
+    forget_accounts,
     ordinary_user,
     probe,
     process_uid,
@@ -211,6 +212,7 @@ class Daemon:
     async def scan(self) -> None:
         """Serve the VMs that appeared since the last scan, and their new vCPUs."""
         started = time.perf_counter()
+        forget_accounts()
         await self._serve_domains()  # first: a libvirt domain is named by libvirt
         if self.fds:
             found = self.scanner.scan()

@@ -19,6 +19,7 @@ unix socket's path is at most 107): a longer one keeps its start and gets a hash
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import hashlib
 import itertools
@@ -117,6 +118,7 @@ def served_name(claimed: str, pid: int, owner: str | None, taken: Iterable[str] 
     return prefix + name
 
 
+@functools.cache
 def _login_range() -> range:
     """Ordinary users' uids: ``UID_MIN``..``UID_MAX`` of ``/etc/login.defs`` (1000..60000
     when it does not say)."""
@@ -150,12 +152,20 @@ def ordinary_user(uid: int | None) -> int | None:
     return uid
 
 
+@functools.lru_cache(maxsize=1024)
 def user_name(uid: int) -> str:
     """A user's name, safe in a served name (the uid when it has no account)."""
     try:
         return _UNSAFE.sub("_", pwd.getpwuid(uid).pw_name) or str(uid)
     except KeyError:
         return str(uid)
+
+
+def forget_accounts() -> None:
+    """Look users and ``/etc/login.defs`` up anew from now on (a scan names hundreds of
+    VMs of a few users: looked up once per scan, not once per VM)."""
+    _login_range.cache_clear()
+    user_name.cache_clear()
 
 
 def owner_name(uid: int | None) -> str | None:
