@@ -42,6 +42,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from vmstats import caps
+from vmstats.collect import collections_held
 from vmstats.errors import AttachError, ClientError, SocketInUse, VmstatsError, os_reason
 from vmstats.kvm.attach import AttachedVm, attach
 from vmstats.kvm.opens import KvmOpens
@@ -215,14 +216,16 @@ class Daemon:
         forget_accounts()
         await self._serve_domains()  # first: a libvirt domain is named by libvirt
         if self.fds:
-            found = self.scanner.scan()
-            log.debug("scan: %d processes looked at, %d listed", found.processes,
-                      len(found.changed))  # fmt: skip
-            self._report(found)
-            # only those listed now: the others were tried when they last changed
-            for pid, attached in vmms(self.served, self._not_served, found.listings):
-                await self._try_serve(pid, attached, None)
-            for served in list(self.served.values()):
+            before = set(self.served)
+            with collections_held():  # a burst of objects that stay (awaits only libvirt)
+                found = self.scanner.scan()
+                log.debug("scan: %d processes looked at, %d listed", found.processes,
+                          len(found.changed))  # fmt: skip
+                self._report(found)
+                # only those listed now: the others were tried when they last changed
+                for pid, attached in vmms(self.served, self._not_served, found.listings):
+                    await self._try_serve(pid, attached, None)
+            for served in [vm for pid, vm in self.served.items() if pid in before]:
                 if served.sources and served.fds_replaced():
                     self._reattach(served)
                     continue
