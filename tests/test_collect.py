@@ -35,7 +35,7 @@ def test_no_collection_inside_and_enabled_again_after() -> None:
 @pytest.mark.usefixtures("collector_restored")
 def test_enabled_again_after_an_error() -> None:
     gc.enable()
-    with pytest.raises(OSError), collections_held():
+    with pytest.raises(OSError, match="vanished"), collections_held():
         raise OSError("a vanished VM")
     assert gc.isenabled()
 

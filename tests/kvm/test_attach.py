@@ -14,7 +14,13 @@ import pytest
 from tests.kvm.conftest import requires_kvm
 from vmstats.demo.process import DemoProcess
 from vmstats.errors import AttachError
-from vmstats.kvm.attach import AttachedVm, attach, processes_with_stats_fds, stats_fd_links
+from vmstats.kvm.attach import (
+    AttachedVm,
+    attach,
+    processes_with_stats_fds,
+    stats_fd_links,
+    still_held,
+)
 from vmstats.testing.hostile import wait_for
 from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
 
@@ -70,6 +76,22 @@ def test_a_process_that_is_gone_is_a_clear_error() -> None:
     with pytest.raises(AttachError, match="no process"):
         attach(2**22 + 12345)
     assert stats_fd_links(os.getpid()) == []  # this process holds none of its own
+
+
+def test_still_held_wants_each_fd_to_be_its_copys_file() -> None:
+    """A VMM that replaced one stats fd of many still holds the others: that one alone
+    must make the VM's copies stale (kcmp compares open files, not numbers)."""
+    read_end, write_end = os.pipe()
+    copy = os.dup(write_end)
+    other = os.open(os.devnull, os.O_RDONLY)
+    try:
+        me = os.getpid()
+        assert still_held(me, [(read_end, read_end), (write_end, copy)])
+        assert not still_held(me, [(read_end, read_end), (write_end, other)])
+        assert not still_held(me, [(write_end, other), (read_end, read_end)])
+    finally:
+        for fd in (read_end, write_end, copy, other):
+            os.close(fd)
 
 
 def attach_when(pid: int, ready: Callable[[AttachedVm], bool], timeout: float = 30) -> AttachedVm:
