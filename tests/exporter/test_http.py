@@ -5,6 +5,7 @@ its reads (what is tested is the HTTP side)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.client
 import socket
 import threading
@@ -196,6 +197,35 @@ def test_head_gives_the_headers_of_a_scrape(endpoint: tuple[MetricsEndpoint, Slo
     assert b"content-length: " in head.lower()
     assert body == b""
     assert closed
+
+
+def without_duration(page: bytes) -> list[bytes]:
+    return [line for line in page.splitlines() if b"scrape_duration" not in line]
+
+
+@pytest.mark.limits(0.0, 5_000)
+def test_a_client_that_asks_for_gzip_gets_the_page_at_every_scrape(
+    endpoint: tuple[MetricsEndpoint, SlowVm, int],
+) -> None:
+    """Prometheus asks for gzip: each reply is the whole page of that scrape (its own
+    duration too), though the VMs' part is compressed once while it stands still."""
+    _, vm, port = endpoint
+    plain = get(port)
+    assert len(plain) > 200_000
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    pages = []
+    for _ in range(3):
+        connection.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+        reply = connection.getresponse()
+        assert reply.getheader("Content-Encoding") == "gzip"
+        body = reply.read()
+        assert int(reply.getheader("Content-Length", "0")) == len(body)
+        pages.append(gzip.decompress(body))
+    connection.close()
+    assert vm.reads == 4
+    for page in pages:
+        assert without_duration(page) == without_duration(plain)
+        assert page.count(b"\nvmstats_scrape_duration_seconds ") == 1
 
 
 @pytest.mark.limits(0.0, 100_000, write_timeout=1.0)

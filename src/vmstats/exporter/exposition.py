@@ -159,6 +159,13 @@ class Exposition:
             self._pages.clear()
 
     def render(self, scrape: Scrape, openmetrics: bool = False) -> bytes:
+        return b"".join(self.render_parts(scrape, openmetrics))
+
+    def render_parts(self, scrape: Scrape, openmetrics: bool = False) -> tuple[bytes, bytes]:
+        """The page in two parts: the VMs' families, the very object of last time while
+        every VM stood still (megabytes at a big host: what is made of it, its gzip,
+        can be kept by identity), then vmstats' own families (a few lines, new at every
+        scrape: its duration)."""
         seen = {reading.name for reading in scrape.readings}
         blocks = [self._vm_blocks(reading) for reading in scrape.readings]
         for gone in set(self._vms) - seen:
@@ -172,7 +179,7 @@ class Exposition:
             out = [part for metric, texts in families.values()
                    for part in (header(metric, openmetrics).encode(), *texts)]  # fmt: skip
             page = self._pages[openmetrics] = (blocks, b"".join(out))
-        return page[1] + self._tail(scrape, openmetrics)
+        return page[1], self._tail(scrape, openmetrics)
 
     def _tail(self, scrape: Scrape, openmetrics: bool) -> bytes:
         """vmstats' own families, written by prometheus_client; ``vmstats_up`` and

@@ -23,7 +23,6 @@ like any request, and a plain-HTTP request to the TLS port gets a plain 400.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import logging
 import ssl
 from collections.abc import Callable, Iterable
@@ -35,6 +34,7 @@ import h11
 from prometheus_client.exposition import choose_encoder
 
 from vmstats.exporter.auth import BasicAuth, TlsLayer, looks_like_tls
+from vmstats.exporter.compress import GzipPages
 from vmstats.exporter.exposition import Exposition
 from vmstats.exporter.scrape import Scrape, scrape
 from vmstats.exporter.webconfig import WebConfig
@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 DEFAULT_SCRAPE_TIMEOUT = 2.0
 #: A reply's bytes buffered for a client before it must read (then ``write_timeout`` runs).
 WRITE_HIGH = 256 * 1024
-#: Bodies at least this large are compressed in a thread (zlib lets the loop run meanwhile).
-GZIP_IN_THREAD = 64 * 1024
 
 
 class MetricsEndpoint:
@@ -63,6 +61,7 @@ class MetricsEndpoint:
         self.timeout = timeout
         self.limits = limits
         self.exposition = Exposition()
+        self.gzip = GzipPages()
         self._running: asyncio.Future[Scrape] | None = None
         self._server: asyncio.Server | None = None
         self._connections: set[_HttpConnection] = set()
@@ -80,14 +79,15 @@ class MetricsEndpoint:
     def scheme(self) -> str:
         return "http" if self.web.tls is None else "https"
 
-    async def page(self, openmetrics: bool) -> bytes:
-        """One scrape's text: the scrape running now if there is one, else a new one."""
+    async def page(self, openmetrics: bool) -> tuple[bytes, bytes]:
+        """One scrape's text, in two parts (:meth:`Exposition.render_parts`): the scrape
+        running now if there is one, else a new one."""
         running = self._running
         if running is None:
             running = self._running = asyncio.ensure_future(scrape(self.readers(), self.timeout))
             running.add_done_callback(self._finished)
         found = await asyncio.shield(running)  # a client gone does not cancel the others'
-        return self.exposition.render(found, openmetrics)
+        return self.exposition.render_parts(found, openmetrics)
 
     def _finished(self, future: asyncio.Future[Scrape]) -> None:
         if self._running is future:  # the next request scrapes afresh
@@ -236,36 +236,35 @@ class _HttpConnection(asyncio.Protocol):
         status, content_type, body = await self._page(request, headers)
         extra: list[tuple[str, str]] = []
         if b"gzip" in headers.get(b"accept-encoding", b""):
-            if len(body) >= GZIP_IN_THREAD:
-                body = await asyncio.to_thread(gzip.compress, body, compresslevel=1)
-            else:
-                body = gzip.compress(body, compresslevel=1)
+            body = (await self.endpoint.gzip.gzipped(*body),)
             extra.append(("Content-Encoding", "gzip"))
         if status == 401:
             extra.append(("WWW-Authenticate", 'Basic realm="vmstats"'))
         self._send(h11.Response(status_code=status, reason=HTTPStatus(status).phrase, headers=[
-            ("Content-Type", content_type), ("Content-Length", str(len(body))),
+            ("Content-Type", content_type), ("Content-Length", str(sum(map(len, body)))),
             ("Server", "vmstats"), *extra]))  # fmt: skip
         if request.method != b"HEAD":
-            self._send(h11.Data(data=body))
+            for part in body:  # a page's parts are not joined: 23 MB copied for nothing
+                self._send(h11.Data(data=part))
         self._send(h11.EndOfMessage())
         self._answering = self._request = None
         self._done()
 
     async def _page(self, request: h11.Request, headers: dict[bytes, bytes]
-                    ) -> tuple[int, str, bytes]:  # fmt: skip
+                    ) -> tuple[int, str, tuple[bytes, ...]]:  # fmt: skip
+        """The status, content type and body (in parts) of the reply to ``request``."""
         if not await self.endpoint.auth.allows(headers.get(b"authorization")):
-            return 401, "text/plain; charset=utf-8", b"Unauthorized\n"
+            return 401, "text/plain; charset=utf-8", (b"Unauthorized\n",)
         if request.method not in (b"GET", b"HEAD"):
-            return 405, "text/plain; charset=utf-8", b"only GET (and HEAD) here\n"
+            return 405, "text/plain; charset=utf-8", (b"only GET (and HEAD) here\n",)
         if urlsplit(request.target.decode("ascii", "replace")).path not in ("/metrics", "/"):
-            return 404, "text/plain; charset=utf-8", b"not found: try /metrics\n"
+            return 404, "text/plain; charset=utf-8", (b"not found: try /metrics\n",)
         _, content_type = choose_encoder(headers.get(b"accept", b"").decode("latin-1"))
         try:
             body = await self.endpoint.page(content_type.startswith("application/openmetrics"))
         except Exception as exc:  # a scrape that failed as a whole: say so, keep serving
             log.exception("scrape failed")
-            return 500, "text/plain; charset=utf-8", f"scrape failed: {exc}\n".encode()
+            return 500, "text/plain; charset=utf-8", (f"scrape failed: {exc}\n".encode(),)
         return 200, content_type, body
 
     def _done(self) -> None:
