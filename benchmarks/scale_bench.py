@@ -11,15 +11,17 @@ Per size: the daemon's first scan (the one that serves the fleet) and its steady
 every 5 s); one unfiltered ``query-stats`` through a VM's socket (to the reply's last
 byte, median of 20); a full ``/metrics`` scrape (median of 5; time to the last byte,
 bytes, series) with values standing still, and after every vCPU of every VM ran a round
-(every value moved); with ``--top``, ``vmstats top`` watching every VM at 1 s, batch
-``--json`` and full-screen in tmux; then churn (one VM stopped and one started per
-second for ``--churn-cycles`` cycles): the daemon's CPU, its RSS and fds after against
-before, and how long each new VM took to be served.  Run as root.
+(every value moved), then both again asking for gzip as Prometheus does; with ``--top``,
+``vmstats top`` watching every VM at 1 s, batch ``--json`` and full-screen in tmux; then
+churn (one VM stopped and one started per second for ``--churn-cycles`` cycles): the
+daemon's CPU, its RSS and fds after against before, and how long each new VM took to be
+served.  Run as root.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import re
@@ -74,23 +76,30 @@ def query_ms(path: Path, rounds: int = 20) -> float:
     return statistics.median(times) * 1000
 
 
-def scrape(port: int) -> tuple[float, int, int]:
-    """One scrape: ms to the last byte, bytes, series."""
+def scrape(port: int, gzipped: bool = False) -> tuple[float, int, int]:
+    """One scrape: ms to the last byte, bytes, series.  ``gzipped``: asked for gzip, as
+    Prometheus asks (decompressed after the timing)."""
+    asked = {"Accept-Encoding": "gzip"} if gzipped else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=asked)
     started = time.perf_counter()
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as page:
+    with urllib.request.urlopen(request, timeout=120) as page:
         body = page.read()
+        encoding = page.headers.get("Content-Encoding")
     took = (time.perf_counter() - started) * 1000
+    if encoding == "gzip":
+        body = gzip.decompress(body)
     series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
     return took, len(body), series
 
 
-def scrapes(port: int, fleet: Fleet | None, rounds: int = 5) -> tuple[float, int, int]:
+def scrapes(port: int, fleet: Fleet | None, rounds: int = 5,
+            gzipped: bool = False) -> tuple[float, int, int]:  # fmt: skip
     """Median of ``rounds`` scrapes; with ``fleet``, every vCPU runs a round before each."""
     results = []
     for _ in range(rounds):
         if fleet is not None:
             fleet.tick()
-        results.append(scrape(port))
+        results.append(scrape(port, gzipped))
     return (statistics.median(r[0] for r in results), results[-1][1], results[-1][2])
 
 
@@ -184,6 +193,9 @@ def one_size(vms: int, vcpus: int, args: argparse.Namespace) -> dict[str, object
             still = scrapes(port, None)
             row["scrape still ms"], row["scrape bytes"], row["series"] = still
             row["scrape changed ms"] = scrapes(port, fleet)[0]
+            scrape(port, gzipped=True)  # the first compresses the still page
+            row["scrape still gzip ms"] = scrapes(port, None, gzipped=True)[0]
+            row["scrape changed gzip ms"] = scrapes(port, fleet, gzipped=True)[0]
             if args.top:
                 row.update({f"{k} %": v * 100 for k, v in top_cpu(run_dir, args.seconds).items()})
             if args.churn_cycles and vms >= 16:  # smaller, a VM lives less than a scan
