@@ -75,6 +75,31 @@ def test_unix_socket_is_private(qmp_server: ServerThread) -> None:
     assert stat.S_IMODE(qmp_server.path.stat().st_mode) == 0o600
 
 
+def test_a_client_that_connects_the_moment_the_path_appears_is_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket listens before its mode, owner and ACL are set: a client that watches
+    the folder and connects the moment the path appears is queued, then greeted (it was
+    refused: the daemon's sockets appeared a moment before they listened)."""
+    path = tmp_path / "s.sock"
+    early: list[socket.socket] = []
+    chmod = os.chmod
+
+    def chmod_then_connect(target: Any, mode: int, *args: Any, **kwargs: Any) -> None:
+        if Path(target) == path and not early:  # the server's first step after its bind
+            client = socket.socket(socket.AF_UNIX)
+            early.append(client)
+            client.connect(str(path))  # ConnectionRefusedError if it does not listen yet
+        chmod(target, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "chmod", chmod_then_connect)
+    with ServerThread(path):
+        assert len(early) == 1
+        early[0].settimeout(10)
+        assert early[0].recv(4096).startswith(b'{"QMP": {"version"')
+        early[0].close()
+
+
 def test_a_client_that_never_reads_does_not_stall_others(tmp_path: Path) -> None:
     with ServerThread(tmp_path / "s.sock", ServerLimits(write_timeout=1.0)) as server:
         hog = socket.socket(socket.AF_UNIX)

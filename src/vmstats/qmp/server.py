@@ -145,6 +145,9 @@ class QMPServer:
                 sock.bind(str(path))
             finally:
                 os.umask(old_umask)
+            # listening at once: a client that sees the path appear and connects is
+            # queued, not refused (a moment later, its owner and ACL are in place too)
+            sock.listen(listen_backlog())
             os.chmod(path, mode)
             if groups:
                 self._grant(path, mode, groups)
@@ -174,6 +177,7 @@ class QMPServer:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
+            sock.listen(listen_backlog())
         except OSError:
             sock.close()
             raise
@@ -181,7 +185,7 @@ class QMPServer:
         return int(sock.getsockname()[1])
 
     def _listen(self, listener: _Listener) -> None:
-        listener.sock.listen(listen_backlog())
+        """Accept on ``listener``, a socket listening already."""
         listener.sock.setblocking(False)
         self._loop = asyncio.get_running_loop()
         if not self._listeners:
