@@ -135,6 +135,9 @@ class Libvirtd:
         if self._virtlogd is not None:
             with contextlib.suppress(OSError):
                 os.kill(self._virtlogd, signal.SIGTERM)
+            # gone before the next start looks for one (an exiting one would be taken)
+            gone = f"/proc/{self._virtlogd}"
+            _wait_until(lambda: not Path(gone).exists(), 30)
         for log in Path("/var/log/libvirt/qemu").glob(f"{DOMAIN_PREFIX}*.log*"):
             log.unlink(missing_ok=True)  # one per test domain: they would pile up
         if self._kvm is not None:
