@@ -53,19 +53,25 @@ def test_each_reply_is_its_page_and_the_head_is_compressed_once(compressions: li
     assert compressions == [HEAD]
 
 
-def test_a_new_head_is_compressed_and_the_last_two_are_kept(compressions: list[bytes]) -> None:
-    other, third = HEAD.replace(b"web", b"db"), HEAD.replace(b"web", b"mail")
+def test_the_last_head_of_each_kind_is_kept(compressions: list[bytes]) -> None:
+    other = HEAD.replace(b"web", b"db")
     equal = bytes(bytearray(HEAD))  # the same bytes, another object: a page made again
 
-    async def main() -> None:
+    async def main() -> GzipPages:
         pages = GzipPages()
-        for head in (HEAD, other, HEAD, equal, third, other):
-            assert one_member(await pages.gzipped(head, b"tail\n")) == head + b"tail\n"
+        for head, kind in [(HEAD, "text"), (other, "openmetrics"), (HEAD, "text"),
+                           (other, "text"), (HEAD, "text"), (equal, "text")]:  # fmt: skip
+            assert one_member(await pages.gzipped(head, b"tail\n", kind)) == head + b"tail\n"
+        return pages
 
-    asyncio.run(main())
-    # HEAD kept while other came; equal is not taken for it; third pushed other out
-    assert [id(head) for head in compressions] == [id(HEAD), id(other), id(equal), id(third),
-                                                    id(other)]  # fmt: skip
+    pages = asyncio.run(main())
+    # HEAD kept while the other kind came; then each new head of a kind replaced the last
+    assert [id(head) for head in compressions] == [id(HEAD), id(other), id(other), id(HEAD),
+                                                    id(equal)]  # fmt: skip
+    kept = {kind: head for kind, (head, _) in pages._heads.items()}
+    assert kept.keys() == {"text", "openmetrics"}
+    assert kept["text"] is equal
+    assert kept["openmetrics"] is other
 
 
 def test_requests_that_come_together_share_one_compression(compressions: list[bytes]) -> None:
@@ -87,4 +93,4 @@ def test_a_small_head_is_compressed_each_time_and_not_kept(compressions: list[by
 
     pages = asyncio.run(main())
     assert len(compressions) == 2
-    assert pages._heads == []  # an error page cannot push a page's head out
+    assert pages._heads == {}  # an error page cannot push a page's head out

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 #: zlib's fastest level: a page is mostly repeated label text, which it already
 #: shrinks about 8x (a higher level costs several times the CPU for a few % more).
 LEVEL = 1
-#: Heads at least this large are compressed in a thread (zlib lets the loop run).
+#: Heads at least this large are compressed in a thread (zlib lets the loop run) and kept.
 IN_THREAD = 64 * 1024
 _GZIP = 16 + zlib.MAX_WBITS  # wbits for a gzip header and trailer
 
@@ -45,21 +46,24 @@ class _CompressedHead:
 
 
 class GzipPages:
-    """gzip of ``head + tail``.  A large head's compression is kept by identity for the
-    last ``kept`` heads (one per format: the classic text and OpenMetrics heads differ),
-    and requests that come together for a new one share it; a small one (an error's
-    text, a host of few VMs) is compressed each time and kept by nobody."""
+    """gzip of ``head + tail``.  A large head's compression is kept by identity, the
+    last head of each ``kind`` (a page's content type: its classic text and OpenMetrics
+    heads differ), so what is kept is the head the exposition keeps too, not megabytes
+    of its own; requests that come together for a new head share its compression.  A
+    small head (an error's text, a host of few VMs) is compressed each time and kept by
+    nobody."""
 
-    def __init__(self, kept: int = 2) -> None:
-        self.kept = kept
-        self._heads: list[tuple[bytes, asyncio.Future[_CompressedHead]]] = []
+    def __init__(self) -> None:
+        self._heads: dict[Hashable, tuple[bytes, asyncio.Future[_CompressedHead]]] = {}
 
-    async def gzipped(self, head: bytes, tail: bytes = b"") -> bytes:
+    async def gzipped(self, head: bytes, tail: bytes = b"", kind: Hashable = None) -> bytes:
         if len(head) < IN_THREAD:
             return _CompressedHead.of(head).with_tail(tail)
-        found = next((done for kept, done in self._heads if kept is head), None)
-        if found is None:
+        kept = self._heads.get(kind)
+        if kept is not None and kept[0] is head:
+            found = kept[1]
+        else:
             found = asyncio.ensure_future(asyncio.to_thread(_CompressedHead.of, head))
-            self._heads = [(head, found), *self._heads][: self.kept]
+            self._heads[kind] = (head, found)
         compressed = await asyncio.shield(found)  # a client gone does not cancel the others'
         return compressed.with_tail(tail)

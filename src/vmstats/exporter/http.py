@@ -236,7 +236,8 @@ class _HttpConnection(asyncio.Protocol):
         status, content_type, body = await self._page(request, headers)
         extra: list[tuple[str, str]] = []
         if b"gzip" in headers.get(b"accept-encoding", b""):
-            body = (await self.endpoint.gzip.gzipped(*body),)
+            head, *tail = body
+            body = (await self.endpoint.gzip.gzipped(head, b"".join(tail), content_type),)
             extra.append(("Content-Encoding", "gzip"))
         if status == 401:
             extra.append(("WWW-Authenticate", 'Basic realm="vmstats"'))
