@@ -17,6 +17,7 @@ from vmstats.errors import AttachError
 from vmstats.kvm.attach import (
     AttachedVm,
     attach,
+    fd_links,
     processes_with_stats_fds,
     stats_fd_links,
     still_held,
@@ -76,6 +77,20 @@ def test_a_process_that_is_gone_is_a_clear_error() -> None:
     with pytest.raises(AttachError, match="no process"):
         attach(2**22 + 12345)
     assert stats_fd_links(os.getpid()) == []  # this process holds none of its own
+
+
+def test_a_process_that_ends_while_its_fds_are_listed_is_said_to_be_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its fd folder, open already, lists as gone (ENOENT): that is no missing privilege."""
+
+    def ended(path: object) -> list[str]:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(os, "listdir", ended)
+    with pytest.raises(AttachError, match="cannot list the fds") as info:
+        fd_links(os.getpid())
+    assert "CAP_SYS_PTRACE" not in str(info.value)
 
 
 def test_still_held_wants_each_fd_to_be_its_copys_file() -> None:

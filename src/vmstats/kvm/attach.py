@@ -74,18 +74,31 @@ def stats_fd_links(pid: int) -> list[StatsFdLink]:
 def fd_links(pid: int) -> tuple[list[StatsFdLink], list[int]]:
     """The stats fds of ``pid``, and its VM control fds (a VMM holds one per VM; a process
     holding copies of stats fds holds none)."""
+
+    def unlisted(exc: OSError) -> AttachError:  # no such process (any more)
+        return AttachError(f"cannot list the fds of process {pid}: {exc.strerror}")
+
     try:  # links read relative to the open folder: no walk of /proc/PID/fd per link
         folder = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise AttachError(f"cannot list the fds of process {pid}: {exc.strerror}") from exc
+        raise unlisted(exc) from exc
     out = []
     control = []
     try:
-        for name in os.listdir(folder):
+        try:
+            names = os.listdir(folder)
+        except OSError as exc:  # it ended since the open
+            raise unlisted(exc) from exc
+        for name in names:
             try:
                 target = os.readlink(name, dir_fd=folder)
             except FileNotFoundError:
                 continue  # closed meanwhile
+            except OSError as exc:
+                raise AttachError(
+                    f"cannot read the fds of process {pid}: {exc.strerror} "
+                    "(reading another process's fds needs CAP_SYS_PTRACE)"
+                ) from exc
             if not target.startswith(_KVM_LINK):
                 continue  # most fds: a scan of a big host reads thousands
             if target == _VM_LINK:
@@ -94,11 +107,6 @@ def fd_links(pid: int) -> tuple[list[StatsFdLink], list[int]]:
                 out.append(StatsFdLink(int(name), int(match.group(1))))
             elif target == _VM_CONTROL:
                 control.append(int(name))
-    except OSError as exc:
-        raise AttachError(
-            f"cannot read the fds of process {pid}: {exc.strerror} "
-            "(reading another process's fds needs CAP_SYS_PTRACE)"
-        ) from exc
     finally:
         os.close(folder)
     out.sort(key=lambda link: (link.vcpu_id is not None, link.vcpu_id or 0, link.fd))
