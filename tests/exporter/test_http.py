@@ -228,6 +228,26 @@ def test_a_client_that_asks_for_gzip_gets_the_page_at_every_scrape(
         assert page.count(b"\nvmstats_scrape_duration_seconds ") == 1
 
 
+@pytest.mark.limits(0.0, 5_000)
+def test_a_reply_that_cannot_be_made_closes_its_connection_and_no_other(
+    endpoint: tuple[MetricsEndpoint, SlowVm, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gzip that fails (zlib out of memory) ends that client's connection at once,
+    not after its timeouts (it had none left: it waited for ever); others go on."""
+    metrics, _, port = endpoint
+
+    async def failing(head: bytes, tail: bytes = b"", kind: object = None) -> bytes:
+        raise MemoryError("zlib")
+
+    monkeypatch.setattr(metrics.gzip, "gzipped", failing)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    connection.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
+        connection.getresponse()
+    connection.close()
+    assert scrapes(port)
+
+
 @pytest.mark.limits(0.0, 100_000, write_timeout=1.0)
 def test_a_client_that_never_reads_its_reply_is_dropped(
     endpoint: tuple[MetricsEndpoint, SlowVm, int],

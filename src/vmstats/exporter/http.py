@@ -226,10 +226,20 @@ class _HttpConnection(asyncio.Protocol):
             elif isinstance(event, h11.EndOfMessage) and self._request is not None:
                 self._cancel_timer()
                 self.transport.pause_reading()
-                self._answering = asyncio.ensure_future(self._answer(self._request))
+                self._answering = asyncio.ensure_future(self._answer_or_close(self._request))
             elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 self.close()
                 return
+
+    async def _answer_or_close(self, request: h11.Request) -> None:
+        """Answer, or close the connection if the reply cannot be made: a client is
+        never left waiting on a reply that will not come."""
+        try:
+            await self._answer(request)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the client must not wait
+            log.error("metrics: no reply could be made (%s: %s); connection closed",
+                      type(exc).__name__, exc)  # fmt: skip
+            self.abort()
 
     async def _answer(self, request: h11.Request) -> None:
         headers = dict(request.headers)
