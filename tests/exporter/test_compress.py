@@ -94,3 +94,23 @@ def test_a_small_head_is_compressed_each_time_and_not_kept(compressions: list[by
     pages = asyncio.run(main())
     assert len(compressions) == 2
     assert pages._heads == {}  # an error page cannot push a page's head out
+
+
+def test_a_compression_that_failed_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = compress._CompressedHead.of
+    failures = [MemoryError("zlib")]
+
+    def once_failing(head: bytes) -> compress._CompressedHead:
+        if failures:
+            raise failures.pop()
+        return real(head)
+
+    monkeypatch.setattr(compress._CompressedHead, "of", staticmethod(once_failing))
+
+    async def main() -> bytes:
+        pages = GzipPages()
+        with pytest.raises(MemoryError):
+            await pages.gzipped(HEAD, b"1\n")
+        return await pages.gzipped(HEAD, b"2\n")
+
+    assert one_member(asyncio.run(main())) == HEAD + b"2\n"

@@ -65,5 +65,10 @@ class GzipPages:
         else:
             found = asyncio.ensure_future(asyncio.to_thread(_CompressedHead.of, head))
             self._heads[kind] = (head, found)
-        compressed = await asyncio.shield(found)  # a client gone does not cancel the others'
+        try:
+            compressed = await asyncio.shield(found)  # a client gone does not cancel the others'
+        except Exception:  # out of memory: the next request tries again
+            if self._heads.get(kind, (b"", None))[1] is found:
+                del self._heads[kind]
+            raise
         return compressed.with_tail(tail)
