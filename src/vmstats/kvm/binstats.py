@@ -122,22 +122,19 @@ class StatsLayout:
     decoder: struct.Struct
 
 
-def _pread_exact(fd: int, size: int, offset: int, what: str) -> bytes:
+def _pread(fd: int, size: int, offset: int, what: str) -> bytes:
+    """Up to ``size`` bytes of ``fd`` at ``offset`` (fewer at its end)."""
     try:
-        data = os.pread(fd, size, offset)
+        return os.pread(fd, size, offset)
     except OSError as exc:
         raise BinaryStatsError(f"failed to read {what}: {exc.strerror}") from exc
+
+
+def _pread_exact(fd: int, size: int, offset: int, what: str) -> bytes:
+    data = _pread(fd, size, offset, what)
     if len(data) != size:
         raise BinaryStatsError(f"failed to read {what}: expected {size} actual {len(data)}")
     return data
-
-
-def _pread_some(fd: int, size: int, what: str) -> bytes:
-    """Up to ``size`` bytes from the start of ``fd`` (fewer at its end)."""
-    try:
-        return os.pread(fd, size, 0)
-    except OSError as exc:
-        raise BinaryStatsError(f"failed to read {what}: {exc.strerror}") from exc
 
 
 def _block(fd: int, start: bytes, size: int, offset: int, what: str) -> bytes:
@@ -246,11 +243,8 @@ class LayoutCache:
 
     def layout(self, fd: int) -> tuple[StatsLayout, str]:
         """The layout of the stats file ``fd`` and its id string."""
-        start = _pread_some(fd, FIRST_READ, "stats header")
-        if len(start) < HEADER.size:
-            raise BinaryStatsError(f"failed to read stats header: expected {HEADER.size} "
-                                   f"actual {len(start)}")  # fmt: skip
-        raw_header = start[: HEADER.size]
+        start = _pread(fd, FIRST_READ, 0, "stats header")
+        raw_header = _block(fd, start, HEADER.size, 0, "stats header")
         last_raw, header = self._last_header
         if raw_header != last_raw:  # every vCPU of a kernel has the same header
             header = parse_header(raw_header)
