@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +75,9 @@ def test_a_vmm_is_found_and_a_process_is_listed_again_only_when_its_fds_change(
 ) -> None:
     scanner = ProcessScanner()
     with DemoProcess(vcpus=2, rate=0.001) as demo:
+        # ready means settled: its vCPU threads named (which opens an fd for a moment)
+        names = {Path(f"/proc/{demo.pid}/task/{tid}/comm").read_text() for tid in demo.threads}
+        assert names == {"CPU 0/KVM\n", "CPU 1/KVM\n"}
         first = scanner.scan()
         assert demo.pid in first.vmms
         assert {link.vcpu_id for link in first.vmms[demo.pid]} == {None, 0, 1}

@@ -83,10 +83,9 @@ class _Vcpu:
                 raise GuestError(f"vCPU {self.index}: unexpected exit reason {reason}")
 
     def thread_main(self, rounds: int | None, interval: float, stop: threading.Event) -> None:
-        """A vCPU's thread, named as QEMU names it (``CPU N/KVM``): whoever looks at the
-        process (the host daemon counting exit reasons) tells its vCPU threads apart."""
+        """A vCPU's thread, once named (:func:`_name_this_thread`): runs until ``stop``,
+        an error is kept in :attr:`counters` and logged."""
         try:
-            _name_this_thread(f"CPU {self.index}/KVM")
             self.run_rounds(rounds, interval, stop)
         except Exception as exc:  # noqa: BLE001 -- reported, never lost: the VM shows it and stops
             self.counters.error = str(exc)
@@ -253,20 +252,31 @@ class DemoVM:
             vcpu.run_rounds(target, 0, threading.Event())
 
     def start(self) -> None:
-        """Start one thread per vCPU, running rounds at :attr:`rate` per second (0: flat out)."""
+        """Start one thread per vCPU, running rounds at :attr:`rate` per second (0: flat out).
+
+        Returns once each thread is named as QEMU names it (``CPU N/KVM``, by which the
+        daemon's exit-reason counters find vCPU threads): naming opens an fd for a moment,
+        and a scan that saw it would see the fd table change again right after."""
         if self.qemu_layout:
             self._go.set()
             return
         interval = 1.0 / self.rate if self.rate > 0 else 0.0
+        named = threading.Barrier(len(self._vcpus) + 1)
+
+        def vcpu_thread(vcpu: _Vcpu) -> None:
+            try:
+                _name_this_thread(f"CPU {vcpu.index}/KVM")
+            except OSError as exc:  # runs unnamed: its exits are not told from the others'
+                log.warning("vCPU %d: cannot name its thread: %s", vcpu.index, exc)
+            named.wait()
+            vcpu.thread_main(None, interval, self._stop)
+
         for vcpu in self._vcpus:
-            thread = threading.Thread(
-                target=vcpu.thread_main,
-                args=(None, interval, self._stop),
-                name=f"vcpu-{vcpu.index}",
-                daemon=True,
-            )
+            thread = threading.Thread(target=vcpu_thread, args=(vcpu,),
+                                      name=f"CPU {vcpu.index}/KVM", daemon=True)  # fmt: skip
             thread.start()
             self._threads.append(thread)
+        named.wait()  # named (and the fd that names them closed) before anyone looks
 
     @property
     def errors(self) -> list[str]:
