@@ -38,7 +38,7 @@ from vmstats.trace.counters import CounterError, open_counter
 
 SYS_BPF = 321  # x86-64
 BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY = 0, 2, 3, 4
-BPF_PROG_LOAD, BPF_MAP_GET_FD_BY_ID = 5, 14
+BPF_PROG_LOAD, BPF_MAP_GET_FD_BY_ID, BPF_MAP_UPDATE_BATCH = 5, 14, 26
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY = 1, 2
 BPF_PROG_TYPE_TRACEPOINT = 5
 BPF_F_MMAPABLE = 1 << 10
@@ -48,6 +48,7 @@ PERF_EVENT_IOC_SET_BPF = 0x40042408  # _IOW('$', 8, __u32)
 #: union bpf_attr, as far as each command needs it (the kernel zero-fills the rest).
 _MAP_ATTR = struct.Struct("=IIIIIII16s")  # type, key/value size, entries, flags, inner...
 _ELEM_ATTR = struct.Struct("=IIQQQ")  # map fd, pad, key, value, flags
+_BATCH_ATTR = struct.Struct("=QQQQIIQQ")  # in/out batch, keys, values, count, map fd, flags
 _PROG_ATTR = struct.Struct("=IIQQIIQII16s")  # type, count, insns, license, log..., name
 _INSN = struct.Struct("<BBhi")  # code, dst_reg | src_reg << 4, off, imm
 _LOG_SIZE = 1 << 16
@@ -242,30 +243,63 @@ class Tracer:
             os.close(prog)
         self._fds.append(event)
 
-    def add(self, tid: int, pid: int) -> int:
-        """Count thread ``tid`` of process ``pid`` from now on, from 0; its region.  A
-        thread of another process is refused: what a VMM (or its QEMU's reply) names as
-        its vCPU threads must not make another VM's exits its own."""
-        if tid <= 0 or not os.path.exists(f"/proc/{pid}/task/{tid}"):
-            raise CounterError(f"no thread {tid} in process {pid}")  # the map takes any number
-        if tid in self.regions:  # one count per thread: each closes its own
-            raise CounterError(f"thread {tid} is counted already")
-        if not self._free:
-            mib = MAX_BYTES >> 20
-            raise CounterError(f"{self.capacity} threads are counted already (as many as "
-                               f"{mib} MiB of {self.slots} counts each hold)")  # fmt: skip
-        region = self._free.pop()
-        start = region * self.slots * SLOT  # from 0 (a thread counted there before)
-        self._memory[start : start + self.slots * SLOT] = bytes(self.slots * SLOT)
-        key, value = ctypes.c_uint32(tid), ctypes.c_uint32(region)
+    def add(self, tids: Sequence[int], pid: int
+            ) -> tuple[dict[int, ThreadCounts], dict[int, CounterError]]:  # fmt: skip
+        """Count threads ``tids`` of process ``pid`` from now on, each from 0 in a region
+        of its own; those that cannot be counted, and why.  A thread of another process
+        is refused: what a VMM (or its QEMU's reply) names as its vCPU threads must not
+        make another VM's exits its own.  All enter the map in one call (a VM's vCPUs
+        together: a first scan of 2,048 vCPUs made 2,048 calls)."""
+        if not tids:
+            return {}, {}
         try:
-            _bpf(BPF_MAP_UPDATE_ELEM, _ELEM_ATTR.pack(self.threads, 0, ctypes.addressof(key),
-                                                      ctypes.addressof(value), 0))  # fmt: skip
-        except OSError as exc:
-            self._free.append(region)
-            raise CounterError(f"cannot count thread {tid}: {exc.strerror}") from None
-        self.regions[tid] = region
-        return region
+            threads = {int(tid) for tid in os.listdir(f"/proc/{pid}/task")}
+        except (OSError, ValueError):
+            threads = set()
+        taken: dict[int, int] = {}  # thread id -> region
+        refused: dict[int, CounterError] = {}
+        for tid in tids:
+            if tid not in threads:  # the map takes any number
+                refused[tid] = CounterError(f"no thread {tid} in process {pid}")
+            elif tid in self.regions or tid in taken:  # one count per thread: each closes its own
+                refused[tid] = CounterError(f"thread {tid} is counted already")
+            elif not self._free:
+                mib = MAX_BYTES >> 20
+                refused[tid] = CounterError(f"{self.capacity} threads are counted already (as "
+                                            f"many as {mib} MiB of {self.slots} counts each "
+                                            "hold)")  # fmt: skip
+            else:
+                region = taken[tid] = self._free.pop()
+                start = region * self.slots * SLOT  # from 0 (a thread counted there before)
+                self._memory[start : start + self.slots * SLOT] = bytes(self.slots * SLOT)
+        for tid, exc in self._enter(taken).items():
+            self._free.append(taken.pop(tid))
+            refused[tid] = CounterError(f"cannot count thread {tid}: {exc.strerror}")
+        self.regions.update(taken)
+        return {tid: ThreadCounts(self, tid, region) for tid, region in taken.items()}, refused
+
+    def _enter(self, regions: dict[int, int]) -> dict[int, OSError]:
+        """Put ``regions`` (thread id -> region) in the map of threads: in one batch, else
+        (a kernel before 5.6, or a batch that failed part way) one by one; those that
+        failed."""
+        if not regions:
+            return {}
+        keys = (ctypes.c_uint32 * len(regions))(*regions.keys())
+        values = (ctypes.c_uint32 * len(regions))(*regions.values())
+        batch = _BATCH_ATTR.pack(0, 0, ctypes.addressof(keys), ctypes.addressof(values),
+                                 len(regions), self.threads, 0, 0)  # fmt: skip
+        with contextlib.suppress(OSError):
+            _bpf(BPF_MAP_UPDATE_BATCH, batch)
+            return {}
+        failed: dict[int, OSError] = {}
+        for index, tid in enumerate(regions):
+            try:
+                _bpf(BPF_MAP_UPDATE_ELEM, _ELEM_ATTR.pack(
+                    self.threads, 0, ctypes.addressof(keys) + 4 * index,
+                    ctypes.addressof(values) + 4 * index, 0))  # fmt: skip
+            except OSError as exc:
+                failed[tid] = exc
+        return failed
 
     @property
     def full(self) -> bool:
@@ -309,13 +343,13 @@ class Tracer:
 
 
 class ThreadCounts:
-    """One thread's counts, from when it is made until :meth:`close`: its region of the
-    tracer's array."""
+    """One thread's counts, from when :meth:`Tracer.add` made it until :meth:`close`: its
+    region of the tracer's array."""
 
-    def __init__(self, tracer: Tracer, tid: int, pid: int) -> None:
+    def __init__(self, tracer: Tracer, tid: int, region: int) -> None:
         self.tracer = tracer
         self.tid = tid
-        self.region = tracer.add(tid, pid)
+        self.region = region
         self._open = True
 
     def read(self) -> bytes:

@@ -106,9 +106,9 @@ class _Counting:
 
     __slots__ = ("counts", "last", "thread")
 
-    def __init__(self, thread: VcpuThread, tracer: Tracer, pid: int) -> None:
+    def __init__(self, thread: VcpuThread, counts: ThreadCounts) -> None:
         self.thread = thread
-        self.counts = ThreadCounts(tracer, thread.tid, pid)
+        self.counts = counts
         self.last: ResultMemo = {}
 
 
@@ -141,26 +141,25 @@ class TracepointsProvider:
         kept = {v.tid for v in wanted}
         for tid in [t for t in self._counting if t not in kept]:
             self._counting.pop(tid).counts.close()
-        order: list[_Counting] = []
+        first: dict[int, VcpuThread] = {}  # by thread id: the vCPU it is counted for
         for vcpu in wanted:
-            first = next((c for c in order if c.thread.tid == vcpu.tid), None)
-            if first is not None:
+            if vcpu.tid in first:
                 log.debug("vCPU thread %d given twice: counted once, for %s", vcpu.tid,
-                          first.thread.qom_path)  # fmt: skip
-                continue
-            found = self._counting.get(vcpu.tid)
-            if found is None or found.thread != vcpu:
-                if found is not None:
-                    found.counts.close()
-                try:
-                    found = self._counting[vcpu.tid] = _Counting(vcpu, self.tracing.tracer,
-                                                                 self.pid)  # fmt: skip
-                except (VmstatsError, OSError) as exc:
-                    self._counting.pop(vcpu.tid, None)
-                    self.tracing.not_counted(vcpu, exc)
-                    continue
-            order.append(found)
-        self._order = order
+                          first[vcpu.tid].qom_path)  # fmt: skip
+            else:
+                first[vcpu.tid] = vcpu
+        new = [v for v in first.values() if (c := self._counting.get(v.tid)) is None
+               or c.thread != v]  # fmt: skip
+        for vcpu in new:
+            if (moved := self._counting.pop(vcpu.tid, None)) is not None:
+                moved.counts.close()  # counted for another vCPU before: from 0 again
+        counts, refused = self.tracing.tracer.add([v.tid for v in new], self.pid)
+        for vcpu in new:
+            if vcpu.tid in counts:
+                self._counting[vcpu.tid] = _Counting(vcpu, counts[vcpu.tid])
+            else:
+                self.tracing.not_counted(vcpu, refused[vcpu.tid])
+        self._order = [self._counting[v.tid] for v in first.values() if v.tid in self._counting]
 
     @property
     def vcpus(self) -> list[VcpuThread]:
