@@ -468,6 +468,34 @@ def test_a_users_vm_is_namespaced_theirs_and_cannot_take_a_system_vms_name(
             stop_process(theirs)
 
 
+def test_two_vms_of_one_name_are_told_apart_and_a_name_let_go_is_free_again(
+    daemon: tuple[subprocess.Popen[str], Path],
+) -> None:
+    """The second VMM calling itself ``twin`` is served as ``twin-PID``; once the first
+    exits, a third one gets ``twin`` itself."""
+    _, run_dir = daemon
+    first = named_vmm("twin")
+    try:
+        assert wait_for((run_dir / "twin.qmp").exists)
+        second = named_vmm("twin")
+        try:
+            assert wait_for((run_dir / f"twin-{second.pid}.qmp").exists)
+            stop_process(first)
+            assert wait_for(lambda: not (run_dir / "twin.qmp").exists())
+            third = named_vmm("twin")
+            try:
+                assert wait_for((run_dir / "twin.qmp").exists)
+                assert ask(run_dir / "twin.qmp", b'{"execute":"query-name"}') == (
+                    b'{"return": {"name": "twin"}}\r\n')  # fmt: skip
+                assert not (run_dir / f"twin-{third.pid}.qmp").exists()
+            finally:
+                stop_process(third)
+        finally:
+            stop_process(second)
+    finally:
+        stop_process(first)
+
+
 @pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="no system python3")
 def test_only_the_group_may_connect() -> None:
     parent = Path(tempfile.mkdtemp(prefix="vmstats-serve-"))

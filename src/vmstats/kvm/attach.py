@@ -222,6 +222,11 @@ class AttachedVm:
             os.close(self.pidfd)
             self.pidfd = -1
 
+    def take_pidfd(self) -> int:
+        """The VMM's pidfd, for the caller to watch it with (and close)."""
+        pidfd, self.pidfd = self.pidfd, -1
+        return pidfd
+
     def close(self) -> None:
         for file in [self.vm, *self.vcpus.values()]:
             if file is not None:

@@ -16,11 +16,13 @@ from vmstats.errors import VmGone
 
 
 class VmmProcess:
-    """A VMM process by pid, watched from its pidfd (which the caller must close)."""
+    """A VMM process by pid, watched from its pidfd (which the caller must close):
+    ``pidfd``, one opened already (kept: it is the process the caller looked into, never
+    a later one given the same pid), else one opened now."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, pidfd: int | None = None) -> None:
         self.pid = pid
-        self.pidfd = os.pidfd_open(pid)
+        self.pidfd = os.pidfd_open(pid) if pidfd is None else pidfd
         self._poll = select.poll()
         self._poll.register(self.pidfd, select.POLLIN)
         self._gone = False

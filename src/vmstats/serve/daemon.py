@@ -125,6 +125,7 @@ class Daemon:
         self.qmp = list(qmp)
         self.qmp_timeout = qmp_timeout
         self.served: dict[int, ServedVm] = {}
+        self._names: set[str] = set()  # theirs: a new VM's name is unique among them
         self.scanner = ProcessScanner()
         self._written: tuple[object, ...] = ()  # what vms.json and the lists say now
         self._sockets: dict[Path, tuple[int, int]] = {}  # QEMU socket -> (inode, pid)
@@ -351,15 +352,14 @@ class Daemon:
 
     async def _serve(self, pid: int, attached: AttachedVm | None, source: ProbedQemu | None,
                      domain: Domain | None = None) -> None:  # fmt: skip
-        taken = [vm.name for vm in self.served.values()]
         # what it calls itself: its QEMU's answer, else its -name (None: its comm and pid)
         given = source.name if source is not None else qemu_name(cmdline(pid))
         uid = process_uid(pid)  # who runs it, looked up once: the name, scans and scrapes say it
-        name = vm_name(pid, taken, domain.name if domain is not None else given,
+        name = vm_name(pid, self._names, domain.name if domain is not None else given,
                        self.longest_name, uid)  # fmt: skip
-        provider = KvmStatsProvider(attached.vm if attached else None, [], VmmProcess(pid))
-        if attached is not None:
-            attached.release_pidfd()  # the provider watches the VMM with a pidfd of its own
+        # the provider watches the VMM by the pidfd its fds were copied through
+        vmm = VmmProcess(pid, attached.take_pidfd() if attached is not None else None)
+        provider = KvmStatsProvider(attached.vm if attached else None, [], vmm)
         registry = StatsRegistry()
         registry.add_stats_callbacks(provider)
         tracepoints = None
@@ -390,7 +390,7 @@ class Daemon:
                 raise
         vm.set_groups(self.access.groups_for(vm.identity()))
         if self.dry_run:
-            self.served[pid] = vm
+            self._add(vm)
             return
         try:
             await vm.server.start_unix(socket, mode=0o660, group=self.group,
@@ -399,11 +399,15 @@ class Daemon:
             await vm.server.close()
             vm.close_stats()
             raise
-        self.served[pid] = vm
+        self._add(vm)
         assert provider.vmm is not None
         loop = asyncio.get_running_loop()
         loop.add_reader(provider.vmm.pidfd, lambda: self._start_removal(pid))
         log.info("serving %s (process %d, %s) at %s", name, pid, vm.describe()["source"], socket)
+
+    def _add(self, vm: ServedVm) -> None:
+        self.served[vm.pid] = vm
+        self._names.add(vm.name)
 
     def _socket_owner(self, vm: ServedVm) -> int | None:
         """The ordinary user whose VM this is: its socket is theirs (and the group's).
@@ -466,6 +470,7 @@ class Daemon:
         vm = self.served.pop(pid, None)
         if vm is None:
             return
+        self._names.discard(vm.name)
         assert vm.provider.vmm is not None
         if vm.provider.vmm.pidfd >= 0:
             asyncio.get_running_loop().remove_reader(vm.provider.vmm.pidfd)

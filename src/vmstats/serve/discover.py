@@ -28,7 +28,7 @@ import os
 import pwd
 import re
 import stat
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Container, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +85,7 @@ def processes_with_uuid(uuid: str) -> list[int]:
     return out
 
 
-def vm_name(pid: int, taken: Iterable[str] = (), given: str | None = None,
+def vm_name(pid: int, taken: Container[str] = (), given: str | None = None,
             longest: int = NAME_MAX, uid: int | None = None) -> str:  # fmt: skip
     """A name for the VM of ``pid``: ``given`` (what its QEMU's ``query-name`` said), else
     QEMU's ``-name``, else ``<comm>-<pid>``; ``USER~`` before it when an ordinary user runs
@@ -103,7 +103,7 @@ def vm_name(pid: int, taken: Iterable[str] = (), given: str | None = None,
     return served_name(claimed, pid, owner, taken, longest)
 
 
-def served_name(claimed: str, pid: int, owner: str | None, taken: Iterable[str] = (),
+def served_name(claimed: str, pid: int, owner: str | None, taken: Container[str] = (),
                 longest: int = NAME_MAX) -> str:  # fmt: skip
     """``claimed`` made a served name: safe characters only, ``OWNER~`` first when an
     ordinary user's VMM claims it, short enough for a socket path, and unique."""
@@ -113,7 +113,7 @@ def served_name(claimed: str, pid: int, owner: str | None, taken: Iterable[str] 
     if len(name) > room:  # ASCII only by now
         digest = hashlib.sha256(claimed.encode(errors="surrogateescape")).hexdigest()[:8]
         name = f"{name[: room - 9]}-{digest}"
-    if prefix + name in set(taken):
+    if prefix + name in taken:
         name = f"{name[: room - len(str(pid)) - 1]}-{pid}"
     return prefix + name
 
