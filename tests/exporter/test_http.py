@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import http.client
+import itertools
 import socket
 import threading
 import time
@@ -263,3 +264,51 @@ def test_a_client_that_never_reads_its_reply_is_dropped(
     assert scrapes(port)  # served while the hog's reply waits
     assert wait_for(lambda: metrics.connections == 0, timeout=30)  # never read: dropped
     hog.close()
+
+
+class InstantVm:
+    """A VM read without waiting (as the daemon reads its VMs: from stats fds in
+    process), whose reads go in ``events``."""
+
+    def __init__(self, name: str, events: list[str]) -> None:
+        self.name = name
+        self.events = events
+        values = {("kvm", "vcpu", f"/machine/cpu[{i}]"): {"exits": i} for i in range(4)}
+        self.sample = Sample(0.0, values)
+
+    async def read(self) -> VmReading:
+        self.events.append("read")
+        return VmReading(self.name, [], self.sample, {}, {"source": "test"})
+
+
+def test_a_scrape_of_many_vms_lets_the_loop_turn_between_two_vms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every other client shares the loop (all the VMs' sockets): a scrape reads each VM,
+    and writes each VM's text, on a turn of the loop of its own (a slice of 0 s here)
+    instead of keeping the loop for the whole scrape."""
+    monkeypatch.setattr("vmstats.slices.SLICE", 0.0)
+    events: list[str] = []
+    vms = [InstantVm(f"vm{i}", events) for i in range(20)]
+    metrics = MetricsEndpoint(lambda: vms, 5.0)
+    write = metrics.exposition.vm_blocks
+
+    def written(reading: VmReading) -> object:
+        events.append("text")
+        return write(reading)
+
+    monkeypatch.setattr(metrics.exposition, "vm_blocks", written)
+
+    async def scrape_beside_another_client() -> bytes:
+        page = asyncio.ensure_future(metrics.page(False))
+        while not page.done():
+            events.append("turn")  # another client answered: one per turn of the loop
+            await asyncio.sleep(0)
+        return page.result()[0]
+
+    head = asyncio.run(scrape_beside_another_client())
+    assert head.count(b'vm="vm19"') == 4  # the whole page, each VM's vCPUs
+    for step in ("read", "text"):
+        at = [i for i, event in enumerate(events) if event == step]
+        assert len(at) == 20
+        assert all("turn" in events[a:b] for a, b in itertools.pairwise(at)), events

@@ -161,13 +161,17 @@ class Exposition:
     def render(self, scrape: Scrape, openmetrics: bool = False) -> bytes:
         return b"".join(self.render_parts(scrape, openmetrics))
 
-    def render_parts(self, scrape: Scrape, openmetrics: bool = False) -> tuple[bytes, bytes]:
+    def render_parts(self, scrape: Scrape, openmetrics: bool = False,
+                     blocks: list[dict[str, tuple[StatMetric, bytes]]] | None = None,
+                     ) -> tuple[bytes, bytes]:  # fmt: skip
         """The page in two parts: the VMs' families, the very object of last time while
         every VM stood still (megabytes at a big host: what is made of it, its gzip,
         can be kept by identity), then vmstats' own families (a few lines, new at every
-        scrape: its duration)."""
+        scrape: its duration).  ``blocks``: each reading's :meth:`vm_blocks`, made
+        already (by a caller that lets its loop run between two VMs')."""
         seen = {reading.name for reading in scrape.readings}
-        blocks = [self._vm_blocks(reading) for reading in scrape.readings]
+        if blocks is None:
+            blocks = [self.vm_blocks(reading) for reading in scrape.readings]
         for gone in set(self._vms) - seen:
             del self._vms[gone]
             self._sums.pop(gone, None)
@@ -193,7 +197,7 @@ class Exposition:
         duration = _Listed([duration_family(scrape)])
         return cached[1] + (_om_latest if openmetrics else text_latest)(duration)
 
-    def _vm_blocks(self, reading: VmReading) -> dict[str, tuple[StatMetric, bytes]]:
+    def vm_blocks(self, reading: VmReading) -> dict[str, tuple[StatMetric, bytes]]:
         """One VM's text per family (its objects' lines, in their order), as bytes: made
         again only when one of its objects' text changed.  A scrape of a host whose VMs
         stand still joins a few blocks per VM, not a line per stat per vCPU; a VM whose

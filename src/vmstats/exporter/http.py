@@ -40,6 +40,7 @@ from vmstats.exporter.scrape import Scrape, scrape
 from vmstats.exporter.webconfig import WebConfig
 from vmstats.limits import RateLimitedLog, ServerLimits, fd_budget, listen_backlog
 from vmstats.reader.reading import Reader
+from vmstats.slices import TimeSlices
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,12 @@ class MetricsEndpoint:
             running = self._running = asyncio.ensure_future(scrape(self.readers(), self.timeout))
             running.add_done_callback(self._finished)
         found = await asyncio.shield(running)  # a client gone does not cancel the others'
-        return self.exposition.render_parts(found, openmetrics)
+        slices = TimeSlices()  # the loop answers others between two VMs' text
+        blocks = []
+        for reading in found.readings:
+            blocks.append(self.exposition.vm_blocks(reading))
+            await slices.pause()
+        return self.exposition.render_parts(found, openmetrics, blocks)
 
     def _finished(self, future: asyncio.Future[Scrape]) -> None:
         if self._running is future:  # the next request scrapes afresh

@@ -347,7 +347,9 @@ async def read_all(readers: Sequence[Reader],
     A kept read that gets no answer in time fails as such (a connection tried anew
     would wait as long again).  The others, and the kept reads that could not finish
     otherwise (the server hung up, the vCPUs changed), are read as tasks, each within
-    ``timeout`` when given."""
+    ``timeout`` when given, each begun on a turn of the loop of its own: a local read
+    never waits, and hundreds of them in one turn kept every other client of the loop
+    waiting (:mod:`vmstats.slices`)."""
     begun = [r.start() if isinstance(r, QmpReader) else None for r in readers]
     waiting = [future for future in begun if future is not None]
     if waiting:
@@ -384,8 +386,16 @@ async def read_all(readers: Sequence[Reader],
             return await reader.read()
 
     rest = [i for i, found in enumerate(out) if found is None]
-    for i, found in zip(rest, await asyncio.gather(*(one(readers[i]) for i in rest),
-                                                   return_exceptions=True),
+    tasks: list[asyncio.Future[VmReading]] = []
+    try:
+        for i in rest:  # each begun on a turn of the loop of its own (vmstats.slices)
+            tasks.append(asyncio.ensure_future(one(readers[i])))
+            await asyncio.sleep(0)  # its read, as far as it goes without waiting, then others
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+    for i, found in zip(rest, await asyncio.gather(*tasks, return_exceptions=True),
                         strict=True):  # fmt: skip
         out[i] = found
     return [found for found in out if found is not None]
