@@ -5,6 +5,7 @@ no kernel gives today, and on random stats (hypothesis)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 from hypothesis import given, settings
@@ -194,3 +195,29 @@ def test_exit_reasons_are_one_family_told_apart_by_event_and_reason() -> None:
     assert_same(writer, moved)  # by the plan: the reasons that occurred appear
     assert 'reason="IO",vcpu="0",vm="web1"} 1.0' in writer.render(moved).decode()
     assert_same(writer, scrape)  # and go again (a VM served anew)
+
+
+def test_the_text_kept_between_scrapes_is_about_one_object_per_stat_for_the_collector() -> None:
+    """The exposition keeps each stat's text for the next scrape: at 256 VMs, about
+    100,000 of them.  Python's cyclic collector walks every container kept, and each of
+    its full collections made every other client of the loop wait (190 ms there with
+    three containers kept per stat, 92 ms with one).  Scraped fresh, then with every
+    value changed (the remade path): what is left for the collector to walk."""
+    counters = [StatsSchemaValue(f"counter{i}", StatsType.CUMULATIVE) for i in range(40)]
+    schemas = [StatsSchema(StatsProvider.KVM, StatsTarget.VCPU, [*SCHEMA, *counters])]
+    first: dict[str, StatsValue] = {
+        "exits": 1, "blocking": False, "rmap_peak": 3, "halt_wait_ns": 10,
+        "halt_wait_hist": [1, 0, 2], "size_hist": [0, 1], "tsc": 5,
+        **{c.name: 1 for c in counters}}  # as many stats as a vCPU has  # fmt: skip
+    moved = {n: [x + 1 for x in v] if isinstance(v, list) else v + 1 for n, v in first.items()}
+    objects = [("kvm", "vcpu", f"/machine/unattached/device[{i}]") for i in range(64)]
+    writer = Exposition()
+    gc.collect()
+    before = len(gc.get_objects())
+    for stats in (first, moved):
+        sample = Sample(0.0, {key: dict(stats) for key in objects})
+        writer.render(Scrape([VmReading("vm", schemas, sample, {})], {}, 0.5))
+    del sample
+    gc.collect()
+    kept = len(gc.get_objects()) - before
+    assert kept / (len(objects) * len(first)) < 1.5, kept
