@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -74,6 +75,40 @@ def query_ms(path: Path, rounds: int = 20) -> float:
     finally:
         qmp.close()
     return statistics.median(times) * 1000
+
+
+def queries_during_scrapes(path: Path, port: int, fleet: Fleet,
+                           rounds: int = 5) -> dict[str, float]:  # fmt: skip
+    """A client querying one VM every 10 ms while Prometheus-like scrapes (gzip) of every
+    VM, each after every value moved, run: its wait (ms), median, 99th percentile and
+    longest.  The daemon answers every socket from one loop: what a scrape costs the
+    other clients of the host."""
+    qmp = RawQMP(path, timeout=60)
+    qmp.negotiate()
+    times: list[float] = []
+    done = threading.Event()
+
+    def ask() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            qmp.request(b'{"execute":"query-stats","arguments":{"target":"vcpu"}}')
+            times.append(time.perf_counter() - started)
+            done.wait(0.01)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    try:
+        scrapes(port, fleet, rounds, gzipped=True)
+    finally:
+        done.set()
+        asker.join()
+        qmp.close()
+    times.sort()
+    return {
+        "query during scrapes, median ms": statistics.median(times) * 1000,
+        "p99 ms": times[int(len(times) * 0.99)] * 1000,
+        "max ms": times[-1] * 1000,
+    }
 
 
 def scrape(port: int, gzipped: bool = False) -> tuple[float, int, int]:
@@ -196,6 +231,8 @@ def one_size(vms: int, vcpus: int, args: argparse.Namespace) -> dict[str, object
             scrape(port, gzipped=True)  # the first compresses the still page
             row["scrape still gzip ms"] = scrapes(port, None, gzipped=True)[0]
             row["scrape changed gzip ms"] = scrapes(port, fleet, gzipped=True)[0]
+            row.update(queries_during_scrapes(run_dir / f"{next(iter(fleet.vms))}.qmp",
+                                              port, fleet))  # fmt: skip
             if args.top:
                 row.update({f"{k} %": v * 100 for k, v in top_cpu(run_dir, args.seconds).items()})
             if args.churn_cycles and vms >= 16:  # smaller, a VM lives less than a scan
