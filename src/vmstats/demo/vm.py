@@ -268,7 +268,8 @@ class DemoVM:
                 _name_this_thread(f"CPU {vcpu.index}/KVM")
             except OSError as exc:  # runs unnamed: its exits are not told from the others'
                 log.warning("vCPU %d: cannot name its thread: %s", vcpu.index, exc)
-            named.wait()
+            finally:
+                named.wait()  # whatever happened: start() must not wait for ever
             vcpu.thread_main(None, interval, self._stop)
 
         for vcpu in self._vcpus:
