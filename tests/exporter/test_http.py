@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from vmstats.exporter.http import MetricsEndpoint
+from vmstats.exporter.series import SeriesPolicy
 from vmstats.limits import ServerLimits
 from vmstats.reader.reading import VmReading
 from vmstats.reader.sample import Sample
@@ -312,3 +313,34 @@ def test_a_scrape_of_many_vms_lets_the_loop_turn_between_two_vms(
         at = [i for i, event in enumerate(events) if event == step]
         assert len(at) == 20
         assert all("turn" in events[a:b] for a, b in itertools.pairwise(at)), events
+
+
+def test_new_series_options_during_a_scrape_give_a_page_of_one_policy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGHUP may bring new ``--series`` while a scrape writes its VMs' text between two
+    turns of the loop: the page is all of one policy (here every VM summed over its
+    vCPUs), never the first VMs per vCPU and the others per VM."""
+    monkeypatch.setattr("vmstats.slices.SLICE", 0.0)
+    events: list[str] = []
+    vms = [InstantVm(f"vm{i}", events) for i in range(20)]
+    metrics = MetricsEndpoint(lambda: vms, 5.0)
+    write = metrics.exposition.vm_blocks
+
+    def written(reading: VmReading) -> object:
+        events.append("text")
+        return write(reading)
+
+    monkeypatch.setattr(metrics.exposition, "vm_blocks", written)
+
+    async def scrape_with_a_sighup_in_the_middle() -> bytes:
+        page = asyncio.ensure_future(metrics.page(False))
+        while events.count("text") < 5:
+            await asyncio.sleep(0)
+        metrics.exposition.policy = SeriesPolicy(vcpus="vm")  # what SIGHUP does
+        return (await page)[0]
+
+    head = asyncio.run(scrape_with_a_sighup_in_the_middle())
+    assert b'vm="vm0"' in head
+    assert b'vm="vm19"' in head
+    assert b"vcpu=" not in head

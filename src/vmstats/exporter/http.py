@@ -89,10 +89,13 @@ class MetricsEndpoint:
             running.add_done_callback(self._finished)
         found = await asyncio.shield(running)  # a client gone does not cancel the others'
         slices = TimeSlices()  # the loop answers others between two VMs' text
+        policy = self.exposition.policy
         blocks = []
         for reading in found.readings:
             blocks.append(self.exposition.vm_blocks(reading))
             await slices.pause()
+        if self.exposition.policy is not policy:  # new --series came meanwhile (SIGHUP):
+            return self.exposition.render_parts(found, openmetrics)  # made again, one policy
         return self.exposition.render_parts(found, openmetrics, blocks)
 
     def _finished(self, future: asyncio.Future[Scrape]) -> None:
