@@ -82,7 +82,9 @@ class MetricsEndpoint:
 
     async def page(self, openmetrics: bool) -> tuple[bytes, bytes]:
         """One scrape's text, in two parts (:meth:`Exposition.render_parts`): the scrape
-        running now if there is one, else a new one."""
+        running now if there is one, else a new one; each VM's text written on the
+        loop's time in slices (:mod:`vmstats.slices`), its other clients answered
+        between them."""
         running = self._running
         if running is None:
             running = self._running = asyncio.ensure_future(scrape(self.readers(), self.timeout))
