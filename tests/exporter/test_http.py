@@ -282,12 +282,9 @@ class InstantVm:
         return VmReading(self.name, [], self.sample, {}, {"source": "test"})
 
 
-def test_a_scrape_of_many_vms_lets_the_loop_turn_between_two_vms(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Every other client shares the loop (all the VMs' sockets): a scrape reads each VM,
-    and writes each VM's text, on a turn of the loop of its own (a slice of 0 s here)
-    instead of keeping the loop for the whole scrape."""
+def sliced_endpoint(monkeypatch: pytest.MonkeyPatch) -> tuple[MetricsEndpoint, list[str]]:
+    """An endpoint for 20 :class:`InstantVm`, with slices of 0 s of work: its events are
+    each VM's read (``read``) and each VM's text written (``text``)."""
     monkeypatch.setattr("vmstats.slices.SLICE", 0.0)
     events: list[str] = []
     vms = [InstantVm(f"vm{i}", events) for i in range(20)]
@@ -299,6 +296,16 @@ def test_a_scrape_of_many_vms_lets_the_loop_turn_between_two_vms(
         return write(reading)
 
     monkeypatch.setattr(metrics.exposition, "vm_blocks", written)
+    return metrics, events
+
+
+def test_a_scrape_of_many_vms_lets_the_loop_turn_between_two_vms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every other client shares the loop (all the VMs' sockets): a scrape reads each VM,
+    and writes each VM's text, on a turn of the loop of its own (a slice of 0 s here)
+    instead of keeping the loop for the whole scrape."""
+    metrics, events = sliced_endpoint(monkeypatch)
 
     async def scrape_beside_another_client() -> bytes:
         page = asyncio.ensure_future(metrics.page(False))
@@ -321,17 +328,7 @@ def test_new_series_options_during_a_scrape_give_a_page_of_one_policy(
     """SIGHUP may bring new ``--series`` while a scrape writes its VMs' text between two
     turns of the loop: the page is all of one policy (here every VM summed over its
     vCPUs), never the first VMs per vCPU and the others per VM."""
-    monkeypatch.setattr("vmstats.slices.SLICE", 0.0)
-    events: list[str] = []
-    vms = [InstantVm(f"vm{i}", events) for i in range(20)]
-    metrics = MetricsEndpoint(lambda: vms, 5.0)
-    write = metrics.exposition.vm_blocks
-
-    def written(reading: VmReading) -> object:
-        events.append("text")
-        return write(reading)
-
-    monkeypatch.setattr(metrics.exposition, "vm_blocks", written)
+    metrics, events = sliced_endpoint(monkeypatch)
 
     async def scrape_with_a_sighup_in_the_middle() -> bytes:
         page = asyncio.ensure_future(metrics.page(False))
