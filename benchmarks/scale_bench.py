@@ -86,12 +86,17 @@ def queries_during_scrapes(path: Path, port: int, fleet: Fleet,
     qmp = RawQMP(path, timeout=60)
     qmp.negotiate()
     times: list[float] = []
+    failed: list[Exception] = []
     done = threading.Event()
 
     def ask() -> None:
         while not done.is_set():
             started = time.perf_counter()
-            qmp.request(b'{"execute":"query-stats","arguments":{"target":"vcpu"}}')
+            try:
+                qmp.request(b'{"execute":"query-stats","arguments":{"target":"vcpu"}}')
+            except Exception as exc:  # noqa: BLE001 -- said by the caller, not by a thread
+                failed.append(exc)
+                return
             times.append(time.perf_counter() - started)
             done.wait(0.01)
 
@@ -103,6 +108,9 @@ def queries_during_scrapes(path: Path, port: int, fleet: Fleet,
         done.set()
         asker.join()
         qmp.close()
+    if failed or not times:
+        why = failed[0] if failed else "none made"
+        raise RuntimeError(f"the query during scrapes failed: {why}")
     times.sort()
     return {
         "query during scrapes, median ms": statistics.median(times) * 1000,
