@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -77,41 +76,44 @@ def query_ms(path: Path, rounds: int = 20) -> float:
     return statistics.median(times) * 1000
 
 
+#: The client of :func:`queries_during_scrapes`, a process of its own (in this one it
+#: would wait for the scrapes' decompression and parsing, not for the daemon): it queries
+#: every 10 ms until its stdin closes, then prints its waits in seconds.
+ASKER = """
+import json, select, sys, time
+from vmstats.testing.qemu import RawQMP
+qmp = RawQMP(sys.argv[1], timeout=60)
+qmp.negotiate()
+print("ready", flush=True)
+times = []
+while not select.select([sys.stdin], [], [], 0.01)[0]:
+    started = time.perf_counter()
+    qmp.request(b'{"execute":"query-stats","arguments":{"target":"vcpu"}}')
+    times.append(time.perf_counter() - started)
+print(json.dumps(times))
+"""
+
+
 def queries_during_scrapes(path: Path, port: int, fleet: Fleet,
                            rounds: int = 5) -> dict[str, float]:  # fmt: skip
     """A client querying one VM every 10 ms while Prometheus-like scrapes (gzip) of every
     VM, each after every value moved, run: its wait (ms), median, 99th percentile and
     longest.  The daemon answers every socket from one loop: what a scrape costs the
     other clients of the host."""
-    qmp = RawQMP(path, timeout=60)
-    qmp.negotiate()
-    times: list[float] = []
-    failed: list[Exception] = []
-    done = threading.Event()
-
-    def ask() -> None:
-        while not done.is_set():
-            started = time.perf_counter()
-            try:
-                qmp.request(b'{"execute":"query-stats","arguments":{"target":"vcpu"}}')
-            except Exception as exc:  # noqa: BLE001 -- said by the caller, not by a thread
-                failed.append(exc)
-                return
-            times.append(time.perf_counter() - started)
-            done.wait(0.01)
-
-    asker = threading.Thread(target=ask)
-    asker.start()
+    asker = subprocess.Popen([sys.executable, "-c", ASKER, str(path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert asker.stdin is not None
+    assert asker.stdout is not None
     try:
+        if asker.stdout.readline() != "ready\n":
+            raise RuntimeError("the client of the scrapes could not connect")
         scrapes(port, fleet, rounds, gzipped=True)
+        asker.stdin.close()
+        times = sorted(json.loads(asker.stdout.read() or "[]"))
     finally:
-        done.set()
-        asker.join()
-        qmp.close()
-    if failed or not times:
-        why = failed[0] if failed else "none made"
-        raise RuntimeError(f"the query during scrapes failed: {why}")
-    times.sort()
+        stop_process(asker)
+    if not times:
+        raise RuntimeError("the client of the scrapes made no query (see its error above)")
     return {
         "query during scrapes, median ms": statistics.median(times) * 1000,
         "p99 ms": times[int(len(times) * 0.99)] * 1000,
