@@ -184,3 +184,28 @@ def test_a_vcpu_given_another_path_is_reported_under_it_though_its_data_stood_st
     assert (before.qom_path, after.qom_path) == ("/machine/unattached/device[0]",
                                                  "/machine/peripheral/cpu0")  # fmt: skip
     assert after.stats == before.stats
+
+
+def test_vms_of_one_layout_share_its_schema_and_its_oddities_are_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The VMs of a kernel have the same layouts: 256 of them keep one schema per target
+    (not 256), and a layout's odd descriptors are logged once, not once per VM."""
+    caplog.set_level("WARNING", logger="vmstats.kvm.provider")
+    path = tmp_path / "vcpu-stats"
+    path.write_bytes(StatsFileSpec(DESCS, values=VALUES).build())
+    cache = LayoutCache()  # one per process, as the daemon's
+    fds = [os.open(path, os.O_RDONLY) for _ in range(3)]
+    try:
+        providers = [KvmStatsProvider(None, [VcpuStatsFile("/machine/cpu[0]",
+                                                           StatsFile(fd, cache=cache))])
+                     for fd in fds]  # fmt: skip
+        schemas = [provider.schemas() for provider in providers]
+        for provider in providers:
+            assert provider.stats(StatsTarget.VCPU, None, None)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert schemas[0][0] is schemas[1][0] is schemas[2][0]
+    said = [r.getMessage() for r in caplog.records if "'badunit'" in r.getMessage()]
+    assert said == ["KVM stat 'badunit': unknown unit 0x50: dropped"]

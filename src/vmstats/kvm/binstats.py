@@ -109,12 +109,13 @@ class StatsDescriptor:
         return self.offset // 8
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
 class StatsLayout:
     """Everything immutable about a stats file except its id: shared between vCPUs.
 
     Compared and hashed by identity: the :class:`LayoutCache` makes one per distinct
-    header and descriptor block, so identity is equality, and a dict lookup stays cheap."""
+    header and descriptor block, so identity is equality, and a dict lookup stays cheap.
+    What is derived from a layout can be kept beside it, weakly (it goes with it)."""
 
     header: StatsHeader
     descriptors: tuple[StatsDescriptor, ...]

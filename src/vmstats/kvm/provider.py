@@ -19,6 +19,7 @@ Oddities (unknown flags, types, units, bases) are logged once per layout read.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -110,8 +111,8 @@ def _has_value(desc: StatsDescriptor) -> bool:
 class _Plan:
     """What one layout yields, precomputed: wire templates and schema, in QEMU's order.
 
-    Built once per layout by the provider that reads it, which is also when the layout's
-    oddities are logged: once per provider and layout, not once per read."""
+    Built once per layout for the whole process (:func:`plan_of`), which is also when
+    the layout's oddities are logged: once, not once per VM or per read."""
 
     def __init__(self, layout: StatsLayout) -> None:
         for desc in layout.descriptors:
@@ -130,6 +131,30 @@ class _Plan:
         )
         self.schema = tuple(v for v in map(schema_value, wire_order) if v is not None)
         self.templates = TemplateChoice(self.entries)
+        self._schemas: dict[StatsTarget, StatsSchema] = {}
+
+    def schema_for(self, target: StatsTarget) -> StatsSchema:
+        """The schema of ``target`` in this layout: the same object for every VM."""
+        found = self._schemas.get(target)
+        if found is None:
+            found = self._schemas.setdefault(
+                target, StatsSchema(StatsProvider.KVM, target, self.schema))  # fmt: skip
+        return found
+
+
+#: Each layout's plan, for the whole process: the VMs of a kernel share their layouts
+#: (:class:`~vmstats.kvm.binstats.LayoutCache`), so 256 VMs keep one plan and one schema
+#: per target (47 entries, where a plan per VM kept 12,000), and a layout's oddities are
+#: logged once.  A plan goes with its layout.
+_PLANS: weakref.WeakKeyDictionary[StatsLayout, _Plan] = weakref.WeakKeyDictionary()
+
+
+def plan_of(layout: StatsLayout) -> _Plan:
+    """The plan for ``layout`` (layouts hash by identity: one per distinct file shape)."""
+    found = _PLANS.get(layout)
+    if found is None:
+        found = _PLANS.setdefault(layout, _Plan(layout))
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +183,6 @@ class KvmStatsProvider:
         self.vm = vm
         self.vcpus = list(vcpus)
         self.vmm = vmm  # when given, every call first checks that the VM still runs
-        self._plans: dict[StatsLayout, _Plan] = {}
-        self._schemas: dict[tuple[StatsTarget, StatsLayout], StatsSchema] = {}
         self._results = ResultMaker(self.provider)
         self._memos: dict[StatsSource, ResultMemo] = {}  # per file: the data block's results
 
@@ -170,17 +193,10 @@ class KvmStatsProvider:
         kept = {v.file for v in self.vcpus} | ({self.vm} if self.vm is not None else set())
         self._memos = {f: memo for f, memo in self._memos.items() if f in kept}
 
-    def plan(self, layout: StatsLayout) -> _Plan:
-        """The plan for ``layout`` (layouts hash by identity: one per distinct file shape)."""
-        found = self._plans.get(layout)
-        if found is None:
-            found = self._plans[layout] = _Plan(layout)
-        return found
-
     def _result(
         self, file: StatsSource, names: Sequence[str] | None, qom_path: str | None
     ) -> StatsResult | None:
-        template = self.plan(file.layout).templates.select(names, file.omitted)
+        template = plan_of(file.layout).templates.select(names, file.omitted)
         if not template.entries:
             return None
         memo = self._memos.get(file)
@@ -217,17 +233,10 @@ class KvmStatsProvider:
             self.vmm.check()
         out = []
         if self.vm is not None:
-            out.append(self._schema(StatsTarget.VM, self.vm.layout))
+            out.append(plan_of(self.vm.layout).schema_for(StatsTarget.VM))
         if self.vcpus:
-            out.append(self._schema(StatsTarget.VCPU, self.vcpus[0].file.layout))
+            out.append(plan_of(self.vcpus[0].file.layout).schema_for(StatsTarget.VCPU))
         return out
-
-    def _schema(self, target: StatsTarget, layout: StatsLayout) -> StatsSchema:
-        found = self._schemas.get((target, layout))
-        if found is None:
-            found = StatsSchema(self.provider, target, self.plan(layout).schema)
-            self._schemas[(target, layout)] = found
-        return found
 
     def close(self) -> None:
         """Close the stats fds this provider owns (and the VMM's pidfd)."""
