@@ -33,7 +33,7 @@ from vmstats.testing.libvirt import (
     virsh,
 )
 from vmstats.testing.prometheus import free_port
-from vmstats.testing.qemu import RawQMP
+from vmstats.testing.qemu import RawQMP, stop_process
 
 LIBVIRT_REASON = libvirt_unavailable_reason()
 pytestmark = [pytest.mark.kvm, pytest.mark.qemu, pytest.mark.libvirt, requires_kvm,
@@ -198,6 +198,65 @@ def test_a_libvirtd_restart_is_survived(
     assert wait_for((run_dir / f"{later}.qmp").exists, timeout=30)  # events again
     for domain in (name, later):
         destroy(domain)
+
+
+#: A connection whose close libvirt never says (its close callback taken away), through
+#: a libvirtd stop and start: what its first failing call does.  A process of its own:
+#: libvirt binds its events to one event loop per process.
+UNSAID_CLOSE = """
+import asyncio, sys
+from vmstats.errors import LibvirtError
+from vmstats.libvirt.host import LibvirtHost
+
+async def main() -> None:
+    host = LibvirtHost("qemu:///system", lambda why: None, timeout=10)
+    await host.start()
+    host._conn.unregisterCloseCallback()
+    print("connected", flush=True)
+    sys.stdin.readline()  # libvirtd is stopped
+    try:
+        await host.domains()
+        print("answered", flush=True)
+    except LibvirtError:
+        print("failed, connected" if host.connected else "failed, reconnecting", flush=True)
+    sys.stdin.readline()  # libvirtd is back
+    for _ in range(300):
+        if host.connected:
+            break
+        await asyncio.sleep(0.1)
+    print("connected" if host.connected else "never connected again", flush=True)
+    await host.domains()
+    await host.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_close_that_libvirt_never_says_is_found_at_the_first_failing_call(
+    libvirtd: Libvirtd,
+) -> None:
+    """libvirt says a connection closed from its event loop.  Where it does not, the
+    first call that fails finds the connection dead and reconnects: reads do not fail on
+    a dead connection for ever (the daemon's domains would, until it restarts)."""
+    script = subprocess.Popen([sys.executable, "-c", UNSAID_CLOSE], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert script.stdin is not None
+    assert script.stdout is not None
+    try:
+        assert script.stdout.readline() == "connected\n"
+        libvirtd.stop()
+        try:
+            script.stdin.write("stopped\n")
+            script.stdin.flush()
+            assert script.stdout.readline() == "failed, reconnecting\n"
+        finally:
+            libvirtd.start()
+        script.stdin.write("started\n")
+        script.stdin.flush()
+        assert script.stdout.readline() == "connected\n"
+        assert script.wait(60) == 0
+    finally:
+        stop_process(script)
 
 
 def signal_exits(name: str) -> list[int]:

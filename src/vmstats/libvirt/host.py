@@ -143,7 +143,23 @@ class LibvirtHost:
             raise LibvirtError(f"libvirt at {self.uri} did not answer within "
                                f"{self.timeout:g} s") from None  # fmt: skip
         except libvirt.libvirtError as exc:
+            await self._drop_if_dead()
             raise LibvirtError(f"libvirt at {self.uri}: {exc.get_error_message()}") from exc
+
+    async def _drop_if_dead(self) -> None:
+        """A call failed: if the connection is dead, reconnect, as if its close had been
+        said.  That is libvirt's event loop's to say, and a close it missed (or said
+        late) must not leave every read failing on a dead connection until a restart."""
+        conn = self._conn
+        if conn is None or self._closing:
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                alive = await asyncio.to_thread(conn.isAlive)
+        except (TimeoutError, libvirt.libvirtError):
+            alive = 0
+        if not alive:
+            self._closed(conn, 0, None)
 
     def _connection(self) -> Any:
         if self._conn is None:
