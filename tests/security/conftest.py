@@ -1,5 +1,5 @@
 """The daemon as the serve tests start it."""
 
-from tests.serve.conftest import Daemon, start_daemon
+from tests.serve.conftest import Daemon, log_of, start_daemon
 
-__all__ = ["Daemon", "start_daemon"]
+__all__ = ["Daemon", "log_of", "start_daemon"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.kvm.conftest import requires_kvm
-from tests.security.conftest import Daemon
+from tests.security.conftest import Daemon, log_of
 from vmstats.testing.hostile import FLOODER, rss_bytes, stats_fd_count, wait_for
 from vmstats.testing.qemu import RawQMP, stop_process
 
@@ -128,7 +128,8 @@ def test_floods_of_fds_and_fds_passed_to_many_processes_delay_no_vm(
     assert [row["pid"] for row in served] == [parent.pid]  # not its 20 children
     assert rss_bytes(proc.pid) < 150 << 20
     proc.send_signal(signal.SIGTERM)
-    _, log = proc.communicate(timeout=30)
+    proc.wait(30)
+    log = log_of(run_dir)
     assert proc.returncode == 0
     assert log.count("looked into at the next scans") == 1, log
     assert "Traceback" not in log
@@ -208,7 +209,8 @@ def test_hostile_qmp_sockets_cost_bounded_time_and_memory_and_nobody_else_servic
         for server in hostile:
             server.close()
     proc.send_signal(signal.SIGTERM)
-    _, log = proc.communicate(timeout=30)
+    proc.wait(30)
+    log = log_of(run_dir)
     assert proc.returncode == 0
     for kind in ("silent", "flood", "nonsense"):  # said once, not at every scan
         assert log.count(f"{kind}.sock not used for now") == 1, log
@@ -230,12 +232,13 @@ def test_a_symbolic_link_in_a_qmp_glob_is_not_followed(
     own = HostileQmp(folder / "own.sock", "nonsense")
     (folder / "linked.sock").symlink_to(elsewhere / "theirs.sock")
     try:
-        proc, _ = start_daemon("--qmp", str(folder / "*.sock"), "--qmp-timeout", "2")
+        proc, run_dir = start_daemon("--qmp", str(folder / "*.sock"), "--qmp-timeout", "2")
         assert wait_for(lambda: own.accepted >= 3, timeout=60)  # three scans at least
         assert target.accepted == 0
     finally:
         target.close()
         own.close()
     proc.send_signal(signal.SIGTERM)
-    _, log = proc.communicate(timeout=30)
+    proc.wait(30)
+    log = log_of(run_dir)
     assert log.count("linked.sock is a symbolic link that a glob matched: not followed") == 1

@@ -19,22 +19,38 @@ from vmstats.testing.qemu import stop_process
 Daemon = tuple[subprocess.Popen[str], Path]
 
 
+def log_path(run_dir: Path) -> Path:
+    """Where the log of the daemon :func:`start_daemon` started on ``run_dir`` goes."""
+    return run_dir.with_name(f"{run_dir.name}.log")
+
+
+def log_of(run_dir: Path) -> str:
+    """That daemon's log so far (all of it once it stopped)."""
+    return log_path(run_dir).read_text(errors="replace")
+
+
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """Starts ``vmstats serve`` with extra arguments; stops it at the end of the test."""
+    """Starts ``vmstats serve`` with extra arguments; stops it at the end of the test.
+    Its log goes to a file (a pipe nobody reads would stop it once full), whose end is
+    printed when it stops: pytest shows it with a failed test."""
     started: list[Daemon] = []
 
     def start(*extra: str) -> Daemon:
         run_dir = tmp_path / f"run{len(started)}"
-        proc = subprocess.Popen([sys.executable, "-m", "vmstats", "serve", "--run-dir",
-                                 str(run_dir), "--scan-interval", "0.3", *extra],
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        with log_path(run_dir).open("w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "vmstats", "serve", "--run-dir",
+                                     str(run_dir), "--scan-interval", "0.3", *extra],
+                                    stderr=log, text=True)  # fmt: skip
         started.append((proc, run_dir))
         return proc, run_dir
 
     yield start
     for proc, run_dir in started:
-        assert stop_process(proc) == 0  # SIGTERM: a clean exit...
+        code = stop_process(proc)
+        lines = log_of(run_dir).splitlines()
+        print(f"--- vmstats serve of {run_dir}: the last of its log ---", *lines[-40:], sep="\n")
+        assert code == 0  # SIGTERM: a clean exit...
         assert not list(run_dir.glob("*.qmp"))  # ...that removes the sockets
 
 
