@@ -30,7 +30,6 @@ _GZIP = 16 + zlib.MAX_WBITS  # wbits for a gzip header and trailer
 class _CompressedHead:
     """A head's deflate output up to a sync flush, and the compressor's state there."""
 
-    head: bytes
     output: bytes
     state: zlib._Compress
 
@@ -38,7 +37,7 @@ class _CompressedHead:
     def of(cls, head: bytes) -> _CompressedHead:
         compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, _GZIP)
         output = compressor.compress(head) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        return cls(head, output, compressor)
+        return cls(output, compressor)
 
     def with_tail(self, tail: bytes) -> bytes:
         compressor = self.state.copy()  # the kept state stays at the head's end
