@@ -74,6 +74,7 @@ class LibvirtHost:
         self._conn: Any = None
         self._reconnect: asyncio.Task[None] | None = None
         self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one it is used from
 
     @property
     def connected(self) -> bool:
@@ -84,6 +85,7 @@ class LibvirtHost:
         and ``wait``, keep trying in the background, saying so; any other failure (a URI
         libvirt rejects, no permission) raises :class:`LibvirtError`: no retry mends it."""
         _register_event_loop()
+        self._loop = asyncio.get_running_loop()
         try:
             await self._connect()
         except LibvirtError as exc:
@@ -111,7 +113,16 @@ class LibvirtHost:
         self._changed(f"{dom.name()} {what}")
 
     def _closed(self, conn: Any, reason: int, opaque: Any) -> None:
-        """libvirtd went away (or the connection broke): reconnect, then resync."""
+        """libvirtd went away (or the connection broke): reconnect, then resync.  libvirt
+        says it from its event loop, or from the thread whose call found the connection
+        broken (a worker of :meth:`_call`, when the loop had not seen it yet): handed to
+        the loop then (from a worker it made no reconnection, and reads failed for ever)."""
+        if self._loop is None:
+            return
+        if not _running(self._loop):
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to mend
+                self._loop.call_soon_threadsafe(self._closed, conn, reason, opaque)
+            return
         if self._conn is not conn or self._closing:
             return
         self._conn = None
@@ -214,6 +225,14 @@ def _unreachable(exc: LibvirtError) -> bool:
 
 def _ignore_error(context: object, error: object) -> None:
     """libvirt's errors come back as exceptions: nothing to print here."""
+
+
+def _running(loop: asyncio.AbstractEventLoop) -> bool:
+    """Is this thread running ``loop`` now?"""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:  # no loop in this thread
+        return False
 
 
 def _register_event_loop() -> None:
