@@ -68,6 +68,36 @@ def listen_backlog() -> int:
         return socket.SOMAXCONN
 
 
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's soft limit of open files to its hard limit; the soft limit
+    before and after.  The host daemon holds a copy of each vCPU's stats fd, a socket
+    and a pidfd per VM: about ten fds a VM of 8 vCPUs, so the usual soft limit of 1,024
+    (systemd's default for services, and most shells') served about 100 VMs of a host,
+    and refused the others.  That soft limit is kept low for programs that use
+    ``select()``, which cannot watch higher fds; vmstats does not (asyncio uses epoll),
+    and raising it to the hard limit (524,288 under systemd) is what systemd advises such
+    programs to do themselves."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard
+    if hard == resource.RLIM_INFINITY:  # the kernel takes no more than fs.nr_open
+        try:
+            wanted = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            return soft, soft
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError):
+            return soft, soft
+        return soft, wanted
+    return soft, soft
+
+
+def open_files_limit() -> int:
+    """This process's (soft) limit of open files."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def fd_budget(reserve: int = FD_RESERVE) -> int:
     """How many more fds this process can open, keeping ``reserve`` free."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)

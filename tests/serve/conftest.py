@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -36,12 +37,18 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     printed when it stops: pytest shows it with a failed test."""
     started: list[Daemon] = []
 
-    def start(*extra: str) -> Daemon:
+    def start(*extra: str, open_files: tuple[int, int] | None = None) -> Daemon:
+        """``open_files``: its soft and hard RLIMIT_NOFILE from the start."""
+
+        def limit() -> None:
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
+
         run_dir = tmp_path / f"run{len(started)}"
         with log_path(run_dir).open("w") as log:
             proc = subprocess.Popen([sys.executable, "-m", "vmstats", "serve", "--run-dir",
                                      str(run_dir), "--scan-interval", "0.3", *extra],
-                                    stderr=log, text=True)  # fmt: skip
+                                    stderr=log, text=True, preexec_fn=limit)  # fmt: skip
         started.append((proc, run_dir))
         return proc, run_dir
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from vmstats import __version__
 from vmstats.cli import client, demo, exporter, serve, top
+from vmstats.limits import raise_open_files_limit
 from vmstats.stats.schema import STATS_QAPI
 
 
@@ -59,6 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    # a daemon, top or an exporter holds fds per VM watched, a demo per vCPU
+    before, after = raise_open_files_limit()
+    if after != before:
+        logging.getLogger("vmstats").debug("open files limit raised from %d to %d", before,
+                                           after)  # fmt: skip
     try:
         result: int = args.func(args)
     except KeyboardInterrupt:

@@ -165,7 +165,8 @@ def copy_fd(pidfd: int, fd: int) -> int:
     if copied < 0:
         code = ctypes.get_errno()
         raise AttachError(f"cannot copy fd {fd}: {os.strerror(code)}"
-                          + (" (needs CAP_SYS_PTRACE)" if code == errno.EPERM else ""))  # fmt: skip
+                          + (" (needs CAP_SYS_PTRACE)" if code == errno.EPERM else "")
+                          ) from OSError(code, os.strerror(code))  # fmt: skip
     return copied
 
 
@@ -280,9 +281,12 @@ def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = (),
             if creator not in vm.threads:  # only the creators' names: a VMM has more threads
                 try:
                     vm.threads[creator] = cpu_index_of_thread(pid, creator)
-                except OSError:  # not a thread of its (copies of another's), or ended
-                    vm.threads[creator] = None
+                except (FileNotFoundError, ProcessLookupError):  # not a thread of its
+                    vm.threads[creator] = None  # (copies of another's), or ended
                     vm.strangers.add(creator)
+                except OSError as exc:  # out of fds, say: not a reason to take it for copies
+                    raise AttachError(f"cannot read the name of thread {creator} of "
+                                      f"process {pid}: {exc.strerror}") from exc  # fmt: skip
             taken.append((link.vcpu_id, vm.threads[creator], file))
             vm.vcpu_ids.add(link.vcpu_id)
         vm.vcpus = dict(sorted(_by_index(taken).items()))

@@ -64,6 +64,11 @@ class ProcessScanner:
         self._counted = fd_counts_known()
         self._listed: dict[int, _Listed] = {}
 
+    def forget(self, pid: int) -> None:
+        """List ``pid`` again at the next scan, changed or not (it could not be served
+        for a reason that may pass: the daemon was out of fds)."""
+        self._listed.pop(pid, None)
+
     def scan(self) -> ScanResult:
         """Look at every process (but this one) once: list those that changed, within
         the budget."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import glob
 import logging
@@ -45,14 +46,14 @@ from pathlib import Path
 from vmstats import caps
 from vmstats.collect import collections_held
 from vmstats.errors import AttachError, ClientError, SocketInUse, VmstatsError, os_reason
-from vmstats.kvm.attach import AttachedVm, attach
+from vmstats.kvm.attach import AttachedVm, StatsFdLink, attach
 from vmstats.kvm.opens import KvmOpens
 from vmstats.kvm.provider import KvmStatsProvider
 from vmstats.kvm.scan import ProcessScanner, ScanResult
 from vmstats.kvm.vmm import VmmProcess
 from vmstats.libvirt.domain import DEFAULT_MAX_AGE
 from vmstats.libvirt.host import Domain
-from vmstats.limits import RateLimitedLog, ServerLimits
+from vmstats.limits import RateLimitedLog, ServerLimits, fd_budget, open_files_limit
 from vmstats.qmp.machine import (
     Machine,
 )
@@ -89,6 +90,24 @@ OPEN_SCANS = (0.25, 1.0, 3.0)
 #: The least time between two scans that opens ask for (whoever may open ``/dev/kvm``
 #: can open it in a loop: at most 2 scans a second, on top of the periodic ones).
 OPEN_GAP = 0.5
+
+
+#: The fds a VM takes beside its stats fds: its VMM's pidfd, its socket, and a few opened
+#: for a moment while it is taken.
+FDS_PER_VM = 4
+#: Shortages that pass: a VMM that could not be served for one is tried again.
+_SHORTAGES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC})
+
+
+def _may_pass(exc: BaseException) -> bool:
+    """Did ``exc`` come of a shortage of this host or process (fds, memory, space), not
+    of what the VMM is or does?"""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in _SHORTAGES:
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _thread_cpu() -> tuple[float, float]:
@@ -233,7 +252,8 @@ class Daemon:
                           len(found.changed))  # fmt: skip
                 self._report(found)
                 # only those listed now: the others were tried when they last changed
-                for pid, attached in vmms(self.served, self._not_served, found.listings):
+                listed = self._within_fds(found.listings)
+                for pid, attached in vmms(self.served, self._not_served, listed):
                     await self._try_serve(pid, attached, None)
             for served in [vm for pid, vm in self.served.items() if pid in before]:
                 if served.sources and served.fds_replaced():
@@ -299,8 +319,35 @@ class Daemon:
                               "reads (%d): not looked into for VMs", pid, fds,
                               self.scanner.budget)  # fmt: skip
 
-    def _not_served(self, pid: int, why: str) -> None:
-        self._log.warning(f"pid:{pid}", "not served: %s", why)
+    def _within_fds(self, listings: dict[int, tuple[list[StatsFdLink], list[int]]]
+                    ) -> dict[int, tuple[list[StatsFdLink], list[int]]]:  # fmt: skip
+        """The new VMMs listed that this process has fds left for: a copy of each stats
+        fd, a pidfd and a socket each, and a few for a moment.  The others are listed
+        again at the next scan (fds free up as VMs go, or the limit is raised), and said
+        once in a while: a VM taken with too few fds would fail half way."""
+        left, within, short = fd_budget(), {}, 0
+        for pid, listed in listings.items():
+            if pid in self.served:
+                continue
+            need = len(listed[0]) + FDS_PER_VM
+            if need > left:
+                self.scanner.forget(pid)
+                short += 1
+                continue
+            left -= need
+            within[pid] = listed
+        if short:
+            self._log.warning("fds", "%d VMs not served for now: this process may open %d "
+                              "files (RLIMIT_NOFILE) and has too few left for them; they "
+                              "are tried again at each scan (raise the limit: "
+                              "LimitNOFILE= in its unit, or ulimit -n)", short,
+                              open_files_limit())  # fmt: skip
+        return within
+
+    def _not_served(self, pid: int, exc: AttachError) -> None:
+        self._log.warning(f"pid:{pid}", "not served: %s", exc)
+        if _may_pass(exc):
+            self.scanner.forget(pid)  # tried again at the next scan, not when it changes
 
     async def _new_sources(self) -> list[ProbedQemu]:
         """QEMU sockets not probed yet (or replaced since), probed; the ones that fail are
@@ -359,6 +406,8 @@ class Daemon:
         except (VmstatsError, OSError) as exc:
             if attached is not None:
                 attached.close()
+                if _may_pass(exc):
+                    self.scanner.forget(pid)
             log.warning("cannot serve the VM of process %d: %s", pid, exc)
 
     async def _serve(self, pid: int, attached: AttachedVm | None, source: ProbedQemu | None,

@@ -177,7 +177,7 @@ def owner_name(uid: int | None) -> str | None:
 
 def vmms(
     skip: Collection[int] = (),
-    report: Callable[[int, str], None] | None = None,
+    report: Callable[[int, AttachError], None] | None = None,
     found: Mapping[int, tuple[list[StatsFdLink], list[int]]] | None = None,
 ) -> list[tuple[int, AttachedVm]]:
     """Every VMM on the host we can look into (but ``skip``), with copies of its stats fds.
@@ -195,7 +195,7 @@ def vmms(
             if report is None:
                 log.info("process %d: %s", pid, exc)
             else:
-                report(pid, str(exc))
+                report(pid, exc)
             continue
         if not owns(pid, attached):  # holds copies of someone else's fds
             attached.close()
