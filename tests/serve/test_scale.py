@@ -107,7 +107,8 @@ def test_vms_left_for_want_of_fds_are_served_once_there_are_fds(
         rest = set(names) - first
         want = min(len(rest), len(first))  # as many as the fds of those gone hold
         assert wait_for(lambda: len(rest & set(rows(run_dir))) >= want, timeout=60), log_of(run_dir)
-        assert "cannot serve" not in log_of(run_dir)  # none failed half way
+        for failed in ("cannot serve", "Too many open files"):  # none taken half way
+            assert failed not in log_of(run_dir)
 
 
 def test_a_vmm_making_its_vcpus_on_one_unnamed_thread_is_served(
