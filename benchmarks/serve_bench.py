@@ -84,7 +84,7 @@ def scan(vms: int) -> None:
         times = []
         for _ in range(5):
             started = time.perf_counter()
-            found = vmms()
+            found = list(vmms())
             times.append((time.perf_counter() - started) * 1e3)
             for _, attached in found:
                 attached.close()

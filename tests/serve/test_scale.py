@@ -4,18 +4,22 @@ VMM that makes its vCPUs on one unnamed thread is served too."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import resource
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.kvm.conftest import requires_kvm
 from tests.serve.conftest import Daemon, log_of
 from vmstats.kvm.attach import attach, cpu_index_of_threads, creator_thread
+from vmstats.serve import daemon
 from vmstats.testing.fleet import Fleet
 from vmstats.testing.hostile import stats_fd_count, wait_for
 from vmstats.testing.prometheus import free_port
@@ -73,6 +77,45 @@ def test_a_fleet_is_served_scraped_and_reaped(start_daemon: Callable[..., Daemon
     assert wait_for(lambda: not set(names) & set(rows(run_dir)), timeout=60)
     assert not list(run_dir.glob("scale-*.qmp"))
     assert stats_fd_count(proc.pid) == 0
+
+
+def test_a_scan_lets_the_loop_turn_between_two_new_vms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every VM's socket and ``/metrics`` share the daemon's loop: a scan serving many
+    new VMs (a host's first: 0.3 s at 256 VMs) takes and serves each on a turn of the
+    loop of its own (a slice of 0 s here), so the clients of the VMs served already are
+    answered meanwhile."""
+    monkeypatch.setattr("vmstats.slices.SLICE", 0.0)
+    events: list[str] = []
+    serve = daemon.Daemon._serve
+
+    async def serving(self: daemon.Daemon, *args: Any, **kwargs: Any) -> None:
+        events.append("serve")
+        await serve(self, *args, **kwargs)
+
+    monkeypatch.setattr(daemon.Daemon, "_serve", serving)
+
+    async def scan_beside_another_client() -> set[int]:
+        host = daemon.Daemon(tmp_path / "run")
+        host.rundir.claim()
+        try:
+            scan = asyncio.ensure_future(host.scan())
+            while not scan.done():
+                events.append("turn")  # another client answered: one per turn of the loop
+                await asyncio.sleep(0)
+            scan.result()
+            return set(host.served)
+        finally:
+            await host.close()
+
+    with Fleet(VCPUS, prefix="turns") as fleet:
+        fleet.start(4)
+        served = asyncio.run(scan_beside_another_client())
+        assert set(fleet.pids().values()) <= served
+    at = [i for i, event in enumerate(events) if event == "serve"]
+    assert len(at) >= 4
+    assert all("turn" in events[a:b] for a, b in itertools.pairwise(at)), events
 
 
 def soft_open_files(pid: int) -> int:

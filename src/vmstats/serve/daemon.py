@@ -78,6 +78,7 @@ from vmstats.serve.domains import Domains
 from vmstats.serve.forward import DEFAULT_QMP_TIMEOUT, HostMonitor
 from vmstats.serve.rundir import RunDir
 from vmstats.serve.served import ServedVm
+from vmstats.slices import TimeSlices
 from vmstats.stats.model import StatsTarget
 from vmstats.stats.registry import StatsRegistry
 from vmstats.trace.provider import TracepointsProvider, Tracing
@@ -246,15 +247,19 @@ class Daemon:
         await self._serve_domains()  # first: a libvirt domain is named by libvirt
         if self.fds:
             before = set(self.served)
-            with collections_held():  # a burst of objects that stay (awaits only libvirt)
+            # a burst of objects that stay: no collection walks them meanwhile (nor what
+            # the other clients answered between two VMs leave: collected after)
+            with collections_held():
                 found = self.scanner.scan()
                 log.debug("scan: %d processes looked at, %d listed", found.processes,
                           len(found.changed))  # fmt: skip
                 self._report(found)
                 # only those listed now: the others were tried when they last changed
                 listed = self._within_fds(found.listings)
+                slices = TimeSlices()  # the other VMs' clients are answered meanwhile
                 for pid, attached in vmms(self.served, self._not_served, listed):
                     await self._try_serve(pid, attached, None)
+                    await slices.pause()
             for served in [vm for pid, vm in self.served.items() if pid in before]:
                 if served.sources and served.fds_replaced():
                     self._reattach(served)

@@ -28,7 +28,7 @@ import os
 import pwd
 import re
 import stat
-from collections.abc import Callable, Collection, Container, Iterable, Mapping
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,11 +179,12 @@ def vmms(
     skip: Collection[int] = (),
     report: Callable[[int, AttachError], None] | None = None,
     found: Mapping[int, tuple[list[StatsFdLink], list[int]]] | None = None,
-) -> list[tuple[int, AttachedVm]]:
-    """Every VMM on the host we can look into (but ``skip``), with copies of its stats fds.
-    A VMM that cannot be taken is ``report``-ed (logged by default).  ``found``: the VMMs
-    with their fds, when the caller has listed them already."""
-    out = []
+) -> Iterator[tuple[int, AttachedVm]]:
+    """Every VMM on the host we can look into (but ``skip``), with copies of its stats fds,
+    one at a time (each taken when the caller asks for the next: the daemon serves each
+    before it takes the next).  A VMM that cannot be taken is ``report``-ed (logged by
+    default).  ``found``: the VMMs with their fds, when the caller has listed them
+    already."""
     listings = found if found is not None else {
         pid: None for pid in processes_with_stats_fds(vmms_only=True)}  # fmt: skip
     for pid, listed in listings.items():
@@ -200,8 +201,7 @@ def vmms(
         if not owns(pid, attached):  # holds copies of someone else's fds
             attached.close()
             continue
-        out.append((pid, attached))
-    return out
+        yield pid, attached
 
 
 @dataclass
