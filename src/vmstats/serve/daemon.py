@@ -248,8 +248,8 @@ class Daemon:
         await self._serve_domains()  # first: a libvirt domain is named by libvirt
         if self.fds:
             before = set(self.served)
-            # a burst of objects that stay: no collection walks them meanwhile (nor what
-            # the other clients answered between two VMs leave: collected after)
+            # a burst of objects that stay: no collection walks them meanwhile (what the
+            # other clients' answers between two VMs leave is collected after it too)
             with collections_held():
                 found = self.scanner.scan()
                 log.debug("scan: %d processes looked at, %d listed", found.processes,
