@@ -44,6 +44,31 @@ class Phase(Enum):
     CLOSED = "closed"
 
 
+class _Replies:
+    """The replies of one pump turn, written together: at the end of the turn, or at
+    once when they and the transport's buffer reach WRITE_HIGH (the transport then
+    pauses the turn), so what a connection holds stays bounded as it was with a write
+    per reply: WRITE_HIGH and the one reply being written."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.held: list[bytes] = []
+        self.size = 0
+
+    def add(self, reply: bytes) -> None:
+        self.held.append(reply)
+        self.size += len(reply)
+        if self.size + self.transport.get_write_buffer_size() >= WRITE_HIGH:
+            self.write()
+
+    def write(self) -> None:
+        """Write what is held, unless the peer went away during the turn."""
+        if self.held and not self.transport.is_closing():
+            self.transport.write(b"".join(self.held) if len(self.held) > 1 else self.held[0])
+        self.held.clear()
+        self.size = 0
+
+
 class Connection(asyncio.Protocol):
     """One client: a session, and the flow control between its socket and its replies.
 
@@ -135,28 +160,33 @@ class Connection(asyncio.Protocol):
             self._pump_handle = asyncio.get_running_loop().call_soon(self._pump)
 
     def _pump(self) -> None:
-        """Answer what has arrived, one reply at a time, for at most one TURN."""
+        """Answer what has arrived, one reply at a time, for at most one TURN.  The
+        replies of a turn go out in one write, up to WRITE_HIGH: a client that pipelines
+        its requests (``top`` sends two to each VM at every refresh) reads them in one
+        wake-up, not one each, and the daemon makes one ``send`` for them."""
         self._pump_handle = None
         transport = self.transport
         if not self.answering or transport is None or transport.is_closing():
             return
         deadline = time.perf_counter() + TURN
+        replies = _Replies(transport)
         while self._writable:
             reply = self.session.next_reply()
             if reply is not None and not isinstance(reply, bytes):
+                replies.write()  # those before it go first
                 self._await_reply(reply)  # the pump goes on when it is written
                 return
             if reply is not None:
-                if transport.is_closing():  # the peer went away during this turn
-                    return
-                transport.write(reply)  # may call pause_writing() at once
+                replies.add(reply)  # written at once at WRITE_HIGH: may pause writing
             elif not self.session.buffered:
+                replies.write()
                 self._input_done()
                 return
             if time.perf_counter() >= deadline:
+                replies.write()
                 self._schedule()
                 return
-        # Not writable: resume_writing() schedules the rest.
+        replies.write()  # Not writable: resume_writing() schedules the rest.
 
     def _await_reply(self, reply: Coroutine[Any, Any, bytes]) -> None:
         """Send a reply made asynchronously (a forwarded command), then go on."""
