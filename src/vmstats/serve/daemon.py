@@ -331,10 +331,11 @@ class Daemon:
         fd, a pidfd and a socket each, and a few for a moment.  The others are listed
         again at the next scan (fds free up as VMs go, or the limit is raised), and said
         once in a while: a VM taken with too few fds would fail half way."""
+        new = {pid: listed for pid, listed in listings.items() if pid not in self.served}
+        if not new:  # a steady scan: no count of our fds (a listing of them before 6.2)
+            return new
         left, within, short = fd_budget(), {}, 0
-        for pid, listed in listings.items():
-            if pid in self.served:
-                continue
+        for pid, listed in new.items():
             need = len(listed[0]) + FDS_PER_VM
             if need > left:
                 self.scanner.forget(pid)
