@@ -294,9 +294,9 @@ def through_a_restart(libvirtd: Libvirtd, script: str, while_stopped: str) -> li
             libvirtd.start()
         process.stdin.write("started\n")
         process.stdin.flush()
-        said = process.stdout.read().splitlines()
-        assert process.wait(60) == 0
-        return said
+        said, _ = process.communicate(timeout=120)  # it bounds its own waits: 30 s at most
+        assert process.returncode == 0
+        return said.splitlines()
     finally:
         stop_process(process)
 
