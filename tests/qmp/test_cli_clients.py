@@ -134,6 +134,24 @@ def test_hmp_refusal_is_an_error(demo_socket: Path) -> None:
     assert out.stdout == "invalid stats target bogus\n"
 
 
+@pytest.mark.kvm
+@requires_kvm
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["vcpu", "nope"], 2, "vmstats: unknown stat name for target vcpu: nope (vmstats "
+                          "schemas SOCKET lists them)\n"),
+    (["vcpu", "kvm"], 2, "a provider goes third, after the names: info SOCKET vcpu '*' "
+                         "PROVIDER\n"),
+    (["vcpu", ","], 0, "vmstats: no statistics matched 'info stats vcpu ,'\n"),
+])  # fmt: skip
+def test_an_empty_info_says_why(demo_socket: Path, args: list[str], code: int,
+                                message: str) -> None:  # fmt: skip
+    """QEMU's HMP prints nothing for stats it does not have: stdout stays as QEMU's (empty),
+    and stderr says why."""
+    out = vmstats("info", str(demo_socket), *args)
+    assert (out.returncode, out.stdout) == (code, "")
+    assert out.stderr.endswith(message), out.stderr
+
+
 def test_unreachable_socket_is_a_clear_error(tmp_path: Path) -> None:
     out = vmstats("query", str(tmp_path / "nope.sock"), "--target", "vm")
     assert out.returncode == 1

@@ -134,12 +134,37 @@ HMP_ERRORS = ("invalid stats target", "invalid stats provider", "unknown command
               "Try \"help", "failed to find schema")  # fmt: skip
 
 
+def _hmp_words(args: argparse.Namespace) -> list[str]:
+    """``info``'s arguments as HMP takes them: target, names, provider."""
+    return [w for w in (args.target, args.names, args.provider) if w]
+
+
 async def _info(client: QmpClient, args: argparse.Namespace) -> None:
-    words = [w for w in ("info stats", args.target, args.names, args.provider) if w]
+    words = ["info stats", *_hmp_words(args)]
     text = (await client.hmp(" ".join(words))).replace("\r\n", "\n")
     sys.stdout.write(text)
     if text.startswith(HMP_ERRORS):
         raise ClientError(f"HMP refused 'info stats {' '.join(words[1:])}'")
+    if not text:  # QEMU prints nothing then: say why, on stderr (stdout stays QEMU's)
+        await _explain_nothing(client, args)
+
+
+async def _explain_nothing(client: QmpClient, args: argparse.Namespace) -> None:
+    """An empty ``info stats``: a name the server does not serve is a usage error (HMP
+    takes ``names`` second, so ``info stats vcpu kvm`` asks for a stat called kvm),
+    else the VM has nothing for that request."""
+    schemas = await client.all_schemas()
+    names = [n for n in (args.names or "").split(",") if n and args.names != "*"]
+    try:
+        check_request(schemas, args.target, args.provider, names)
+    except UsageError as exc:
+        providers = {s.provider.value for s in schemas}
+        if any(name in providers for name in names):
+            raise UsageError(f"{exc}; a provider goes third, after the names: "
+                             f"info SOCKET {args.target} '*' PROVIDER") from None  # fmt: skip
+        raise
+    print(f"vmstats: no statistics matched 'info stats {' '.join(_hmp_words(args))}'",
+          file=sys.stderr)
 
 
 Command = Callable[[QmpClient, argparse.Namespace], Awaitable[None]]
