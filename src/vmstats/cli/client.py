@@ -163,8 +163,9 @@ async def _explain_nothing(client: QmpClient, args: argparse.Namespace) -> None:
             raise UsageError(f"{exc}; a provider goes third, after the names: "
                              f"info SOCKET {args.target} '*' PROVIDER") from None  # fmt: skip
         raise
-    print(f"vmstats: no statistics matched 'info stats {' '.join(_hmp_words(args))}'",
-          file=sys.stderr)
+    print(
+        f"vmstats: no statistics matched 'info stats {' '.join(_hmp_words(args))}'", file=sys.stderr
+    )
 
 
 Command = Callable[[QmpClient, argparse.Namespace], Awaitable[None]]

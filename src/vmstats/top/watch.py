@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmstats.errors import ClientError, VmstatsError
-from vmstats.qmp.client import DEFAULT_TIMEOUT
+from vmstats.qmp.client import DEFAULT_TIMEOUT, parse_address
 from vmstats.reader.reading import (
     QmpReader,
     Reader,
@@ -164,12 +164,21 @@ class Watch:
             if isinstance(outcome, BaseException):
                 if not isinstance(outcome, Exception):
                     raise outcome  # Ctrl-C, cancellation: not a VM's news
-                self.apply(name, gone=_reason(outcome))
+                self.apply(name, gone=self._gone(self.readers[name], outcome))
                 continue
             if self.vms[name].current is None:  # its first sample
                 name = self._rename(name, self.readers[name], outcome.name)
             self.take(name, outcome)
         self.taken = time.time()
+
+    def _gone(self, reader: Reader, exc: Exception) -> str:
+        """Why a VM's read failed, for people: a socket that left a watched directory is
+        a VM that stopped or that the daemon stopped serving, not a connection error."""
+        if (isinstance(reader, QmpReader) and not isinstance(parse_address(reader.address), tuple)
+                and Path(reader.address).parent in self.directories
+                and not os.path.lexists(reader.address)):  # fmt: skip
+            return "its socket was removed (the VM stopped, or is no longer served)"
+        return _reason(exc)
 
     def take(self, name: str, reading: VmReading) -> None:
         """One reading of VM ``name``: its schemas and vCPUs where they changed, its sample."""
