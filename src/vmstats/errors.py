@@ -96,6 +96,11 @@ class GuestError(VmstatsError):
     """The demo guest stopped in a way the demo does not expect (shutdown, entry failure)."""
 
 
+class RunDirUnfit(VmstatsError):
+    """A directory the daemon must not take as its run directory (another user's, one
+    others may write in, or one holding other files); the text says why."""
+
+
 class SocketInUse(VmstatsError):
     """A live server (or something that is not a socket) is at the path we would listen on."""
 

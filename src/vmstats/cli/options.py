@@ -71,6 +71,14 @@ def socket_path(text: str) -> Path:
     return path
 
 
+def run_dir_path(text: str) -> Path:
+    """A run directory: not empty (that would be the current directory), and absolute (the
+    daemon lists its sockets' paths for other users)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path: give the directory")
+    return Path(text).absolute()
+
+
 def tracepoint_events(text: str) -> tuple[str, ...]:
     """``EVENT[,EVENT...]`` (events of tracefs's ``kvm`` system, or ``SYSTEM:EVENT``; ``*``
     for every event, as kvm_stat's full view) to count per vCPU, or ``none``."""

@@ -23,6 +23,7 @@ from vmstats.cli.options import (
     add_tracepoints_option,
     non_negative_float,
     positive_float,
+    run_dir_path,
 )
 from vmstats.cli.serve_config import (
     DEFAULT_RUN_DIR,
@@ -30,7 +31,7 @@ from vmstats.cli.serve_config import (
     given_settings,
     read_config,
 )
-from vmstats.errors import LibvirtError, SocketInUse, UsageError, os_reason
+from vmstats.errors import LibvirtError, RunDirUnfit, SocketInUse, UsageError, os_reason
 from vmstats.exporter.http import MetricsEndpoint
 from vmstats.libvirt.host import DEFAULT_URI, libvirt_unavailable_reason
 from vmstats.serve.access import allow_rule
@@ -51,7 +52,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     serve = sub.add_parser("serve", help="serve every VM of this host read-only (as root)",
                            argument_default=argparse.SUPPRESS)  # fmt: skip
     defaults = ServeConfig()
-    serve.add_argument("--run-dir", type=Path, metavar="DIR",
+    serve.add_argument("--run-dir", type=run_dir_path, metavar="DIR",
                        help=f"where the sockets go (default {defaults.run_dir})")  # fmt: skip
     serve.add_argument("--group", metavar="GROUP", help="group of the sockets (mode 0660); "
                        "default: the daemon's own")  # fmt: skip
@@ -97,7 +98,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     serve.set_defaults(func=run_serve)
     listing = sub.add_parser("list", help="the VMs a vmstats serve daemon serves")
     listing.add_argument(
-        "run_dir", nargs="?", type=Path, default=DEFAULT_RUN_DIR, metavar="RUN_DIR"
+        "run_dir", nargs="?", type=run_dir_path, default=DEFAULT_RUN_DIR, metavar="RUN_DIR"
     )
     listing.set_defaults(func=run_list)
 
@@ -202,7 +203,7 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
     loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         daemon.rundir.claim()  # before anything listens: a second daemon stops here
-    except (SocketInUse, OSError) as exc:
+    except (SocketInUse, RunDirUnfit, OSError) as exc:
         print(f"vmstats serve: {exc}", file=sys.stderr)
         return 1
     if config.metrics is not None:

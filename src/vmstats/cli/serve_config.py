@@ -16,6 +16,7 @@ from vmstats.cli.options import (
     bounded_int,
     non_negative_float,
     positive_float,
+    run_dir_path,
     tcp_address,
     tracepoint_events,
 )
@@ -90,7 +91,7 @@ RELOADED = ("scan_interval", "qmp", "allow", "qmp_timeout", "max_connections", "
             "message_timeout", "write_timeout", "web_config", "series")  # fmt: skip
 #: Each setting's check: its command-line option's type.  :data:`LISTS` are lists of them.
 CHECKS: dict[str, Callable[[str], Any]] = {
-    "run_dir": Path,
+    "run_dir": run_dir_path,
     "group": str,
     "allow": allow_rule,
     "scan_interval": positive_float,
@@ -150,7 +151,8 @@ def _checked(name: str, value: object) -> object:
                 raise ValueError("must be a list of strings")
             return tuple(check(v) for v in value)
         if isinstance(value, bool | list | dict):
-            raise ValueError(f"must be a {'string' if check in (str, Path) else 'number'}")
+            kind = "string" if check in (str, Path, run_dir_path) else "number"
+            raise ValueError(f"must be a {kind}")
         return check(str(value))
     except argparse.ArgumentTypeError as exc:
         raise ValueError(str(exc)) from None

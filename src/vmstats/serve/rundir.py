@@ -6,6 +6,11 @@ other names, warn about every VM at every scan, and on exit delete the first one
 kernel releases when the daemon dies, however it dies): a second daemon refuses to start,
 naming the first, and a daemon removes only files it made while holding the lock.
 
+The directory must be the daemon's own: one it makes, or an empty one, or an earlier
+run's (it holds ``.lock``), owned by the daemon's user and written by nobody else.  The
+daemon sets its modes and writes files in it as root: given ``/tmp``, ``/etc`` or a
+folder another user made (who could plant links there), it refuses, and changes nothing.
+
 Who may see what: the directory is ``0751`` (anyone may pass through to a socket that is
 theirs, nobody but the group may list it); ``vms.json``, every VM, is the group's
 (``0640``); each ordinary user whose VMs are served gets ``vms-UID.json`` with theirs only
@@ -17,13 +22,18 @@ the VMs it may read (``0640``, the group's): ``vmstats list`` reads those a user
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from vmstats.errors import SocketInUse
+from vmstats.errors import RunDirUnfit, SocketInUse, os_reason
+
+#: Files an earlier run leaves in its directory: a directory holding only these (or
+#: nothing) may be taken again.
+LOCK = ".lock"
 
 
 def user_state(run_dir: Path, uid: int) -> Path:
@@ -54,12 +64,16 @@ class RunDir:
         :class:`SocketInUse` naming the daemon that holds it.  Once is enough."""
         if self._lock is not None:
             return
-        self.path.mkdir(mode=0o751, parents=True, exist_ok=True)
-        os.chmod(self.path, 0o751)
-        if self.group is not None:
-            os.chown(self.path, -1, self.group)
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)  # fmt: skip
+        try:
+            folder = self._own_directory()
+        except OSError as exc:
+            raise RunDirUnfit(f"cannot use {self.path} as the run directory: "
+                              f"{os_reason(exc)}") from exc  # fmt: skip
+        try:
+            fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=folder)  # fmt: skip
+        finally:
+            os.close(folder)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -70,6 +84,37 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock = fd
+
+    def _own_directory(self) -> int:
+        """The directory, made or checked to be fit, with its modes set: an fd of it (what
+        was checked is what is changed, even if its path is swapped meanwhile)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file where a folder should be
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)) from None
+        made = True
+        try:
+            os.mkdir(self.path, 0o751)
+        except FileExistsError:
+            made = False
+        try:
+            folder = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                             | os.O_CLOEXEC)  # fmt: skip
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and self.path.is_symlink():
+                raise RunDirUnfit(f"{self.path} is a symbolic link: give the directory "
+                                  "itself") from None  # fmt: skip
+            raise
+        try:
+            if not made:
+                _check_fit(self.path, folder)
+            os.fchmod(folder, 0o751)
+            if self.group is not None:
+                os.fchown(folder, -1, self.group)
+        except BaseException:
+            os.close(folder)
+            raise
+        return folder
 
     def write_state(self, rows: Sequence[dict[str, object]],
                     owners: Mapping[int, Sequence[dict[str, object]]] = {},
@@ -108,3 +153,20 @@ class RunDir:
         self._lists = set()
         os.close(self._lock)
         self._lock = None
+
+
+def _check_fit(path: Path, folder: int) -> None:
+    """:class:`RunDirUnfit` unless the existing directory ``folder`` may be taken: ours,
+    written by nobody else, and empty or an earlier run's."""
+    st = os.fstat(folder)
+    problem = None
+    if st.st_uid != os.geteuid():
+        problem = f"belongs to uid {st.st_uid}, not to this daemon's user ({os.geteuid()})"
+    elif st.st_mode & 0o022:
+        problem = f"may be written by others (mode {st.st_mode & 0o7777:04o})"
+    elif (entries := os.listdir(folder)) and LOCK not in entries:
+        problem = f"holds files that are not an earlier run's ({len(entries)} of them)"
+    if problem is not None:
+        raise RunDirUnfit(f"{path} {problem}: the daemon sets its run directory's modes and "
+                          "writes in it, so it takes only its own (a new or empty one, or "
+                          "an earlier run's)")  # fmt: skip
