@@ -48,6 +48,7 @@ def test_sighup_changes_what_a_running_daemon_can_and_keeps_the_rest(tmp_path: P
     ("qmp = '/run/qemu.sock'", "qmp: must be a list of strings"),
     ("qmp-timeout = [1]", "qmp-timeout: must be a number"),
     ("run-dir = 5.5", ""),  # a path may look like a number
+    ("run-dir = ''", "run-dir: an empty path: give the directory"),
     ("group = ['a']", "group: must be a string"),
     ("metrics = '127.0.0.1:99999'", "metrics: port must be between 0 and 65535"),
     ("max-connections = 0", "max-connections: must be between 1 and"),
@@ -56,7 +57,7 @@ def test_sighup_changes_what_a_running_daemon_can_and_keeps_the_rest(tmp_path: P
 def test_a_bad_file_is_named(tmp_path: Path, text: str, message: str) -> None:
     path = _write(tmp_path, text + "\n")
     if not message:
-        assert read_config(path) == {"run_dir": Path("5.5")}
+        assert read_config(path) == {"run_dir": Path.cwd() / "5.5"}  # made absolute
         return
     with pytest.raises(UsageError, match=message):
         read_config(path)
@@ -85,6 +86,24 @@ def test_serve_with_a_group_that_does_not_exist_says_how_to_make_it(tmp_path: Pa
     assert out.stderr == ("vmstats serve: no group named 'vmstats-nx': create it (groupadd "
                           "--system vmstats-nx, or contrib/systemd's sysusers file) or give "
                           "another with --group\n")  # fmt: skip
+
+
+@pytest.mark.parametrize(("option", "text", "message"), [
+    ("--series", "vcpus = 'some'\n", "--series: {path}: vcpus must be one of each, vm, not 'some'"),
+    ("--web-config", "tls_server_config = 5\n", "--web-config: {path}: "),
+])  # fmt: skip
+def test_once_checks_the_files_a_real_run_reads(tmp_path: Path, option: str, text: str,
+                                                message: str) -> None:  # fmt: skip
+    """``--once`` is a rehearsal: a file that would stop the real run stops it too."""
+    import subprocess
+    import sys
+
+    path = _write(tmp_path, text)
+    out = subprocess.run([sys.executable, "-m", "vmstats", "serve", "--once", "--metrics", "0",
+                          option, str(path), "--run-dir", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr.startswith("vmstats serve: " + message.format(path=path)), out.stderr
 
 
 def test_libvirt_in_the_file_and_on_the_command_line(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from vmstats.errors import UsageError, os_reason
 from vmstats.exporter.http import DEFAULT_SCRAPE_TIMEOUT, MetricsEndpoint
 from vmstats.exporter.series import SeriesPolicy, read_series
 from vmstats.exporter.sources import SocketReaders
-from vmstats.exporter.webconfig import read_web_config
+from vmstats.exporter.webconfig import WebConfig, read_web_config
 from vmstats.qmp.client import parse_address
 
 log = logging.getLogger(__name__)
@@ -89,18 +89,29 @@ async def open_metrics(endpoint: MetricsEndpoint, address: tuple[str, int]) -> b
     return True
 
 
+def read_metrics_files(web: Path | None,
+                       series: Path | None) -> tuple[WebConfig | None, SeriesPolicy]:  # fmt: skip
+    """The web config and the series file (those given), read and checked;
+    :class:`UsageError` naming the option whose file is wrong."""
+    try:
+        web_config = read_web_config(web) if web is not None else None
+    except UsageError as exc:
+        raise UsageError(f"--web-config: {exc}") from None
+    try:
+        policy = read_series(series) if series is not None else SeriesPolicy()
+    except UsageError as exc:
+        raise UsageError(f"--series: {exc}") from None
+    return web_config, policy
+
+
 def _use_files(endpoint: MetricsEndpoint, web: Path | None,
                series: Path | None) -> UsageError | None:  # fmt: skip
     """Read the web config and the series file (those given) into ``endpoint``; what is
     wrong with one, or None.  Both are taken or neither: the ones in use stay."""
     try:
-        web_config = read_web_config(web) if web is not None else None
+        web_config, policy = read_metrics_files(web, series)
     except UsageError as exc:
-        return UsageError(f"--web-config: {exc}")
-    try:
-        policy = read_series(series) if series is not None else SeriesPolicy()
-    except UsageError as exc:
-        return UsageError(f"--series: {exc}")
+        return exc
     if web_config is not None:
         endpoint.use_web_config(web_config)
     endpoint.exposition.policy = policy

@@ -16,6 +16,7 @@ from vmstats.cli.exporter import (
     add_metrics_options,
     load_metrics_files,
     open_metrics,
+    read_metrics_files,
     reload_metrics_files,
 )
 from vmstats.cli.options import (
@@ -150,7 +151,12 @@ def run_serve(args: argparse.Namespace) -> int:
         log.warning("no CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH: VMs are not looked for by "
                     "their stats fds; serving only the QMP sockets given and libvirt's "
                     "domains")  # fmt: skip
-    if args.once:
+    if args.once:  # the files a real run reads are checked too: --once is its rehearsal
+        try:
+            read_metrics_files(config.web_config, config.series)
+        except UsageError as exc:
+            print(f"vmstats serve: {exc}", file=sys.stderr)
+            return 1
         return asyncio.run(_once(_daemon(config, group, fds, dry_run=True)))
     return asyncio.run(_serve(args.config, given, config, _daemon(config, group, fds, False)))
 
