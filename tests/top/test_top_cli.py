@@ -130,6 +130,7 @@ def test_fields_help_lists_the_stats(demo: DemoServer) -> None:
     (["top", "x.sock", "-f", "("], "not a regular expression"),
     (["top", "x.sock", "--vcpus", "2-1"], "not a vCPU number or range"),
     (["record", "x.sock", "-o", "/nonexistent/dir/r.jsonl"], "does not exist"),
+    (["top", "x.sock"], "the full-screen view needs a terminal: give -1, -l, -L FILE or --json"),
 ])  # fmt: skip
 def test_usage_errors(args: list[str], message: str) -> None:
     out = vmstats(*args)

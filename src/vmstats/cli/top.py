@@ -136,7 +136,21 @@ def _check(args: argparse.Namespace) -> str | None:
         return "give at least one SOURCE (a QMP socket or a directory of them)"
     if args.func is run_top and args.csv and not (args.log or args.log_to_file or args.replay):
         return "-c/--csv goes with -l, -L or --replay"
+    if (args.func is run_top and not _batch_mode(args) and args.fields != "help"
+            and not _in_a_terminal()):  # fmt: skip
+        return ("the full-screen view needs a terminal: give -1, -l, -L FILE or --json for "
+                "lines that a pipe or a file can take")  # fmt: skip
     return None
+
+
+def _batch_mode(args: argparse.Namespace) -> bool:
+    return bool(args.once or args.log or args.log_to_file or args.json or args.csv)
+
+
+def _in_a_terminal() -> bool:
+    """Are both stdin (the keys) and stdout (the screen) a terminal?  Without one the view
+    writes escape codes into a pipe and waits for keys that never come."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
 
 
 def run_top(args: argparse.Namespace) -> int:
@@ -155,7 +169,7 @@ def run_top(args: argparse.Namespace) -> int:
 
 
 async def _top(args: argparse.Namespace) -> int:
-    batch = args.once or args.log or args.log_to_file or args.json or args.csv
+    batch = _batch_mode(args)
     driver: Driver
     if args.replay is not None:  # batch modes convert a recording as fast as they can
         watch = Watch()
