@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.kvm.conftest import requires_kvm
 from vmstats.errors import RunDirUnfit
 from vmstats.serve.rundir import RunDir
+from vmstats.testing.fleet import Fleet
+from vmstats.testing.hostile import wait_for
+from vmstats.testing.qemu import stop_process
 
 
 def shared(path: Path) -> None:
@@ -91,3 +95,39 @@ def test_the_command_says_why_in_one_line(tmp_path: Path) -> None:
     assert empty.returncode == 2
     assert empty.stderr.endswith("argument --run-dir: an empty path: give the directory\n")
     assert not (tmp_path / ".lock").exists()
+
+
+def listing(run_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vmstats", "list", str(run_dir)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+@pytest.mark.kvm
+@requires_kvm
+@pytest.mark.skipif(os.geteuid() != 0, reason="vmstats serve runs as root")
+def test_the_list_of_a_daemon_killed_outright_is_not_shown_as_served(tmp_path: Path) -> None:
+    """SIGKILL leaves ``vms.json`` and the sockets behind: ``vmstats list`` showed the VMs
+    as served.  It says no daemon runs, and the next daemon takes the directory again."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "vmstats", "serve", "--run-dir", str(run_dir),
+               "--scan-interval", "0.3", "--tracepoints", "none"]  # fmt: skip
+    with Fleet(2, prefix="killed") as fleet:
+        (name,) = fleet.start(1)
+        first = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+        try:
+            assert wait_for(lambda: name in listing(run_dir).stdout, timeout=60)
+        finally:
+            first.kill()
+            first.wait()
+        out = listing(run_dir)
+        assert (out.returncode, out.stdout) == (1, "")
+        assert out.stderr.startswith(f"vmstats list: no vmstats serve runs with {run_dir}: its "
+                                     "list is a daemon's that ended without removing it "
+                                     f"(killed?), and nothing listens at {run_dir}/")  # fmt: skip
+        assert out.stderr.endswith(".qmp\n")  # another VM of this host's, maybe
+        second = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+        try:
+            assert wait_for(lambda: listing(run_dir).returncode == 0, timeout=60)
+            assert name in listing(run_dir).stdout
+        finally:
+            assert stop_process(second) == 0

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -276,8 +277,32 @@ def run_list(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"vmstats list: cannot read {state}: {exc}", file=sys.stderr)
         return 1
+    refused = _refused(rows)
+    if refused is not None:
+        print(f"vmstats list: no vmstats serve runs with {args.run_dir}: its list is a "
+              f"daemon's that ended without removing it (killed?), and nothing listens at "
+              f"{refused}", file=sys.stderr)  # fmt: skip
+        return 1
     sys.stdout.write(_table(rows) if rows else "no VM served\n")
     return 0
+
+
+def _refused(rows: list[dict[str, object]]) -> str | None:
+    """A listed socket that refuses connections: the daemon that listed it is gone (a
+    daemon killed outright leaves its list and sockets behind).  Sockets this user may not
+    connect to tell nothing; the first that answers says the daemon is there."""
+    for row in rows:
+        path = str(row.get("socket", ""))
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.settimeout(1.0)
+            try:
+                probe.connect(path)
+            except ConnectionRefusedError:
+                return path
+            except (OSError, ValueError):
+                continue  # not ours to open, gone meanwhile, or busy
+            return None
+    return None
 
 
 def _readable_rows(run_dir: Path) -> list[dict[str, object]]:
