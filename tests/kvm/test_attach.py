@@ -8,6 +8,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from vmstats.errors import AttachError
 from vmstats.kvm.attach import (
     AttachedVm,
     attach,
+    denied_why,
     fd_links,
     processes_with_stats_fds,
     stats_fd_links,
@@ -91,6 +93,23 @@ def test_a_process_that_ends_while_its_fds_are_listed_is_said_to_be_gone(
     with pytest.raises(AttachError, match="cannot list the fds") as info:
         fd_links(os.getpid())
     assert "CAP_SYS_PTRACE" not in str(info.value)
+
+
+@pytest.mark.parametrize(("scope", "why"), [
+    (None, "needs CAP_SYS_PTRACE"),  # no Yama (as on these hosts)
+    ("1\n", "needs CAP_SYS_PTRACE"),
+    ("2\n", "needs CAP_SYS_PTRACE, kernel.yama.ptrace_scope being 2"),
+    ("3\n", "this kernel forbids it to every process: kernel.yama.ptrace_scope is 3, which "
+             "only a reboot lowers"),
+])  # fmt: skip
+def test_a_denied_copy_says_why_as_yama_has_it(tmp_path: Path, scope: str | None,
+                                               why: str) -> None:  # fmt: skip
+    """Yama's scope 3 denies root too: "needs CAP_SYS_PTRACE" would send an admin who has
+    it looking for what is not missing.  (These hosts have no Yama: its file is a copy.)"""
+    path = tmp_path / "ptrace_scope"
+    if scope is not None:
+        path.write_text(scope)
+    assert denied_why(str(path)) == why
 
 
 def test_still_held_wants_each_fd_to_be_its_copys_file() -> None:

@@ -159,15 +159,33 @@ def processes_with_stats_fds(vmms_only: bool = False) -> list[int]:
     return list(stats_fds_by_process(vmms_only))
 
 
+#: Yama's ptrace policy, where the kernel has Yama (absent: none).
+YAMA_PTRACE_SCOPE = "/proc/sys/kernel/yama/ptrace_scope"
+
+
 def copy_fd(pidfd: int, fd: int) -> int:
     """``pidfd_getfd``: a copy of another process's fd in this process (close-on-exec)."""
     copied = int(_libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0))
     if copied < 0:
         code = ctypes.get_errno()
         raise AttachError(f"cannot copy fd {fd}: {os.strerror(code)}"
-                          + (" (needs CAP_SYS_PTRACE)" if code == errno.EPERM else "")
+                          + (f" ({denied_why()})" if code == errno.EPERM else "")
                           ) from OSError(code, os.strerror(code))  # fmt: skip
     return copied
+
+
+def denied_why(scope_path: str = YAMA_PTRACE_SCOPE) -> str:
+    """Why copying another process's fd may be denied here: it needs ptrace access, which
+    Yama (``kernel.yama.ptrace_scope``) can take from everyone, root included (3), or
+    leave to CAP_SYS_PTRACE only (2)."""
+    try:
+        scope = read_proc(scope_path).strip()
+    except OSError:
+        scope = b""
+    if scope == b"3":
+        return ("this kernel forbids it to every process: kernel.yama.ptrace_scope is 3, "
+                "which only a reboot lowers")  # fmt: skip
+    return "needs CAP_SYS_PTRACE" + (", kernel.yama.ptrace_scope being 2" if scope == b"2" else "")
 
 
 def cpu_index_of_thread(pid: int, tid: int) -> int | None:
