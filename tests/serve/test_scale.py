@@ -169,3 +169,40 @@ def test_a_vmm_making_its_vcpus_on_one_unnamed_thread_is_served(
         finally:
             qmp.close()
         assert [cpu["cpu-index"] for cpu in cpus] == [0, 1, 2, 3]
+
+
+def test_the_vmms_threads_are_counted_at_most_once_a_second_of_queries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hot plug is noticed by the VMM's thread count, read before a vCPU query at most
+    once a second (the loop's clock, set here): it was read before every one (a ``/proc``
+    read per query, 256 a second with ``top`` watching 256 VMs) while it did not change."""
+    from vmstats.serve import served as served_module
+    from vmstats.stats.model import StatsTarget
+
+    counted: list[int] = []
+    count_threads = served_module.thread_count
+
+    def counting(pid: int) -> int:
+        counted.append(pid)
+        return count_threads(pid)
+
+    monkeypatch.setattr(served_module, "thread_count", counting)
+
+    async def query(seconds: list[float]) -> None:
+        host = daemon.Daemon(tmp_path / "run")
+        host.rundir.claim()
+        try:
+            await host.scan()
+            vm = next(vm for vm in host.served.values() if vm.name == name)
+            with monkeypatch.context() as clock:  # the loop's clock too: no await inside
+                for at in seconds:
+                    clock.setattr(served_module.time, "monotonic", lambda: 1000.0 + at)
+                    vm.fresh(StatsTarget.VCPU)
+        finally:
+            await host.close()
+
+    with Fleet(2, prefix="threads") as fleet:
+        (name,) = fleet.start(1)
+        asyncio.run(query([0.0, 0.1, 0.5, 0.9, 0.99, 1.0, 1.5, 2.1]))
+    assert len(counted) == 3  # at 0, 1.0 and 2.1 s

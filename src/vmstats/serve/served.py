@@ -176,9 +176,10 @@ class ServedVm:
         now = time.monotonic()
         if now - self._looked < 1.0:
             return
+        self._looked = now
         threads = thread_count(self.pid)
         if threads != self._threads:
-            self._looked, self._threads = now, threads
+            self._threads = threads
             self.take_plugged_vcpus()
 
     def take_plugged_vcpus(self) -> list[int]:
