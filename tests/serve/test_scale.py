@@ -197,7 +197,7 @@ def test_the_vmms_threads_are_counted_at_most_once_a_second_of_queries(
             vm = next(vm for vm in host.served.values() if vm.name == name)
             with monkeypatch.context() as clock:  # the loop's clock too: no await inside
                 for at in seconds:
-                    clock.setattr(served_module.time, "monotonic", lambda: 1000.0 + at)
+                    clock.setattr(served_module.time, "monotonic", lambda at=at: 1000.0 + at)
                     vm.fresh(StatsTarget.VCPU)
         finally:
             await host.close()
