@@ -177,17 +177,16 @@ def test_the_vmms_threads_are_counted_at_most_once_a_second_of_queries(
     """A hot plug is noticed by the VMM's thread count, read before a vCPU query at most
     once a second (the loop's clock, set here): it was read before every one (a ``/proc``
     read per query, 256 a second with ``top`` watching 256 VMs) while it did not change."""
-    from vmstats.serve import served as served_module
+    from vmstats.kvm.attach import thread_count
     from vmstats.stats.model import StatsTarget
 
     counted: list[int] = []
-    count_threads = served_module.thread_count
 
     def counting(pid: int) -> int:
         counted.append(pid)
-        return count_threads(pid)
+        return thread_count(pid)
 
-    monkeypatch.setattr(served_module, "thread_count", counting)
+    monkeypatch.setattr("vmstats.serve.served.thread_count", counting)
 
     async def query(seconds: list[float]) -> None:
         host = daemon.Daemon(tmp_path / "run")
@@ -197,7 +196,7 @@ def test_the_vmms_threads_are_counted_at_most_once_a_second_of_queries(
             vm = next(vm for vm in host.served.values() if vm.name == name)
             with monkeypatch.context() as clock:  # the loop's clock too: no await inside
                 for at in seconds:
-                    clock.setattr(served_module.time, "monotonic", lambda at=at: 1000.0 + at)
+                    clock.setattr("vmstats.serve.served.time.monotonic", lambda at=at: 1000.0 + at)
                     vm.fresh(StatsTarget.VCPU)
         finally:
             await host.close()
