@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tests.qmp.reference_stream import JSONStreamParser as ReferenceParser
 from tests.qmp.reference_stream import Message as ReferenceMessage
 from vmstats.qmp.jsonstream import JSONStreamParser, Message
-from vmstats.qmp.jsonstream.streamer import SLICE
+from vmstats.qmp.jsonstream.streamer import REPEAT_MESSAGES, SLICE
 
 PARSE_ERROR = "JSON parse error, "
 
@@ -181,3 +181,55 @@ def test_next_message_works_in_slices() -> None:
         calls += 1
     assert message.value == [1] * (SLICE + 1)
     assert calls >= 2
+
+
+# -- the memory of repeated reads -----------------------------------------------------
+
+ONE = b'{"execute": "query-stats", "arguments": {"target": "vm"}}'
+TOP = ONE + b'{"execute": "query-stats", "arguments": {"target": "vcpu"}}'  # top's, per VM
+
+
+@pytest.mark.parametrize("read", [ONE, TOP, ONE * REPEAT_MESSAGES], ids=["one", "two", "most"])
+def test_a_read_of_requests_seen_before_is_taken_from_memory(read: bytes) -> None:
+    """A polling client sends the same bytes at every refresh: the second time its
+    requests are the very messages of the first (and the dispatcher's checks of them,
+    done once per message object, are not done again)."""
+    parser = JSONStreamParser()
+    first = parser.feed(read)
+    again = parser.feed(read)
+    assert [m.error for m in first] == [None] * (read.count(b"execute"))
+    assert len(again) == len(first)
+    assert all(a is b for a, b in zip(again, first, strict=True))
+
+
+@pytest.mark.parametrize("read", [
+    ONE * (REPEAT_MESSAGES + 1),  # more than a read may hold
+    ONE + b"{,}",  # an error in it
+    ONE + b" {}",  # fine: taken (below) as a control that the others are not
+], ids=["too-many", "error", "control"])  # fmt: skip
+def test_a_read_not_all_requests_is_lexed_every_time(read: bytes) -> None:
+    parser = JSONStreamParser()
+    first = parser.feed(read)
+    again = parser.feed(read)
+    assert again == first
+    remembered = all(a is b for a, b in zip(again, first, strict=True))
+    assert remembered == read.endswith(b" {}")
+
+
+def test_a_read_cut_in_a_request_is_not_remembered() -> None:
+    parser = JSONStreamParser()
+    parser.feed(ONE + ONE[:10])  # the second request is cut: this read is no repeat
+    rest = parser.feed(ONE[10:])
+    again = parser.feed(ONE + ONE[:10])
+    assert again[0] is not rest[0]
+    assert again == [Message({"execute": "query-stats", "arguments": {"target": "vm"}})]
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=STREAMS)
+def test_reads_repeated_give_what_the_reference_gives(data: bytes) -> None:
+    """From memory or not, three equal reads are the reference's messages for the three."""
+    read = b"{" + data + b"}"
+    parser = JSONStreamParser(1 << 20, 1 << 20)
+    out = [m for _ in range(3) for m in parser.feed(read)] + parser.flush()
+    assert out == _reference(read * 3, 1 << 20, 1 << 20)

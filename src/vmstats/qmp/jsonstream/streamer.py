@@ -46,9 +46,11 @@ DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
 DEFAULT_MAX_TOKENS = 32 << 10
 #: Bytes lexed per :meth:`JSONStreamParser.next_message` call, at most.
 SLICE = 16 << 10
-#: Repeated requests remembered per parser, and the largest remembered.
+#: Repeated reads remembered per parser, the largest remembered, and the most requests
+#: one may hold (``top`` writes its two queries to a VM in one write).
 REPEATS = 32
 REPEAT_SIZE = 4096
+REPEAT_MESSAGES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,30 +87,30 @@ class JSONStreamParser:
         self._braces = 0
         self._brackets = 0
         self._out: deque[Message] = deque()
-        self._repeats: dict[bytes, Message] = {}
+        self._repeats: dict[bytes, tuple[Message, ...]] = {}
         self._candidate: bytes | None = None
-        self._emitted = 0
+        self._emitted: list[Message] = []  # the messages of the candidate read so far
 
     # -- input ----------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
         """Queue bytes for lexing (nothing is lexed until :meth:`next_message`).
 
-        Polling clients send the same request again and again, one per write.  A read
-        that arrives when nothing is pending and is exactly a request seen before (the
-        same bytes, from the same idle state: so the same tokens and the same message)
-        is answered from memory instead of being lexed and parsed again.
+        Polling clients send the same requests again and again, in one write each time.
+        A read that arrives when nothing is pending and is exactly requests seen before
+        (the same bytes, from the same idle state: so the same tokens and the same
+        messages) is answered from memory instead of being lexed and parsed again.
         """
         idle = not self._input and self._state == IN_START and not self._count and not self._out
         self._candidate = None
         if idle:
             seen = self._repeats.get(data)
             if seen is not None:
-                self._out.append(seen)
+                self._out.extend(seen)
                 return
             if len(data) <= REPEAT_SIZE and data[:1] == b"{" and data[-1:] == b"}":
                 self._candidate = bytes(data)
-                self._emitted = 0
+                self._emitted = []
         if self._pos:
             self._input = self._input[self._pos :]
             self._pos = 0
@@ -144,14 +146,17 @@ class JSONStreamParser:
         return self._out.popleft() if self._out else None
 
     def _remember(self) -> None:
-        """The read just consumed was one whole request: remember it (see receive_data)."""
+        """The read just lexed was whole requests: remember them (see receive_data).
+        Only reads of requests (objects) and nothing else: no error, no value cut at
+        the read's end."""
         candidate, self._candidate = self._candidate, None
-        if (candidate is not None and self._emitted == 1 and len(self._out) == 1
-                and isinstance(self._out[0].value, dict) and self._state == IN_START
-                and not self._count):  # fmt: skip
+        emitted, self._emitted = self._emitted, []
+        if (candidate is not None and 0 < len(emitted) <= REPEAT_MESSAGES
+                and all(isinstance(m.value, dict) and m.error is None for m in emitted)
+                and self._state == IN_START and not self._count):  # fmt: skip
             if len(self._repeats) >= REPEATS:
                 self._repeats.clear()
-            self._repeats[candidate] = self._out[0]
+            self._repeats[candidate] = tuple(emitted)
 
     def feed(self, data: bytes) -> list[Message]:
         """Receive ``data`` and return every message completed by it."""
@@ -272,7 +277,8 @@ class JSONStreamParser:
         self._braces = self._brackets = 0
         self._text = bytearray()
         self._count = self._size = 0
-        self._emitted += 1
+        if self._candidate is not None and len(self._emitted) <= REPEAT_MESSAGES:
+            self._emitted.append(message)
         self._out.append(message)
 
     def _limit_error(self, length: int) -> str | None:
