@@ -233,3 +233,13 @@ def test_reads_repeated_give_what_the_reference_gives(data: bytes) -> None:
     parser = JSONStreamParser(1 << 20, 1 << 20)
     out = [m for _ in range(3) for m in parser.feed(read)] + parser.flush()
     assert out == _reference(read * 3, 1 << 20, 1 << 20)
+
+
+def test_a_read_that_arrives_before_the_last_is_lexed_ends_its_memory() -> None:
+    """Two reads lexed together are not the first read's messages."""
+    parser = JSONStreamParser()
+    parser.receive_data(ONE)
+    parser.receive_data(TOP)
+    while parser.next_message() is not None or parser.buffered:
+        pass
+    assert len(parser.feed(ONE)) == 1
