@@ -62,9 +62,15 @@ def scans(log: Path) -> list[tuple[float, float, float, int]]:
 
 def cpu_share(pid: int, seconds: float) -> float:
     """The share of one core ``pid`` used over ``seconds``."""
-    before, started = cpu_seconds(pid), time.monotonic()
+    return cpu_shares([pid], seconds)[0]
+
+
+def cpu_shares(pids: list[int], seconds: float) -> list[float]:
+    """The share of one core each of ``pids`` used over the same ``seconds``."""
+    before, started = [cpu_seconds(pid) for pid in pids], time.monotonic()
     time.sleep(seconds)
-    return (cpu_seconds(pid) - before) / (time.monotonic() - started)
+    took = time.monotonic() - started
+    return [(cpu_seconds(pid) - then) / took for pid, then in zip(pids, before, strict=True)]
 
 
 def query_ms(path: Path, rounds: int = 20) -> float:
@@ -153,14 +159,15 @@ def scrapes(port: int, fleet: Fleet | None, rounds: int = 5,
     return (statistics.median(r[0] for r in results), results[-1][1], results[-1][2])
 
 
-def top_cpu(run_dir: Path, seconds: float) -> dict[str, float]:
-    """``vmstats top`` watching every VM at 1 s: batch ``--json``, and full-screen."""
+def top_cpu(run_dir: Path, seconds: float, daemon: int) -> dict[str, float]:
+    """``vmstats top`` watching every VM at 1 s: batch ``--json`` (and the daemon
+    answering it, over the same seconds), and full-screen."""
     top = [sys.executable, "-m", "vmstats", "top", str(run_dir), "-s", "1"]
     out: dict[str, float] = {}
     batch = subprocess.Popen([*top, "--json"], stdout=subprocess.DEVNULL)
     try:
         time.sleep(5)  # connections made, schemas read
-        out["top --json"] = cpu_share(batch.pid, seconds)
+        out["top --json"], out["daemon answering it"] = cpu_shares([batch.pid, daemon], seconds)
     finally:
         stop_process(batch)
     if shutil.which("tmux"):
@@ -249,7 +256,12 @@ def one_size(vms: int, vcpus: int, args: argparse.Namespace) -> dict[str, object
             row.update(queries_during_scrapes(run_dir / f"{next(iter(fleet.vms))}.qmp",
                                               port, fleet))  # fmt: skip
             if args.top:
-                row.update({f"{k} %": v * 100 for k, v in top_cpu(run_dir, args.seconds).items()})
+                row.update(
+                    {
+                        f"{k} %": v * 100
+                        for k, v in top_cpu(run_dir, args.seconds, daemon.pid).items()
+                    }
+                )
             if args.churn_cycles and vms >= 16:  # smaller, a VM lives less than a scan
                 row.update(churn(fleet, run_dir, daemon.pid, args.churn_cycles, args.churn_rate))
         finally:
