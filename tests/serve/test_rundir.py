@@ -49,7 +49,7 @@ def mode_owner_entries(path: Path) -> tuple[int, int, list[str]]:
 
 @pytest.mark.parametrize(("make", "why"), [
     (shared, "may be written by others (mode 1777)"),
-    (another_users, "belongs to uid 65534, not to this daemon's user"),
+    (another_users, "belongs to nobody (uid 65534), not to this daemon's user"),
     (holding_a_file, "holds files that are not an earlier run's (1 of them)"),
     (a_link, "is a symbolic link: give the directory itself"),
 ])  # fmt: skip

@@ -26,6 +26,7 @@ import errno
 import fcntl
 import json
 import os
+import pwd
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -161,7 +162,8 @@ def _check_fit(path: Path, folder: int) -> None:
     st = os.fstat(folder)
     problem = None
     if st.st_uid != os.geteuid():
-        problem = f"belongs to uid {st.st_uid}, not to this daemon's user ({os.geteuid()})"
+        problem = (f"belongs to {_user(st.st_uid)}, not to this daemon's user "
+                   f"({_user(os.geteuid())})")  # fmt: skip
     elif st.st_mode & 0o022:
         problem = f"may be written by others (mode {st.st_mode & 0o7777:04o})"
     elif (entries := os.listdir(folder)) and LOCK not in entries:
@@ -170,3 +172,11 @@ def _check_fit(path: Path, folder: int) -> None:
         raise RunDirUnfit(f"{path} {problem}: the daemon sets its run directory's modes and "
                           "writes in it, so it takes only its own (a new or empty one, or "
                           "an earlier run's)")  # fmt: skip
+
+
+def _user(uid: int) -> str:
+    """A user as people know them: name and uid."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
