@@ -352,6 +352,8 @@ def test_any_valid_qmp_reply_is_taken_not_only_qemus_bytes(tmp_path: Path) -> No
 @pytest.mark.parametrize(("make", "message"), [
     (lambda p: p.write_text("x"), "a file, not a socket"),
     (lambda p: p.mkdir(), "a directory, not a socket"),
+    (os.mkfifo, "a FIFO (named pipe), not a socket"),
+    (lambda p: p.symlink_to("/dev/null"), "a device, not a socket"),
     (lambda p: None, "No such file or directory"),
 ])  # fmt: skip
 def test_a_path_that_is_no_socket_is_named_as_such(

@@ -90,9 +90,19 @@ def connect_address(address: str) -> str | tuple[str, int]:
     except OSError as exc:
         raise ClientError(f"cannot connect to QMP at {address}: {exc.strerror}") from None
     if not stat.S_ISSOCK(mode):
-        kind = "a directory" if stat.S_ISDIR(mode) else "a file"
-        raise ClientError(f"cannot connect to QMP at {address}: {kind}, not a socket")
+        raise ClientError(f"cannot connect to QMP at {address}: {_kind(mode)}, not a socket")
     return target
+
+
+def _kind(mode: int) -> str:
+    """What a path that is not a socket is, in a few words."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a file"
 
 
 def is_vmstats(greeting: dict[str, Any]) -> bool:
