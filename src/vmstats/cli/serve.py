@@ -287,11 +287,17 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Listed sockets tried to tell whether their daemon still runs, at most.
+PROBES = 4
+
+
 def _refused(rows: list[dict[str, object]]) -> str | None:
     """A listed socket that refuses connections: the daemon that listed it is gone (a
     daemon killed outright leaves its list and sockets behind).  Sockets this user may not
-    connect to tell nothing; the first that answers says the daemon is there."""
-    for row in rows:
+    connect to tell nothing; the first that answers says the daemon is there.  A few are
+    tried, a second each at most: a daemon whose clients fill its backlog is not waited
+    for socket after socket."""
+    for row in rows[:PROBES]:
         path = str(row.get("socket", ""))
         with socket.socket(socket.AF_UNIX) as probe:
             probe.settimeout(1.0)

@@ -150,7 +150,7 @@ def _batch_mode(args: argparse.Namespace) -> bool:
 def _in_a_terminal() -> bool:
     """Are both stdin (the keys) and stdout (the screen) a terminal?  Without one the view
     writes escape codes into a pipe and waits for keys that never come."""
-    return sys.stdin.isatty() and sys.stdout.isatty()
+    return all(stream is not None and stream.isatty() for stream in (sys.stdin, sys.stdout))
 
 
 def run_top(args: argparse.Namespace) -> int:
