@@ -131,3 +131,20 @@ def test_the_list_of_a_daemon_killed_outright_is_not_shown_as_served(tmp_path: P
             assert name in listing(run_dir).stdout
         finally:
             assert stop_process(second) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a lock of another user's needs root to make")
+def test_a_lock_left_by_another_user_is_said_in_one_line(tmp_path: Path) -> None:
+    """Root ran the daemon by hand, then the unit runs it as its own user, who cannot
+    open root's .lock (0600).  Root opens any file, so a .lock that is a directory stands
+    here for a lock that will not open."""
+    path = tmp_path / "run"
+    path.mkdir(mode=0o751)
+    (path / ".lock").mkdir()
+    with pytest.raises(
+        RunDirUnfit,
+        match=re.escape(
+            f"cannot use {path} as the run directory: its .lock cannot be opened (Is a directory)"
+        ),
+    ):
+        RunDir(path).claim()

@@ -73,6 +73,10 @@ class RunDir:
         try:
             fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=folder)  # fmt: skip
+        except OSError as exc:  # an earlier run's, as another user (root by hand, say)
+            raise RunDirUnfit(f"cannot use {self.path} as the run directory: its {LOCK} "
+                              f"cannot be opened ({os_reason(exc)}): an earlier run's, as "
+                              "another user? Remove it") from exc  # fmt: skip
         finally:
             os.close(folder)
         try:
