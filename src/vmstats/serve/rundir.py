@@ -32,8 +32,8 @@ from pathlib import Path
 
 from vmstats.errors import RunDirUnfit, SocketInUse, os_reason
 
-#: Files an earlier run leaves in its directory: a directory holding only these (or
-#: nothing) may be taken again.
+#: The lock every run leaves in its directory: a directory holding it is an earlier
+#: run's, and may be taken again (with the sockets a killed daemon left).
 LOCK = ".lock"
 
 
