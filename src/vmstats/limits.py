@@ -100,7 +100,7 @@ def open_files_limit() -> int:
 
 def fd_budget(reserve: int = FD_RESERVE) -> int:
     """How many more fds this process can open, keeping ``reserve`` free."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = open_files_limit()
     if soft == resource.RLIM_INFINITY:
         return 1 << 20
     try:  # Linux >= 6.2 counts them in the directory's size: no listing of thousands

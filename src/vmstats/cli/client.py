@@ -154,7 +154,7 @@ async def _explain_nothing(client: QmpClient, args: argparse.Namespace) -> None:
     takes ``names`` second, so ``info stats vcpu kvm`` asks for a stat called kvm),
     else the VM has nothing for that request."""
     schemas = await client.all_schemas()
-    names = [n for n in (args.names or "").split(",") if n and args.names != "*"]
+    names = [] if args.names in (None, "*") else [n for n in args.names.split(",") if n]
     try:
         check_request(schemas, args.target, args.provider, names)
     except UsageError as exc:

@@ -64,7 +64,7 @@ class _Replies:
     def write(self) -> None:
         """Write what is held, unless the peer went away during the turn."""
         if self.held and not self.transport.is_closing():
-            self.transport.write(b"".join(self.held) if len(self.held) > 1 else self.held[0])
+            self.transport.write(b"".join(self.held))  # one reply: joined is itself
         self.held.clear()
         self.size = 0
 
