@@ -266,7 +266,10 @@ class Daemon:
                     self._reattach(served)
                     continue
                 held = {link.vcpu_id for link in found.vmms.get(served.pid, ())}
-                if served.vcpus and held - {None} - served.vcpu_ids:
+                # served from its fds, even none of its vCPUs yet (a VMM caught between
+                # making its VM and its vCPUs); not a QEMU 7.x served through its socket,
+                # whose vCPU stats fds live only while it answers a query
+                if (served.vcpus or served.sources) and held - {None} - served.vcpu_ids:
                     await self._hot_plug(served)
         for source in await self._new_sources():
             vm = self.served.get(source.pid)

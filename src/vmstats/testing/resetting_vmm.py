@@ -1,7 +1,13 @@
-"""A VMM that recreates its VM on SIGUSR1, as a confidential guest's reset would: it
-closes the old VM's stats fds and opens the new VM's, at the same fd numbers (the lowest
-free ones).  Prints ``ready`` when its first VM runs and ``reset`` after each new one; runs
-until SIGTERM.  For the daemon's test that copied fds are noticed to be stale."""
+"""A VMM that recreates its VM, as a confidential guest's reset does, one step per
+SIGUSR1 so that a test sees each state a scan can catch: the first SIGUSR1 closes the old
+VM and makes the new VM up to its stats fd (printed ``vm``), the next one makes the new
+VM's vCPU and its stats fd (printed ``reset``).  The kernel gives the new fds the lowest
+free numbers, the old ones'.
+
+Its first VM runs ``ROUNDS`` rounds of the demo guest (argument 1, default 500) on the
+main thread before ``ready`` is printed; the new VM runs none.  No other thread is ever
+made: a scan cannot learn of the new vCPU from a change in the thread count.  Runs until
+SIGTERM.  For the daemon's test that copied fds are noticed to be stale."""
 
 from __future__ import annotations
 
@@ -9,31 +15,49 @@ import signal
 import sys
 import threading
 
-from vmstats.demo.vm import DemoVM
+from vmstats.demo.vm import DemoVM, _Vcpu
+
+_steps = threading.Semaphore(0)
+_stop = threading.Event()
+
+
+def _step(signum: int, frame: object) -> None:
+    if signum == signal.SIGTERM:
+        _stop.set()
+    _steps.release()
+
+
+def _next_step() -> None:
+    """Wait for the next SIGUSR1; leave at SIGTERM."""
+    _steps.acquire()
+    if _stop.is_set():
+        raise SystemExit(0)
+
+
+class _SteppedVM(DemoVM):
+    """A VM that waits for a step between its VM stats fd and its first vCPU."""
+
+    def _create_vcpu(self, index: int, mmap_size: int) -> _Vcpu:
+        if index == 0:
+            print("vm", flush=True)
+            _next_step()
+        return super()._create_vcpu(index, mmap_size)
 
 
 def main() -> int:
-    resets = threading.Semaphore(0)
-    stop = threading.Event()
-
-    def reset(signum: int, frame: object) -> None:
-        if signum == signal.SIGTERM:
-            stop.set()
-        resets.release()
-
-    signal.signal(signal.SIGUSR1, reset)
-    signal.signal(signal.SIGTERM, reset)
-    vm = DemoVM(vcpus=1, rate=float(sys.argv[1]) if len(sys.argv) > 1 else 200.0)
-    vm.start()
+    signal.signal(signal.SIGUSR1, _step)
+    signal.signal(signal.SIGTERM, _step)
+    vm = DemoVM(vcpus=1)
+    vm.run_rounds(int(sys.argv[1]) if len(sys.argv) > 1 else 500)
     print("ready", flush=True)
-    while True:
-        resets.acquire()
-        vm.close()
-        if stop.is_set():
-            return 0
-        vm = DemoVM(vcpus=1, rate=1.0)  # slow: its counters stay below the old VM's
-        vm.start()
-        print("reset", flush=True)
+    try:
+        while True:
+            _next_step()
+            vm.close()
+            vm = _SteppedVM(vcpus=1)
+            print("reset", flush=True)
+    except SystemExit:  # SIGTERM: its fds close as it exits
+        return 0
 
 
 if __name__ == "__main__":
