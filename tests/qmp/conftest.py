@@ -17,13 +17,17 @@ from vmstats.qmp.server import QMPServer
 from vmstats.stats import StatsRegistry
 
 
+def fake_server(limits: ServerLimits | None = None) -> QMPServer:
+    """A server of the fake provider's VM (3 vCPUs), not listening yet."""
+    registry = StatsRegistry()
+    registry.add_stats_callbacks(FakeProvider())
+    return QMPServer(Monitor(registry, Machine.from_paths(vcpu_path(i) for i in range(3))),
+                     limits)  # fmt: skip
+
+
 class ServerThread:
     def __init__(self, path: Path, limits: ServerLimits | None = None) -> None:
-        registry = StatsRegistry()
-        registry.add_stats_callbacks(FakeProvider())
-        self.server = QMPServer(
-            Monitor(registry, Machine.from_paths(vcpu_path(i) for i in range(3))), limits
-        )
+        self.server = fake_server(limits)
         self.path = path
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

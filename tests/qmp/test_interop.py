@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
-from tests.qmp.conftest import ServerThread
+from tests.qmp.conftest import ServerThread, fake_server
 from vmstats.errors import ClientError, RemoteError, SocketInUse
 from vmstats.limits import ServerLimits
 from vmstats.qmp.client import QmpClient
@@ -73,31 +73,6 @@ def test_qmp_shell_in_hmp_mode(qmp_server: ServerThread) -> None:
 
 def test_unix_socket_is_private(qmp_server: ServerThread) -> None:
     assert stat.S_IMODE(qmp_server.path.stat().st_mode) == 0o600
-
-
-def test_a_client_that_connects_the_moment_the_path_appears_is_answered(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The socket listens before its mode, owner and ACL are set: a client that watches
-    the folder and connects the moment the path appears is queued, then greeted (it was
-    refused: the daemon's sockets appeared a moment before they listened)."""
-    path = tmp_path / "s.sock"
-    early: list[socket.socket] = []
-    chmod = os.chmod
-
-    def chmod_then_connect(target: Any, mode: int, *args: Any, **kwargs: Any) -> None:
-        if Path(target) == path and not early:  # the server's first step after its bind
-            client = socket.socket(socket.AF_UNIX)
-            early.append(client)
-            client.connect(str(path))  # ConnectionRefusedError if it does not listen yet
-        chmod(target, mode, *args, **kwargs)
-
-    monkeypatch.setattr(os, "chmod", chmod_then_connect)
-    with ServerThread(path):
-        assert len(early) == 1
-        early[0].settimeout(10)
-        assert early[0].recv(4096).startswith(b'{"QMP": {"version"')
-        early[0].close()
 
 
 def test_a_client_that_never_reads_does_not_stall_others(tmp_path: Path) -> None:
@@ -162,6 +137,58 @@ def test_stale_socket_is_replaced_but_a_file_is_not(tmp_path: Path) -> None:
     with pytest.raises(SocketInUse, match="is not a socket"), ServerThread(regular):
         pass
     assert regular.read_text() == "keep me"
+
+
+def test_a_socket_appears_only_once_it_listens_with_its_modes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that connects as soon as the path appears (a watcher of the daemon's run
+    directory does) is greeted, never refused nor denied: while the socket is not
+    listening yet, or not yet given its group, the path is not there.  (Clients were
+    refused when the sockets appeared before they listened; once they listened at once,
+    a test under load still was, between the bind and the listen.)"""
+    path = tmp_path / "x.sock"
+    seen: list[tuple[str, str]] = []
+
+    def peek(step: str) -> None:
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(str(path))
+            seen.append((step, "connected"))
+        except FileNotFoundError:
+            seen.append((step, "absent"))
+        except ConnectionRefusedError:
+            seen.append((step, "refused"))
+        finally:
+            probe.close()
+
+    real_chown = os.chown
+
+    def chown(*args: Any, **kwargs: Any) -> None:
+        peek("chown")
+        real_chown(*args, **kwargs)
+
+    def backlog() -> int:
+        peek("listen")
+        return 16
+
+    monkeypatch.setattr("vmstats.qmp.server.listen_backlog", backlog)
+    monkeypatch.setattr("vmstats.qmp.server.os.chown", chown)
+    server = fake_server()
+
+    async def main() -> bytes:
+        await server.start_unix(path, mode=0o660, group=os.getgid())
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            greeting = await asyncio.wait_for(reader.readline(), 10)
+            writer.close()
+            return greeting
+        finally:
+            await server.close()
+
+    assert asyncio.run(main()).startswith(b'{"QMP"')
+    assert seen == [("listen", "absent"), ("chown", "absent")]
+    assert list(tmp_path.iterdir()) == []  # nothing left beside it, and it is gone
 
 
 def test_tcp_listener_is_loopback_by_default(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import socket
 import stat
 import time
@@ -77,6 +78,18 @@ def claim_socket_path(path: Path, timeout: float = 1.0) -> None:
     finally:
         probe.close()
     raise SocketInUse(f"{path} is in use by a running server: stop it or choose another path")
+
+
+#: A unix socket's path holds at most this many bytes (sun_path, less its NUL).
+SUN_PATH_MAX = 107
+
+
+def _staging_path(path: Path) -> Path:
+    """Where a socket for ``path`` is made before it is renamed there: beside it, under a
+    random hidden name; ``path`` itself where that name would not fit in a socket's
+    path (a short name in a long directory)."""
+    staging = path.with_name(f".new-{secrets.token_hex(4)}")
+    return staging if len(os.fsencode(staging)) <= SUN_PATH_MAX else path
 
 
 @dataclass
@@ -138,21 +151,31 @@ class QMPServer:
         """
         path = Path(path)
         claim_socket_path(path)
+        # made under a name of its own and renamed into place once it listens with its
+        # modes, owner and groups: whoever sees the path appear (a watcher of the run
+        # directory does) and connects at once is neither refused nor denied
+        staging = _staging_path(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             old_umask = os.umask(0o777 & ~mode)
             try:
-                sock.bind(str(path))
+                sock.bind(str(staging))
             finally:
                 os.umask(old_umask)
-            # listening at once: a client that sees the path appear and connects is
-            # queued, not refused (a moment later, its owner and ACL are in place too)
-            sock.listen(listen_backlog())
-            os.chmod(path, mode)
-            if groups:
-                self._grant(path, mode, groups)
-            if group is not None or owner is not None:
-                os.chown(path, -1 if owner is None else owner, -1 if group is None else group)
+            try:
+                sock.listen(listen_backlog())
+                os.chmod(staging, mode)
+                if groups:
+                    self._grant(staging, mode, groups)
+                if group is not None or owner is not None:
+                    os.chown(staging, -1 if owner is None else owner,
+                             -1 if group is None else group)  # fmt: skip
+                if staging != path:
+                    os.rename(staging, path)  # the path was just found free (or stale)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    staging.unlink()
+                raise
             st = os.lstat(path)
         except OSError:
             sock.close()
