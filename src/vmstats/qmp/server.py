@@ -84,12 +84,12 @@ def claim_socket_path(path: Path, timeout: float = 1.0) -> None:
 SUN_PATH_MAX = 107
 
 
-def _staging_path(path: Path) -> Path:
+def _staging_path(path: Path) -> str:
     """Where a socket for ``path`` is made before it is renamed there: beside it, under a
     random hidden name; ``path`` itself where that name would not fit in a socket's
     path (a short name in a long directory)."""
-    staging = path.with_name(f".new-{secrets.token_hex(4)}")
-    return staging if len(os.fsencode(staging)) <= SUN_PATH_MAX else path
+    staging = os.path.join(os.path.dirname(path), f".new-{secrets.token_hex(4)}")
+    return staging if len(os.fsencode(staging)) <= SUN_PATH_MAX else str(path)
 
 
 @dataclass
@@ -159,22 +159,22 @@ class QMPServer:
         try:
             old_umask = os.umask(0o777 & ~mode)
             try:
-                sock.bind(str(staging))
+                sock.bind(staging)
             finally:
                 os.umask(old_umask)
             try:
                 sock.listen(listen_backlog())
                 os.chmod(staging, mode)
                 if groups:
-                    self._grant(staging, mode, groups)
+                    self._grant(staging, path, mode, groups)
                 if group is not None or owner is not None:
                     os.chown(staging, -1 if owner is None else owner,
                              -1 if group is None else group)  # fmt: skip
-                if staging != path:
+                if staging != str(path):
                     os.rename(staging, path)  # the path was just found free (or stale)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
-                    staging.unlink()
+                    os.unlink(staging)
                 raise
             st = os.lstat(path)
         except OSError:
@@ -182,9 +182,10 @@ class QMPServer:
             raise
         self._listen(_Listener(sock, path, (st.st_dev, st.st_ino)))
 
-    def _grant(self, path: Path, mode: int, groups: Collection[int]) -> None:
+    def _grant(self, file: str, path: Path, mode: int, groups: Collection[int]) -> None:
+        """Let ``groups`` connect to ``file``, the socket that becomes ``path``."""
         try:
-            acl.set_groups(path, mode, groups)
+            acl.set_groups(file, mode, groups)
         except OSError as exc:
             if exc.errno != errno.EOPNOTSUPP:
                 raise
