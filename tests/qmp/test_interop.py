@@ -191,6 +191,30 @@ def test_a_socket_appears_only_once_it_listens_with_its_modes(
     assert list(tmp_path.iterdir()) == []  # nothing left beside it, and it is gone
 
 
+def test_a_socket_path_is_refused_only_when_no_client_could_connect_by_it(
+    tmp_path: Path,
+) -> None:
+    """107 bytes is the longest path a unix socket takes: such a path is served (made at
+    the path itself when a hidden name beside it would not fit), a longer one refused
+    as bind refuses it, with nothing made (a hidden name beside it would fit, and a
+    rename would have put the socket out of reach)."""
+
+    def folder(size: int) -> Path:
+        made = tmp_path / str(size)
+        made /= "d" * (size - len(os.fsencode(made)) - 1)
+        made.mkdir(parents=True)
+        assert len(os.fsencode(made)) == size
+        return made
+
+    longest = folder(100) / "s.sock"  # 107 bytes: ".new-XXXXXXXX" beside it would not fit
+    with ServerThread(longest):
+        assert RawQMP(longest).greeting.startswith(b'{"QMP"')
+    too_long = folder(90) / ("s" * 17)  # 108 bytes; 104 beside it
+    with pytest.raises(OSError, match="AF_UNIX path too long"), ServerThread(too_long):
+        pass
+    assert [list(f.iterdir()) for f in (longest.parent, too_long.parent)] == [[], []]
+
+
 def test_tcp_listener_is_loopback_by_default(tmp_path: Path) -> None:
     with ServerThread(tmp_path / "unused.sock") as server:
         port = asyncio.run_coroutine_threadsafe(

@@ -150,6 +150,9 @@ class QMPServer:
         be created (a missing folder, no permission).
         """
         path = Path(path)
+        if len(os.fsencode(path)) > SUN_PATH_MAX:
+            # refused as bind refuses it: renamed there, no client could connect by it
+            raise OSError(f"AF_UNIX path too long ({SUN_PATH_MAX} bytes at most)")
         claim_socket_path(path)
         # made under a name of its own and renamed into place once it listens with its
         # modes, owner and groups: whoever sees the path appear (a watcher of the run
