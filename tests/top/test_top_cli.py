@@ -212,6 +212,24 @@ def test_not_a_recording(tmp_path: Path) -> None:
     assert "is not a vmstats recording" in out.stderr
 
 
+@pytest.mark.parametrize(("path", "said"), [
+    ("/proc/self/mem", "cannot read /proc/self/mem: Input/output error"),  # a read that fails
+    ("/dev/null", "/dev/null is not a file: a recording is one"),
+])  # fmt: skip
+def test_a_recording_that_cannot_be_read_is_said_in_one_line(path: str, said: str) -> None:
+    out = vmstats("top", "--replay", path, "-c")
+    assert (out.returncode, out.stderr) == (1, f"vmstats top: {said}\n")
+
+
+def test_a_recording_that_cannot_be_written_is_said_in_one_line(tmp_path: Path) -> None:
+    """A full disk (``/dev/full``), as the recorder flushes."""
+    out = vmstats("record", str(tmp_path / "none.sock"), "-o", "/dev/full", "-s", "0.2",
+                  "--duration", "0.5")  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.endswith("vmstats record: cannot write /dev/full: No space left on device\n")
+    assert "Traceback" not in out.stderr
+
+
 @pytest.mark.kvm
 @requires_kvm
 def test_a_directory_of_sockets_and_a_vm_that_dies_and_returns(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from vmstats.errors import RecordingError
+from vmstats.errors import RecordingError, os_reason
 from vmstats.qapi.output import OutputEncoder
 from vmstats.reader.sample import Sample
 from vmstats.stats.decode import schemas_from_wire
@@ -49,7 +49,10 @@ class Recorder:
 
     def __init__(self, path: Path, interval: float) -> None:
         self.path = path
-        self._file = _open(path, "a")
+        try:
+            self._file = _open(path, "a")
+        except OSError as exc:
+            raise _unwritable(path, exc) from None
         self._schemas: dict[str, Any] = {}
         self._write({"format": FORMAT, "version": VERSION, "started": time.time(),
                      "interval": interval})  # fmt: skip
@@ -58,7 +61,14 @@ class Recorder:
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
 
     def record(self, watch: Watch) -> None:
-        """Write the latest sample (or absence) of every VM, then a tick; flush."""
+        """Write the latest sample (or absence) of every VM, then a tick; flush.  What
+        was flushed before a failed write (a full disk) stays a recording."""
+        try:
+            self._record(watch)
+        except OSError as exc:
+            raise _unwritable(self.path, exc) from None
+
+    def _record(self, watch: Watch) -> None:
         for name, state in watch.vms.items():
             if state.gone is not None:
                 self._write({"vm": name, "t": watch.taken, "gone": state.gone})
@@ -75,7 +85,14 @@ class Recorder:
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()  # its last flush
+        except OSError as exc:
+            raise _unwritable(self.path, exc) from None
+
+
+def _unwritable(path: Path, exc: OSError) -> RecordingError:
+    return RecordingError(f"cannot write {path}: {os_reason(exc)}")
 
 
 @dataclass
@@ -107,12 +124,16 @@ def _lines(path: Path) -> Iterator[str]:
                 yield line
     except (EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError):
         return
+    except OSError as exc:  # unreadable (another user's), or a failing disk
+        raise RecordingError(f"cannot read {path}: {os_reason(exc)}") from None
 
 
 def read_recording(path: Path) -> Iterator[Refresh]:
     """The refreshes of a recording, in order; :class:`RecordingError` if it is none."""
-    if not path.is_file():
+    if not path.exists():
         raise RecordingError(f"no recording at {path}")
+    if not path.is_file():
+        raise RecordingError(f"{path} is not a file: a recording is one")
     lines = _lines(path)
     try:
         header = json.loads(next(lines))
