@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,7 +19,7 @@ import pytest
 
 from tests.kvm.conftest import requires_kvm
 from tests.serve.conftest import Daemon
-from tests.serve.users import GROUP, connect_as_nobody, named_vmm
+from tests.serve.users import GROUP, as_nobody, connect_as_nobody, named_vmm
 from vmstats import acl
 from vmstats.serve.access import Access, AllowRule, Peer, VmIdentity, allow_rule
 from vmstats.testing.hostile import wait_for
@@ -123,6 +124,37 @@ def list_as_nobody(run_dir: Path, groups: list[int], env: dict[str, str]) -> lis
     if out.stdout.startswith("no VM"):
         return []
     return [line.split()[0] for line in out.stdout.splitlines()[1:]]
+
+
+@needs_root
+@needs_python
+@pytest.mark.parametrize(("command", "status", "said"), [
+    (["top", "{run}", "--json", "-1"], 1,
+     "vmstats top: {run} cannot be listed (Permission denied): give the sockets of your "
+     "VMs instead (vmstats list {run} shows them)"),
+    (["exporter", "{run}", "--listen", "127.0.0.1:0"], 2,
+     "vmstats exporter: {run}: cannot be listed: Permission denied"),
+])  # fmt: skip
+def test_a_run_directory_outside_its_group_is_said_to_be_unlistable(
+    tmp_path: Path, nobody_env: dict[str, str], command: list[str], status: int, said: str
+) -> None:
+    """The run directory (0751) lets others reach the sockets they are given, not list
+    them: a user outside the group who watches it is told so and where to look, not
+    shown an empty host or waited on for ever."""
+    parent = Path(os.environ.get("TMPDIR", "/tmp")) / f"vmstats-unlisted-{os.getpid()}"
+    parent.mkdir(mode=0o755)
+    try:
+        run = parent / "run"
+        run.mkdir(mode=0o751)
+        with socket.socket(socket.AF_UNIX) as served:
+            served.bind(str(run / "web1.qmp"))
+        out = subprocess.run(["/usr/bin/python3", "-m", "vmstats",
+                              *[arg.format(run=run) for arg in command]],
+                             capture_output=True, text=True, env=nobody_env, timeout=60,
+                             preexec_fn=as_nobody)  # fmt: skip
+        assert (out.returncode, out.stderr) == (status, said.format(run=run) + "\n")
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.mark.kvm

@@ -24,7 +24,14 @@ import pytest
 from tests.kvm.conftest import requires_kvm
 from tests.qmp.test_cli_clients import FakePeer
 from tests.serve.conftest import Daemon
-from tests.serve.users import GROUP, USER_UID, connect_as_nobody, kvm_for_group, named_vmm
+from tests.serve.users import (
+    GROUP,
+    USER_UID,
+    as_nobody,
+    connect_as_nobody,
+    kvm_for_group,
+    named_vmm,
+)
 from tests.trace.conftest import TRACING_REASON, requires_tracing
 from vmstats import caps
 from vmstats.kvm.attach import cpu_index_of_threads
@@ -292,12 +299,6 @@ def test_qemu_10_with_a_socket_gives_vm_stats_names_paths_and_hot_plugged_vcpus(
         vcpus = json.loads(ask(served, b'{"execute":"query-stats","arguments":{"target":"vcpu",'
                                        b'"providers":[{"provider":"kvm","names":["signal_exits"]}]}}'))  # fmt: skip
         assert sorted(r["qom-path"] for r in vcpus["return"]) == sorted(paths())
-
-
-def as_nobody() -> None:
-    os.setgroups([])
-    os.setgid(65534)
-    os.setuid(65534)
 
 
 @pytest.mark.qemu

@@ -51,6 +51,13 @@ def named_vmm(name: str, env: dict[str, str] | None = None,
 GROUP = 4242  # a group id no account on this machine has
 
 
+def as_nobody() -> None:
+    """A child's ``preexec_fn``: uid and gid 65534, no other group."""
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+
+
 def connect_as_nobody(path: Path, groups: list[int],
                       uid: int = 65534) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """Connect with the system's Python as ``uid`` (65534) with these supplementary

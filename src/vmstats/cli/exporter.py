@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import stat
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from vmstats.exporter.series import SeriesPolicy, read_series
 from vmstats.exporter.sources import SocketReaders
 from vmstats.exporter.webconfig import WebConfig, read_web_config
 from vmstats.qmp.client import parse_address
+from vmstats.reader.reading import unlistable
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +142,22 @@ def reload_metrics_files(endpoint: MetricsEndpoint, web: Path | None,
         log.info("SIGHUP: %s reread", " and ".join(str(p) for p in (web, series) if p))
 
 
+def _source_problem(path: str) -> str | None:
+    """Why a socket or directory SOURCE can never be scraped, or None."""
+    try:
+        is_directory = stat.S_ISDIR(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return "no such socket or directory"
+    except OSError as exc:
+        return f"cannot be reached: {os_reason(exc)}"
+    reason = unlistable(path) if is_directory else None
+    return None if reason is None else f"cannot be listed: {reason}"
+
+
 def run(args: argparse.Namespace) -> int:
     for source in args.sources:
-        if isinstance(parse_address(source), str) and not Path(source).exists():
-            print(f"vmstats exporter: {source}: no such socket or directory", file=sys.stderr)
+        if isinstance(parse_address(source), str) and (problem := _source_problem(source)):
+            print(f"vmstats exporter: {source}: {problem}", file=sys.stderr)
             return 2
 
     async def main() -> int:

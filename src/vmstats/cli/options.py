@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from vmstats.errors import os_reason
 from vmstats.limits import ServerLimits
 
 
@@ -61,13 +64,25 @@ def tcp_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", port
 
 
+def folder_problem(path: Path) -> str | None:
+    """Why no file can be made at ``path`` for want of its folder (missing, not a
+    folder, or not ours to enter), or None."""
+    try:
+        if stat.S_ISDIR(os.stat(path.parent).st_mode):
+            return None
+        return f"{path.parent} is not a folder"
+    except FileNotFoundError:
+        return f"folder {path.parent} does not exist"
+    except OSError as exc:
+        return f"folder {path.parent} cannot be used: {os_reason(exc)}"
+
+
 def socket_path(text: str) -> Path:
     """A path for a new unix socket: its folder must exist (checked before any work)."""
     path = Path(text)
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(
-            f"cannot create {text}: folder {path.parent} does not exist"
-        )
+    problem = folder_problem(path)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"cannot create {text}: {problem}")
     return path
 
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import sys
 import time
 from pathlib import Path
 
-from vmstats.cli.options import non_negative_float, positive_float
+from vmstats.cli.options import folder_problem, non_negative_float, positive_float
 from vmstats.errors import UsageError, VmstatsError
 from vmstats.qmp.client import DEFAULT_TIMEOUT
-from vmstats.reader.reading import QmpReader, Reader, socket_addresses
+from vmstats.reader.reading import QmpReader, Reader, socket_addresses, unlistable
 from vmstats.top.batch import JsonWriter, OnceWriter, Output, TableWriter, Writer
 from vmstats.top.drive import Driver, LiveDriver, ReplayDriver
 from vmstats.top.frame import StatFilter
@@ -120,8 +121,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _watch(args: argparse.Namespace) -> Watch:
-    directories = [Path(text) for text in args.sources if Path(text).is_dir()]
-    files = socket_addresses([text for text in args.sources if not Path(text).is_dir()])
+    """What the SOURCE arguments name: sockets, and directories watched for them.  A
+    directory that cannot be listed is refused: no socket would ever show up in it."""
+    directories = [Path(text) for text in args.sources if os.path.isdir(text)]
+    for directory in directories:
+        reason = unlistable(str(directory))
+        if reason is not None:
+            raise VmstatsError(f"{directory} cannot be listed ({reason}): give the sockets "
+                               f"of your VMs instead (vmstats list {directory} shows "
+                               "them)")  # fmt: skip
+    files = socket_addresses([text for text in args.sources if not os.path.isdir(text)])
     readers: list[Reader] = [QmpReader(text, args.timeout) for text in files]
     return Watch(readers, directories, args.timeout)
 
@@ -270,8 +279,9 @@ def run_record(args: argparse.Namespace) -> int:
     if problem:
         print(f"vmstats record: {problem}", file=sys.stderr)
         return 2
-    if not args.output.parent.is_dir():
-        print(f"vmstats record: folder {args.output.parent} does not exist", file=sys.stderr)
+    problem = folder_problem(args.output)
+    if problem is not None:
+        print(f"vmstats record: cannot write {args.output}: {problem}", file=sys.stderr)
         return 2
     try:
         return asyncio.run(_record(args))

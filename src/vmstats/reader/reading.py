@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from vmstats.errors import ClientError, NoAnswer, RemoteError
+from vmstats.errors import ClientError, NoAnswer, RemoteError, os_reason
 from vmstats.qmp.client import (
     DEFAULT_TIMEOUT,
     Request,
@@ -458,10 +458,22 @@ def socket_addresses(sources: Sequence[str]) -> list[str]:
     out: dict[str, str] = {}  # the socket itself -> how it was named first
     for source in sources:
         path = Path(source)
-        found = sorted(str(p) for p in path.glob("*.qmp")) if path.is_dir() else [source]
+        # a path that cannot be looked at (a folder on the way we may not enter) is
+        # tried as a socket: connecting says why it cannot be read
+        found = sorted(str(p) for p in path.glob("*.qmp")) if os.path.isdir(path) else [source]
         for address in found:
             out.setdefault(socket_key(address), address)
     return list(out.values())
+
+
+def unlistable(directory: str) -> str | None:
+    """Why the sockets of ``directory`` cannot be found (it cannot be listed: the
+    daemon's run directory, for a user outside its group), or None."""
+    try:
+        with os.scandir(directory):
+            return None
+    except OSError as exc:
+        return os_reason(exc)
 
 
 def socket_key(address: str) -> str:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import stat
 import time
 import zlib
 from collections.abc import Iterator
@@ -130,9 +132,13 @@ def _lines(path: Path) -> Iterator[str]:
 
 def read_recording(path: Path) -> Iterator[Refresh]:
     """The refreshes of a recording, in order; :class:`RecordingError` if it is none."""
-    if not path.exists():
-        raise RecordingError(f"no recording at {path}")
-    if not path.is_file():
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        raise RecordingError(f"no recording at {path}") from None
+    except OSError as exc:
+        raise RecordingError(f"cannot read {path}: {os_reason(exc)}") from None
+    if not regular:
         raise RecordingError(f"{path} is not a file: a recording is one")
     lines = _lines(path)
     try:
