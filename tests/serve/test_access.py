@@ -157,6 +157,30 @@ def test_a_run_directory_outside_its_group_is_said_to_be_unlistable(
         shutil.rmtree(parent, ignore_errors=True)
 
 
+@needs_root
+@needs_python
+def test_a_directory_others_cannot_enter_is_not_taken_for_a_run_directory(
+    tmp_path: Path, nobody_env: dict[str, str]
+) -> None:
+    """``vmstats list`` of a directory uid 65534 may not enter says so; it said that no
+    VM it may read was served, as if a daemon ran there."""
+    parent = Path(os.environ.get("TMPDIR", "/tmp")) / f"vmstats-closed-{os.getpid()}"
+    parent.mkdir(mode=0o755)
+    try:
+        closed = parent / "closed"
+        closed.mkdir(mode=0o700)
+        out = subprocess.run(["/usr/bin/python3", "-m", "vmstats", "list", str(closed)],
+                             capture_output=True, text=True, env=nobody_env, timeout=60,
+                             preexec_fn=as_nobody)  # fmt: skip
+        assert (out.returncode, out.stdout) == (1, "")
+        assert out.stderr == (
+            f"vmstats list: cannot look into {closed}: Permission denied "
+            "(a vmstats serve run directory lets everyone through)\n"
+        )
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
 @pytest.mark.kvm
 @requires_kvm
 @needs_root

@@ -261,6 +261,11 @@ def run_list(args: argparse.Namespace) -> int:
     try:
         rows = json.loads(state.read_text())
     except PermissionError:  # not the group's
+        if not os.access(args.run_dir, os.X_OK):
+            print(f"vmstats list: cannot look into {args.run_dir}: Permission denied (a "
+                  "vmstats serve run directory lets everyone through)",
+                  file=sys.stderr)  # fmt: skip
+            return 1
         try:
             rows = _readable_rows(args.run_dir)
         except (OSError, ValueError) as exc:
