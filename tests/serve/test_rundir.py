@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 from tests.kvm.conftest import requires_kvm
 from vmstats.errors import RunDirUnfit
+from vmstats.qmp.server import STAGING_PREFIX
 from vmstats.serve.rundir import RunDir
 from vmstats.testing.fleet import Fleet
 from vmstats.testing.hostile import wait_for
@@ -78,7 +80,13 @@ def test_a_new_an_empty_and_an_earlier_runs_directory_are_taken(tmp_path: Path) 
         assert stat.S_IMODE(path.stat().st_mode) == 0o751
         assert (path / ".lock").read_text() == f"{os.getpid()}\n"
         run_dir.release()
+    with socket.socket(socket.AF_UNIX) as half_made:  # a run that died before its rename
+        half_made.bind(str(new / f"{STAGING_PREFIX}0123abcd"))
+    assert sorted(os.listdir(new)) == [".lock", f"{STAGING_PREFIX}0123abcd"]
+    run_dir = RunDir(new)
+    run_dir.claim()  # and what it left is gone
     assert sorted(os.listdir(new)) == [".lock"]
+    run_dir.release()
 
 
 def test_the_command_says_why_in_one_line(tmp_path: Path) -> None:

@@ -82,13 +82,15 @@ def claim_socket_path(path: Path, timeout: float = 1.0) -> None:
 
 #: A unix socket's path holds at most this many bytes (sun_path, less its NUL).
 SUN_PATH_MAX = 107
+#: How a socket made but not yet renamed into place is named (see ``start_unix``).
+STAGING_PREFIX = ".new-"
 
 
 def _staging_path(path: Path) -> str:
     """Where a socket for ``path`` is made before it is renamed there: beside it, under a
     random hidden name; ``path`` itself where that name would not fit in a socket's
     path (a short name in a long directory)."""
-    staging = os.path.join(os.path.dirname(path), f".new-{secrets.token_hex(4)}")
+    staging = os.path.join(os.path.dirname(path), f"{STAGING_PREFIX}{secrets.token_hex(4)}")
     return staging if len(os.fsencode(staging)) <= SUN_PATH_MAX else str(path)
 
 

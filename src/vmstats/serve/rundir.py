@@ -27,10 +27,12 @@ import fcntl
 import json
 import os
 import pwd
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vmstats.errors import RunDirUnfit, SocketInUse, os_reason
+from vmstats.qmp.server import STAGING_PREFIX
 
 #: The lock every run leaves in its directory: a directory holding it is an earlier
 #: run's, and may be taken again (with the sockets a killed daemon left).
@@ -89,6 +91,17 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock = fd
+        self._remove_half_made()
+
+    def _remove_half_made(self) -> None:
+        """Remove the sockets an earlier run made and never renamed into place (it died
+        between the two): the directory is ours and locked, so no live server's."""
+        for entry in os.scandir(self.path):
+            if not entry.name.startswith(STAGING_PREFIX):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
+                    os.unlink(entry.path)
 
     def _own_directory(self) -> int:
         """The directory, made or checked to be fit, with its modes set: an fd of it (what
