@@ -73,14 +73,20 @@ class RunDir:
             raise RunDirUnfit(f"cannot use {self.path} as the run directory: "
                               f"{os_reason(exc)}") from exc  # fmt: skip
         try:
+            self._lock = self._lock_in(folder)
+            _remove_half_made(folder)
+        finally:
+            os.close(folder)
+
+    def _lock_in(self, folder: int) -> int:
+        """The lock of ``folder`` (an fd of the directory), taken and holding our pid."""
+        try:
             fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=folder)  # fmt: skip
         except OSError as exc:  # an earlier run's, as another user (root by hand, say)
             raise RunDirUnfit(f"cannot use {self.path} as the run directory: its {LOCK} "
                               f"cannot be opened ({os_reason(exc)}): an earlier run's, as "
                               "another user? Remove it") from exc  # fmt: skip
-        finally:
-            os.close(folder)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -90,18 +96,7 @@ class RunDir:
                               f"{holder}): give this one another --run-dir") from None  # fmt: skip
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock = fd
-        self._remove_half_made()
-
-    def _remove_half_made(self) -> None:
-        """Remove the sockets an earlier run made and never renamed into place (it died
-        between the two): the directory is ours and locked, so no live server's."""
-        for entry in os.scandir(self.path):
-            if not entry.name.startswith(STAGING_PREFIX):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
-                    os.unlink(entry.path)
+        return fd
 
     def _own_directory(self) -> int:
         """The directory, made or checked to be fit, with its modes set: an fd of it (what
@@ -171,6 +166,17 @@ class RunDir:
         self._lists = set()
         os.close(self._lock)
         self._lock = None
+
+
+def _remove_half_made(folder: int) -> None:
+    """Remove the sockets an earlier run made in ``folder`` (locked: ours alone) and
+    never renamed into place: it died between the two."""
+    for name in os.listdir(folder):
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode):
+                os.unlink(name, dir_fd=folder)
 
 
 def _check_fit(path: Path, folder: int) -> None:
