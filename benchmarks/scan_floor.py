@@ -52,7 +52,7 @@ def main() -> int:
         fleet.start(args.vms)
         pids = list(fleet.pids().values())
         fds = {pid: os.listdir(f"/proc/{pid}/fd") for pid in pids}
-        links = {pid: fd_links(pid)[0] for pid in pids}
+        links = {pid: fd_links(pid).links for pid in pids}
         stats = [(pid, link) for pid in pids for link in links[pid] if link.vcpu_id is not None]
         pidfds = {pid: os.pidfd_open(pid) for pid in pids}
         copies: list[int] = []

@@ -1,9 +1,9 @@
-"""Shared fixtures, and the count of tests that needed real KVM, QEMU, libvirt, Prometheus
-or the kernel's tracepoints.
+"""Shared fixtures, and the count of tests that needed real KVM, QEMU, libvirt, Prometheus,
+the kernel's tracepoints or its BPF iterators.
 
 CI must show that those tests really ran; the summary line printed at the end
 (``vmstats: kvm tests ran=N skipped=M; qemu tests ...; libvirt ...; prometheus ...;
-trace ...``) says so.
+trace ...; bpf ...``) says so.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 CAPTURES = Path(__file__).parent / "data" / "qemu-7.2-captures"
 
-MARKERS = ("kvm", "qemu", "libvirt", "prometheus", "trace")
+MARKERS = ("kvm", "qemu", "libvirt", "prometheus", "trace", "bpf")
 _outcomes: Counter[tuple[str, str]] = Counter()
 _markers: dict[str, set[str]] = {}
 

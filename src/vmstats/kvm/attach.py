@@ -21,7 +21,7 @@ import ctypes
 import errno
 import os
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from vmstats.errors import AttachError
@@ -66,14 +66,44 @@ def read_proc(path: str) -> bytes:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class FdListing:
+    """A process's KVM fds as a scan read them: its stats fds, its VM control fds (a VMM
+    holds one per VM; a process holding copies of stats fds holds none), and, when the
+    scan read them all in one pass (:mod:`vmstats.kvm.iterate`), the names of its threads
+    named as vCPUs (``CPU N/KVM``)."""
+
+    links: list[StatsFdLink]
+    control: list[int]
+    vcpu_threads: Mapping[int, str] | None = None  # tid -> name; None: not read
+
+
+def kvm_fds(targets: Iterable[tuple[int, str]],
+            vcpu_threads: Mapping[int, str] | None = None) -> FdListing:  # fmt: skip
+    """The listing of a process whose fds are ``targets`` (fd, what ``readlink`` says of
+    it): only its KVM ones count."""
+    out = []
+    control = []
+    for fd, target in targets:
+        if not target.startswith(_KVM_LINK):
+            continue  # most fds: a scan of a big host reads thousands
+        if target == _VM_LINK:
+            out.append(StatsFdLink(fd, None))
+        elif (match := _VCPU_LINK.match(target)) is not None:
+            out.append(StatsFdLink(fd, int(match.group(1))))
+        elif target == _VM_CONTROL:
+            control.append(fd)
+    out.sort(key=lambda link: (link.vcpu_id is not None, link.vcpu_id or 0, link.fd))
+    return FdListing(out, control, vcpu_threads)
+
+
 def stats_fd_links(pid: int) -> list[StatsFdLink]:
     """The KVM stats fds process ``pid`` holds (:class:`AttachError` without access)."""
-    return fd_links(pid)[0]
+    return fd_links(pid).links
 
 
-def fd_links(pid: int) -> tuple[list[StatsFdLink], list[int]]:
-    """The stats fds of ``pid``, and its VM control fds (a VMM holds one per VM; a process
-    holding copies of stats fds holds none)."""
+def fd_links(pid: int) -> FdListing:
+    """The stats fds of ``pid`` and its VM control fds, read from ``/proc/PID/fd``."""
 
     def unlisted(exc: OSError) -> AttachError:  # no such process (any more)
         return AttachError(f"cannot list the fds of process {pid}: {exc.strerror}")
@@ -82,8 +112,7 @@ def fd_links(pid: int) -> tuple[list[StatsFdLink], list[int]]:
         folder = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise unlisted(exc) from exc
-    out = []
-    control = []
+    targets = []
     try:
         try:
             names = os.listdir(folder)
@@ -91,7 +120,7 @@ def fd_links(pid: int) -> tuple[list[StatsFdLink], list[int]]:
             raise unlisted(exc) from exc
         for name in names:
             try:
-                target = os.readlink(name, dir_fd=folder)
+                targets.append((int(name), os.readlink(name, dir_fd=folder)))
             except FileNotFoundError:
                 continue  # closed meanwhile
             except OSError as exc:
@@ -99,18 +128,9 @@ def fd_links(pid: int) -> tuple[list[StatsFdLink], list[int]]:
                     f"cannot read the fds of process {pid}: {exc.strerror} "
                     "(reading another process's fds needs CAP_SYS_PTRACE)"
                 ) from exc
-            if not target.startswith(_KVM_LINK):
-                continue  # most fds: a scan of a big host reads thousands
-            if target == _VM_LINK:
-                out.append(StatsFdLink(int(name), None))
-            elif (match := _VCPU_LINK.match(target)) is not None:
-                out.append(StatsFdLink(int(name), int(match.group(1))))
-            elif target == _VM_CONTROL:
-                control.append(int(name))
     finally:
         os.close(folder)
-    out.sort(key=lambda link: (link.vcpu_id is not None, link.vcpu_id or 0, link.fd))
-    return out, control
+    return kvm_fds(targets)
 
 
 def same_file(pid: int, fd1: int, fd2: int) -> bool:
@@ -146,11 +166,11 @@ def stats_fds_by_process(vmms_only: bool = False) -> dict[int, list[StatsFdLink]
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            links, control = fd_links(int(entry))
+            listing = fd_links(int(entry))
         except AttachError:
             continue  # gone, or not ours to look into
-        if links and (control or not vmms_only):
-            found[int(entry)] = links
+        if listing.links and (listing.control or not vmms_only):
+            found[int(entry)] = listing.links
     return dict(sorted(found.items()))
 
 
@@ -192,8 +212,12 @@ def cpu_index_of_thread(pid: int, tid: int) -> int | None:
     """The CPU index that QEMU's name for thread ``tid`` of ``pid`` (``CPU N/KVM``)
     gives; None when it has no such name.  :class:`OSError` when ``tid`` is no thread of
     ``pid`` (any more)."""
-    comm = read_proc(f"/proc/{pid}/task/{tid}/comm").decode(errors="replace").strip()
-    match = _CPU_THREAD.match(comm)
+    return cpu_index_named(read_proc(f"/proc/{pid}/task/{tid}/comm").decode(errors="replace"))
+
+
+def cpu_index_named(name: str) -> int | None:
+    """The CPU index a thread's name gives (QEMU's ``CPU N/KVM``), else None."""
+    match = _CPU_THREAD.match(name.strip())
     return int(match.group(1)) if match is not None else None
 
 
@@ -257,11 +281,12 @@ class AttachedVm:
 
 
 def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = (),
-           listed: tuple[list[StatsFdLink], list[int]] | None = None) -> AttachedVm:  # fmt: skip
+           listed: FdListing | None = None) -> AttachedVm:  # fmt: skip
     """Copy the stats fds of process ``pid``; vCPUs by CPU index.  ``skip_vm`` and
     ``skip_vcpus`` (KVM vcpu_ids) leave out what is held already: a later scan takes only
     hot-plugged vCPUs.  ``listed``: its stats and control fds as a scan just read them
-    (each copy is checked to be what was listed: the process may have changed since).
+    (each copy is checked to be what was listed: the process may have changed since),
+    with its vCPU threads' names if the scan read them too.
 
     The same vCPU held twice (a dup, or Python's ``mmap`` of a vcpu fd) is taken once.
     """
@@ -271,15 +296,16 @@ def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = (),
         raise AttachError(f"no process {pid}: {exc.strerror}") from exc
     vm = AttachedVm(pid, pidfd)
     try:
-        links, control = listed if listed is not None else fd_links(pid)
-        vms = vm_count(pid, control)
+        listing = listed if listed is not None else fd_links(pid)
+        named = listing.vcpu_threads or {}
+        vms = vm_count(pid, listing.control)
         if vms > 1:
             raise AttachError(
                 f"process {pid} runs {vms} VMs: its stats fds do not say which VM each "
                 "belongs to (the kernel gives them the same names and ids), so it is not served"
             )
         taken: list[tuple[int, int | None, StatsFile]] = []  # vcpu_id, named index, file
-        for link in links:
+        for link in listing.links:
             if link.vcpu_id is None and (skip_vm or vm.vm is not None):
                 continue
             if link.vcpu_id is not None and (link.vcpu_id in skip_vcpus
@@ -296,7 +322,9 @@ def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = (),
                 continue
             match = _VCPU_ID.match(file.id)
             creator = int(match.group(1)) if match else 0
-            if creator not in vm.threads:  # only the creators' names: a VMM has more threads
+            if creator in named and creator not in vm.threads:  # read with the listing
+                vm.threads[creator] = cpu_index_named(named[creator])
+            elif creator not in vm.threads:  # only the creators' names: a VMM has more threads
                 try:
                     vm.threads[creator] = cpu_index_of_thread(pid, creator)
                 except (FileNotFoundError, ProcessLookupError):  # not a thread of its

@@ -46,7 +46,7 @@ from pathlib import Path
 from vmstats import caps
 from vmstats.collect import collections_held
 from vmstats.errors import AttachError, ClientError, SocketInUse, VmstatsError, os_reason
-from vmstats.kvm.attach import AttachedVm, StatsFdLink, attach
+from vmstats.kvm.attach import AttachedVm, FdListing, attach
 from vmstats.kvm.opens import KvmOpens
 from vmstats.kvm.provider import KvmStatsProvider
 from vmstats.kvm.scan import ProcessScanner, ScanResult
@@ -252,8 +252,9 @@ class Daemon:
             # other clients' answers between two VMs leave is collected after it too)
             with collections_held():
                 found = self.scanner.scan()
-                log.debug("scan: %d processes looked at, %d listed", found.processes,
-                          len(found.changed))  # fmt: skip
+                how = " in one pass" if found.by_iterator else ""
+                log.debug("scan: %d processes looked at, %d listed%s", found.processes,
+                          len(found.changed), how)  # fmt: skip
                 self._report(found)
                 # only those listed now: the others were tried when they last changed
                 listed = self._within_fds(found.listings)
@@ -328,8 +329,7 @@ class Daemon:
                               "reads (%d): not looked into for VMs", pid, fds,
                               self.scanner.budget)  # fmt: skip
 
-    def _within_fds(self, listings: dict[int, tuple[list[StatsFdLink], list[int]]]
-                    ) -> dict[int, tuple[list[StatsFdLink], list[int]]]:  # fmt: skip
+    def _within_fds(self, listings: dict[int, FdListing]) -> dict[int, FdListing]:
         """The new VMMs listed that this process has fds left for: a copy of each stats
         fd, a pidfd and a socket each, and a few for a moment.  The others are listed
         again at the next scan (fds free up as VMs go, or the limit is raised), and said
@@ -339,7 +339,7 @@ class Daemon:
             return new
         left, within, short = fd_budget(), {}, 0
         for pid, listed in new.items():
-            need = len(listed[0]) + FDS_PER_VM
+            need = len(listed.links) + FDS_PER_VM
             if need > left:
                 self.scanner.forget(pid)
                 short += 1
@@ -572,6 +572,7 @@ class Daemon:
     async def close(self) -> None:
         for pid in list(self.served):
             await self._remove(pid, "still runs, but vmstats serve stops", write=False)
+        self.scanner.close()
         if self.opens is not None:
             asyncio.get_running_loop().remove_reader(self.opens.fd)
             self.opens.close()

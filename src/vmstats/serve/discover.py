@@ -35,7 +35,7 @@ from pathlib import Path
 from vmstats.errors import AttachError, ClientError
 from vmstats.kvm.attach import (
     AttachedVm,
-    StatsFdLink,
+    FdListing,
     attach,
     owns,
     processes_with_stats_fds,
@@ -178,7 +178,7 @@ def owner_name(uid: int | None) -> str | None:
 def vmms(
     skip: Collection[int] = (),
     report: Callable[[int, AttachError], None] | None = None,
-    found: Mapping[int, tuple[list[StatsFdLink], list[int]]] | None = None,
+    found: Mapping[int, FdListing] | None = None,
 ) -> Iterator[tuple[int, AttachedVm]]:
     """Every VMM on the host we can look into (but ``skip``), with copies of its stats fds,
     one at a time (each taken when the caller asks for the next: the daemon serves each

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import fcntl
 import mmap
 import os
@@ -34,58 +33,59 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vmstats.ebpf import (
+    ADD64_K,
+    ADD64_X,
+    ATOMIC_ADD_DW,
+    BPF_MAP_CREATE,
+    BPF_MAP_DELETE_ELEM,
+    BPF_MAP_GET_FD_BY_ID,
+    BPF_MAP_GET_NEXT_KEY,
+    BPF_MAP_UPDATE_BATCH,
+    BPF_MAP_UPDATE_ELEM,
+    BPF_PROG_TYPE_TRACEPOINT,
+    CALL,
+    EXIT,
+    FP,
+    FUNC_GET_CURRENT_PID_TGID,
+    FUNC_MAP_LOOKUP_ELEM,
+    JA,
+    JEQ_K,
+    JGT_K,
+    LD_IMM64,
+    LDX_MEM,
+    LSH64_K,
+    MOV64_K,
+    MOV64_X,
+    MUL64_K,
+    R0,
+    R1,
+    R2,
+    R6,
+    R7,
+    STX_MEM,
+    ProgramRefused,
+    bpf,
+    hint,
+    insn,
+    load,
+)
 from vmstats.trace.counters import CounterError, open_counter
 
-SYS_BPF = 321  # x86-64
-BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY = 0, 2, 3, 4
-BPF_PROG_LOAD, BPF_MAP_GET_FD_BY_ID, BPF_MAP_UPDATE_BATCH = 5, 14, 26
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY = 1, 2
-BPF_PROG_TYPE_TRACEPOINT = 5
 BPF_F_MMAPABLE = 1 << 10
 BPF_PSEUDO_MAP_FD, BPF_PSEUDO_MAP_VALUE = 1, 2
-BPF_FUNC_MAP_LOOKUP_ELEM, BPF_FUNC_GET_CURRENT_PID_TGID = 1, 14
 PERF_EVENT_IOC_SET_BPF = 0x40042408  # _IOW('$', 8, __u32)
 #: union bpf_attr, as far as each command needs it (the kernel zero-fills the rest).
 _MAP_ATTR = struct.Struct("=IIIIIII16s")  # type, key/value size, entries, flags, inner...
 _ELEM_ATTR = struct.Struct("=IIQQQ")  # map fd, pad, key, value, flags
 _BATCH_ATTR = struct.Struct("=QQQQIIQQ")  # in/out batch, keys, values, count, map fd, flags
-_PROG_ATTR = struct.Struct("=IIQQIIQII16s")  # type, count, insns, license, log..., name
-_INSN = struct.Struct("<BBhi")  # code, dst_reg | src_reg << 4, off, imm
-_LOG_SIZE = 1 << 16
 #: Threads counted at once by one process: each has a region of the one array of counts,
 #: and an entry in the map of threads (both made at start), within MAX_BYTES of counts
 #: (a region is 8 bytes a reason: 256 for kvm_userspace_exit, 18 KB for every kvm event,
 #: whose APIC tables name register offsets up to 0x400).
 MAX_THREADS, MAX_BYTES = 4096, 16 << 20
-_libc = ctypes.CDLL(None, use_errno=True)
-
-# Instruction codes (linux/bpf.h, linux/bpf_common.h).
-_LDX_MEM = {1: 0x71, 2: 0x69, 4: 0x61, 8: 0x79}  # BPF_LDX | BPF_MEM | size
-_STX_MEM_W, _ST_MEM_W = 0x63, 0x62
-_JGT_K, _JEQ_K, _JA, _CALL, _EXIT = 0x25, 0x15, 0x05, 0x85, 0x95
-_MOV64_K, _MOV64_X, _ADD64_K, _ADD64_X, _LSH64_K, _MUL64_K = 0xB7, 0xBF, 0x07, 0x0F, 0x67, 0x27
-_LD_IMM64 = 0x18
-_ATOMIC_ADD_DW = 0xDB  # BPF_STX | BPF_ATOMIC | BPF_DW, imm BPF_ADD
-_R0, _R1, _R2, _R6, _R7, _FP = 0, 1, 2, 6, 7, 10
 SLOT = 8  # bytes of one count (u64)
-
-
-def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    return _INSN.pack(code, dst | src << 4, off, imm)
-
-
-def _bpf(command: int, attr: bytes) -> int:
-    buffer = ctypes.create_string_buffer(attr, len(attr))
-    result = int(_libc.syscall(SYS_BPF, command, buffer, len(attr)))
-    if result < 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-    return result
-
-
-def _hint(code: int | None) -> str:
-    if code in (errno.EPERM, errno.EACCES):
-        return " (needs root, or CAP_BPF and CAP_PERFMON)"
-    return ""
 
 
 @dataclass(frozen=True)
@@ -106,43 +106,43 @@ def program(counted: Counted, threads_fd: int, counts_fd: int, stride: int,
             capacity: int) -> bytes:  # fmt: skip
     """``counts[region(tid)][base + min(field, slots)] += 1`` for a counted thread (its
     region: ``stride`` slots); return 0, so the perf event itself records nothing."""
-    exit_ = [_insn(_MOV64_K, _R0, imm=0), _insn(_EXIT)]
+    exit_ = [insn(MOV64_K, R0, imm=0), insn(EXIT)]
     if counted.size == 0:
-        pick = [_insn(_MOV64_K, _R2, imm=0)]
+        pick = [insn(MOV64_K, R2, imm=0)]
     else:
         pick = [
-            _insn(_LDX_MEM[counted.size], _R2, _R6, counted.offset),
-            _insn(_JGT_K, _R2, off=2, imm=counted.slots - 1),  # past the table: the others
-            _insn(_LSH64_K, _R2, imm=3),
-            _insn(_JA, off=1),
-            _insn(_MOV64_K, _R2, imm=counted.slots * SLOT),
+            insn(LDX_MEM[counted.size], R2, R6, counted.offset),
+            insn(JGT_K, R2, off=2, imm=counted.slots - 1),  # past the table: the others
+            insn(LSH64_K, R2, imm=3),
+            insn(JA, off=1),
+            insn(MOV64_K, R2, imm=counted.slots * SLOT),
         ]
     add = [
-        _insn(_ADD64_K, _R2, imm=counted.base * SLOT),
-        _insn(_ADD64_X, _R2, _R7),  # the thread's region
-        _insn(_LD_IMM64, _R0, BPF_PSEUDO_MAP_VALUE, 0, counts_fd),
-        _insn(0, imm=0),  # the second half: offset 0 in the one value
-        _insn(_ADD64_X, _R0, _R2),
-        _insn(_MOV64_K, _R1, imm=1),
-        _insn(_ATOMIC_ADD_DW, _R0, _R1, 0, 0),
+        insn(ADD64_K, R2, imm=counted.base * SLOT),
+        insn(ADD64_X, R2, R7),  # the thread's region
+        insn(LD_IMM64, R0, BPF_PSEUDO_MAP_VALUE, 0, counts_fd),
+        insn(0, imm=0),  # the second half: offset 0 in the one value
+        insn(ADD64_X, R0, R2),
+        insn(MOV64_K, R1, imm=1),
+        insn(ATOMIC_ADD_DW, R0, R1, 0, 0),
         *exit_,
     ]
     body = pick + add
     region = [  # r7 = the region's offset in bytes, bounded for the verifier
-        _insn(_LDX_MEM[4], _R7, _R0, 0),
-        _insn(_JGT_K, _R7, off=len(body) - len(exit_) + 1, imm=capacity - 1),
-        _insn(_MUL64_K, _R7, imm=stride * SLOT),
+        insn(LDX_MEM[4], R7, R0, 0),
+        insn(JGT_K, R7, off=len(body) - len(exit_) + 1, imm=capacity - 1),
+        insn(MUL64_K, R7, imm=stride * SLOT),
     ]
     lookup_thread = [  # r0 = the calling thread's region number, or out
-        _insn(_MOV64_X, _R6, _R1),
-        _insn(_CALL, imm=BPF_FUNC_GET_CURRENT_PID_TGID),
-        _insn(_STX_MEM_W, _FP, _R0, -4),  # the low half: the thread id
-        _insn(_MOV64_X, _R2, _FP),
-        _insn(_ADD64_K, _R2, imm=-4),
-        _insn(_LD_IMM64, _R1, BPF_PSEUDO_MAP_FD, 0, threads_fd),
-        _insn(0),
-        _insn(_CALL, imm=BPF_FUNC_MAP_LOOKUP_ELEM),
-        _insn(_JEQ_K, _R0, off=len(region) + len(body) - len(exit_), imm=0),
+        insn(MOV64_X, R6, R1),
+        insn(CALL, imm=FUNC_GET_CURRENT_PID_TGID),
+        insn(STX_MEM[4], FP, R0, -4),  # the low half: the thread id
+        insn(MOV64_X, R2, FP),
+        insn(ADD64_K, R2, imm=-4),
+        insn(LD_IMM64, R1, BPF_PSEUDO_MAP_FD, 0, threads_fd),
+        insn(0),
+        insn(CALL, imm=FUNC_MAP_LOOKUP_ELEM),
+        insn(JEQ_K, R0, off=len(region) + len(body) - len(exit_), imm=0),
     ]
     # every miss jumps to the exit that closes ``add``
     return b"".join(lookup_thread + region + body)
@@ -150,29 +150,21 @@ def program(counted: Counted, threads_fd: int, counts_fd: int, stride: int,
 
 def _load(code: bytes) -> int:
     """The program's fd; :class:`CounterError` with the verifier's words if refused."""
-    insns = ctypes.create_string_buffer(code, len(code))
-    license = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(_LOG_SIZE)
-    attr = _PROG_ATTR.pack(BPF_PROG_TYPE_TRACEPOINT, len(code) // _INSN.size,
-                           ctypes.addressof(insns), ctypes.addressof(license), 1, _LOG_SIZE,
-                           ctypes.addressof(log), 0, 0, b"vmstats_count")  # fmt: skip
     try:
-        return _bpf(BPF_PROG_LOAD, attr)
-    except OSError as exc:
-        words = [line for line in log.value.decode(errors="replace").strip().splitlines()
-                 if not line.startswith(("processed ", "verification time"))]  # fmt: skip
-        detail = f" ({words[-1]})" if words else ""
+        return load(BPF_PROG_TYPE_TRACEPOINT, code, b"vmstats_count")
+    except ProgramRefused as exc:
+        detail = f" ({exc.words})" if exc.words else ""
         raise CounterError(f"the kernel refuses the counting program: {exc.strerror}"
-                           f"{detail}{_hint(exc.errno)}") from None  # fmt: skip
+                           f"{detail}{hint(exc.errno)}") from None  # fmt: skip
 
 
 def _map(kind: int, key: int, value: int, entries: int, flags: int, name: bytes) -> int:
     attr = _MAP_ATTR.pack(kind, key, value, entries, flags, 0, 0, name)
     try:
-        return _bpf(BPF_MAP_CREATE, attr)
+        return bpf(BPF_MAP_CREATE, attr)
     except OSError as exc:
         raise CounterError(f"cannot make the counting map {name.decode()}: {exc.strerror}"
-                           f"{_hint(exc.errno)}") from None  # fmt: skip
+                           f"{hint(exc.errno)}") from None  # fmt: skip
 
 
 def map_keys(fd: int) -> list[int]:
@@ -184,7 +176,7 @@ def map_keys(fd: int) -> list[int]:
         attr = _ELEM_ATTR.pack(fd, 0, 0 if first else ctypes.addressof(key),
                                ctypes.addressof(following), 0)  # fmt: skip
         try:
-            _bpf(BPF_MAP_GET_NEXT_KEY, attr)
+            bpf(BPF_MAP_GET_NEXT_KEY, attr)
         except OSError:  # ENOENT: the last one
             return sorted(found)
         found.append(following.value)
@@ -193,7 +185,7 @@ def map_keys(fd: int) -> list[int]:
 
 def map_by_id(map_id: int) -> int:
     """An fd of the BPF map of that id (root only): what another process holds."""
-    return _bpf(BPF_MAP_GET_FD_BY_ID, struct.pack("=IIII", map_id, 0, 0, 0))
+    return bpf(BPF_MAP_GET_FD_BY_ID, struct.pack("=IIII", map_id, 0, 0, 0))
 
 
 class Tracer:
@@ -289,12 +281,12 @@ class Tracer:
         batch = _BATCH_ATTR.pack(0, 0, ctypes.addressof(keys), ctypes.addressof(values),
                                  len(regions), self.threads, 0, 0)  # fmt: skip
         with contextlib.suppress(OSError):
-            _bpf(BPF_MAP_UPDATE_BATCH, batch)
+            bpf(BPF_MAP_UPDATE_BATCH, batch)
             return {}
         failed: dict[int, OSError] = {}
         for index, tid in enumerate(regions):
             try:
-                _bpf(BPF_MAP_UPDATE_ELEM, _ELEM_ATTR.pack(
+                bpf(BPF_MAP_UPDATE_ELEM, _ELEM_ATTR.pack(
                     self.threads, 0, ctypes.addressof(keys) + 4 * index,
                     ctypes.addressof(values) + 4 * index, 0))  # fmt: skip
             except OSError as exc:
@@ -313,7 +305,7 @@ class Tracer:
             return
         key = ctypes.c_uint32(tid)
         with contextlib.suppress(OSError):
-            _bpf(BPF_MAP_DELETE_ELEM, _ELEM_ATTR.pack(self.threads, 0, ctypes.addressof(key),
+            bpf(BPF_MAP_DELETE_ELEM, _ELEM_ATTR.pack(self.threads, 0, ctypes.addressof(key),
                                                       0, 0))  # fmt: skip
         self._free.append(region)
 

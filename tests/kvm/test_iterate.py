@@ -1,0 +1,179 @@
+"""One pass of the BPF iterators (:mod:`vmstats.kvm.iterate`) lists what ``/proc`` lists,
+and the scanner falls back to ``/proc`` where they cannot run: on the real kernel, with a
+real VM (the demo's), a process holding copies of its stats fds (this one), and a
+process holding a file named as a KVM fd."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.kvm.conftest import requires_kvm
+from vmstats import btf
+from vmstats.btf import Btf, BtfError, func_id
+from vmstats.demo.process import DemoProcess
+from vmstats.kvm.attach import fd_links, kvm_fds
+from vmstats.kvm.iterate import IteratorUnavailable, KvmIterator
+from vmstats.kvm.scan import ProcessScanner
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _reason() -> str | None:
+    try:
+        KvmIterator().close()
+    except IteratorUnavailable as exc:
+        return str(exc)
+    return None
+
+
+REASON = _reason()
+
+
+def requires_iterators(test: F) -> F:
+    """Marked ``bpf``; skipped only without root: as root a refusal (the verifier's, say)
+    is a failure, never a silent skip."""
+    skip = pytest.mark.skipif(REASON is not None and os.geteuid() != 0,
+                              reason=f"no BPF iterators here: {REASON}")  # fmt: skip
+    return pytest.mark.bpf(skip(test))  # type: ignore[no-any-return]
+
+
+DECOY = """
+import os, sys
+os.chdir(sys.argv[1])
+held = [open(name, "w") for name in ("anon_inode:kvm-vm", "anon_inode:kvm-vcpu-stats:0")]
+print("ok", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def decoy(tmp_path: Path) -> Iterator[int]:
+    """A process holding files named as KVM fds: neither listing may take them for some."""
+    proc = subprocess.Popen([sys.executable, "-c", DECOY, str(tmp_path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ok\n"
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def _kvm_links(pid: int) -> list[tuple[int, str]]:
+    """What ``/proc`` says of the fds of ``pid`` that the iterator hands back."""
+    links = []
+    for fd in list(Path(f"/proc/{pid}/fd").iterdir()):
+        try:
+            links.append((int(fd.name), os.readlink(fd)))
+        except FileNotFoundError:  # the listing's own fd
+            continue
+    return sorted((fd, link) for fd, link in links if link.startswith("anon_inode:kvm-")
+                  and not link.startswith("anon_inode:kvm-vcpu:"))  # fmt: skip
+
+
+@pytest.mark.kvm
+@requires_kvm
+@requires_iterators
+def test_one_pass_hands_back_what_proc_says_of_every_kvm_fd_and_vcpu_thread(decoy: int) -> None:
+    iterator = KvmIterator()
+    try:
+        with DemoProcess(vcpus=2, rate=0.001) as demo:
+            found = iterator.read()
+            assert sorted(found.files[demo.pid]) == _kvm_links(demo.pid)
+            assert sorted(found.files[os.getpid()]) == _kvm_links(os.getpid())  # copies
+            assert decoy not in found.files
+            assert found.threads[demo.pid] == {tid: f"CPU {index}/KVM"
+                                               for index, tid in enumerate(demo.threads)}  # fmt: skip
+            for pid in (demo.pid, os.getpid()):  # the same listing either way
+                listed, passed = fd_links(pid), kvm_fds(found.files[pid])
+                assert (passed.links, passed.control) == (listed.links, listed.control)
+            assert fd_links(decoy) == kvm_fds([])
+        assert demo.pid not in iterator.read().files  # gone
+    finally:
+        iterator.close()
+
+
+@pytest.mark.kvm
+@requires_kvm
+@requires_iterators
+def test_a_scan_lists_the_same_vmms_in_one_pass_as_through_proc(decoy: int) -> None:
+    with DemoProcess(vcpus=2, rate=0.001) as demo:
+        by_pass = ProcessScanner(iterate_from=0)
+        through_proc = ProcessScanner(iterate_from=None)
+        try:
+            one, other = by_pass.scan(), through_proc.scan()
+        finally:
+            by_pass.close()
+        assert one.by_iterator
+        assert not other.by_iterator
+        assert demo.pid in one.vmms
+        assert one.vmms == other.vmms
+        ours = one.listings[demo.pid]
+        assert ours.links == other.listings[demo.pid].links
+        assert ours.control == other.listings[demo.pid].control
+        # the vCPU threads' names came with the pass: none is read again to attach
+        assert ours.vcpu_threads == {
+            tid: f"CPU {index}/KVM" for index, tid in enumerate(demo.threads)
+        }
+        assert other.listings[demo.pid].vcpu_threads is None
+
+
+@pytest.mark.kvm
+@requires_kvm
+def test_where_the_iterators_cannot_run_the_scan_lists_through_proc_and_says_why_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = tmp_path / "vmlinux"
+    broken.write_bytes(b"\xeb\x9f\x01\x00" + bytes(28))  # BTF of the other byte order
+    monkeypatch.setattr(btf, "VMLINUX", str(broken))
+    caplog.set_level(logging.INFO, logger="vmstats.kvm.scan")
+    with DemoProcess(vcpus=1, rate=0.001) as demo:
+        scanner = ProcessScanner(iterate_from=0)
+        first = scanner.scan()
+        assert not first.by_iterator
+        assert demo.pid in first.vmms
+        assert scanner.unavailable is not None
+        assert "byte order" in scanner.unavailable
+        scanner.scan()
+    said = [r.getMessage() for r in caplog.records if "through /proc" in r.getMessage()]
+    assert said == [f"processes' fds are listed through /proc: {scanner.unavailable}"]
+
+
+def test_btf_that_is_not_btf_is_said_so(tmp_path: Path) -> None:
+    for content, words in ((b"", "is not BTF"), (b"x" * 64, "byte order")):
+        path = tmp_path / "vmlinux"
+        path.write_bytes(content)
+        with pytest.raises(BtfError, match=words):
+            Btf(str(path))
+    with pytest.raises(BtfError, match="cannot read"):
+        Btf(str(tmp_path / "absent"))
+
+
+@pytest.mark.skipif(not Path(btf.VMLINUX).exists(), reason="this kernel has no BTF")
+def test_btf_places_the_members_the_programs_read() -> None:
+    kernel = Btf()
+    task = kernel.struct("task_struct")
+    assert {"pid", "tgid", "comm"} <= task.named.keys()
+    assert task.named["tgid"] == task.named["pid"] + 4  # pid_t pid; pid_t tgid;
+    file = kernel.struct("file")
+    assert "f_path" in file.named or file.anonymous
+    path = kernel.struct("path")
+    assert path.named == {"mnt": 0, "dentry": 8}
+    assert path.size == 16
+    with pytest.raises(BtfError, match="no type named"):
+        kernel.struct("vmstats_no_such_struct")
+
+
+@requires_iterators
+def test_the_kernel_names_the_type_id_of_a_function_or_says_it_has_none() -> None:
+    assert func_id("bpf_iter_task_file") > 0
+    assert func_id("bpf_iter_task") != func_id("bpf_iter_task_file")
+    with pytest.raises(BtfError, match="no function vmstats_no_such_function"):
+        func_id("vmstats_no_such_function")
