@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,9 +20,10 @@ from tests.kvm.conftest import requires_kvm
 from vmstats import btf
 from vmstats.btf import Btf, BtfError, func_id
 from vmstats.demo.process import DemoProcess
-from vmstats.kvm.attach import fd_links, kvm_fds
+from vmstats.kvm.attach import attach, fd_links, kvm_fds
 from vmstats.kvm.iterate import IteratorUnavailable, KvmIterator
 from vmstats.kvm.scan import ProcessScanner
+from vmstats.testing.fleet import Fleet
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -177,3 +179,34 @@ def test_the_kernel_names_the_type_id_of_a_function_or_says_it_has_none() -> Non
     assert func_id("bpf_iter_task") != func_id("bpf_iter_task_file")
     with pytest.raises(BtfError, match="no function vmstats_no_such_function"):
         func_id("vmstats_no_such_function")
+
+
+@pytest.mark.kvm
+@requires_kvm
+@requires_iterators
+def test_a_vmm_is_attached_by_the_names_its_threads_had_in_the_pass() -> None:
+    """The names a pass read are the ones the vCPUs are indexed by (no thread's name is
+    read again): here the pass's names, swapped, swap the indexes.  A VMM as QEMU makes
+    one: each vCPU made by a thread of its own, named ``CPU N/KVM``."""
+    with Fleet(2, prefix="iterate") as fleet:
+        fleet.start(1)
+        (pid,) = fleet.pids().values()
+        scanner = ProcessScanner(iterate_from=0)
+        try:
+            listing = scanner.scan().listings[pid]
+        finally:
+            scanner.close()
+        assert listing.vcpu_threads is not None
+        tid = {name: tid for tid, name in listing.vcpu_threads.items()}
+        first, second = tid["CPU 0/KVM"], tid["CPU 1/KVM"]
+        as_read = attach(pid, listed=listing)
+        swapped = attach(pid, listed=replace(listing, vcpu_threads={
+            first: "CPU 1/KVM", second: "CPU 0/KVM"}))  # fmt: skip
+        try:
+            assert {i: f.id for i, f in as_read.vcpus.items()} == {
+                0: f"kvm-{first}/vcpu-0", 1: f"kvm-{second}/vcpu-1"}  # fmt: skip
+            assert {i: f.id for i, f in swapped.vcpus.items()} == {
+                1: f"kvm-{first}/vcpu-0", 0: f"kvm-{second}/vcpu-1"}  # fmt: skip
+        finally:
+            as_read.close()
+            swapped.close()
