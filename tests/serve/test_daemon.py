@@ -23,7 +23,7 @@ import pytest
 
 from tests.kvm.conftest import requires_kvm
 from tests.qmp.test_cli_clients import FakePeer
-from tests.serve.conftest import Daemon
+from tests.serve.conftest import Daemon, log_of
 from tests.serve.users import (
     GROUP,
     USER_UID,
@@ -359,6 +359,20 @@ def test_once_listening_the_daemon_keeps_only_the_capabilities_its_work_needs(
     held = caps.sets(proc.pid)
     assert caps.names(held["CapEff"]) == kept
     assert held["CapInh"] == held.get("CapAmb", 0) == 0
+
+
+@pytest.mark.bpf
+@pytest.mark.skipif(os.geteuid() != 0, reason="the iterators are loaded with root's privileges")
+def test_a_daemon_that_gave_up_cap_bpf_still_lists_in_one_pass_with_what_it_loaded(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    """The iterators are loaded before the capabilities go: with ``--tracepoints none``
+    the daemon drops CAP_BPF and CAP_PERFMON, and its first scan (every process of the
+    host changed: many) still lists them in one pass, not through /proc."""
+    proc, run_dir = start_daemon("--tracepoints", "none")
+    assert wait_for((run_dir / "vms.json").exists)  # written at the end of the first scan
+    assert "CAP_BPF" not in caps.names(caps.sets(proc.pid)["CapPrm"])
+    assert "listed through /proc" not in log_of(run_dir)
 
 
 @pytest.mark.qemu

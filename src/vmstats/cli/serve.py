@@ -222,6 +222,8 @@ async def _serve(path: Path | None, given: dict[str, object], config: ServeConfi
             return 1
     # exit reasons: counted from now on, the programs loaded with root's privileges
     daemon.tracing = open_tracing(config.tracepoints) if config.tracepoints else None
+    if daemon.fds:  # the iterators too, that list every process's fds in one pass
+        daemon.scanner.prepare()
     _drop_privileges(bool(config.qmp), daemon.tracing is not None)
     try:
         await daemon.run(stop)

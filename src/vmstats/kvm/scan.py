@@ -81,21 +81,30 @@ class ProcessScanner:
         self._iterator: KvmIterator | None = None
         self.unavailable: str | None = None  # why the iterators cannot list, once tried
 
+    def prepare(self) -> None:
+        """Load the iterators now, while this process may (a daemon that gives up
+        ``CAP_BPF`` may still run programs it loaded); where they cannot be, say why."""
+        if self.iterate_from is not None and self._iterator is None and not self.unavailable:
+            try:
+                self._iterator = KvmIterator()
+            except IteratorUnavailable as exc:
+                self._unavailable(str(exc))
+
+    def _unavailable(self, why: str) -> None:
+        self.unavailable = why
+        log.info("processes' fds are listed through /proc: %s", why)
+
     def _iterate(self) -> Iteration | None:
-        """One pass of the iterators (loaded at the first), or None where they cannot
-        list here: said once, and ``/proc`` serves from then on."""
-        if self.unavailable is not None:
+        """One pass of the iterators (loaded at the first, if not prepared), or None
+        where they cannot list here: said once, and ``/proc`` serves from then on."""
+        self.prepare()
+        if self._iterator is None:
             return None
         try:
-            if self._iterator is None:
-                self._iterator = KvmIterator()
             return self._iterator.read()
-        except IteratorUnavailable as exc:
-            self.unavailable = str(exc)
         except OSError as exc:
-            self.unavailable = f"a pass failed: {exc.strerror}"
             self.close()
-        log.info("processes' fds are listed through /proc: %s", self.unavailable)
+            self._unavailable(f"a pass failed: {exc.strerror}")
         return None
 
     def close(self) -> None:
