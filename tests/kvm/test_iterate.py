@@ -21,8 +21,8 @@ from vmstats import btf
 from vmstats.btf import Btf, BtfError, func_id
 from vmstats.demo.process import DemoProcess
 from vmstats.kvm.attach import attach, fd_links, kvm_fds
-from vmstats.kvm.iterate import IteratorUnavailable, KvmIterator
-from vmstats.kvm.scan import ProcessScanner
+from vmstats.kvm.iterate import IteratorUnavailable, KvmIterator, PassTooBig
+from vmstats.kvm.scan import DEFAULT_BUDGET, ProcessScanner
 from vmstats.testing.fleet import Fleet
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -87,7 +87,7 @@ def test_one_pass_hands_back_what_proc_says_of_every_kvm_fd_and_vcpu_thread(deco
     iterator = KvmIterator()
     try:
         with DemoProcess(vcpus=2, rate=0.001) as demo:
-            found = iterator.read()
+            found = iterator.read(DEFAULT_BUDGET)
             assert sorted(found.files[demo.pid]) == _kvm_links(demo.pid)
             assert sorted(found.files[os.getpid()]) == _kvm_links(os.getpid())  # copies
             assert decoy not in found.files
@@ -97,7 +97,7 @@ def test_one_pass_hands_back_what_proc_says_of_every_kvm_fd_and_vcpu_thread(deco
                 listed, passed = fd_links(pid), kvm_fds(found.files[pid])
                 assert (passed.links, passed.control) == (listed.links, listed.control)
             assert fd_links(decoy) == kvm_fds([])
-        assert demo.pid not in iterator.read().files  # gone
+        assert demo.pid not in iterator.read(DEFAULT_BUDGET).files  # gone
     finally:
         iterator.close()
 
@@ -210,3 +210,40 @@ def test_a_vmm_is_attached_by_the_names_its_threads_had_in_the_pass() -> None:
         finally:
             as_read.close()
             swapped.close()
+
+
+@pytest.mark.kvm
+@requires_kvm
+@requires_iterators
+def test_a_pass_that_hands_back_more_than_a_scan_reads_is_left_for_proc_within_the_budget(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whoever may use /dev/kvm can open KVM fds (and name threads ``CPU ...``) by the
+    thousand: a pass that hands back more records than the scan's budget is left, and
+    that scan lists /proc within the budget; said once, until a pass fits again."""
+    caplog.set_level(logging.INFO, logger="vmstats.kvm.scan")
+    with DemoProcess(vcpus=2, rate=0.001) as demo:
+        iterator = KvmIterator()
+        try:
+            with pytest.raises(PassTooBig):
+                iterator.read(3)  # the demo alone holds 4 such fds, this process 3 copies
+            assert demo.pid in iterator.read(DEFAULT_BUDGET).files
+        finally:
+            iterator.close()
+        scanner = ProcessScanner(budget=DEFAULT_BUDGET, iterate_from=0)
+        try:
+            scanner.budget = 3
+            first, second = scanner.scan(), scanner.scan()
+            scanner.budget = DEFAULT_BUDGET
+            scanner.forget(demo.pid)
+            third = scanner.scan()
+        finally:
+            scanner.close()
+    assert not first.by_iterator
+    assert not second.by_iterator
+    assert first.deferred  # /proc, within the budget: most processes are left for later
+    assert third.by_iterator
+    assert demo.pid in third.vmms
+    said = [r.getMessage() for r in caplog.records if "this time" in r.getMessage()]
+    assert said == ["KVM fds listed through /proc this time: the iterators handed back "
+                    "more than 3 records, more than a scan reads"]  # fmt: skip

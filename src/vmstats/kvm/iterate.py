@@ -82,6 +82,10 @@ class IteratorUnavailable(Exception):
     """Why this kernel or process cannot list fds by iterator (then ``/proc`` serves)."""
 
 
+class PassTooBig(Exception):
+    """A pass handed back more than it may: this scan lists ``/proc``, within its budget."""
+
+
 @dataclass
 class Iteration:
     """What one pass found: every process's KVM fds, and its threads named as vCPUs."""
@@ -230,25 +234,33 @@ class KvmIterator:
                                   f"{refused.strerror}{detail}{hint(refused.errno)}")  # fmt: skip
 
     @staticmethod
-    def _pass(link: int) -> bytes:
+    def _pass(link: int, record: int, most: int) -> bytes:
+        """The records of one pass of ``link``; :class:`PassTooBig` past ``most`` of them
+        (the pass is left there: the rest is never made)."""
         fd = bpf(BPF_ITER_CREATE, struct.pack("=II", link, 0))
         try:
-            chunks = []
+            chunks, size = [], 0
             while chunk := os.read(fd, 1 << 20):
                 chunks.append(chunk)
+                size += len(chunk)
+                if size > most * record:
+                    raise PassTooBig(f"more than {most} records")
             return b"".join(chunks)
         finally:
             os.close(fd)
 
-    def read(self) -> Iteration:
+    def read(self, most: int) -> Iteration:
         """One pass: the KVM fds of every process (but none of a process that has none),
-        and its threads named ``CPU ...``.  :class:`OSError` if the kernel fails it."""
+        and its threads named ``CPU ...``; :class:`PassTooBig` past ``most`` of either
+        (whoever may use ``/dev/kvm`` can open KVM fds by the thousand, and name threads:
+        a pass must cost no more than a scan's budget); :class:`OSError` if the kernel
+        fails it."""
         found = Iteration()
         files = found.files
-        for pid, fd, path in _FILE.iter_unpack(self._pass(self._files)):
+        for pid, fd, path in _FILE.iter_unpack(self._pass(self._files, _FILE.size, most)):
             files.setdefault(pid, []).append((fd, path.split(b"\0", 1)[0].decode()))
         threads = found.threads
-        for pid, tid, comm in _THREAD.iter_unpack(self._pass(self._threads)):
+        for pid, tid, comm in _THREAD.iter_unpack(self._pass(self._threads, _THREAD.size, most)):
             name = comm.split(b"\0", 1)[0].decode(errors="replace")
             threads.setdefault(pid, {})[tid] = name
         return found

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from vmstats.errors import AttachError
 from vmstats.kvm.attach import FdListing, StatsFdLink, fd_links, kvm_fds
-from vmstats.kvm.iterate import Iteration, IteratorUnavailable, KvmIterator
+from vmstats.kvm.iterate import Iteration, IteratorUnavailable, KvmIterator, PassTooBig
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class ProcessScanner:
         self._listed: dict[int, _Listed] = {}
         self._iterator: KvmIterator | None = None
         self.unavailable: str | None = None  # why the iterators cannot list, once tried
+        self._too_big = False  # the last pass handed back more than the budget
 
     def prepare(self) -> None:
         """Load the iterators now, while this process may (a daemon that gives up
@@ -101,11 +102,19 @@ class ProcessScanner:
         if self._iterator is None:
             return None
         try:
-            return self._iterator.read()
+            found = self._iterator.read(self.budget)
+        except PassTooBig as exc:
+            if not self._too_big:  # said once, until a pass fits again
+                log.info("KVM fds listed through /proc this time: the iterators handed "
+                         "back %s, more than a scan reads", exc)  # fmt: skip
+            self._too_big = True
+            return None
         except OSError as exc:
             self.close()
             self._unavailable(f"a pass failed: {exc.strerror}")
-        return None
+            return None
+        self._too_big = False
+        return found
 
     def close(self) -> None:
         """Let the iterators go."""
