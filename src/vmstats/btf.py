@@ -14,15 +14,11 @@ of the kernel, which keeps an index (a syscall program calling
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 
 from vmstats.ebpf import (
     ADD64_K,
-    BPF_F_SLEEPABLE,
-    BPF_PROG_TEST_RUN,
-    BPF_PROG_TYPE_SYSCALL,
     CALL,
     EXIT,
     FP,
@@ -34,10 +30,9 @@ from vmstats.ebpf import (
     R3,
     R4,
     STX_MEM,
-    bpf_into,
     insn,
-    load,
     load_imm64,
+    run_syscall,
 )
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
@@ -46,8 +41,6 @@ _HEADER = struct.Struct("<HBBIIIII")  # magic, version, flags, header length, 4 
 _TYPE = struct.Struct("<III")  # name offset, info (vlen, kind, kind_flag), size or type
 _MEMBER = struct.Struct("<III")  # name offset, type, offset (bits; bitfield size on top)
 KIND_STRUCT, KIND_FUNC = 4, 12
-#: union bpf_attr for BPF_PROG_TEST_RUN: prog fd, retval, data in/out, repeat...
-_TEST_RUN = struct.Struct("=IIIIQQIIIIQQIII")
 
 
 class BtfError(Exception):
@@ -137,17 +130,9 @@ def func_id(name: str) -> int:
         insn(EXIT),
     ]
     try:
-        prog = load(BPF_PROG_TYPE_SYSCALL, b"".join(code), b"vmstats_btf_id",
-                    flags=BPF_F_SLEEPABLE)  # fmt: skip
+        found = run_syscall(b"".join(code), b"vmstats_btf_id")  # the id, or -errno
     except OSError as exc:
         raise BtfError(f"cannot ask the kernel for BTF ids: {exc.strerror}") from None
-    try:
-        _, attr = bpf_into(BPF_PROG_TEST_RUN, _TEST_RUN.pack(prog, *[0] * 14))
-    except OSError as exc:
-        raise BtfError(f"cannot ask the kernel for BTF ids: {exc.strerror}") from None
-    finally:
-        os.close(prog)
-    found: int = struct.unpack_from("=i", attr, 4)[0]  # retval: the id, or -errno
     if found <= 0:
         raise BtfError(f"no function {name} in this kernel's BTF")
     return found

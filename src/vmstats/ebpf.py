@@ -27,6 +27,8 @@ BPF_F_SLEEPABLE = 1 << 4
 _PROG_ATTR = struct.Struct("=IIQQIIQII16sIIIIQIIQII")
 _INSN = struct.Struct("<BBhi")  # code, dst_reg | src_reg << 4, off, imm
 INSN_SIZE = _INSN.size
+#: union bpf_attr for BPF_PROG_TEST_RUN: prog fd, retval, data in/out, repeat...
+_TEST_RUN = struct.Struct("=IIIIQQIIIIQQIII")
 _LOG_SIZE = 1 << 16
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -35,8 +37,8 @@ LDX_MEM = {1: 0x71, 2: 0x69, 4: 0x61, 8: 0x79}  # BPF_LDX | BPF_MEM | size
 STX_MEM = {4: 0x63, 8: 0x7B}  # BPF_STX | BPF_MEM | size
 ST_MEM_W, ST_MEM_DW = 0x62, 0x7A
 JGT_K, JEQ_K, JNE_X, JSLT_K, JA, CALL, EXIT = 0x25, 0x15, 0x5D, 0xC5, 0x05, 0x85, 0x95
-MOV64_K, MOV64_X, ADD64_K, ADD64_X, AND64_X, LSH64_K, MUL64_K = (
-    0xB7, 0xBF, 0x07, 0x0F, 0x5F, 0x67, 0x27)  # fmt: skip
+MOV64_K, MOV64_X, ADD64_K, ADD64_X, AND64_X, LSH64_K, RSH64_K, MUL64_K = (
+    0xB7, 0xBF, 0x07, 0x0F, 0x5F, 0x67, 0x77, 0x27)  # fmt: skip
 LD_IMM64 = 0x18
 ATOMIC_ADD_DW = 0xDB  # BPF_STX | BPF_ATOMIC | BPF_DW, imm BPF_ADD
 R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, FP = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
@@ -139,3 +141,16 @@ def load(prog_type: int, code: bytes, name: bytes, *, attach_type: int = 0,
         lines = [line for line in log.value.decode(errors="replace").strip().splitlines()
                  if not line.startswith(("processed ", "verification time"))]  # fmt: skip
         raise ProgramRefused(exc.errno or 0, lines[-1] if lines else "") from None
+
+
+def run_syscall(code: bytes, name: bytes) -> int:
+    """Load a program of type syscall, run it once in this process (``BPF_PROG_TEST_RUN``)
+    and let it go: what it returned (32 bits, signed).  :class:`OSError` if the kernel
+    refuses it (Linux < 5.14 has no such programs; without ``CAP_BPF``)."""
+    prog = load(BPF_PROG_TYPE_SYSCALL, code, name, flags=BPF_F_SLEEPABLE)
+    try:
+        _, attr = bpf_into(BPF_PROG_TEST_RUN, _TEST_RUN.pack(prog, *[0] * 14))
+    finally:
+        os.close(prog)
+    returned: int = struct.unpack_from("=i", attr, 4)[0]
+    return returned

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.serve.conftest import nobody_env  # noqa: F401 -- the fixture, for these tests too
 from vmstats.demo import DemoVM, GuestProgram
 from vmstats.kvm.ioctl import kvm_unavailable_reason
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -247,3 +248,36 @@ def test_a_pass_that_hands_back_more_than_a_scan_reads_is_left_for_proc_within_t
     said = [r.getMessage() for r in caplog.records if "this time" in r.getMessage()]
     assert said == ["KVM fds listed through /proc this time: the iterators handed back "
                     "more than 3 records, more than a scan reads"]  # fmt: skip
+
+
+@requires_iterators
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="no unshare (util-linux)")
+def test_in_a_pid_namespace_of_its_own_a_process_is_told_the_iterators_are_not_for_it() -> None:
+    """The iterators hand back the kernel's pids, which name other processes (or none)
+    in a pid namespace: there the scanner must list /proc, and says why."""
+    script = ("from vmstats.kvm.iterate import KvmIterator, IteratorUnavailable\n"
+              "try:\n    KvmIterator().close()\nexcept IteratorUnavailable as exc:\n"
+              "    print(exc)\n")  # fmt: skip
+    inside = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable,
+                             "-c", script], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert inside.stdout == "this process is in a pid namespace of its own\n", inside.stderr
+    outside = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+    assert outside.stdout == ""  # loaded, closed
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running as uid 65534 needs root")
+def test_without_privileges_the_iterators_are_said_to_need_them(
+    nobody_env: dict[str, str],
+) -> None:
+    """As uid 65534 (no CAP_BPF): one line that says what is missing."""
+    script = ("import os\nfrom vmstats.kvm.iterate import KvmIterator, IteratorUnavailable\n"
+              "try:\n    KvmIterator().close()\nexcept IteratorUnavailable as exc:\n"
+              "    print(exc)\n")  # fmt: skip
+    said = subprocess.run(["/usr/bin/python3", "-c", script], env=nobody_env,
+                          capture_output=True, text=True, timeout=60, user=65534, group=65534,
+                          extra_groups=[])  # fmt: skip
+    assert said.stdout == (
+        "cannot load BPF programs: Operation not permitted (needs root, "
+        "or CAP_BPF and CAP_PERFMON)\n"
+    ), said.stderr

@@ -15,7 +15,7 @@ The programs read three members of the kernel's structs (a task's ``tgid``, ``pi
 ``comm``, a file's ``f_path``), placed by this kernel's BTF (:mod:`vmstats.btf`); the
 verifier checks each against the same BTF, so a program that would read the wrong
 member is refused, not run.  They need root (``CAP_BPF``, ``CAP_PERFMON``), BTF, Linux
->= 5.14, and this process in the host's pid namespace (they see the kernel's pids).
+>= 5.14, and this process in the host's pid namespace (they hand back the kernel's pids).
 Where one is missing, :class:`KvmIterator` says why, and the scanner lists ``/proc``.
 """
 
@@ -38,6 +38,7 @@ from vmstats.ebpf import (
     EXIT,
     FP,
     FUNC_D_PATH,
+    FUNC_GET_CURRENT_PID_TGID,
     FUNC_SEQ_WRITE,
     JEQ_K,
     JNE_X,
@@ -52,6 +53,7 @@ from vmstats.ebpf import (
     R6,
     R7,
     R8,
+    RSH64_K,
     ST_MEM_DW,
     STX_MEM,
     Jump,
@@ -62,6 +64,7 @@ from vmstats.ebpf import (
     insn,
     load,
     load_imm64,
+    run_syscall,
 )
 
 #: What ``readlink`` says of every KVM fd: the programs hand back only these.
@@ -172,27 +175,23 @@ def threads_program(task: StructLayout) -> bytes:
     ])  # fmt: skip
 
 
-def _in_host_pid_namespace() -> bool:
-    """Does this process see the kernel's own pids (what the programs hand back)?"""
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"NSpid:"):
-                    return len(line.split()) == 2
-    except OSError:
-        return False
-    return True  # a kernel before 4.1: no namespaces said, and no iterators either
+def kernel_tgid() -> int:
+    """This process's id as the kernel's programs see it (``bpf_get_current_pid_tgid``):
+    not :func:`os.getpid` in a pid namespace of its own, where the pids the iterators
+    hand back would name other processes, or none."""
+    code = [insn(CALL, imm=FUNC_GET_CURRENT_PID_TGID), insn(RSH64_K, R0, imm=32), insn(EXIT)]
+    return run_syscall(b"".join(code), b"vmstats_tgid")
 
 
 class KvmIterator:
     """The two iterators, loaded once: each :meth:`read` is one pass of each."""
 
     def __init__(self) -> None:
-        if not _in_host_pid_namespace():
-            raise IteratorUnavailable("this process is in a pid namespace of its own")
         self._fds: list[int] = []  # links, then programs
         self._files = self._threads = -1
         try:
+            if kernel_tgid() != os.getpid():
+                raise IteratorUnavailable("this process is in a pid namespace of its own")
             btf = Btf()
             task = btf.struct("task_struct")
             file = btf.struct("file")
@@ -205,9 +204,16 @@ class KvmIterator:
                 "bpf_iter_task_file", [files_program(task, place) for place in places]
             )
             self._threads = self._link("bpf_iter_task", [threads_program(task)])
-        except (BtfError, OSError) as exc:
+        except IteratorUnavailable:
+            self.close()
+            raise
+        except BtfError as exc:
             self.close()
             raise IteratorUnavailable(str(exc)) from None
+        except OSError as exc:
+            self.close()
+            raise IteratorUnavailable(f"cannot load BPF programs: {exc.strerror}"
+                                      f"{hint(exc.errno)}") from None  # fmt: skip
 
     def _link(self, target: str, candidates: Sequence[bytes]) -> int:
         """The first candidate program the verifier takes, attached as iterator ``target``."""
