@@ -51,7 +51,7 @@ def fd_counts_known() -> bool:
 @dataclass(frozen=True)
 class _Listed:
     signature: tuple[int, int]  # (inode, fds) of /proc/PID/fd when it was listed
-    listing: FdListing  # its VM control fds: a VMM has one (a reader holding copies none)
+    listing: FdListing  # its stats and VM control fds (a VMM has one; a reader none)
 
 
 @dataclass
