@@ -281,3 +281,39 @@ def test_without_privileges_the_iterators_are_said_to_need_them(
         "cannot load BPF programs: Operation not permitted (needs root, "
         "or CAP_BPF and CAP_PERFMON)\n"
     ), said.stderr
+
+
+OWN_TABLE = """
+import ctypes, fcntl, os, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def own_table():
+    assert libc.unshare(0x400) == 0  # CLONE_FILES: this thread's fds are its own from now
+    kvm = os.open("/dev/kvm", os.O_RDWR)
+    vm = fcntl.ioctl(kvm, 0xAE01, 0)  # KVM_CREATE_VM
+    print(vm, flush=True)
+    sys.stdin.read()
+thread = threading.Thread(target=own_table)
+thread.start()
+thread.join()
+"""
+
+
+@pytest.mark.kvm
+@requires_kvm
+@requires_iterators
+def test_a_thread_with_an_fd_table_of_its_own_does_not_lend_its_fds_to_its_process() -> None:
+    """/proc/PID/fd and pidfd_getfd use the process's fd table (its main thread's): a VM
+    made by a thread that unshared its table is in neither, and not in a pass either
+    (else its fd numbers would name other files of the process)."""
+    proc = subprocess.Popen([sys.executable, "-c", OWN_TABLE], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    iterator = KvmIterator()
+    try:
+        assert proc.stdout is not None
+        assert int(proc.stdout.readline()) > 0  # its VM made
+        assert _kvm_links(proc.pid) == []
+        assert proc.pid not in iterator.read(DEFAULT_BUDGET).files
+    finally:
+        iterator.close()
+        proc.kill()
+        proc.wait()

@@ -142,8 +142,9 @@ class Places:
 
 
 def files_program(places: Places, f_path: int) -> bytes:
-    """For every open file: its ``(tgid, fd, path)`` if its path begins ``anon_inode:kvm-``
-    (but a vCPU's control fd, ``kvm-vcpu:N``: two of each vCPU's three fds here).  Only an
+    """For every open file of a process (its main thread's fd table, as ``/proc/PID/fd``):
+    its ``(tgid, fd, path)`` if its path begins ``anon_inode:kvm-`` (but a vCPU's control
+    fd, ``kvm-vcpu:N``: two of each vCPU's three fds here).  Only an
     anon inode's path is made (its superblock's magic tells, three loads): a host's
     other files, most of them, cost the pass next to nothing (15,000 fds of /dev/null:
     9 ms with a path made for each)."""
@@ -155,6 +156,9 @@ def files_program(places: Places, f_path: int) -> bytes:
         Jump(JEQ_K, "out", R7),  # the end of the pass
         insn(LDX_MEM[8], R8, R6, _CTX_TASK),
         Jump(JEQ_K, "out", R8),
+        insn(LDX_MEM[4], R1, R8, places.pid),  # a thread with an fd table of its own
+        insn(LDX_MEM[4], R2, R8, places.tgid),  # (clone without CLONE_FILES): not the
+        Jump(JNE_X, "out", R1, R2),  # process's, which /proc/PID/fd and pidfd_getfd use
         insn(LDX_MEM[8], R1, R7, places.f_inode),
         insn(LDX_MEM[8], R1, R1, places.i_sb),
         insn(LDX_MEM[8], R1, R1, places.s_magic),
