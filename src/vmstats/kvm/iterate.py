@@ -132,13 +132,13 @@ class Places:
 
     @classmethod
     def of(cls, btf: Btf) -> Places:
-        named = {**btf.struct("task_struct").named, **btf.struct("file").named,
-                 **btf.struct("inode").named, **btf.struct("super_block").named}  # fmt: skip
-        try:
-            return cls(*(named[member] for member in ("tgid", "pid", "comm", "f_inode",
-                                                      "i_sb", "s_magic")))  # fmt: skip
-        except KeyError as exc:
-            raise BtfError(f"no member {exc.args[0]} where the iterators read it") from None
+        wanted = [("task_struct", "tgid"), ("task_struct", "pid"), ("task_struct", "comm"),
+                  ("file", "f_inode"), ("inode", "i_sb"), ("super_block", "s_magic")]  # fmt: skip
+        layouts = {name: btf.struct(name).named for name in dict(wanted)}
+        for struct_name, member in wanted:
+            if member not in layouts[struct_name]:
+                raise BtfError(f"struct {struct_name} has no member {member}")
+        return cls(*(layouts[struct_name][member] for struct_name, member in wanted))
 
 
 def files_program(places: Places, f_path: int) -> bytes:
