@@ -327,8 +327,11 @@ def test_ctrl_c_on_a_silent_server_exits_130(tmp_path: Path) -> None:
     listener = socketlib.socket(socketlib.AF_UNIX)
     listener.bind(str(path))
     listener.listen(1)  # accepts, never greets: a QEMU busy with another client
+    # Ctrl-C as at a terminal: a runner that started us in the background (``cmd &`` in
+    # a script) ignores SIGINT, and a child keeps what it inherits ignored, as it should
     proc = subprocess.Popen([sys.executable, "-m", "vmstats", "query", str(path), "--target",
-                             "vm", "--timeout", "30"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+                             "vm", "--timeout", "30"], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     listener.settimeout(30)
     connection, _ = listener.accept()  # the client is waiting for its greeting now
     proc.send_signal(signal.SIGINT)
