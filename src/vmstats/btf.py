@@ -101,8 +101,9 @@ class Btf:
         vlen, bitfields = info & 0xFFFF, info >> 31
         named: dict[str, int] = {}
         anonymous: list[int] = []
+        members = at + _TYPE.size
         for index in range(vlen):
-            name, _, offset = _MEMBER.unpack_from(self._types, at + _TYPE.size + index * 12)
+            name, _, offset = _MEMBER.unpack_from(self._types, members + index * _MEMBER.size)
             bits = offset & 0xFFFFFF if bitfields else offset
             if name == 0:
                 anonymous.append(bits // 8)
