@@ -123,14 +123,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _watch(args: argparse.Namespace) -> Watch:
     """What the SOURCE arguments name: sockets, and directories watched for them.  A
     directory that cannot be listed is refused: no socket would ever show up in it."""
-    directories = [Path(text) for text in args.sources if os.path.isdir(text)]
-    for directory in directories:
-        reason = unlistable(str(directory))
-        if reason is not None:
-            raise VmstatsError(f"{directory} cannot be listed ({reason}): give the sockets "
-                               f"of your VMs instead (vmstats list {directory} shows "
+    directories: list[Path] = []
+    sockets: list[str] = []
+    for text in args.sources:
+        if not os.path.isdir(text):
+            sockets.append(text)
+        elif (reason := unlistable(text)) is not None:
+            raise VmstatsError(f"{text} cannot be listed ({reason}): give the sockets "
+                               f"of your VMs instead (vmstats list {text} shows "
                                "them)")  # fmt: skip
-    files = socket_addresses([text for text in args.sources if not os.path.isdir(text)])
+        else:
+            directories.append(Path(text))
+    files = socket_addresses(sockets)
     readers: list[Reader] = [QmpReader(text, args.timeout) for text in files]
     return Watch(readers, directories, args.timeout)
 
