@@ -35,7 +35,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 # Instruction codes (linux/bpf.h, linux/bpf_common.h).
 LDX_MEM = {1: 0x71, 2: 0x69, 4: 0x61, 8: 0x79}  # BPF_LDX | BPF_MEM | size
 STX_MEM = {4: 0x63, 8: 0x7B}  # BPF_STX | BPF_MEM | size
-ST_MEM_W, ST_MEM_DW = 0x62, 0x7A
+ST_MEM_DW = 0x7A  # BPF_ST | BPF_MEM | BPF_DW
 JGT_K, JEQ_K, JNE_K, JNE_X, JSLT_K, JA, CALL, EXIT = 0x25, 0x15, 0x55, 0x5D, 0xC5, 0x05, 0x85, 0x95
 MOV64_K, MOV64_X, ADD64_K, ADD64_X, AND64_X, LSH64_K, RSH64_K, MUL64_K = (
     0xB7, 0xBF, 0x07, 0x0F, 0x5F, 0x67, 0x77, 0x27)  # fmt: skip
