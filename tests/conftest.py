@@ -8,14 +8,34 @@ trace ...; bpf ...``) says so.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 CAPTURES = Path(__file__).parent / "data" / "qemu-7.2-captures"
 
 MARKERS = ("kvm", "qemu", "libvirt", "prometheus", "trace", "bpf")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def needs_root_for(marker: pytest.MarkDecorator, reason: str | None,
+                   what: str) -> Callable[[F], F]:  # fmt: skip
+    """A test of what only root (or a few capabilities) may do here, marked ``marker``:
+    skipped only where this process is not root and ``reason`` says why it cannot; as
+    root a refusal (the verifier's, say) is a failure, never a silent skip."""
+    skip = pytest.mark.skipif(reason is not None and os.geteuid() != 0,
+                              reason=f"{what}: {reason}")  # fmt: skip
+
+    def mark(test: F) -> F:
+        return marker(skip(test))  # type: ignore[no-any-return]
+
+    return mark
+
+
 _outcomes: Counter[tuple[str, str]] = Counter()
 _markers: dict[str, set[str]] = {}
 

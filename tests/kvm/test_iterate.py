@@ -10,13 +10,13 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
+from tests.conftest import needs_root_for
 from tests.kvm.conftest import requires_kvm
 from vmstats import btf
 from vmstats.btf import Btf, BtfError, func_id
@@ -25,8 +25,6 @@ from vmstats.kvm.attach import attach, fd_links, kvm_fds
 from vmstats.kvm.iterate import IteratorUnavailable, KvmIterator, PassTooBig
 from vmstats.kvm.scan import DEFAULT_BUDGET, ProcessScanner
 from vmstats.testing.fleet import Fleet
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _reason() -> str | None:
@@ -37,15 +35,8 @@ def _reason() -> str | None:
     return None
 
 
-REASON = _reason()
-
-
-def requires_iterators(test: F) -> F:
-    """Marked ``bpf``; skipped only without root: as root a refusal (the verifier's, say)
-    is a failure, never a silent skip."""
-    skip = pytest.mark.skipif(REASON is not None and os.geteuid() != 0,
-                              reason=f"no BPF iterators here: {REASON}")  # fmt: skip
-    return pytest.mark.bpf(skip(test))  # type: ignore[no-any-return]
+#: Marked ``bpf``; skipped only without root.
+requires_iterators = needs_root_for(pytest.mark.bpf, _reason(), "no BPF iterators here")
 
 
 DECOY = """

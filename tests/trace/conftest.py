@@ -5,28 +5,21 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
+from tests.conftest import needs_root_for
 from tests.serve.conftest import nobody_env  # noqa: F401 -- the fixture, for these tests too
 from vmstats.trace.format import tracefs
 from vmstats.trace.provider import tracing_unavailable_reason
 
 TRACING_REASON = tracing_unavailable_reason()
-F = TypeVar("F", bound=Callable[..., Any])
-#: Skipped only where the privileges lack: as root a refusal (the verifier's, say) is a
-#: failure, never a silent skip.
-_SKIP = pytest.mark.skipif(TRACING_REASON is not None and os.geteuid() != 0,
-                           reason=f"exit reasons cannot be counted here: {TRACING_REASON}")  # fmt: skip
-
-
-def requires_tracing(test: F) -> F:
-    """A test that counts tracepoints (marked ``trace``): it runs where this process may
-    (root, here), and says why not elsewhere."""
-    return pytest.mark.trace(_SKIP(test))  # type: ignore[no-any-return]
+#: A test that counts tracepoints (marked ``trace``): it runs where this process may (root,
+#: here), and says why not elsewhere.
+requires_tracing = needs_root_for(pytest.mark.trace, TRACING_REASON,
+                                  "exit reasons cannot be counted here")  # fmt: skip
 
 
 @pytest.fixture(scope="session")
