@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.kvm.conftest import requires_kvm
-from tests.security.conftest import Daemon, log_of
+from tests.security.conftest import Daemon, log_of, rows
 from vmstats.testing.hostile import FLOODER, rss_bytes, stats_fd_count, wait_for
 from vmstats.testing.qemu import RawQMP, stop_process
 
@@ -124,8 +124,8 @@ def test_floods_of_fds_and_fds_passed_to_many_processes_delay_no_vm(
     assert wait_for((run_dir / "hostile.qmp").exists, timeout=30)
     assert vcpus_served(run_dir, "hostile") == 2
     assert stats_fd_count(proc.pid) == 3  # the VMM's, copied once
-    served = json.loads((run_dir / "vms.json").read_text())
-    assert [row["pid"] for row in served] == [parent.pid]  # not its 20 children
+    assert wait_for(lambda: bool(rows(run_dir)))  # written after the socket
+    assert [row["pid"] for row in rows(run_dir).values()] == [parent.pid]  # not its 20 children
     assert rss_bytes(proc.pid) < 150 << 20
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)

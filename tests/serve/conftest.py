@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -23,6 +24,16 @@ Daemon = tuple[subprocess.Popen[str], Path]
 def log_path(run_dir: Path) -> Path:
     """Where the log of the daemon :func:`start_daemon` started on ``run_dir`` goes."""
     return run_dir.with_name(f"{run_dir.name}.log")
+
+
+def rows(run_dir: Path) -> dict[str, dict[str, object]]:
+    """``vms.json``'s rows by name; none until it is written.  It is written at the end
+    of the scan that made the sockets (clients are answered meanwhile): a test that saw
+    a socket appear waits for its row."""
+    try:
+        return {str(r["name"]): r for r in json.loads((run_dir / "vms.json").read_text())}
+    except (OSError, ValueError):
+        return {}
 
 
 def log_of(run_dir: Path) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.kvm.conftest import requires_kvm
-from tests.serve.conftest import Daemon
+from tests.serve.conftest import Daemon, rows
 from tests.serve.users import GROUP, as_nobody, connect_as_nobody, named_vmm
 from vmstats import acl
 from vmstats.serve.access import Access, AllowRule, Peer, VmIdentity, allow_rule
@@ -99,14 +99,6 @@ def test_the_acl_is_what_the_kernel_reads(tmp_path: Path) -> None:
     acl.set_groups(path, 0o660, [])
     assert acl.groups_of(path) == {}
     assert os.stat(path).st_mode & 0o777 == 0o660
-
-
-def served(run_dir: Path) -> dict[str, dict[str, object]]:
-    """``vms.json``'s rows by name (it is written after the sockets: wait for rows)."""
-    try:
-        return {str(r["name"]): r for r in json.loads((run_dir / "vms.json").read_text())}
-    except (OSError, ValueError):
-        return {}
 
 
 def list_as_nobody(run_dir: Path, groups: list[int], env: dict[str, str]) -> list[str]:
@@ -203,11 +195,11 @@ def test_allow_rules_give_groups_their_vms_and_sighup_changes_them(
                                  "--group", str(GROUP)], stderr=stderr)  # fmt: skip
     db1, web1 = named_vmm("db1"), named_vmm("web1")
     try:
-        assert wait_for(lambda: {"db1", "web1"} <= set(served(run_dir)))
+        assert wait_for(lambda: {"db1", "web1"} <= set(rows(run_dir)))
         db, web = run_dir / "db1.qmp", run_dir / "web1.qmp"
         assert acl.groups_of(db) == {DBA: 6, OPS: 6}
         assert acl.groups_of(web) == {OPS: 6}
-        assert served(run_dir)["db1"]["groups"] == [str(DBA), str(OPS)]  # names, or gids
+        assert rows(run_dir)["db1"]["groups"] == [str(DBA), str(OPS)]  # names, or gids
         assert connect_as_nobody(db, [DBA]).stdout.startswith('{"QMP"')
         assert "Permission denied" in connect_as_nobody(web, [DBA]).stdout
         assert connect_as_nobody(web, [OPS]).stdout.startswith('{"QMP"')
@@ -218,7 +210,7 @@ def test_allow_rules_give_groups_their_vms_and_sighup_changes_them(
         config.write_text(f'allow = ["{WEB}:name=web*"]\n')
         proc.send_signal(signal.SIGHUP)
         assert wait_for(lambda: acl.groups_of(web) == {WEB: 6} and not acl.groups_of(db))
-        assert wait_for(lambda: "groups" not in served(run_dir)["db1"])
+        assert wait_for(lambda: "groups" not in rows(run_dir)["db1"])
         assert "Permission denied" in connect_as_nobody(db, [DBA]).stdout
         assert connect_as_nobody(web, [WEB]).stdout.startswith('{"QMP"')
         assert not (run_dir / f"vms-group-{DBA}.json").exists()

@@ -23,7 +23,7 @@ import pytest
 
 from tests.kvm.conftest import requires_kvm
 from tests.qmp.test_cli_clients import FakePeer
-from tests.serve.conftest import Daemon, log_of
+from tests.serve.conftest import Daemon, log_of, rows
 from tests.serve.users import (
     GROUP,
     USER_UID,
@@ -245,9 +245,9 @@ def test_qemu_72_is_forwarded_byte_for_byte_and_its_socket_stays_free(
         # take longer than our 1 s: a CI run saw the busy error once more)
         assert wait_for(lambda: ours_conn.request(vm_stats).startswith(b'{"return"'))
         assert ours_conn.request(vm_stats) == ask(vm.qmp_path, vm_stats)
-        listing = json.loads((run_dir / "vms.json").read_text())
         assert vm.proc is not None
-        assert [(r["name"], r["source"]) for r in listing
+        assert wait_for(lambda: "old72" in rows(run_dir))
+        assert [(r["name"], r["source"]) for r in rows(run_dir).values()
                 if r["pid"] == vm.proc.pid] == [("old72", "QMP (forwarded)")]  # fmt: skip
         assert control_fds(proc.pid) == []
         vm.stop()
@@ -525,6 +525,7 @@ def test_only_the_group_may_connect() -> None:
             assert served.stat().st_gid == GROUP
             assert run_dir.stat().st_gid == GROUP
             assert stat.S_IMODE(run_dir.stat().st_mode) == 0o751  # passed through, not listed
+            assert wait_for(lambda: bool(rows(run_dir)))  # written after the socket
             assert stat.S_IMODE((run_dir / "vms.json").stat().st_mode) == 0o640
             member = connect_as_nobody(served, [GROUP])
             assert member.returncode == 0, member

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.kvm.conftest import requires_kvm
-from tests.serve.conftest import Daemon, log_of
+from tests.serve.conftest import Daemon, log_of, rows
 from vmstats.kvm.attach import attach, cpu_index_of_threads, creator_thread
 from vmstats.serve import daemon
 from vmstats.testing.fleet import Fleet
@@ -30,13 +30,6 @@ pytestmark = [pytest.mark.kvm, requires_kvm,
 
 VMS = int(os.environ.get("VMSTATS_FLEET_VMS", "32"))
 VCPUS = 8
-
-
-def rows(run_dir: Path) -> dict[str, dict[str, object]]:
-    try:
-        return {str(r["name"]): r for r in json.loads((run_dir / "vms.json").read_text())}
-    except (OSError, ValueError):
-        return {}
 
 
 def test_a_fleet_is_served_scraped_and_reaped(start_daemon: Callable[..., Daemon]) -> None:
