@@ -125,6 +125,12 @@ class ProgramRefused(OSError):
         self.words = words
 
 
+#: How many times a load is tried: the verifier gives up with EAGAIN when a signal comes
+#: for the loading thread (a SIGHUP to the daemon, a profiler's sampling), and the same
+#: load passes once tried again (as libbpf does, five times).
+LOAD_ATTEMPTS = 5
+
+
 def load(prog_type: int, code: bytes, name: bytes, *, attach_type: int = 0,
          attach_btf_id: int = 0, flags: int = 0) -> int:  # fmt: skip
     """Load a GPL program: its fd; :class:`ProgramRefused` with the verifier's words."""
@@ -135,12 +141,17 @@ def load(prog_type: int, code: bytes, name: bytes, *, attach_type: int = 0,
                            ctypes.addressof(license), 1, _LOG_SIZE, ctypes.addressof(log),
                            0, flags, name, 0, attach_type, 0, 0, 0, 0, 0, 0, 0,
                            attach_btf_id)  # fmt: skip
-    try:
-        return bpf(BPF_PROG_LOAD, attr)
-    except OSError as exc:
-        lines = [line for line in log.value.decode(errors="replace").strip().splitlines()
-                 if not line.startswith(("processed ", "verification time"))]  # fmt: skip
-        raise ProgramRefused(exc.errno or 0, lines[-1] if lines else "") from None
+    attempts = 1
+    while True:
+        try:
+            return bpf(BPF_PROG_LOAD, attr)
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN and attempts < LOAD_ATTEMPTS:
+                attempts += 1  # a signal came while the verifier ran: it gave up, not refused
+                continue
+            lines = [line for line in log.value.decode(errors="replace").strip().splitlines()
+                     if not line.startswith(("processed ", "verification time"))]  # fmt: skip
+            raise ProgramRefused(exc.errno or 0, lines[-1] if lines else "") from None
 
 
 def run_syscall(code: bytes, name: bytes) -> int:
