@@ -44,7 +44,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from vmstats import caps
-from vmstats.collect import collections_held
+from vmstats.collect import collections_held, keep_all, let_go
 from vmstats.errors import AttachError, ClientError, SocketInUse, VmstatsError, os_reason
 from vmstats.kvm.attach import AttachedVm, FdListing, attach
 from vmstats.kvm.opens import KvmOpens
@@ -93,6 +93,10 @@ OPEN_SCANS = (0.25, 1.0, 3.0)
 OPEN_GAP = 0.5
 
 
+#: A scan that serves this many new VMs (a host's first, many starting together) keeps
+#: what it made out of the collector's walks (:func:`keep_all`); fewer are not worth the
+#: full collection that keeping costs once a VM was removed (churn: one a second).
+KEEP_FROM = 16
 #: The fds a VM takes beside its stats fds: its VMM's pidfd, its socket, and a few opened
 #: for a moment while it is taken.
 FDS_PER_VM = 4
@@ -262,6 +266,8 @@ class Daemon:
                 for pid, attached in vmms(self.served, self._not_served, listed):
                     await self._try_serve(pid, attached, None)
                     await slices.pause()
+                if len(self.served.keys() - before) >= KEEP_FROM:
+                    keep_all()  # served VMs stay while they run: no collection walks them
             for served in [vm for pid, vm in self.served.items() if pid in before]:
                 if served.sources and served.fds_replaced():
                     self._reattach(served)
@@ -547,6 +553,7 @@ class Daemon:
         closing = asyncio.ensure_future(vm.server.close())
         vm.close_stats()  # reads from now on fail: the VM is gone
         await closing
+        let_go()  # its objects (kept since it was served) are garbage now
         if write:
             self._write_state()
         log.info("%s (process %d) %s: no longer served", vm.name, pid, why)
