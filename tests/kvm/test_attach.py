@@ -13,10 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.kvm.conftest import requires_kvm
+from vmstats.demo.guest import GuestProgram
 from vmstats.demo.process import DemoProcess
+from vmstats.demo.vm import DemoVM
 from vmstats.errors import AttachError
 from vmstats.kvm.attach import (
     AttachedVm,
+    FdListing,
+    StatsFdLink,
     attach,
     denied_why,
     fd_links,
@@ -24,6 +28,7 @@ from vmstats.kvm.attach import (
     stats_fd_links,
     still_held,
 )
+from vmstats.kvm.binstats import StatsFile
 from vmstats.testing.hostile import wait_for
 from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
 
@@ -126,6 +131,39 @@ def test_still_held_wants_each_fd_to_be_its_copys_file() -> None:
     finally:
         for fd in (read_end, write_end, copy, other):
             os.close(fd)
+
+
+@pytest.mark.kvm
+@requires_kvm
+@pytest.mark.parametrize("found", ["a regular file of its bytes", "another vCPU's", "an eventfd"])
+def test_a_copy_that_is_not_what_was_listed_is_refused(tmp_path: Path, found: str) -> None:
+    """A scan lists a process's fds, and copies them after: meanwhile the process may
+    close one and open another file at its number (a VM recreated on reset).  Each copy
+    is checked to be what was listed (vCPU 0's stats fd here): not a regular file, even
+    holding a stats file's bytes (a read of it could block, on a hung NFS), nor another
+    vCPU's stats fd, nor another anonymous file.  Each copy refused is closed."""
+    with DemoVM(2, GuestProgram(), rate=0, qemu_layout=True) as vm:
+        files = [f for vcpu in vm.provider.vcpus if isinstance(f := vcpu.file, StatsFile)]
+        if found == "an eventfd":
+            there = os.eventfd(0)
+        elif found == "another vCPU's":
+            there = os.dup(files[1].fd)
+        else:
+            (tmp_path / "stats").write_bytes(os.pread(files[0].fd, 1 << 16, 0))
+            there = os.open(tmp_path / "stats", os.O_RDONLY)
+        held = len(os.listdir("/proc/self/fd"))
+        try:
+            with pytest.raises(AttachError, match="changed its fds while they were taken"):
+                attach(os.getpid(), listed=FdListing([StatsFdLink(there, 0)], []))
+            assert len(os.listdir("/proc/self/fd")) == held
+            attached = attach(os.getpid(), listed=FdListing([StatsFdLink(files[0].fd, 0)], []))
+            try:
+                assert list(attached.vcpus) == [0]
+                assert attached.vcpus[0].read() == files[0].read()
+            finally:
+                attached.close()
+        finally:
+            os.close(there)
 
 
 def attach_when(pid: int, ready: Callable[[AttachedVm], bool], timeout: float = 30) -> AttachedVm:
