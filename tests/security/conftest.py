@@ -1,5 +1,5 @@
 """The daemon as the serve tests start it."""
 
-from tests.serve.conftest import Daemon, log_of, rows, start_daemon
+from tests.serve.conftest import Daemon, counted_threads, log_of, rows, start_daemon
 
-__all__ = ["Daemon", "log_of", "rows", "start_daemon"]
+__all__ = ["Daemon", "counted_threads", "log_of", "rows", "start_daemon"]

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.kvm.conftest import requires_kvm
-from tests.security.conftest import Daemon, log_of, rows
+from tests.security.conftest import Daemon, counted_threads, log_of, rows
+from tests.trace.conftest import requires_tracing
+from vmstats.kvm.attach import cpu_index_of_threads
 from vmstats.testing.hostile import FLOODER, rss_bytes, stats_fd_count, wait_for
 from vmstats.testing.qemu import RawQMP, stop_process
 
@@ -28,9 +30,14 @@ pytestmark = [pytest.mark.kvm, requires_kvm,
 VMM = """
 import os, resource, sys, time
 from vmstats.demo.vm import DemoVM
-vm = DemoVM(2, rate=1)
+from vmstats.kvm.attach import copy_fd, stats_fd_links
+vm = DemoVM(2, rate=1, qemu_layout="qemu-layout" in sys.argv)
 for trick in sys.argv[1:]:
-    if trick == "fake-thread-names":  # the thread that made both vCPUs says it is CPU 0
+    if trick.startswith("copies-of="):  # another VMM's vCPU stats fds, copied after its own
+        pid = int(trick[10:])
+        pidfd = os.pidfd_open(pid)
+        theirs = [copy_fd(pidfd, link.fd) for link in stats_fd_links(pid) if link.vcpu_id]
+    elif trick == "fake-thread-names":  # the thread that made both vCPUs says it is CPU 0
         with open("/proc/self/comm", "w") as comm:
             comm.write("CPU 0/KVM")
     elif trick.startswith("dup="):  # thousands of copies of each stats fd
@@ -95,6 +102,41 @@ def test_thousands_of_copies_of_its_stats_fds_are_taken_once(
     assert wait_for((run_dir / "hostile.qmp").exists)
     assert vcpus_served(run_dir, "hostile") == 2
     assert stats_fd_count(proc.pid) == 3  # the VM's and two vCPUs', not 6,000
+
+
+#: A VMM of two VMs (not served: its stats fds do not tell which VM is whose), the first
+#: of four vCPUs each made on a thread of its own.
+TWO_VMS = """
+import time
+from vmstats.demo.vm import DemoVM
+vms = [DemoVM(4, rate=1, qemu_layout=True), DemoVM(1, rate=1)]
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+@requires_tracing
+def test_copies_of_another_vms_vcpus_do_not_get_its_exits_counted_for_this_one(
+    start_daemon: Callable[..., Daemon], vmm: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    """A VMM of two vCPUs that also holds copies of another VMM's vCPU stats fds (passed
+    to it, or copied as root) is served with them, but exit reasons are counted on its
+    own threads only, never on the threads of the other VMM that made the copies: their
+    exits are the other VM's.  (The other VMM runs two VMs and is not served itself, so
+    nothing else counts its threads.)"""
+    other = subprocess.Popen([sys.executable, "-c", TWO_VMS], stdout=subprocess.PIPE)
+    try:
+        assert other.stdout is not None
+        assert other.stdout.readline() == b"ready\n"
+        hostile = vmm("qemu-layout", f"copies-of={other.pid}")  # its vCPUs 0, 1 and 2, 3
+        proc, run_dir = start_daemon()
+        assert wait_for(lambda: (run_dir / "hostile.qmp").exists())
+        assert vcpus_served(run_dir, "hostile") == 4
+        own = sorted(cpu_index_of_threads(hostile.pid))
+        assert len(own) == 2
+        assert wait_for(lambda: counted_threads(proc.pid) == own)
+    finally:
+        stop_process(other)
 
 
 @pytest.fixture

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -17,6 +19,7 @@ import pytest
 import vmstats
 from tests.serve.users import imported_by_serve
 from vmstats.testing.qemu import stop_process
+from vmstats.trace.bpf import map_by_id, map_keys
 
 Daemon = tuple[subprocess.Popen[str], Path]
 
@@ -100,3 +103,21 @@ def nobody_env() -> Iterator[dict[str, str]]:
         yield {**os.environ, "PYTHONPATH": str(lib)}
     finally:
         shutil.rmtree(lib, ignore_errors=True)
+
+
+def counted_threads(pid: int) -> list[int]:
+    """The threads a process's tracer counts: the keys of its map of threads (a BPF hash
+    map; root opens it by its id)."""
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{name}") != "anon_inode:bpf-map":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{name}").read_text()
+            found = re.search(r"map_id:\s*(\d+)", info)
+            if found is not None and re.search(r"map_type:\s*1\n", info):
+                fd = map_by_id(int(found[1]))
+                try:
+                    return map_keys(fd)
+                finally:
+                    os.close(fd)
+    return []

@@ -23,7 +23,7 @@ import pytest
 
 from tests.kvm.conftest import requires_kvm
 from tests.qmp.test_cli_clients import FakePeer
-from tests.serve.conftest import Daemon, log_of, rows
+from tests.serve.conftest import Daemon, counted_threads, log_of, rows
 from tests.serve.users import (
     GROUP,
     USER_UID,
@@ -46,7 +46,6 @@ from vmstats.testing.hostile import (
 )
 from vmstats.testing.qemu import QemuVM, RawQMP, qemu_unavailable_reason, stop_process
 from vmstats.testing.qemu10 import qemu10_unavailable_reason, qemu10_vm
-from vmstats.trace.bpf import map_by_id, map_keys
 
 QEMU10_REASON = qemu10_unavailable_reason()
 QEMU_REASON = qemu_unavailable_reason()
@@ -714,24 +713,6 @@ def test_stats_fds_that_the_vmm_replaces_are_taken_again(
         assert len(stats_links(proc.pid)) == 2  # the new VM's and its vCPU's
     finally:
         stop_process(vmm)
-
-
-def counted_threads(pid: int) -> list[int]:
-    """The threads a process's tracer counts: the keys of its map of threads (a BPF hash
-    map; root opens it by its id)."""
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/fd/{name}") != "anon_inode:bpf-map":
-                continue
-            info = Path(f"/proc/{pid}/fdinfo/{name}").read_text()
-            found = re.search(r"map_id:\s*(\d+)", info)
-            if found is not None and re.search(r"map_type:\s*1\n", info):
-                fd = map_by_id(int(found[1]))
-                try:
-                    return map_keys(fd)
-                finally:
-                    os.close(fd)
-    return []
 
 
 NAMED = (b'{"execute":"query-stats","arguments":{"target":"vcpu",'

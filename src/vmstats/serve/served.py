@@ -95,18 +95,20 @@ class ServedVm:
     _threads: int = 0  # the VMM's thread count when last looked at for hot-plugged vCPUs
     _looked: float = -float("inf")
 
-    def count_vcpus(self) -> None:
+    def count_vcpus(self, known: Collection[int] = ()) -> None:
         """Exit reasons counted on the threads of the vCPUs served now (those plugged
         since too; threads gone let go).  A vCPU's thread is the one its QEMU or its
         stats fd names (QEMU makes each vCPU on its own thread); where those are not
         apart (a VMM that makes every vCPU on one thread), the one named ``CPU N/KVM``.
-        Where no thread tells them apart, none is counted."""
+        Where no thread tells them apart, none is counted.  ``known``: threads of the
+        VMM as its fds were just taken (the VMM's threads are not listed again for them)."""
         if self.tracepoints is None:
             return
         cpus = self.monitor.machine.cpus
         threads = [VcpuThread(cpu.qom_path, cpu.thread_id) for cpu in cpus]
         if not _apart(threads):
             named = {index: tid for tid, index in cpu_index_of_threads(self.pid).items()}
+            known = named.values()
             threads = [VcpuThread(cpu.qom_path, named.get(cpu.cpu_index, cpu.thread_id))
                        for cpu in cpus]  # fmt: skip
         if not _apart(threads):
@@ -114,7 +116,7 @@ class ServedVm:
                 log.info("%s: its vCPUs' threads cannot be told apart: exit reasons are "
                          "not counted", self.name)  # fmt: skip
             threads = []
-        self.tracepoints.set_vcpus(threads)
+        self.tracepoints.set_vcpus(threads, known)
 
     def close_stats(self) -> None:
         """Close every fd its providers hold: reads fail from now on (the VM is gone)."""
@@ -220,7 +222,7 @@ class ServedVm:
         self.provider.set_vcpus(self.vcpus.values())
         if self.vcpus:
             self.monitor.serve_vcpus([known[i] for i in sorted(known)])
-        self.count_vcpus()
+        self.count_vcpus(attached.threads.keys() - attached.strangers)
 
     def fds_replaced(self) -> bool:
         """Has the VMM closed a stats fd we copied, or put another at its number?"""

@@ -30,7 +30,7 @@ import fcntl
 import mmap
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from vmstats.ebpf import (
@@ -235,19 +235,23 @@ class Tracer:
             os.close(prog)
         self._fds.append(event)
 
-    def add(self, tids: Sequence[int], pid: int
+    def add(self, tids: Sequence[int], pid: int, known: Collection[int] = ()
             ) -> tuple[dict[int, ThreadCounts], dict[int, CounterError]]:  # fmt: skip
         """Count threads ``tids`` of process ``pid`` from now on, each from 0 in a region
         of its own; those that cannot be counted, and why.  A thread of another process
         is refused: what a VMM (or its QEMU's reply) names as its vCPU threads must not
-        make another VM's exits its own.  All enter the map in one call (a VM's vCPUs
-        together: a first scan of 2,048 vCPUs made 2,048 calls)."""
+        make another VM's exits its own.  Its threads are listed, unless ``known`` (its
+        threads as the caller just listed them) holds every one of ``tids``.  All enter
+        the map in one call (a VM's vCPUs together: a first scan of 2,048 vCPUs made
+        2,048 calls)."""
         if not tids:
             return {}, {}
-        try:
-            threads = {int(tid) for tid in os.listdir(f"/proc/{pid}/task")}
-        except (OSError, ValueError):
-            threads = set()
+        threads = set(known)
+        if not threads.issuperset(tids):
+            try:
+                threads = {int(tid) for tid in os.listdir(f"/proc/{pid}/task")}
+            except (OSError, ValueError):
+                threads = set()
         taken: dict[int, int] = {}  # thread id -> region
         refused: dict[int, CounterError] = {}
         for tid in tids:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -133,10 +133,11 @@ class TracepointsProvider:
         self._results = ResultMaker(self.provider)
         self.set_vcpus(vcpus)
 
-    def set_vcpus(self, vcpus: Iterable[VcpuThread]) -> None:
+    def set_vcpus(self, vcpus: Iterable[VcpuThread], known: Collection[int] = ()) -> None:
         """Count these vCPUs' threads from now on (in vCPU order); the counting of
         threads no longer listed is closed.  A thread that cannot be counted (it ended)
-        is left out, and said at debug level."""
+        is left out, and said at debug level.  ``known``: threads of the process the
+        caller just listed (:meth:`Tracer.add`)."""
         wanted = list(vcpus)
         kept = {v.tid for v in wanted}
         for tid in [t for t in self._counting if t not in kept]:
@@ -153,7 +154,7 @@ class TracepointsProvider:
         for vcpu in new:
             if (moved := self._counting.pop(vcpu.tid, None)) is not None:
                 moved.counts.close()  # counted for another vCPU before: from 0 again
-        counts, refused = self.tracing.tracer.add([v.tid for v in new], self.pid)
+        counts, refused = self.tracing.tracer.add([v.tid for v in new], self.pid, known)
         for vcpu in new:
             if vcpu.tid in counts:
                 self._counting[vcpu.tid] = _Counting(vcpu, counts[vcpu.tid])
