@@ -65,18 +65,31 @@ class Monitor:
         self.schema, self.encoder, self._introspection = _wire(major, minor)
         self.version_triple = (major, minor, version[2] if len(version) > 2 else 0)
         self.package = package
+
+    # Made when first asked for: a host daemon makes a monitor for each of hundreds of
+    # VMs in its first scan, and most are never asked anything by HMP (22 us a monitor).
+
+    @functools.cached_property
+    def hmp(self) -> HumanMonitor:
+        """The human monitor (``human-monitor-command``)."""
         providers = [StatsProvider(v) for v in self._enum_values("StatsProvider")]
-        self.hmp = HumanMonitor(
-            registry, self.machine.qom_paths, self.version_triple, package, providers
-        )
-        self.handlers: dict[str, Handler] = {
+        return HumanMonitor(self.registry, self.machine.qom_paths, self.version_triple,
+                            self.package, providers)  # fmt: skip
+
+    @functools.cached_property
+    def handlers(self) -> dict[str, Handler]:
+        """The commands a negotiated session may run, by name."""
+        return self._handlers()
+
+    def _handlers(self) -> dict[str, Handler]:
+        return {
             "query-version": self.query_version,
             "query-commands": self.query_commands,
             "query-qmp-schema": self.query_qmp_schema,
             "human-monitor-command": self.human_monitor_command,
             "query-name": self.query_name,
             "query-cpus-fast": self.query_cpus_fast,
-            **stats_handlers(registry),
+            **stats_handlers(self.registry),
         }
 
     def forwards(self, target: str) -> bool:

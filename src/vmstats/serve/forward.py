@@ -21,6 +21,7 @@ locked out, and a busy or silent QEMU costs our client an error, not a hang.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vmstats.errors import ClientError, RemoteError, StatsError
+from vmstats.qapi.dispatch import Handler
 from vmstats.qapi.json import RawJSON
 from vmstats.qmp.client import QmpClient, stats_arguments
 from vmstats.qmp.machine import CpuInfoFast, Machine
@@ -82,13 +84,20 @@ class HostMonitor(Monitor):
         self.qemu = qemu
         # Local values that come from elsewhere (libvirt) and may need a read first.
         self.refresh: Callable[[StatsTarget], Awaitable[None] | None] | None = None
-        self._local = dict(self.handlers)
-        self.handlers.update({
+
+    @functools.cached_property
+    def _local(self) -> dict[str, Handler]:
+        """The commands as the fds answer them, before any is passed to QEMU."""
+        return super()._handlers()
+
+    def _handlers(self) -> dict[str, Handler]:
+        return {
+            **self._local,
             "query-stats": self.query_stats,
             "query-stats-schemas": self.query_stats_schemas,
             "query-cpus-fast": self.query_cpus_fast_forwarded,
             "human-monitor-command": self.human_monitor_command_forwarded,
-        })  # fmt: skip
+        }
 
     def serve_vcpus(self, cpus: list[CpuInfoFast]) -> None:
         """vCPU stats are served here from now on (their fds are held), for these vCPUs."""
