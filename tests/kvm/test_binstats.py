@@ -85,6 +85,22 @@ def test_layout_is_parsed_once_and_shared(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def test_descriptors_that_differ_behind_the_same_header_are_another_layout(open_spec) -> None:  # type: ignore[no-untyped-def]
+    """Files of one header (as many stats, at the same offsets) whose descriptors differ,
+    one after the other as a scan reads them: each is read by its own (a kernel whose
+    stats were renamed, or a file made to look like the last one read)."""
+    cache = LayoutCache()
+    renamed = [Desc("exits"), Desc("blocking", INSTANT | BOOLEAN),
+               Desc("wait_hist", LOG_HIST | SECONDS, exponent=-9, size=4),
+               Desc("max_bytes", PEAK | BYTES | POW2, exponent=10)]  # fmt: skip
+    first, second, third = (open_spec(StatsFileSpec(descs), cache)
+                            for descs in (GOOD, renamed, GOOD))  # fmt: skip
+    assert first.layout.header == second.layout.header
+    assert [d.name for d in second.layout.descriptors][-1] == "max_bytes"
+    assert [d.name for d in third.layout.descriptors][-1] == "max_size"
+    assert third.layout is first.layout
+
+
 def test_blocks_past_the_first_read_are_read_too(open_spec) -> None:  # type: ignore[no-untyped-def]
     """One read of a file's start usually holds its header, id and descriptors; a file
     that puts them further (the ABI allows any offsets) reads them where they are."""

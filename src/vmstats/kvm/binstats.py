@@ -241,10 +241,23 @@ class LayoutCache:
         self._layouts: dict[bytes, StatsLayout] = {}
         self._lock = threading.Lock()
         self._last_header: tuple[bytes, StatsHeader] = (b"", _NO_HEADER)
+        # the last layout found, with its raw header and descriptors: every vCPU of a
+        # kernel has it, and compared in place they need no copy, no key, no lock
+        self._last: tuple[bytes, bytes, StatsLayout | None] = (b"", b"", None)
 
     def layout(self, fd: int) -> tuple[StatsLayout, str]:
         """The layout of the stats file ``fd`` and its id string."""
         start = _pread(fd, FIRST_READ, 0, "stats header")
+        last_header, last_desc, layout = self._last
+        if (layout is None or not start.startswith(last_header)
+                or not start.startswith(last_desc, layout.header.desc_offset)):  # fmt: skip
+            layout = self._find(fd, start)
+        header = layout.header
+        raw_id = _block(fd, start, header.name_size, header.id_offset, "stats id")
+        return layout, _c_string(raw_id, "id")
+
+    def _find(self, fd: int, start: bytes) -> StatsLayout:
+        """The layout of a file whose first bytes are ``start``: parsed once per layout."""
         raw_header = _block(fd, start, HEADER.size, 0, "stats header")
         last_raw, header = self._last_header
         if raw_header != last_raw:  # every vCPU of a kernel has the same header
@@ -252,8 +265,6 @@ class LayoutCache:
             self._last_header = (raw_header, header)
         desc_size = header.num_desc * (DESCRIPTOR.size + header.name_size)
         raw_desc = _block(fd, start, desc_size, header.desc_offset, "stats descriptors")
-        raw_id = _block(fd, start, header.name_size, header.id_offset, "stats id")
-        ident = _c_string(raw_id, "id")
         key = raw_header + raw_desc  # the whole header: its blocks were checked
         with self._lock:
             layout = self._layouts.get(key)
@@ -261,7 +272,8 @@ class LayoutCache:
             layout = self._parse(header, raw_desc)
             with self._lock:
                 layout = self._layouts.setdefault(key, layout)
-        return layout, ident
+        self._last = (raw_header, raw_desc, layout)
+        return layout
 
     @staticmethod
     def _parse(header: StatsHeader, raw_desc: bytes) -> StatsLayout:
