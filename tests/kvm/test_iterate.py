@@ -16,28 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import needs_root_for
-from tests.kvm.conftest import requires_kvm
+from tests.kvm.conftest import requires_iterators, requires_kvm
 from vmstats import btf
 from vmstats.btf import Btf, BtfError, func_id
 from vmstats.demo.process import DemoProcess
 from vmstats.kvm.attach import attach, fd_links, kvm_fds
-from vmstats.kvm.iterate import IteratorUnavailable, KvmIterator, PassTooBig
+from vmstats.kvm.iterate import KvmIterator, PassTooBig
 from vmstats.kvm.scan import DEFAULT_BUDGET, ProcessScanner
+from vmstats.serve.discover import process_uid
 from vmstats.testing.fleet import Fleet
-
-
-def _reason() -> str | None:
-    try:
-        KvmIterator().close()
-    except IteratorUnavailable as exc:
-        return str(exc)
-    return None
-
-
-#: Marked ``bpf``; skipped only without root.
-requires_iterators = needs_root_for(pytest.mark.bpf, _reason(), "no BPF iterators here")
-
 
 DECOY = """
 import os, sys
@@ -272,6 +259,44 @@ def test_without_privileges_the_iterators_are_said_to_need_them(
         "cannot load BPF programs: Operation not permitted (needs root, "
         "or CAP_BPF and CAP_PERFMON)\n"
     ), said.stderr
+
+
+SETEUID = """
+import fcntl, os, sys
+kvm = os.open("/dev/kvm", os.O_RDWR)
+vm = fcntl.ioctl(kvm, 0xAE01, 0)  # KVM_CREATE_VM
+stats = fcntl.ioctl(vm, 0xAECE, 0)  # KVM_GET_STATS_FD: the VM's
+os.setresuid(0, 65534, 0)  # acts as nobody; really, and saved, root
+print("ok", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.kvm
+@requires_kvm
+@requires_iterators
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as uid 65534 needs root")
+def test_a_pass_says_whose_each_process_is_as_proc_does_its_effective_uid() -> None:
+    """The pass hands back each process's effective uid (whose VM it is: its socket is
+    theirs), as ``/proc/PID/status`` says it; a scan's listing carries it to the daemon,
+    which reads no status file for it."""
+    proc = subprocess.Popen([sys.executable, "-c", SETEUID], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    iterator = KvmIterator()
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ok\n"
+        found = iterator.read(DEFAULT_BUDGET)
+        assert found.uids[proc.pid] == process_uid(proc.pid) == 65534
+        scanner = ProcessScanner(iterate_from=0)
+        try:
+            assert scanner.scan().listings[proc.pid].uid == 65534
+        finally:
+            scanner.close()
+    finally:
+        iterator.close()
+        proc.kill()
+        proc.wait()
 
 
 OWN_TABLE = """

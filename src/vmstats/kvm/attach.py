@@ -73,15 +73,16 @@ class FdListing:
     """A process's KVM fds as a scan read them: its stats fds, its VM control fds (a VMM
     holds one per VM; a process holding copies of stats fds holds none), and, when the
     scan read them all in one pass (:mod:`vmstats.kvm.iterate`), the names of its threads
-    named as vCPUs (``CPU N/KVM``)."""
+    named as vCPUs (``CPU N/KVM``) and its effective uid."""
 
     links: list[StatsFdLink]
     control: list[int]
     vcpu_threads: Mapping[int, str] | None = None  # tid -> name; None: not read
+    uid: int | None = None  # None: not read
 
 
-def kvm_fds(targets: Iterable[tuple[int, str]],
-            vcpu_threads: Mapping[int, str] | None = None) -> FdListing:  # fmt: skip
+def kvm_fds(targets: Iterable[tuple[int, str]], vcpu_threads: Mapping[int, str] | None = None,
+            uid: int | None = None) -> FdListing:  # fmt: skip
     """The listing of a process whose fds are ``targets`` (fd, what ``readlink`` says of
     it): only its KVM ones count."""
     out = []
@@ -96,7 +97,7 @@ def kvm_fds(targets: Iterable[tuple[int, str]],
         elif target == _VM_CONTROL:
             control.append(fd)
     out.sort(key=lambda link: (link.vcpu_id is not None, link.vcpu_id or 0, link.fd))
-    return FdListing(out, control, vcpu_threads)
+    return FdListing(out, control, vcpu_threads, uid)
 
 
 def stats_fd_links(pid: int) -> list[StatsFdLink]:
@@ -260,6 +261,7 @@ class AttachedVm:
     #: the threads that created the vCPU files: thread id -> the CPU index it is named for
     threads: dict[int, int | None] = field(default_factory=dict)
     strangers: set[int] = field(default_factory=set)  # of those, not threads of ``pid``
+    uid: int | None = None  # the process's effective uid, when its listing read it
 
     def release_pidfd(self) -> None:
         """Let the VMM's pidfd go (whoever keeps the files watches the VMM their way)."""
@@ -300,6 +302,7 @@ def attach(pid: int, *, skip_vm: bool = False, skip_vcpus: Collection[int] = (),
     try:
         listing = listed if listed is not None else fd_links(pid)
         named = listing.vcpu_threads or {}
+        vm.uid = listing.uid
         vms = vm_count(pid, listing.control)
         if vms > 1:
             raise AttachError(

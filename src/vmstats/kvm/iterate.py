@@ -13,8 +13,8 @@ begins with ``CPU `` (QEMU's ``CPU N/KVM``).  At 256 VMs x 8 vCPUs: 2,304 files 
 threads, in 7 to 9 ms of the kernel's time and 2 to 3 of Python's.
 
 The programs read a few members of the kernel's structs (a task's ``tgid``, ``pid`` and
-``comm``, a file's ``f_path`` and ``f_inode``, its inode's superblock and the superblock's
-magic), placed by this kernel's BTF (:mod:`vmstats.btf`); the
+``comm``, its credentials' effective uid, a file's ``f_path`` and ``f_inode``, its inode's
+superblock and the superblock's magic), placed by this kernel's BTF (:mod:`vmstats.btf`); the
 verifier checks each against the same BTF, so a program that would read the wrong
 member is refused, not run.  They need root (``CAP_BPF``, ``CAP_PERFMON``), BTF, Linux
 >= 5.14, and this process in the host's pid namespace (they hand back the kernel's pids).
@@ -76,9 +76,11 @@ KVM_PREFIX = b"anon_inode:kvm-"
 ANON_INODE_FS_MAGIC = 0x09041934
 #: The name QEMU gives its vCPU threads begins so (``CPU 3/KVM``).
 VCPU_THREAD_PREFIX = b"CPU "
-#: One file handed back: its process, its fd, its path (NUL-padded; longer ones are no
-#: KVM fd: ``anon_inode:kvm-vcpu-stats:4095`` is 30 bytes).
-_FILE = struct.Struct("=II56s")
+#: One file handed back: its process, its fd, the process's effective uid (what its
+#: ``/proc/PID/status`` says: whose VM it is), 4 bytes of padding, its path (NUL-padded;
+#: longer ones are no KVM fd: ``anon_inode:kvm-vcpu-stats:4095`` is 30 bytes).
+_FILE = struct.Struct("=III4x48s")
+_PATH_AT = 16  # where the path lies in a file's record
 #: One thread handed back: its process, its id, its name (``comm``, 16 bytes at most).
 _THREAD = struct.Struct("=II16s")
 #: ``struct bpf_iter__task_file`` and ``bpf_iter__task``: meta, task, fd, file.
@@ -99,6 +101,7 @@ class Iteration:
     """What one pass found: every process's KVM fds, and its threads named as vCPUs."""
 
     files: dict[int, list[tuple[int, str]]] = field(default_factory=dict)  # pid -> (fd, link)
+    uids: dict[int, int] = field(default_factory=dict)  # pid -> effective uid
     threads: dict[int, dict[int, str]] = field(default_factory=dict)  # pid -> tid -> name
 
 
@@ -126,6 +129,8 @@ class Places:
     tgid: int  # struct task_struct
     pid: int
     comm: int
+    cred: int
+    euid: int  # struct cred
     f_inode: int  # struct file
     i_sb: int  # struct inode
     s_magic: int  # struct super_block
@@ -133,7 +138,8 @@ class Places:
     @classmethod
     def of(cls, btf: Btf) -> Places:
         wanted = [("task_struct", "tgid"), ("task_struct", "pid"), ("task_struct", "comm"),
-                  ("file", "f_inode"), ("inode", "i_sb"), ("super_block", "s_magic")]  # fmt: skip
+                  ("task_struct", "cred"), ("cred", "euid"), ("file", "f_inode"),
+                  ("inode", "i_sb"), ("super_block", "s_magic")]  # fmt: skip
         layouts = {name: btf.struct(name).named for name in dict(wanted)}
         for struct_name, member in wanted:
             if member not in layouts[struct_name]:
@@ -143,12 +149,12 @@ class Places:
 
 def files_program(places: Places, f_path: int) -> bytes:
     """For every open file of a process (its main thread's fd table, as ``/proc/PID/fd``):
-    its ``(tgid, fd, path)`` if its path begins ``anon_inode:kvm-`` (but a vCPU's control
+    its ``(tgid, fd, euid, path)`` if its path begins ``anon_inode:kvm-`` (but a vCPU's control
     fd, ``kvm-vcpu:N``: two of each vCPU's three fds here).  Only an
     anon inode's path is made (its superblock's magic tells, three loads): a host's
     other files, most of them, cost the pass next to nothing (15,000 fds of /dev/null:
     9 ms with a path made for each)."""
-    size = _FILE.size
+    size, path = _FILE.size, _PATH_AT
     prefix = KVM_PREFIX.ljust(16, b"\0")
     return assemble([
         insn(MOV64_X, R6, R1),
@@ -168,22 +174,25 @@ def files_program(places: Places, f_path: int) -> bytes:
         insn(STX_MEM[4], FP, R1, -size),
         insn(LDX_MEM[4], R1, R6, _CTX_FD),
         insn(STX_MEM[4], FP, R1, 4 - size),
+        insn(LDX_MEM[8], R1, R8, places.cred),  # task->cred->euid
+        insn(LDX_MEM[4], R1, R1, places.euid),
+        insn(STX_MEM[4], FP, R1, 8 - size),
         insn(MOV64_X, R1, R7),
         insn(ADD64_K, R1, imm=f_path),  # &file->f_path
         insn(MOV64_X, R2, FP),
-        insn(ADD64_K, R2, imm=8 - size),
-        insn(MOV64_K, R3, imm=size - 8),
+        insn(ADD64_K, R2, imm=path - size),
+        insn(MOV64_K, R3, imm=size - path),
         insn(CALL, imm=FUNC_D_PATH),
         Jump(JSLT_K, "out", R0),  # too long, or no path
-        insn(LDX_MEM[8], R1, FP, 8 - size),
+        insn(LDX_MEM[8], R1, FP, path - size),
         *load_imm64(R2, int.from_bytes(prefix[:8], "little")),
         Jump(JNE_X, "out", R1, R2),
-        insn(LDX_MEM[8], R1, FP, 16 - size),
+        insn(LDX_MEM[8], R1, FP, path + 8 - size),
         *load_imm64(R2, (1 << 8 * (len(KVM_PREFIX) - 8)) - 1),  # the prefix's last bytes
         insn(AND64_X, R1, R2),
         *load_imm64(R2, int.from_bytes(prefix[8:], "little")),
         Jump(JNE_X, "out", R1, R2),
-        insn(LDX_MEM[1], R1, FP, 8 - size + len(KVM_PREFIX) + 4),
+        insn(LDX_MEM[1], R1, FP, path - size + len(KVM_PREFIX) + 4),
         Jump(JEQ_K, "out", R1, imm=ord(":")),  # kvm-vcpu:N, a vCPU's control fd: not needed
         *_seq_write(size),
         *_epilogue(),
@@ -298,10 +307,11 @@ class KvmIterator:
         a pass must cost no more than a scan's budget); :class:`OSError` if the kernel
         fails it."""
         found = Iteration()
-        files = found.files
-        for pid, fd, path in _FILE.iter_unpack(self._pass(self._files, _FILE.size, most)):
+        files, uids = found.files, found.uids
+        for pid, fd, euid, path in _FILE.iter_unpack(self._pass(self._files, _FILE.size, most)):
             link = path.split(b"\0", 1)[0].decode(errors="replace")
             files.setdefault(pid, []).append((fd, link))
+            uids[pid] = euid
         threads = found.threads
         for pid, tid, comm in _THREAD.iter_unpack(self._pass(self._threads, _THREAD.size, most)):
             name = comm.split(b"\0", 1)[0].decode(errors="replace")

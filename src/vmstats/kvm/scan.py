@@ -161,7 +161,8 @@ class ProcessScanner:
                 result.deferred = len(changed) - index
                 break
             if iteration is not None:  # no files there: none of KVM (or it ended)
-                listing = kvm_fds(iteration.files.get(pid, ()), iteration.threads.get(pid, {}))
+                listing = kvm_fds(iteration.files.get(pid, ()), iteration.threads.get(pid, {}),
+                                  iteration.uids.get(pid))  # fmt: skip
             else:
                 try:
                     listing = fd_links(pid)

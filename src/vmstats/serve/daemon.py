@@ -430,7 +430,11 @@ class Daemon:
                      domain: Domain | None = None) -> None:  # fmt: skip
         # what it calls itself: its QEMU's answer, else its -name (None: its comm and pid)
         given = source.name if source is not None else qemu_name(cmdline(pid))
-        uid = process_uid(pid)  # who runs it, looked up once: the name, scans and scrapes say it
+        # who runs it, looked up once (unless its listing read it): the name, scans and
+        # scrapes say it
+        uid = attached.uid if attached is not None else None
+        if uid is None:
+            uid = process_uid(pid)
         name = vm_name(pid, self._names, domain.name if domain is not None else given,
                        self.longest_name, uid)  # fmt: skip
         # the provider watches the VMM by the pidfd its fds were copied through
