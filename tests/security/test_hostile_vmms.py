@@ -104,6 +104,55 @@ def test_thousands_of_copies_of_its_stats_fds_are_taken_once(
     assert stats_fd_count(proc.pid) == 3  # the VM's and two vCPUs', not 6,000
 
 
+#: A VMM that makes both its vCPUs on its main thread, and names the threads that run them
+#: ``CPU N/KVM`` when told to (a line with N on its stdin), after it is served.
+NAMED_LATER = """
+import sys, threading
+from vmstats.demo.vm import DemoVM
+vm = DemoVM(2, rate=1)
+names = [threading.Event(), threading.Event()]
+def vcpu(index):
+    names[index].wait()
+    with open("/proc/thread-self/comm", "w") as comm:
+        comm.write(f"CPU {index}/KVM")
+    print(threading.get_native_id(), flush=True)
+    threading.Event().wait()
+for index in range(2):
+    threading.Thread(target=vcpu, args=(index,), daemon=True).start()
+print("ready", flush=True)
+for line in sys.stdin:
+    names[int(line)].set()
+"""
+
+
+@requires_tracing
+def test_vcpu_threads_named_after_the_vmm_is_served_are_counted_once_all_are(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    """A VMM that makes every vCPU on one thread names the threads that run them after it
+    made them (the demo does): a daemon that serves it in between counts no vCPU on the
+    thread that made it (it would count nothing, for good), and counts each on its named
+    thread once every one has its name."""
+    vmm = subprocess.Popen([sys.executable, "-c", NAMED_LATER, "-name", "later"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert vmm.stdin is not None
+        assert vmm.stdout is not None
+        assert vmm.stdout.readline() == "ready\n"
+        vmm.stdin.write("0\n")
+        vmm.stdin.flush()
+        first = int(vmm.stdout.readline())
+        proc, run_dir = start_daemon()  # serves it with one vCPU thread named of two
+        assert wait_for((run_dir / "later.qmp").exists)
+        assert counted_threads(proc.pid) == []
+        vmm.stdin.write("1\n")
+        vmm.stdin.flush()
+        second = int(vmm.stdout.readline())
+        assert wait_for(lambda: counted_threads(proc.pid) == sorted([first, second]))
+    finally:
+        stop_process(vmm)
+
+
 #: A VMM of two VMs (not served: its stats fds do not tell which VM is whose), the first
 #: of four vCPUs each made on a thread of its own.
 TWO_VMS = """

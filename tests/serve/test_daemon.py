@@ -741,7 +741,13 @@ def test_exit_reasons_are_served_recorded_and_let_go_with_the_vm(
             halts = v["kvm_userspace_exit(HLT)"]
             return halts >= 2 and 8 * (halts - 1) <= v["kvm_userspace_exit(IO)"] <= 8 * (halts + 1)
 
-        assert wait_for(lambda: len(found := counted()) == 2 and all(map(rounds, found.values())))
+        seen: list[dict[str, dict[str, int]]] = []
+
+        def settled() -> bool:
+            seen[:] = [counted()]
+            return len(seen[0]) == 2 and all(map(rounds, seen[0].values()))
+
+        assert wait_for(settled), seen
         assert b"tracepoints" not in ask(served, b'{"execute":"query-stats","arguments":'
                                                  b'{"target":"vcpu"}}')  # fmt: skip
         hmp = ask(served, b'{"execute":"human-monitor-command","arguments":{"command-line":'

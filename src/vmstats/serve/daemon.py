@@ -269,6 +269,8 @@ class Daemon:
                 if len(self.served.keys() - before) >= KEEP_FROM:
                     keep_all()  # served VMs stay while they run: no collection walks them
             for served in [vm for pid, vm in self.served.items() if pid in before]:
+                if served.awaiting_names:  # a VMM naming its vCPU threads after making them
+                    served.count_vcpus()
                 if served.sources and served.fds_replaced():
                     self._reattach(served)
                     continue

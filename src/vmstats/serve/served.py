@@ -63,6 +63,11 @@ def describe(name: str, pid: int, vcpus: int, local: Collection[StatsTarget],
     return row
 
 
+#: How long after it is served a VMM that makes every vCPU on one thread may take to name
+#: its vCPU threads ``CPU N/KVM`` (our demo names them as it starts them, just after).
+NAMING_GRACE = 10.0
+
+
 def _apart(threads: Collection[VcpuThread]) -> bool:
     """Is each vCPU on a thread of its own, known?"""
     tids = [t.tid for t in threads]
@@ -94,28 +99,36 @@ class ServedVm:
     group_names: tuple[str, ...] = ()  # theirs, looked up when they were set
     _threads: int = 0  # the VMM's thread count when last looked at for hot-plugged vCPUs
     _looked: float = -float("inf")
+    #: until when its vCPU threads may still be getting their names (see count_vcpus)
+    _naming_until: float = field(default_factory=lambda: time.monotonic() + NAMING_GRACE)
+    awaiting_names: bool = False  # count_vcpus is to be tried again at the next scans
 
     def count_vcpus(self, known: Collection[int] = ()) -> None:
         """Exit reasons counted on the threads of the vCPUs served now (those plugged
         since too; threads gone let go).  A vCPU's thread is the one its QEMU or its
         stats fd names (QEMU makes each vCPU on its own thread); where those are not
-        apart (a VMM that makes every vCPU on one thread), the one named ``CPU N/KVM``.
-        Where no thread tells them apart, none is counted.  ``known``: threads of the
-        VMM as its fds were just taken (the VMM's threads are not listed again for them)."""
+        apart (a VMM that makes every vCPU on one thread), the one named ``CPU N/KVM``,
+        once every vCPU has one: such a VMM names its threads after it made the vCPUs,
+        and a vCPU counted on the thread that made it would count nothing, for good.
+        Until :data:`NAMING_GRACE` has passed, :attr:`awaiting_names` asks the daemon to
+        try again; where no thread tells them apart then, none is counted.  ``known``:
+        threads of the VMM as its fds were just taken (not listed again for them)."""
         if self.tracepoints is None:
             return
+        self.awaiting_names = False
         cpus = self.monitor.machine.cpus
         threads = [VcpuThread(cpu.qom_path, cpu.thread_id) for cpu in cpus]
         if not _apart(threads):
             named = {index: tid for tid, index in cpu_index_of_threads(self.pid).items()}
-            known = named.values()
-            threads = [VcpuThread(cpu.qom_path, named.get(cpu.cpu_index, cpu.thread_id))
-                       for cpu in cpus]  # fmt: skip
-        if not _apart(threads):
-            if threads:
-                log.info("%s: its vCPUs' threads cannot be told apart: exit reasons are "
-                         "not counted", self.name)  # fmt: skip
-            threads = []
+            known = named.values()  # a thread each: one name, one index
+            threads = [VcpuThread(cpu.qom_path, named[cpu.cpu_index]) for cpu in cpus
+                       if cpu.cpu_index in named]  # fmt: skip
+            if len(threads) < len(cpus):  # none counted, rather than one on another thread
+                threads = []
+                self.awaiting_names = time.monotonic() < self._naming_until
+                if not self.awaiting_names:
+                    log.info("%s: its vCPUs' threads cannot be told apart: exit reasons "
+                             "are not counted", self.name)  # fmt: skip
         self.tracepoints.set_vcpus(threads, known)
 
     def close_stats(self) -> None:
