@@ -97,6 +97,7 @@ OPEN_GAP = 0.5
 #: what it made out of the collector's walks (:func:`keep_all`); fewer are not worth the
 #: full collection that keeping costs once a VM was removed (churn: one a second).
 KEEP_FROM = 16
+
 #: The fds a VM takes beside its stats fds: its VMM's pidfd, its socket, and a few opened
 #: for a moment while it is taken.
 FDS_PER_VM = 4
