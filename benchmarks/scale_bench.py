@@ -37,6 +37,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from vmstats.cli.options import non_negative_float
 from vmstats.testing.fleet import Fleet
 from vmstats.testing.hostile import cpu_seconds, fd_count, rss_bytes, wait_for
 from vmstats.testing.prometheus import free_port
@@ -282,7 +283,7 @@ def main() -> int:
     parser.add_argument("--churn-cycles", type=int, default=60)
     parser.add_argument("--churn-rate", type=float, default=1.0, help="cycles a second")
     parser.add_argument("--top", action="store_true")
-    parser.add_argument("--settle", type=float, default=20.0,
+    parser.add_argument("--settle", type=non_negative_float, default=20.0,
                         help="seconds between the fleet's start and the daemon's")  # fmt: skip
     parser.add_argument(
         "--tracepoints", default="", help="the daemon's --tracepoints (default: its own default)"
