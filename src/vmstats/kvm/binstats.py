@@ -225,22 +225,19 @@ def _check_blocks(header: StatsHeader, desc_size: int, data_size: int) -> None:
             raise BinaryStatsError(f"the {name_a} and {name_b} blocks overlap")
 
 
-_NO_HEADER = StatsHeader(0, 0, 0, 0, 0, 0)
-
-
 class LayoutCache:
     """Parsed layouts keyed by the raw header and descriptor bytes.
 
     Every fd's header and descriptors are still read and compared, so vCPUs with
     different layouts are never confused, yet parsing happens once per layout.  One
-    ``pread`` of the file's start usually holds the header, id and descriptors (a first
-    scan of 2,048 vCPUs made three reads and a parse of each header).
+    ``pread`` of the file's start usually holds the header, id and descriptors, and a
+    file of the last layout found (every vCPU of a kernel) is matched against its bytes
+    in place.
     """
 
     def __init__(self) -> None:
         self._layouts: dict[bytes, StatsLayout] = {}
         self._lock = threading.Lock()
-        self._last_header: tuple[bytes, StatsHeader] = (b"", _NO_HEADER)
         # the last layout found, with its raw header and descriptors: every vCPU of a
         # kernel has it, and compared in place they need no copy, no key, no lock
         self._last: tuple[bytes, bytes, StatsLayout | None] = (b"", b"", None)
@@ -259,10 +256,7 @@ class LayoutCache:
     def _find(self, fd: int, start: bytes) -> StatsLayout:
         """The layout of a file whose first bytes are ``start``: parsed once per layout."""
         raw_header = _block(fd, start, HEADER.size, 0, "stats header")
-        last_raw, header = self._last_header
-        if raw_header != last_raw:  # every vCPU of a kernel has the same header
-            header = parse_header(raw_header)
-            self._last_header = (raw_header, header)
+        header = parse_header(raw_header)
         desc_size = header.num_desc * (DESCRIPTOR.size + header.name_size)
         raw_desc = _block(fd, start, desc_size, header.desc_offset, "stats descriptors")
         key = raw_header + raw_desc  # the whole header: its blocks were checked

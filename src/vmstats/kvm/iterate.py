@@ -13,12 +13,13 @@ begins with ``CPU `` (QEMU's ``CPU N/KVM``).  At 256 VMs x 8 vCPUs: 2,304 files 
 threads, in 7 to 9 ms of the kernel's time and 2 to 3 of Python's.
 
 The programs read a few members of the kernel's structs (a task's ``tgid``, ``pid`` and
-``comm``, its credentials' effective uid, a file's ``f_path`` and ``f_inode``, its inode's
-superblock and the superblock's magic), placed by this kernel's BTF (:mod:`vmstats.btf`); the
-verifier checks each against the same BTF, so a program that would read the wrong
-member is refused, not run.  They need root (``CAP_BPF``, ``CAP_PERFMON``), BTF, Linux
->= 5.14, and this process in the host's pid namespace (they hand back the kernel's pids).
-Where one is missing, :class:`KvmIterator` says why, and the scanner lists ``/proc``.
+``comm``, its credentials' effective uid, a file's ``f_path`` and ``f_inode``, its
+inode's superblock and the superblock's magic), placed by this kernel's BTF
+(:mod:`vmstats.btf`); the verifier checks each against the same BTF, so a program that
+would read the wrong member is refused, not run.  They need root (``CAP_BPF``,
+``CAP_PERFMON``), BTF, Linux >= 5.14, and this process in the host's pid namespace (they
+hand back the kernel's pids).  Where one is missing, :class:`KvmIterator` says why, and
+the scanner lists ``/proc``.
 """
 
 from __future__ import annotations
@@ -149,11 +150,11 @@ class Places:
 
 def files_program(places: Places, f_path: int) -> bytes:
     """For every open file of a process (its main thread's fd table, as ``/proc/PID/fd``):
-    its ``(tgid, fd, euid, path)`` if its path begins ``anon_inode:kvm-`` (but a vCPU's control
-    fd, ``kvm-vcpu:N``: two of each vCPU's three fds here).  Only an
-    anon inode's path is made (its superblock's magic tells, three loads): a host's
-    other files, most of them, cost the pass next to nothing (15,000 fds of /dev/null:
-    9 ms with a path made for each)."""
+    its ``(tgid, fd, euid, path)`` if its path begins ``anon_inode:kvm-`` (but a vCPU's
+    control fd, ``kvm-vcpu:N``: two of each vCPU's three fds here).  Only an anon inode's
+    path is made (its superblock's magic tells, three loads): a host's other files, most
+    of them, cost the pass next to nothing (15,000 fds of /dev/null: 9 ms with a path
+    made for each)."""
     size, path = _FILE.size, _PATH_AT
     prefix = KVM_PREFIX.ljust(16, b"\0")
     return assemble([
