@@ -15,7 +15,6 @@ from vmstats.kvm.iterate import IteratorUnavailable, KvmIterator
 
 KVM_REASON = kvm_unavailable_reason()
 requires_kvm = pytest.mark.skipif(KVM_REASON is not None, reason=f"no usable KVM: {KVM_REASON}")
-#: PVM (KVM inside a Firecracker guest) emulates ring-0 code: some counters mean other things.
 
 
 def _iterators_reason() -> str | None:
@@ -31,6 +30,7 @@ def _iterators_reason() -> str | None:
 requires_iterators = needs_root_for(pytest.mark.bpf, _iterators_reason(),
                                     "no BPF iterators here")  # fmt: skip
 
+#: PVM (KVM inside a Firecracker guest) emulates ring-0 code: some counters mean other things.
 ON_PVM = Path("/sys/module/kvm_pvm").exists()
 requires_pvm = pytest.mark.skipif(not ON_PVM, reason="exact emulator counts are PVM-specific")
 
